@@ -1,0 +1,141 @@
+"""The `fmb` command line: parse, build the config, call one function per command. No logic here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fmb import __version__
+from fmb.config import ResolvedConfig, load_config
+from fmb.data import tasks
+from fmb.errors import FmbError
+
+app = typer.Typer(
+    name="fmb",
+    help="Foundation-models benchmark and anomaly discovery for Euclid x DESI (and surveys like it).\n\n"
+    "Every command reads one configuration: CLI flags > task file (--config) > project file (fmb.yaml) > "
+    "defaults, and writes under runs/<name>/. See `fmb config show`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
+data_app = typer.Typer(help="Stage 0: synthesise, index, validate and look at input data.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+console = Console()
+
+TaskFile = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="Task file (YAML) overriding the project file.", exists=True, dir_okay=False)
+]
+Sets = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="Override any key: --set synth.n=500 (repeatable).")
+]
+RunName = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: outputs go to runs/<name>/.")]
+
+
+def _config(task: Path | None, sets: list[str] | None, name: str | None, **flags: Any) -> ResolvedConfig:
+    return load_config(task, cli={"name": name, **flags}, sets=sets)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"fmb {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """fmb: foundation-models benchmark and anomaly discovery."""
+
+
+@config_app.command("show")
+def config_show(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
+    """Print every configuration value and where it came from (default, project file, task file, CLI)."""
+    resolved = _config(config, set_, name)
+    table = Table(title=f"fmb configuration (root {resolved.root})")
+    for column in ("key", "value", "from"):
+        table.add_column(column)
+    for key, value, origin in resolved.explain():
+        table.add_row(key, repr(value), origin, style=None if origin == "default" else "bold")
+    console.print(table)
+
+
+@data_app.command("synth")
+def data_synth(
+    n: Annotated[Optional[int], typer.Option("--n", help="Number of objects.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (same seed, same survey).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Output directory.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes.")] = None,
+    config: TaskFile = None,
+    set_: Sets = None,
+    name: RunName = None,
+) -> None:
+    """Generate the synthetic Euclid x DESI survey: Parquet rows, catalog.parquet and truth.parquet.
+
+    Galaxies (bulge + disc, PSF-convolved, Euclid-like depth) with DESI-like spectra, plus rare
+    injected anomalies (artefacts, QSOs, lenses, mergers, stars, extreme emitters, mis-paired rows).
+    """
+    resolved = _config(config, set_, name, **{"synth.n": n, "seed": seed, "synth.out": out, "synth.workers": workers})
+    summary = tasks.synth(resolved)
+    console.print(f"wrote {summary['n']} objects to {summary['out_dir']} in {summary['seconds']:.1f} s")
+    console.print("classes: " + ", ".join(f"{k} {v}" for k, v in summary["classes"].items()))
+
+
+@data_app.command("index")
+def data_index(
+    source: Annotated[Optional[str], typer.Option(help="Parquet dir, hf:<dataset id> or desi:<dir>.")] = None,
+    config: TaskFile = None,
+    set_: Sets = None,
+    name: RunName = None,
+) -> None:
+    """Map object_id -> (file, row) reading only the id column; records duplicate ids and unreadable files."""
+    resolved = _config(config, set_, name, **{"data.source": source})
+    summary = tasks.index(resolved)
+    console.print(
+        f"indexed {summary.objects} objects in {summary.shards} shards -> {summary.index_path}"
+        + (f"  ({summary.skipped} rejects, see {summary.rejects_path})" if summary.skipped else "")
+    )
+
+
+@data_app.command("validate")
+def data_validate(
+    source: Annotated[Optional[str], typer.Option(help="Parquet dir, hf:<dataset id> or desi:<dir>.")] = None,
+    config: TaskFile = None,
+    set_: Sets = None,
+    name: RunName = None,
+) -> None:
+    """Check every row against the input contract; write runs/<name>/data/rejects.parquet."""
+    resolved = _config(config, set_, name, **{"data.source": source})
+    summary = tasks.validate(resolved)
+    for key, value in summary.items():
+        console.print(f"{key}: {value}")
+
+
+@data_app.command("show")
+def data_show(
+    object_id: Annotated[Optional[int], typer.Argument(help="Object to draw (default: the first indexed).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="PNG path (default runs/<name>/figures/object_<id>.png).")] = None,
+    config: TaskFile = None,
+    set_: Sets = None,
+    name: RunName = None,
+) -> None:
+    """Draw one object: RGB composite, VIS/Y/J/H bands and the rest-frame spectrum with lines labelled."""
+    resolved = _config(config, set_, name, **{"show.object_id": object_id})
+    console.print(f"wrote {tasks.show(resolved, out)}")
+
+
+def main() -> None:
+    """Entry point: user-facing errors print as one line and exit 2; bugs keep their traceback."""
+    try:
+        app()
+    except FmbError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+

@@ -1,0 +1,199 @@
+"""One typed configuration with one precedence rule.
+
+    CLI flags  >  task file (--config)  >  project file (fmb.yaml in the project root)  >  defaults
+
+Every relative path is resolved under the project root (the directory holding `fmb.yaml`, else the
+current directory) and every output goes under the run root `runs/<name>/`. Nothing here touches the
+disk until asked: loading a config never creates directories.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fmb.errors import ConfigError
+
+PROJECT_FILE = "fmb.yaml"
+DEFAULT_HF_DATASET = "msiudek/astroPT_euclid_Q1_desi_dr1_dataset"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        "data/synth",
+        description="where rows come from: a directory of Parquet files, 'hf:<dataset id or local "
+        "dataset dir>', or 'desi:<directory of DESI coadd FITS>' (with data.cutouts)",
+    )
+    splits: list[str] = Field(["train", "test"], description="dataset splits to read (hf sources)")
+    streaming: bool = Field(False, description="stream an hf source instead of caching it (no fetch by id)")
+    cutouts: str | None = Field(None, description="directory of <TARGETID>.fits Euclid cutouts (desi sources)")
+    catalog: str | None = Field(
+        None, description="catalog file (TARGETID, Z, LOGM, LOGSFR, SPECTYPE); default <source>/catalog.parquet"
+    )
+    spectrum_length: int = Field(7781, gt=0, description="expected number of spectrum pixels")
+    min_cutout_px: int = Field(16, gt=0, description="smallest accepted cutout side, pixels")
+    max_cutout_px: int = Field(1024, gt=0, description="largest accepted cutout side, pixels")
+    max_bad_pixel_fraction: float = Field(
+        0.25, ge=0, le=1, description="images with more non-finite pixels than this are dropped"
+    )
+    max_masked_spectrum_fraction: float = Field(
+        0.5, ge=0, le=1, description="spectra with more masked pixels than this are dropped"
+    )
+    on_invalid: Literal["skip", "error"] = Field(
+        "skip", description="skip invalid objects (recorded in rejects) or stop at the first one"
+    )
+
+
+class SynthConfig(_Section):
+    n: int = Field(2000, gt=0, description="number of objects")
+    out: str = Field("data/synth", description="output directory (Parquet parts, catalog, truth)")
+    cutout_px: int = Field(64, ge=32, description="cutout side in pixels (0.1 arcsec/px)")
+    anomaly_rate: float = Field(0.0075, ge=0, le=0.12, description="fraction of objects in each anomaly class")
+    workers: int = Field(2, ge=1, description="worker processes")
+    shard_size: int = Field(1024, gt=0, description="objects per Parquet part")
+
+
+class ShowConfig(_Section):
+    object_id: int | None = Field(None, description="object to draw; default: the first indexed object")
+    smooth_px: float = Field(2.0, ge=0, description="Gaussian smoothing of the spectrum, pixels")
+
+
+class FmbConfig(_Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$", description="run name: outputs go to runs/<name>/")
+    seed: int = Field(42, description="seed for everything random")
+    data: DataConfig = DataConfig()
+    synth: SynthConfig = SynthConfig()
+    show: ShowConfig = ShowConfig()
+
+
+class ResolvedConfig:
+    """A validated `FmbConfig` plus the project root and where each value came from."""
+
+    def __init__(self, values: FmbConfig, root: Path, origins: dict[str, str]):
+        self.values = values
+        self.root = root
+        self.origins = origins
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.values, name)
+
+    def path(self, relative: str | Path) -> Path:
+        """A configured path, resolved under the project root."""
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "runs" / self.values.name
+
+    def explain(self) -> list[tuple[str, Any, str]]:
+        """(dotted key, value, origin) for every leaf value, in schema order."""
+        return [(key, value, self.origins.get(key, "default")) for key, value in _flatten(self.values.model_dump())]
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The nearest directory at or above `start` holding fmb.yaml, else `start` itself."""
+    start = (start or Path.cwd()).resolve()
+    for directory in (start, *start.parents):
+        if (directory / PROJECT_FILE).is_file():
+            return directory
+    return start
+
+
+def load_config(
+    task_file: Path | None = None,
+    cli: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+    root: Path | None = None,
+) -> ResolvedConfig:
+    """Merge defaults < project file < task file < CLI (explicit flags and `--set key=value`)."""
+    root = find_root(root)
+    layers: list[tuple[str, dict]] = []
+    project_file = root / PROJECT_FILE
+    if project_file.is_file():
+        layers.append((f"project file {project_file.name}", _read_yaml(project_file)))
+    if task_file is not None:
+        layers.append((f"task file {task_file}", _read_yaml(task_file)))
+    cli_values = {key: value for key, value in (cli or {}).items() if value is not None}
+    cli_values.update(parse_sets(sets or []))
+    if cli_values:
+        layers.append(("command line", _unflatten(cli_values)))
+
+    merged: dict = {}
+    origins: dict[str, str] = {}
+    for origin, layer in layers:
+        _deep_merge(merged, layer)
+        origins.update({key: origin for key, _ in _flatten(layer)})
+    try:
+        values = FmbConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origins)) from None
+    return ResolvedConfig(values, root, origins)
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`--set data.source=hf:x --set synth.n=100` as {dotted key: YAML-parsed value}."""
+    parsed = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. synth.n=500), got {item!r}")
+        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return parsed
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        content = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"config file {path} must be a mapping of keys to values")
+    return content
+
+
+def _deep_merge(into: dict, layer: dict) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            items.extend(_flatten(value, dotted + "."))
+        else:
+            items.append((dotted, value))
+    return items
+
+
+def _unflatten(flat: dict[str, Any]) -> dict:
+    tree: dict = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _describe(exc: ValidationError, origins: dict[str, str]) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        lines.append(f"  {key}: {error['msg']} (from {origins.get(key, 'defaults')})")
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""The object index: `object_id -> (shard, row)`, built by reading only the id column.
+
+`build_index` also catches what can be seen from ids alone: unreadable shards, rows without an id,
+and duplicate ids (the first occurrence is indexed, later ones are recorded as rejects, so two
+different objects never share an id downstream). `Fetcher` returns rows by id through the index,
+reading only the row groups that hold them, and checks that each row it reads carries the id that
+was asked for (a stale index is an error, never a silently wrong object).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fmb.data.sources import MISSING_ID, Source
+from fmb.data.validate import SKIPPED, Issue, RowChecker, Sample
+from fmb.errors import DataError, FmbError
+from fmb.io import write_json, write_table
+
+INDEX_SCHEMA = pa.schema([("object_id", pa.int64()), ("shard", pa.string()), ("row", pa.int64())])
+
+
+@dataclass
+class IndexResult:
+    table: pa.Table
+    issues: list[Issue]
+    shards: dict[str, int]  # rows per readable shard
+
+
+def build_index(source: Source, progress: Callable[[str], None] | None = None) -> IndexResult:
+    """Index every shard of `source`; problems become issues (skipped rows/shards), not exceptions."""
+    ids, shard_names, rows, issues, shards = [], [], [], [], {}
+    for shard in source.shards():
+        try:
+            shard_ids = source.read_ids(shard)
+        except (DataError, OSError, pa.ArrowException) as exc:
+            issues.append(Issue(None, "file", f"unreadable shard {shard}: {exc}", SKIPPED, location=shard))
+            continue
+        finally:
+            if progress:
+                progress(shard)
+        shards[shard] = len(shard_ids)
+        missing = np.flatnonzero(shard_ids == MISSING_ID)
+        issues += [Issue(None, "object_id", "missing", SKIPPED, location=f"{shard}:{row}") for row in missing]
+        present = np.flatnonzero(shard_ids != MISSING_ID)
+        ids.append(shard_ids[present])
+        rows.append(present)
+        shard_names.append(np.full(len(present), shard, dtype=object))
+    frame = pd.DataFrame(
+        {
+            "object_id": np.concatenate(ids) if ids else np.array([], np.int64),
+            "shard": np.concatenate(shard_names) if shard_names else np.array([], object),
+            "row": np.concatenate(rows) if rows else np.array([], np.int64),
+        }
+    )
+    duplicated = frame.duplicated("object_id", keep="first")
+    if duplicated.any():
+        first = frame[~duplicated].set_index("object_id")
+        for dup in frame[duplicated].itertuples(index=False):
+            kept = first.loc[dup.object_id]
+            issues.append(
+                Issue(
+                    int(dup.object_id),
+                    "object_id",
+                    f"duplicate id; the row at {kept['shard']}:{kept['row']} is used",
+                    SKIPPED,
+                    location=f"{dup.shard}:{dup.row}",
+                )
+            )
+        frame = frame[~duplicated]
+    table = pa.Table.from_pandas(frame, schema=INDEX_SCHEMA, preserve_index=False)
+    return IndexResult(table, issues, shards)
+
+
+def save_index(result: IndexResult, directory: Path, source: Source) -> Path:
+    path = write_table(result.table, directory / "index.parquet")
+    write_json(
+        {"source": source.description, "objects": result.table.num_rows, "shards": result.shards},
+        directory / "index.json",
+    )
+    return path
+
+
+class ObjectIndex:
+    """Lookup of (shard, row) by object id, loaded from `index.parquet`."""
+
+    def __init__(self, table: pa.Table):
+        frame = table.to_pandas()
+        self.ids = frame["object_id"].to_numpy()
+        self._where = pd.Series(range(len(frame)), index=frame["object_id"])
+        self._shards = frame["shard"].to_numpy()
+        self._rows = frame["row"].to_numpy()
+
+    @classmethod
+    def load(cls, directory: Path) -> "ObjectIndex":
+        path = directory / "index.parquet"
+        if not path.is_file():
+            raise FmbError(f"no index at {path}; run `fmb data index` first")
+        return cls(pq.read_table(path))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def locate(self, object_ids: Iterable[int]) -> list[tuple[str, int]]:
+        object_ids = list(object_ids)
+        missing = [i for i in object_ids if i not in self._where.index]
+        if missing:
+            raise DataError(f"not in the index ({len(missing)} ids, e.g. {missing[:3]})", object_id=missing[0])
+        positions = self._where.loc[object_ids].to_numpy()
+        return list(zip(self._shards[positions], self._rows[positions].tolist()))
+
+
+class Fetcher:
+    """Rows and checked samples by object id, through the index (no scans)."""
+
+    def __init__(self, source: Source, index: ObjectIndex, checker: RowChecker | None = None):
+        self.source, self.index, self.checker = source, index, checker or RowChecker()
+
+    def rows(self, object_ids: Iterable[int]) -> list[dict]:
+        object_ids = [int(i) for i in object_ids]
+        by_shard: dict[str, list[tuple[int, int]]] = {}
+        for position, (shard, row) in enumerate(self.index.locate(object_ids)):
+            by_shard.setdefault(shard, []).append((position, row))
+        out: list[dict | None] = [None] * len(object_ids)
+        for shard, wanted in by_shard.items():
+            for (position, row), record in zip(wanted, self.source.read_rows(shard, [row for _, row in wanted])):
+                found = record.get("object_id", record.get("targetid"))
+                if found != object_ids[position]:
+                    raise DataError(
+                        f"index is stale: {shard}:{row} now holds object {found}; re-run `fmb data index`",
+                        object_id=object_ids[position],
+                    )
+                out[position] = record
+        return out
+
+    def sample(self, object_id: int) -> tuple[Sample | None, list[Issue]]:
+        return self.checker.check(self.rows([object_id])[0])

@@ -1,0 +1,135 @@
+"""The input-row contract (design §3): constants, the Arrow schema, and row encoders.
+
+Every source (local Parquet, Hugging Face, DESI FITS, the synthetic survey) yields rows of this
+shape; `fmb.data.validate` turns a row into a checked `Sample` or a clear rejection.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+#: DESI coadd grid: 3600-9824 Angstrom in 0.8 Angstrom steps.
+SPECTRUM_LENGTH = 7781
+WAVELENGTH_MIN = 3600.0
+WAVELENGTH_STEP = 0.8
+
+#: Euclid band columns, in wavelength order (VIS, then NISP Y/J/H).
+BAND_COLUMNS = ("VIS_image", "NISP_Y_image", "NISP_J_image", "NISP_H_image")
+BAND_NAMES = ("VIS", "Y", "J", "H")
+RGB_COLUMN = "RGB_image"
+#: Optional key a source may add to a row: [(field, reason)] for parts it could not load.
+LOAD_PROBLEMS = "_load_problems"
+
+#: Euclid MER zero points, nJy per ADU (band images are stored in ADU).
+ZEROPOINT_NJY_PER_ADU = {"VIS": 2835.34, "Y": 1916.10, "J": 1370.25, "H": 918.35}
+
+_FLOAT_LIST = pa.list_(pa.float32())
+_IMAGE_2D = pa.list_(_FLOAT_LIST)
+_ENCODED_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+SPECTRUM_TYPE = pa.struct([("flux", _FLOAT_LIST), ("wavelength", _FLOAT_LIST), ("error", _FLOAT_LIST)])
+SED_TYPE = pa.struct([(f"flux_{band}", pa.float32()) for band in BAND_NAMES])
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("object_id", pa.int64()),
+        ("targetid", pa.int64()),
+        ("redshift", pa.float64()),
+        (RGB_COLUMN, _ENCODED_IMAGE),
+        *[(column, _IMAGE_2D) for column in BAND_COLUMNS],
+        ("spectrum", SPECTRUM_TYPE),
+        ("sed_data", SED_TYPE),
+    ]
+)
+
+
+def desi_wavelength() -> np.ndarray:
+    """The 7781-pixel DESI wavelength grid in Angstrom (float64)."""
+    return WAVELENGTH_MIN + WAVELENGTH_STEP * np.arange(SPECTRUM_LENGTH)
+
+
+def encode_png(rgb: np.ndarray) -> dict:
+    """An (H, W, 3) uint8 array as the struct `datasets` stores images in."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def rgb_composite(vis: np.ndarray, y: np.ndarray, h: np.ndarray, *, softening: float | None = None) -> np.ndarray:
+    """Euclid-style colour composite (R=H, G=Y, B=VIS) with a shared asinh stretch, as uint8.
+
+    Bands are in ADU; they are brought to a common flux scale (nJy) first so colours are physical.
+    The softening defaults to the noise level (robust sigma of the faint pixels) so that the
+    background is dark but not clipped.
+    """
+    stack = np.stack(
+        [h * ZEROPOINT_NJY_PER_ADU["H"], y * ZEROPOINT_NJY_PER_ADU["Y"], vis * ZEROPOINT_NJY_PER_ADU["VIS"]]
+    ).astype(np.float64)
+    stack = np.nan_to_num(stack, nan=0.0, posinf=0.0, neginf=0.0)
+    if softening is None:
+        median = np.median(stack)
+        softening = max(1.4826 * np.median(np.abs(stack - median)), 1e-6)
+    stretched = np.arcsinh(np.clip(stack, 0, None) / softening)
+    top = max(np.percentile(stretched, 99.7), 1e-6)
+    return (np.clip(stretched / top, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def make_row(
+    *,
+    object_id: int,
+    bands: np.ndarray | list[np.ndarray] | None,
+    flux: np.ndarray | None,
+    error: np.ndarray | None,
+    redshift: float = float("nan"),
+    targetid: int | None = None,
+    rgb: np.ndarray | None = None,
+    wavelength: np.ndarray | None = None,
+    sed: dict[str, float] | None = None,
+) -> dict:
+    """One contract row from arrays. `bands` is (4, H, W) in ADU; the RGB composite is built
+    from it when not given; the wavelength defaults to the DESI grid."""
+    row: dict = {
+        "object_id": int(object_id),
+        "targetid": int(object_id if targetid is None else targetid),
+        "redshift": float(redshift),
+        RGB_COLUMN: None,
+        **{column: None for column in BAND_COLUMNS},
+        "spectrum": None,
+        "sed_data": sed,
+    }
+    if bands is not None:
+        bands = [np.asarray(band, dtype=np.float32) for band in bands]
+        for column, band in zip(BAND_COLUMNS, bands):
+            row[column] = band
+        if rgb is None and len({band.shape for band in bands}) == 1:
+            rgb = rgb_composite(bands[0], bands[1], bands[3])
+    if rgb is not None:
+        row[RGB_COLUMN] = encode_png(rgb)
+    if flux is not None:
+        wave = desi_wavelength() if wavelength is None else wavelength
+        row["spectrum"] = {
+            "flux": np.asarray(flux, dtype=np.float32),
+            "wavelength": np.asarray(wave, dtype=np.float32),
+            "error": np.asarray(error, dtype=np.float32),
+        }
+    return row
+
+
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    """Rows (numpy arrays allowed) as an Arrow table of `ROW_SCHEMA`."""
+    columns = {name: [] for name in ROW_SCHEMA.names}
+    for row in rows:
+        for name in ROW_SCHEMA.names:
+            columns[name].append(_to_arrow_value(row.get(name)))
+    return pa.table(columns, schema=ROW_SCHEMA)
+
+
+def _to_arrow_value(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {key: _to_arrow_value(item) for key, item in value.items()}
+    return value

@@ -1,0 +1,102 @@
+"""The data stage's commands, one function each (the CLI only parses and calls these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from fmb.config import ResolvedConfig
+from fmb.data.index import Fetcher, ObjectIndex, build_index, save_index
+from fmb.data.scan import iter_samples, summarize, write_rejects
+from fmb.data.sources import open_source
+from fmb.data.validate import RowChecker
+from fmb.errors import FmbError
+from fmb.io import write_json
+from fmb.progress import progress_bar
+
+
+def data_dir(config: ResolvedConfig) -> Path:
+    """Where the data stage writes: runs/<name>/data."""
+    return config.run_dir / "data"
+
+
+def synth(config: ResolvedConfig) -> dict:
+    """Generate the synthetic survey into ``synth.out``."""
+    from fmb.data.synth import synthesize
+
+    settings = config.synth
+    with progress_bar("synthesising", settings.n) as advance:
+        return synthesize(
+            config.path(settings.out),
+            settings.n,
+            config.seed,
+            cutout_px=settings.cutout_px,
+            anomaly_rate=settings.anomaly_rate,
+            workers=settings.workers,
+            shard_size=settings.shard_size,
+            progress=advance,
+        )
+
+
+@dataclass
+class IndexSummary:
+    objects: int
+    shards: int
+    skipped: int
+    index_path: Path
+    rejects_path: Path
+
+
+def index(config: ResolvedConfig) -> IndexSummary:
+    """Index the configured source (ids only) and record shard/id problems as rejects."""
+    source = open_source(config)
+    shards = source.shards()
+    if not shards:
+        raise FmbError(f"{source.description} holds no data files")
+    with progress_bar("indexing", len(shards), unit="shards") as advance:
+        result = build_index(source, progress=lambda _shard: advance(1))
+    out = data_dir(config)
+    index_path = save_index(result, out, source)
+    rejects_path = write_rejects(out / "rejects.parquet", "index", result.issues)
+    return IndexSummary(result.table.num_rows, len(result.shards), len(result.issues), index_path, rejects_path)
+
+
+def validate(config: ResolvedConfig) -> dict:
+    """Check every row of the source against the contract; write rejects and a summary."""
+    source = open_source(config)
+    checker = RowChecker(config.data)
+    total = _indexed_count(config)
+    issues: list = []
+    usable = 0
+    with progress_bar("validating", total) as advance:
+        for _ in iter_samples(source, checker, issues, progress=advance):
+            usable += 1
+    out = data_dir(config)
+    write_rejects(out / "rejects.parquet", "validate", issues)
+    summary = {"source": source.description, **summarize(issues, usable)}
+    write_json(summary, out / "validation.json")
+    return summary
+
+
+def show(config: ResolvedConfig, out: Path | None = None) -> Path:
+    """Draw one object (RGB, four bands, rest-frame spectrum) to a PNG and return its path."""
+    from fmb.viz.object_view import draw_object
+
+    source = open_source(config)
+    object_index = ObjectIndex.load(data_dir(config))
+    if len(object_index) == 0:
+        raise FmbError("the index is empty; nothing to show")
+    object_id = config.show.object_id if config.show.object_id is not None else int(object_index.ids[0])
+    sample, issues = Fetcher(source, object_index, RowChecker(config.data)).sample(object_id)
+    if sample is None:
+        reasons = "; ".join(f"{issue.field}: {issue.reason}" for issue in issues)
+        raise FmbError(f"object {object_id} cannot be shown: {reasons}")
+    path = out if out is not None else config.run_dir / "figures" / f"object_{object_id}.png"
+    return draw_object(sample, path, smooth_px=config.show.smooth_px)
+
+
+def _indexed_count(config: ResolvedConfig) -> int | None:
+    path = data_dir(config) / "index.parquet"
+    return pq.read_metadata(path).num_rows if path.is_file() else None

@@ -1,0 +1,47 @@
+"""Atomic file writes: write beside the target under a temporary name, then rename.
+
+A reader never sees a half-written file, and a killed run leaves at most a stray `.tmp-*` file
+that the next write replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success rename it to `path`, on error remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_table(table: pa.Table, path: str | Path, **parquet_options) -> Path:
+    """Write a Parquet file atomically (zstd by default)."""
+    parquet_options.setdefault("compression", "zstd")
+    with atomic_path(path) as temporary:
+        pq.write_table(table, temporary, **parquet_options)
+    return Path(path)
+
+
+def write_json(data, path: str | Path) -> Path:
+    """Write pretty JSON atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return Path(path)

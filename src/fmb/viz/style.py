@@ -1,0 +1,33 @@
+"""One plotting style for every fmb figure: plain matplotlib text (no LaTeX), readable sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import matplotlib
+
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "xtick.direction": "in",
+    "ytick.direction": "in",
+    "text.usetex": False,
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+    "image.origin": "lower",
+}
+
+
+@contextmanager
+def fmb_style() -> Iterator[None]:
+    """Apply the style for the figures drawn inside the block (no global side effect)."""
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(STYLE):
+        yield

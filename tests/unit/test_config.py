@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from fmb.config import find_root, load_config
+from fmb.errors import ConfigError
+
+
+def test_precedence_cli_over_task_over_project_over_defaults(project: Path):
+    (project / "fmb.yaml").write_text("name: proj\nseed: 1\nsynth:\n  n: 10\n  workers: 1\n")
+    task = project / "task.yaml"
+    task.write_text("seed: 2\nsynth:\n  n: 20\n")
+    config = load_config(task, cli={"synth.n": 30, "name": None}, root=project)
+    assert (config.name, config.seed, config.synth.n, config.synth.workers) == ("proj", 2, 30, 1)
+    origins = {key: origin for key, _, origin in config.explain()}
+    assert origins["name"] == "project file fmb.yaml"
+    assert origins["seed"].startswith("task file")
+    assert origins["synth.n"] == "command line"
+    assert origins["synth.cutout_px"] == "default"
+
+
+def test_set_overrides_parse_yaml_values(project: Path):
+    config = load_config(sets=["synth.anomaly_rate=0.02", "data.splits=[train]"], root=project)
+    assert config.synth.anomaly_rate == 0.02
+    assert config.data.splits == ["train"]
+
+
+@pytest.mark.parametrize("sets, message", [(["synth.nn=3"], "synth.nn"), (["synth.n=-1"], "synth.n"), (["oops"], "KEY=VALUE")])
+def test_bad_values_name_the_key_and_origin(project: Path, sets, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(sets=sets, root=project)
+    if "=" in sets[0]:
+        assert "command line" in str(caught.value)
+
+
+def test_bad_task_file_is_a_clear_error(project: Path):
+    bad = project / "bad.yaml"
+    bad.write_text("synth: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad, root=project)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad, root=project)
+
+
+def test_paths_resolve_under_root_and_loading_creates_nothing(project: Path):
+    sub = project / "deep" / "er"
+    sub.mkdir(parents=True)
+    assert find_root(sub) == project
+    config = load_config(root=sub)
+    assert config.path("data/x") == project / "data/x"
+    assert config.run_dir == project / "runs" / "test"
+    assert not (project / "runs").exists()
+    assert sorted(p.name for p in project.iterdir()) == ["deep", "fmb.yaml"]
