@@ -35,6 +35,7 @@ TaskFile = Annotated[
 Sets = Annotated[
     Optional[list[str]], typer.Option("--set", "-s", help="Override any key: --set synth.n=500 (repeatable).")
 ]
+SourceOption = Annotated[Optional[str], typer.Option("--source", help="Parquet dir, hf:<dataset id> or desi:<dir>.")]
 RunName = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: outputs go to runs/<name>/.")]
 
 
@@ -90,7 +91,7 @@ def data_synth(
 
 @data_app.command("index")
 def data_index(
-    source: Annotated[Optional[str], typer.Option(help="Parquet dir, hf:<dataset id> or desi:<dir>.")] = None,
+    source: SourceOption = None,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
@@ -106,7 +107,7 @@ def data_index(
 
 @data_app.command("validate")
 def data_validate(
-    source: Annotated[Optional[str], typer.Option(help="Parquet dir, hf:<dataset id> or desi:<dir>.")] = None,
+    source: SourceOption = None,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
@@ -122,12 +123,13 @@ def data_validate(
 def data_show(
     object_id: Annotated[Optional[int], typer.Argument(help="Object to draw (default: the first indexed).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="PNG path (default runs/<name>/figures/object_<id>.png).")] = None,
+    source: SourceOption = None,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
 ) -> None:
     """Draw one object: RGB composite, VIS/Y/J/H bands and the rest-frame spectrum with lines labelled."""
-    resolved = _config(config, set_, name, **{"show.object_id": object_id})
+    resolved = _config(config, set_, name, **{"show.object_id": object_id, "data.source": source})
     console.print(f"wrote {tasks.show(resolved, out)}")
 
 
@@ -136,6 +138,6 @@ def main() -> None:
     try:
         app()
     except FmbError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
 

@@ -1,0 +1,70 @@
+"""The data commands through the real CLI entry point."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from fmb.cli import app
+from tests.conftest import tagged_row, write_rows
+
+runner = CliRunner()
+
+
+def fmb(project: Path, *args: str, monkeypatch) -> object:
+    monkeypatch.chdir(project)
+    result = runner.invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def test_index_validate_show_on_a_parquet_directory(project: Path, monkeypatch):
+    rows = [tagged_row(i, size=32) for i in range(40, 52)]
+    rows[5]["spectrum"]["error"][:10] = 0.0
+    rows[7]["spectrum"]["flux"] = rows[7]["spectrum"]["flux"][:50]
+    write_rows(project / "mydata" / "part-0.parquet", rows)
+
+    result = fmb(project, "data", "index", "--source", "mydata", monkeypatch=monkeypatch)
+    assert result.exit_code == 0 and "indexed 12 objects in 1 shards" in result.output
+
+    result = fmb(project, "data", "validate", "--source", "mydata", monkeypatch=monkeypatch)
+    assert result.exit_code == 0
+    summary = json.loads((project / "runs/test/data/validation.json").read_text())
+    assert summary["usable_objects"] == 12 and summary["modalities_dropped"] == 1 and summary["repairs"] == 1
+    rejects = pq.read_table(project / "runs/test/data/rejects.parquet").to_pylist()
+    assert {(r["object_id"], r["field"], r["location"]) for r in rejects} == {
+        (45, "spectrum.error", "part-0.parquet:5"),
+        (47, "spectrum.flux", "part-0.parquet:7"),
+    }
+
+    result = fmb(project, "data", "show", "44", "--source", "mydata", monkeypatch=monkeypatch)
+    assert result.exit_code == 0
+    png = project / "runs/test/figures/object_44.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_config_show_reports_origins(project: Path, monkeypatch):
+    result = fmb(project, "config", "show", "--set", "synth.n=77", monkeypatch=monkeypatch)
+    assert result.exit_code == 0
+    line = next(line for line in result.output.splitlines() if "synth.n " in line)
+    assert "77" in line and "command line" in line
+
+
+def test_user_errors_are_one_line_and_exit_2(project: Path):
+    result = subprocess.run(
+        [sys.executable, "-c", "from fmb.cli import main; main()", "data", "index", "--source", "missing_dir"],
+        cwd=project, capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "missing_dir is not a directory" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_every_command_has_help():
+    for args in (["--help"], ["data", "--help"], ["data", "synth", "--help"], ["data", "index", "--help"],
+                 ["data", "validate", "--help"], ["data", "show", "--help"], ["config", "show", "--help"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage" in result.output, args
