@@ -108,12 +108,16 @@ def data_index(
 @data_app.command("validate")
 def data_validate(
     source: SourceOption = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first invalid object instead of skipping.")] = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
 ) -> None:
-    """Check every row against the input contract; write runs/<name>/data/rejects.parquet."""
-    resolved = _config(config, set_, name, **{"data.source": source})
+    """Check every row against the input contract; write runs/<name>/data/rejects.parquet.
+
+    Skipped objects, dropped modalities and repairs are listed there by object, location and field.
+    """
+    resolved = _config(config, set_, name, **{"data.source": source, "data.on_invalid": "error" if strict else None})
     summary = tasks.validate(resolved)
     for key, value in summary.items():
         console.print(f"{key}: {value}")

@@ -68,3 +68,14 @@ def test_every_command_has_help():
                  ["data", "validate", "--help"], ["data", "show", "--help"], ["config", "show", "--help"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Usage" in result.output, args
+
+
+def test_strict_validation_stops_at_the_first_bad_object(project: Path):
+    rows = [tagged_row(i) for i in range(3)]
+    rows[1]["NISP_Y_image"] = None
+    write_rows(project / "d" / "part-0.parquet", rows)
+    result = subprocess.run(
+        [sys.executable, "-c", "from fmb.cli import main; main()", "data", "validate", "--source", "d", "--strict"],
+        cwd=project, capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and "object 1, field NISP_Y_image: band image missing" in result.stderr
