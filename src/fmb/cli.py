@@ -13,6 +13,8 @@ from rich.table import Table
 from fmb import __version__
 from fmb.config import ResolvedConfig, load_config
 from fmb.data import tasks
+from fmb.embed import extract, store
+from fmb.models import tasks as model_tasks
 from fmb.errors import FmbError
 
 app = typer.Typer(
@@ -135,6 +137,55 @@ def data_show(
     """Draw one object: RGB composite, VIS/Y/J/H bands and the rest-frame spectrum with lines labelled."""
     resolved = _config(config, set_, name, **{"show.object_id": object_id, "data.source": source})
     console.print(f"wrote {tasks.show(resolved, out)}")
+
+
+ModelName = Annotated[str, typer.Argument(help="Model: aion, astropt, astroclip, or pixels (the PCA reference).")]
+
+
+@app.command("adapt")
+def adapt_command(
+    model: ModelName,
+    preset: Annotated[Optional[str], typer.Option(help="full (released size) or tiny (tests, demo).")] = None,
+    config: TaskFile = None,
+    set_: Sets = None,
+    name: RunName = None,
+) -> None:
+    """Stage 1: adapt a model to the survey (fit the PCA for pixels); weights go to runs/<name>/models/<model>/.
+
+    Trains on a seeded id-hash split with validation, early stopping and resumable checkpoints;
+    settings under models.<model>.adapt (see configs/adapt/).
+    """
+    resolved = _config(config, set_, name, **{f"models.{model}.preset": preset})
+    summary = model_tasks.adapt(resolved, model, log=console.print)
+    console.print(f"adapted {model}: {summary}")
+
+
+@app.command("embed")
+def embed_command(
+    model: ModelName,
+    preset: Annotated[Optional[str], typer.Option(help="full (released size) or tiny (tests, demo).")] = None,
+    export_pt: Annotated[Optional[Path], typer.Option(help="Also write the original research code's .pt format here.")] = None,
+    import_pt: Annotated[Optional[Path], typer.Option(help="Import a .pt embedding file instead of extracting.", exists=True)] = None,
+    config: TaskFile = None,
+    set_: Sets = None,
+    name: RunName = None,
+) -> None:
+    """Stage 2: per-object image, spectrum and joint embeddings -> runs/<name>/embeddings/<model>/.
+
+    Sharded Parquet parts + manifest.json; a killed run resumes where it stopped, objects that fail
+    validation are skipped and recorded in the rejects table.
+    """
+    resolved = _config(config, set_, name, **{f"models.{model}.preset": preset})
+    directory = extract.embeddings_dir(resolved, model)
+    if import_pt is not None:
+        count = store.import_pt(import_pt, directory, {"model": model, "imported_from": str(import_pt)})
+        console.print(f"imported {count} objects into {directory}")
+    else:
+        summary = extract.embed(resolved, model)
+        console.print(f"{summary['objects']} objects embedded by {model} in {directory} "
+                      f"({summary['units_done_now']} of {summary['units']} parts written now)")
+    if export_pt is not None:
+        console.print(f"exported {store.export_pt(directory, export_pt)} objects to {export_pt}")
 
 
 def main() -> None:

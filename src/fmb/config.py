@@ -65,12 +65,88 @@ class ShowConfig(_Section):
     smooth_px: float = Field(2.0, ge=0, description="Gaussian smoothing of the spectrum, pixels")
 
 
+class AdaptSettings(_Section):
+    """Stage 1: light adaptation of a model to Euclid x DESI (the shared trainer's settings)."""
+
+    epochs: int = Field(3, ge=1, description="passes over the training objects")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    max_objects: int | None = Field(None, ge=2, description="train on at most this many objects")
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm (0 = off)")
+    warmup_fraction: float = Field(0.05, ge=0, le=1, description="share of steps in linear warm-up")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * this")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="objects held out for validation (by id hash)")
+    patience: int = Field(3, ge=1, description="epochs without validation improvement before stopping")
+    min_delta: float = Field(1e-4, ge=0)
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="autocast: auto = bf16 on GPU")
+    num_workers: int = Field(1, ge=0, description="DataLoader worker processes")
+
+
+class EmbedSettings(_Section):
+    """Stage 2: embedding extraction."""
+
+    weights: Literal["adapted", "base"] = Field("adapted", description="use the adapted weights when they exist")
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(1, ge=0, description="DataLoader worker processes (0 = in the main process)")
+    prefetch: int = Field(4, ge=1, description="batches prefetched per worker")
+    rows_per_shard: int = Field(2048, ge=1, description="objects per output Parquet part (the unit of resume)")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="autocast: auto = bf16 on GPU")
+
+
+class ModelSection(_Section):
+    preset: Literal["full", "tiny"] = Field("full", description="architecture: released size, or tiny for tests")
+    weights: str | None = Field(
+        None, description="hub id or local file of pretrained weights; default: the released weights "
+        "(full) or random (tiny); 'random' forces random initialisation"
+    )
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    adapt: AdaptSettings = AdaptSettings()
+    embed: EmbedSettings = EmbedSettings()
+
+
+class AionSection(ModelSection):
+    adapter_hidden: int = Field(16, ge=4, description="width of the Euclid<->HSC U-Net adapters")
+    codec_grad: Literal["ste", "full"] = Field("ste", description="straight-through or full codec gradient")
+    image_size: int = Field(96, ge=96, description="Euclid bands are resized to this (the codec crops 96)")
+    max_abs: float = Field(100.0, gt=0, description="clamp of the nanomaggy fluxes")
+
+
+class AstroPTSection(ModelSection):
+    image_size: int = Field(224, ge=16, description="RGB resized to this (multiple of the 16 px patch)")
+    layer: Literal["middle", "last"] = Field("middle", description="read embeddings after the middle block or ln_f")
+    adapt: AdaptSettings = AdaptSettings(lr=3e-5, batch_size=8, grad_accum=4)
+
+
+class AstroCLIPSection(ModelSection):
+    image_size: int = Field(144, description="AstroDINO input size")
+    learnable_scale: bool = Field(True, description="learn the CLIP temperature (as exp of its log)")
+    finetune_spectrum: bool = Field(True, description="also adapt the spectrum head (backbones stay frozen)")
+    adapt: AdaptSettings = AdaptSettings(lr=3e-5, batch_size=64, weight_decay=0.05)
+
+
+class PixelsSection(ModelSection):
+    image_size: int = Field(32, ge=8, description="bands resized to this before PCA")
+    components: int = Field(64, ge=2, description="PCA components per modality")
+    fit_objects: int = Field(5000, ge=10, description="objects sampled to fit the PCA")
+
+
+class ModelsConfig(_Section):
+    aion: AionSection = AionSection()
+    astropt: AstroPTSection = AstroPTSection()
+    astroclip: AstroCLIPSection = AstroCLIPSection()
+    pixels: PixelsSection = PixelsSection()
+
+
 class FmbConfig(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$", description="run name: outputs go to runs/<name>/")
     seed: int = Field(42, description="seed for everything random")
     data: DataConfig = DataConfig()
     synth: SynthConfig = SynthConfig()
     show: ShowConfig = ShowConfig()
+    models: ModelsConfig = ModelsConfig()
 
 
 class ResolvedConfig:

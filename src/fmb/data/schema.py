@@ -119,17 +119,57 @@ def make_row(
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:
-    """Rows (numpy arrays allowed) as an Arrow table of `ROW_SCHEMA`."""
-    columns = {name: [] for name in ROW_SCHEMA.names}
-    for row in rows:
-        for name in ROW_SCHEMA.names:
-            columns[name].append(_to_arrow_value(row.get(name)))
+    """Rows (numpy arrays allowed) as an Arrow table of `ROW_SCHEMA`.
+
+    Images and spectra are handed to Arrow as flat numpy buffers plus offsets (no per-pixel Python
+    objects), which is what makes writing large surveys cheap.
+    """
+    columns = {}
+    for field in ROW_SCHEMA:
+        values = [row.get(field.name) for row in rows]
+        if field.name in BAND_COLUMNS:
+            columns[field.name] = _images_2d(values)
+        elif field.name == "spectrum":
+            columns[field.name] = _spectra(values)
+        else:
+            columns[field.name] = pa.array(values, type=field.type)
     return pa.table(columns, schema=ROW_SCHEMA)
 
 
-def _to_arrow_value(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {key: _to_arrow_value(item) for key, item in value.items()}
-    return value
+def _float_lists(arrays: list) -> pa.Array:
+    """list<float32> from 1-D arrays (None = null)."""
+    present = [np.asarray(a, dtype=np.float32).reshape(-1) for a in arrays if a is not None]
+    lengths = np.array([0 if a is None else np.asarray(a).size for a in arrays], dtype=np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    flat = pa.array(np.concatenate(present) if present else np.array([], np.float32), type=pa.float32())
+    mask = pa.array([a is None for a in arrays])
+    return pa.ListArray.from_arrays(offsets, flat, mask=mask)
+
+
+def _images_2d(images: list) -> pa.Array:
+    """list<list<float32>> from 2-D arrays (None = null); ragged lists of rows are kept as given."""
+    flats, row_lengths, outer = [], [], [0]
+    for image in images:
+        if image is None:
+            outer.append(outer[-1])
+            continue
+        if isinstance(image, np.ndarray) and image.ndim == 2:
+            flats.append(image.astype(np.float32, copy=False).ravel())
+            row_lengths.append(np.full(image.shape[0], image.shape[1]))
+        else:
+            rows = [np.asarray(row, dtype=np.float32).ravel() for row in image]
+            flats.extend(rows)
+            row_lengths.append(np.array([len(row) for row in rows]))
+        outer.append(outer[-1] + len(row_lengths[-1]))
+    lengths = np.concatenate(row_lengths) if row_lengths else np.array([], np.int64)
+    inner_offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    flat = pa.array(np.concatenate(flats) if flats else np.array([], np.float32), type=pa.float32())
+    inner = pa.ListArray.from_arrays(inner_offsets, flat)
+    mask = pa.array([image is None for image in images])
+    return pa.ListArray.from_arrays(pa.array(np.asarray(outer, dtype=np.int32)), inner, mask=mask)
+
+
+def _spectra(spectra: list) -> pa.Array:
+    parts = [_float_lists([None if s is None else s.get(name) for s in spectra]) for name in ("flux", "wavelength", "error")]
+    mask = pa.array([s is None for s in spectra])
+    return pa.StructArray.from_arrays(parts, fields=list(SPECTRUM_TYPE), mask=mask)

@@ -82,6 +82,7 @@ class ParquetSource(Source):
         self.directory = directory
         self.description = f"Parquet directory {directory}"
         self._files = [path for path in sorted(directory.rglob("*.parquet")) if _is_data_file(path)]
+        self._last_open: tuple[str, pq.ParquetFile] | None = None
 
     def shards(self) -> list[str]:
         return [str(path.relative_to(self.directory)) for path in self._files]
@@ -115,10 +116,16 @@ class ParquetSource(Source):
         return candidate if candidate.is_file() else None
 
     def _open(self, shard: str) -> pq.ParquetFile:
-        try:
-            return pq.ParquetFile(self.directory / shard)
-        except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"unreadable Parquet file: {exc}", field=shard) from None
+        # batches of one unit read the same file in turn: keep the last one open (per process)
+        if self._last_open is None or self._last_open[0] != shard:
+            try:
+                self._last_open = (shard, pq.ParquetFile(self.directory / shard))
+            except (OSError, pa.ArrowException) as exc:
+                raise DataError(f"unreadable Parquet file: {exc}", field=shard) from None
+        return self._last_open[1]
+
+    def __getstate__(self) -> dict:  # open file handles stay in their process
+        return {**self.__dict__, "_last_open": None}
 
 
 def _is_data_file(path: Path) -> bool:

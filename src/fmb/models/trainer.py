@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fmb.io import atomic_path, write_json
+from fmb.models.base import autocast_dtype
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -69,7 +70,7 @@ class Trainer:
     def __init__(self, model: Adaptable, settings: TrainSettings, out_dir: Path, device: torch.device | str = "cpu"):
         self.model, self.settings, self.out_dir = model, settings, Path(out_dir)
         self.device = torch.device(device)
-        self.dtype = _autocast_dtype(settings.amp, self.device)
+        self.dtype = autocast_dtype(settings.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         params = [p for p in model.trainable_parameters() if p.requires_grad]
         if not params:
@@ -229,12 +230,6 @@ def plot_history(history: History, path: Path) -> None:
         with atomic_path(path) as temporary:
             figure.savefig(temporary, format="png")
         plt.close(figure)
-
-
-def _autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

@@ -1,0 +1,110 @@
+"""`fmb embed MODEL`: batched, prefetched, sharded and resumable embedding extraction.
+
+The index is cut into work units (one output part each). A DataLoader streams row batches of the
+units still to do (reading, checking and preprocessing in worker processes while the model runs);
+the model embeds each batch under `inference_mode` (bf16 autocast on GPU); when every batch of a
+unit has arrived its part is written atomically and the manifest updated. Killed and restarted, the
+run skips the units the manifest lists and redoes the rest: no object is lost or duplicated.
+Objects a model cannot use (failed validation, missing modality) are recorded, never mis-paired.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+from fmb.config import ResolvedConfig
+from fmb.data.loader import BatchStream, StreamItem, plan_units
+from fmb.data.scan import write_rejects
+from fmb.data.sources import open_source
+from fmb.data.tasks import data_dir
+from fmb.data.validate import Issue
+from fmb.embed.store import Manifest, part_name, write_part
+from fmb.errors import FmbError
+from fmb.models.base import Encoder, autocast_dtype, file_sha256, pick_device, state_sha256
+from fmb.models.registry import build_encoder
+from fmb.progress import progress_bar
+
+
+def embeddings_dir(config: ResolvedConfig, model: str) -> Path:
+    return config.run_dir / "embeddings" / model
+
+
+def embed(config: ResolvedConfig, model: str, *, unit_filter: Callable[[int], bool] | None = None) -> dict:
+    """Extract embeddings of every indexed object for `model`; returns a summary.
+
+    `unit_filter` selects work units (e.g. one SLURM array task's share); by default all.
+    """
+    settings = getattr(config.models, model).embed
+    encoder = build_encoder(config, model, settings.weights)
+    device = pick_device(getattr(config.models, model).device)
+    encoder.to(device).eval()
+    index_path = data_dir(config) / "index.parquet"
+    if not index_path.is_file():
+        raise FmbError(f"no index at {index_path}; run `fmb data index` first")
+    index = pq.read_table(index_path)
+    units = plan_units(index, settings.rows_per_shard)
+    out = embeddings_dir(config, model)
+    manifest = Manifest.open(out, _signature(encoder, settings.rows_per_shard, index_path))
+    todo = [u for u in units if not manifest.is_done(u.unit_id) and (unit_filter is None or unit_filter(u.unit_id))]
+    total = sum(len(u.rows) for u in todo)
+    written = _run(encoder, device, config, settings, todo, manifest, total)
+    _record_rejects(config, model, manifest)
+    return {"model": model, "units": len(units), "units_done_now": written, "objects": manifest.total_rows,
+            "directory": out}
+
+
+def _signature(encoder: Encoder, rows_per_shard: int, index_path: Path) -> dict:
+    return {**encoder.describe(), "weights_sha256": state_sha256(encoder.state_dict()),
+            "rows_per_shard": rows_per_shard, "index_sha256": file_sha256(index_path)}
+
+
+def _run(encoder, device, config, settings, todo, manifest: Manifest, total: int) -> int:
+    if not todo:
+        return 0
+    stream = BatchStream(open_source(config), todo, encoder.preprocessor, settings.batch_size, config.data)
+    workers = settings.num_workers
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+                        prefetch_factor=settings.prefetch if workers > 0 else None, persistent_workers=False)
+    dtype = autocast_dtype(settings.amp, device)
+    pending: dict[int, list[tuple[int, StreamItem, dict]]] = defaultdict(list)
+    written = 0
+    with progress_bar(f"embedding {encoder.name}", total) as advance:
+        for item in loader:
+            pending[item.unit_id].append((item.batch_no, item, _embed_batch(encoder, item, device, dtype)))
+            advance(len(item.object_ids) + sum(1 for i in item.issues if i.action == "skipped"))
+            if len(pending[item.unit_id]) == item.n_batches:
+                _write_unit(manifest, item.unit_id, sorted(pending.pop(item.unit_id), key=lambda t: t[0]))
+                written += 1
+    return written
+
+
+def _embed_batch(encoder: Encoder, item: StreamItem, device: torch.device, dtype) -> dict[str, np.ndarray]:
+    if item.batch is None:
+        return {}
+    batch = {k: v.to(device, non_blocking=True) for k, v in item.batch.items()}
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        out = encoder.embed(batch)
+    return {modality: tensor.float().cpu().numpy() for modality, tensor in out.items()}
+
+
+def _write_unit(manifest: Manifest, unit_id: int, parts: list[tuple[int, StreamItem, dict]]) -> None:
+    ids = np.concatenate([np.asarray(item.object_ids, np.int64) for _, item, _ in parts])
+    modalities = sorted({m for _, _, emb in parts for m in emb})
+    matrices = {m: np.concatenate([emb[m] for _, _, emb in parts if m in emb]) for m in modalities}
+    write_part(manifest.directory / part_name(unit_id), ids, matrices)
+    skipped = [asdict(issue) for _, item, _ in parts for issue in item.issues]
+    manifest.add(unit_id, len(ids), skipped)
+
+
+def _record_rejects(config: ResolvedConfig, model: str, manifest: Manifest) -> None:
+    issues = [Issue(**issue) for entry in manifest.data["parts"].values() for issue in entry["skipped"]]
+    write_rejects(data_dir(config) / "rejects.parquet", f"embed:{model}", issues)
+

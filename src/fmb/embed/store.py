@@ -1,0 +1,152 @@
+"""Embedding storage (design §3): Parquet parts + a manifest, and the original `.pt` format.
+
+`runs/<name>/embeddings/<model>/part-NNNNN.parquet` holds `object_id` and one fixed-size float32
+list column per modality. `manifest.json` records what made them (model, weights sha256,
+preprocessing, pooling, layer, dims, fmb version, the work-unit plan) and, per part, its row
+count and sha256. A part is written under a temporary name and renamed, then the manifest is
+updated (also atomically): a run killed in between redoes that unit, never duplicates or drops it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fmb import __version__
+from fmb.errors import FmbError
+from fmb.io import write_json, write_table
+from fmb.models.base import MODALITIES, file_sha256
+
+MANIFEST = "manifest.json"
+
+
+def part_name(unit_id: int) -> str:
+    return f"part-{unit_id:05d}.parquet"
+
+
+@dataclass
+class Manifest:
+    directory: Path
+    data: dict
+
+    @classmethod
+    def open(cls, directory: Path, signature: dict) -> "Manifest":
+        """The manifest of `directory`, new if absent; refuses to mix parts made differently."""
+        path = directory / MANIFEST
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if data.get("signature") != signature:
+                changed = sorted(k for k in set(signature) | set(data.get("signature", {}))
+                                 if signature.get(k) != data.get("signature", {}).get(k))
+                raise FmbError(
+                    f"{directory} holds embeddings made differently ({', '.join(changed)} changed); "
+                    "use another run name or delete that directory to start over"
+                )
+            return cls(directory, data)
+        return cls(directory, {"signature": signature, "fmb_version": __version__, "parts": {}})
+
+    def is_done(self, unit_id: int) -> bool:
+        entry = self.data["parts"].get(str(unit_id))
+        path = self.directory / part_name(unit_id)
+        return entry is not None and path.is_file() and pq.read_metadata(path).num_rows == entry["rows"]
+
+    def add(self, unit_id: int, rows: int, skipped: list[dict]) -> None:
+        path = self.directory / part_name(unit_id)
+        self.data["parts"][str(unit_id)] = {"file": path.name, "rows": rows, "sha256": file_sha256(path),
+                                            "skipped": skipped}
+        write_json(self.data, self.directory / MANIFEST)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(entry["rows"] for entry in self.data["parts"].values())
+
+
+def write_part(path: Path, object_ids: np.ndarray, embeddings: dict[str, np.ndarray]) -> Path:
+    columns = {"object_id": pa.array(np.asarray(object_ids, dtype=np.int64))}
+    for modality in MODALITIES:
+        if modality in embeddings:
+            matrix = np.ascontiguousarray(embeddings[modality], dtype=np.float32)
+            flat = pa.array(matrix.reshape(-1))
+            columns[modality] = pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]) if len(matrix) else \
+                pa.array([], type=pa.list_(pa.float32(), matrix.shape[1]))
+    return write_table(pa.table(columns), path, compression="zstd")
+
+
+def load_embeddings(directory: Path, modalities: tuple[str, ...] = MODALITIES) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(object ids, {modality: (N, D) float32}) from the parts listed in the manifest, in unit order."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FmbError(f"no embeddings in {directory}; run `fmb embed` first")
+    manifest = json.loads(path.read_text())
+    files = [directory / entry["file"] for _, entry in sorted(manifest["parts"].items(), key=lambda kv: int(kv[0]))]
+    tables = [pq.read_table(file) for file in files]
+    if not tables:
+        return np.array([], np.int64), {}
+    table = pa.concat_tables(tables)
+    ids = table.column("object_id").to_numpy()
+    out = {}
+    for modality in modalities:
+        if modality in table.column_names:
+            column = table.column(modality).combine_chunks()
+            out[modality] = column.values.to_numpy().reshape(len(column), -1)
+    return ids, out
+
+
+# -- the original research code's .pt format: a list of dicts with object_id and embedding_* keys ----
+#: Original key names (AstroPT/AstroCLIP and AION) -> fmb modality.
+LEGACY_KEYS = {
+    "embedding_images": "image", "embedding_hsc": "image",
+    "embedding_spectra": "spectrum", "embedding_spectrum": "spectrum",
+    "embedding_joint": "joint", "embedding_hsc_desi": "joint",
+}
+_EXPORT_KEYS = {"image": "embedding_images", "spectrum": "embedding_spectra", "joint": "embedding_joint"}
+
+
+def export_pt(directory: Path, path: Path) -> int:
+    """Write the embeddings of `directory` as the original `.pt` list of dicts; returns the count."""
+    import torch
+
+    from fmb.io import atomic_path
+
+    ids, matrices = load_embeddings(directory)
+    records = [{"object_id": int(i), **{_EXPORT_KEYS[m]: torch.from_numpy(v[k].copy()) for m, v in matrices.items()}}
+               for k, i in enumerate(ids)]
+    with atomic_path(path) as temporary:
+        torch.save(records, temporary)
+    return len(records)
+
+
+def import_pt(path: Path, directory: Path, signature: dict) -> int:
+    """Read an original `.pt` embedding file into parts + manifest under `directory`."""
+    import torch
+
+    records = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(records, list) or not records or not isinstance(records[0], dict):
+        raise FmbError(f"{path} is not a list of embedding records")
+    ids, matrices = _records_to_matrices(records, path)
+    manifest = Manifest.open(directory, signature)
+    write_part(directory / part_name(0), ids, matrices)
+    manifest.add(0, len(ids), [])
+    return len(ids)
+
+
+def _records_to_matrices(records: list[dict], path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    keys = {key for key in records[0] if key in LEGACY_KEYS}
+    if not keys:
+        raise FmbError(f"{path}: records have none of the embedding keys {sorted(LEGACY_KEYS)}")
+    ids, rows = [], {LEGACY_KEYS[k]: [] for k in keys}
+    for position, record in enumerate(records):
+        object_id = record.get("object_id", record.get("targetid"))
+        if object_id is None or any(k not in record for k in keys):
+            raise FmbError(f"{path}: record {position} lacks object_id or one of {sorted(keys)}")
+        ids.append(int(object_id))
+        for key in keys:
+            rows[LEGACY_KEYS[key]].append(np.asarray(record[key], dtype=np.float32).reshape(-1))
+    if len(set(ids)) != len(ids):
+        raise FmbError(f"{path}: duplicate object ids")
+    return np.asarray(ids, np.int64), {m: np.stack(v) for m, v in rows.items()}

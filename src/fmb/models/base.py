@@ -1,0 +1,142 @@
+"""The one encoder interface every model implements (AION, AstroPT, AstroCLIP, pixel PCA).
+
+An `Encoder` is a torch module that
+
+* has a `Preprocessor`: which parts of a checked `Sample` it needs (``bands``, ``rgb``,
+  ``spectrum``) and how a list of samples becomes a CPU batch (run in DataLoader workers);
+* returns pooled per-object embeddings for ``image``, ``spectrum`` and ``joint`` (`embed`);
+* defines its adaptation objective (`training_loss`) and which parameters adapt;
+* describes itself for the embedding manifest (`describe`).
+
+Weight loading is strict everywhere: a missing or unexpected key is a `WeightsError` listing them,
+never a model silently left with random weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from fmb.data.validate import Sample
+from fmb.errors import FmbError
+
+MODALITIES = ("image", "spectrum", "joint")
+
+
+class WeightsError(FmbError):
+    """Weights do not fit the architecture (missing/unexpected keys, wrong shapes) or cannot be found."""
+
+
+class Preprocessor(ABC):
+    """The CPU half of a model, run in DataLoader workers: which samples it can use, and how they
+    become a batch of tensors (object ids under ``object_id``). Small and picklable: no weights."""
+
+    model: ClassVar[str]
+    needs: ClassVar[frozenset[str]]  # Sample fields that must be present: bands, rgb, spectrum
+
+    def usable(self, sample: Sample) -> str | None:
+        """None when the sample has what this model needs, else the reason it cannot be used."""
+        missing = [part for part in sorted(self.needs) if getattr(sample, part) is None]
+        return f"no usable {' or '.join(missing)} (needed by {self.model})" if missing else None
+
+    @abstractmethod
+    def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]: ...
+
+
+class Encoder(torch.nn.Module, ABC):
+    name: ClassVar[str]
+    modalities: ClassVar[tuple[str, ...]] = MODALITIES
+    requires_adaptation: ClassVar[bool] = False  # True: unusable before `fmb adapt` (e.g. a fitted PCA)
+    preprocessor: Preprocessor
+
+    @classmethod
+    @abstractmethod
+    def load(cls, settings) -> "Encoder":
+        """Build the architecture of `settings.preset` and load its base weights (strictly)."""
+
+    @abstractmethod
+    def embed(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pooled embeddings {modality: (B, D) float} for this model's modalities."""
+
+    @abstractmethod
+    def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The adaptation objective on one batch (a scalar)."""
+
+    @abstractmethod
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters that adaptation updates (everything else stays frozen)."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """Model id, weights, preprocessing, pooling, layer and dims, for the manifest."""
+
+    def adapted_state(self) -> dict:
+        """What adaptation changes (saved in checkpoints); by default the trainable modules' state."""
+        names = {id(p) for p in self.trainable_parameters()}
+        return {k: v.detach().cpu().clone() for k, v in self.named_parameters() if id(v) in names}
+
+    def load_adapted_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        expected = set(self.adapted_state())
+        check_keys(expected, set(state), what=f"{self.name} adapted weights")
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for key, value in state.items():
+                params[key].copy_(value)
+
+
+def check_keys(expected: Iterable[str], found: Iterable[str], what: str) -> None:
+    """Raise `WeightsError` naming missing and unexpected keys (a few of each) if the sets differ."""
+    expected, found = set(expected), set(found)
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
+        raise WeightsError(f"{what} do not match the architecture: {'; '.join(parts)}")
+
+
+def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """`load_state_dict(strict=True)` with our error: key differences and shape mismatches by name."""
+    check_keys(module.state_dict().keys(), state.keys(), what)
+    own = module.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if own[k].shape != v.shape]
+    if wrong:
+        raise WeightsError(f"{what}: {len(wrong)} tensors have the wrong shape (e.g. {'; '.join(wrong[:3])})")
+    module.load_state_dict(state, strict=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """A content hash of a state dict (for random or in-memory weights that have no file)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for an `amp` setting: auto = bf16 on GPU and full precision on CPU."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

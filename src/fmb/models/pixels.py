@@ -1,0 +1,153 @@
+"""The no-foundation-model reference: PCA of pixels and of continuum-normalised spectra.
+
+Every benchmark asks first whether a foundation model finds more than this does.
+
+* image:    the four bands resized to `image_size`, each divided by its robust noise level (MAD)
+            and asinh-stretched, then standardised per feature and projected on PCA components;
+* spectrum: flux minus a binned-median continuum, over the continuum level (masked pixels 0), standardised
+            per pixel and projected on PCA components;
+* joint:    both projections side by side, each scaled to unit total variance so that neither
+            modality dominates by its number of components or units.
+
+"Adaptation" for this model is fitting the PCA on a sample of objects; the fitted means, scales and
+components are buffers of the module and are saved like any other weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fmb.config import PixelsSection
+from fmb.data.validate import Sample
+from fmb.models.base import Encoder, Preprocessor, load_strict
+
+_CONTINUUM_BIN_PX = 125  # 100 A bins: wider than any line, narrower than the continuum shape
+
+
+class PixelsPreprocessor(Preprocessor):
+    model = "pixels"
+    needs = frozenset({"bands", "spectrum"})
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+    def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        images = torch.stack([self._image(s.bands) for s in samples])
+        spectra = torch.from_numpy(np.stack([_continuum_normalised(s.spectrum.flux, s.spectrum.mask) for s in samples]))
+        ids = torch.tensor([s.object_id for s in samples], dtype=torch.int64)
+        return {"object_id": ids, "image": images.flatten(1), "spectrum": spectra.float()}
+
+    def _image(self, bands: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(bands).float()
+        centred = x - x.flatten(1).median(1).values[:, None, None]
+        noise = 1.4826 * centred.flatten(1).abs().median(1).values.clamp_min(1e-12)
+        scaled = torch.asinh(centred / noise[:, None, None])
+        return F.interpolate(scaled[None], size=(self.image_size, self.image_size), mode="area")[0]
+
+
+def _continuum_normalised(flux: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Flux relative to a smooth continuum: medians of ~100 A bins, linearly interpolated."""
+    values = np.where(mask, np.nan, flux.astype(np.float64))
+    n_bins = len(values) // _CONTINUUM_BIN_PX
+    binned = values[: n_bins * _CONTINUUM_BIN_PX].reshape(n_bins, _CONTINUUM_BIN_PX)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-masked bins give NaN, handled below
+        medians = np.nanmedian(binned, axis=1)
+    good = np.isfinite(medians)
+    if good.sum() < 2:
+        return np.zeros_like(flux, dtype=np.float32)
+    centres = (np.arange(n_bins) + 0.5) * _CONTINUUM_BIN_PX
+    continuum = np.interp(np.arange(len(values)), centres[good], medians[good])
+    scale = np.median(np.abs(medians[good])) + 1e-12
+    normalised = (values - continuum) / scale  # feature strength relative to the continuum level
+    return np.where(mask, 0.0, normalised).astype(np.float32)
+
+
+class _FittedPCA(torch.nn.Module):
+    """Standardise then project; parameters are buffers filled by `fit`."""
+
+    def __init__(self, n_features: int, n_components: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("scale", torch.ones(n_features))
+        self.register_buffer("components", torch.zeros(n_components, n_features))
+        self.register_buffer("total_variance", torch.ones(()))
+
+    def fit(self, x: torch.Tensor, seed: int) -> None:
+        x = x.double()
+        self.mean.copy_(x.mean(0))
+        self.scale.copy_(x.std(0).clamp_min(1e-6))
+        z = (x - self.mean.double()) / self.scale.double()
+        k = min(self.components.shape[0], *z.shape)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        _, singular, v = torch.pca_lowrank(z, q=k, center=False, niter=6)
+        torch.random.set_rng_state(generator_state)
+        self.components.zero_()
+        self.components[:k] = v[:, :k].T.float()
+        projected_variance = (singular[:k] ** 2).sum() / max(1, len(z) - 1)
+        self.total_variance.copy_(projected_variance.clamp_min(1e-12))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / self.scale) @ self.components.T
+
+
+class PixelsEncoder(Encoder):
+    name = "pixels"
+    requires_adaptation = True
+
+    def __init__(self, settings: PixelsSection):
+        super().__init__()
+        self.settings = settings
+        self.preprocessor = PixelsPreprocessor(settings.image_size)
+        n_image = 4 * settings.image_size**2
+        self.image_pca = _FittedPCA(n_image, settings.components)
+        self.spectrum_pca = _FittedPCA(7781, settings.components)
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @classmethod
+    def load(cls, settings: PixelsSection) -> "PixelsEncoder":
+        return cls(settings)  # no pretrained weights: the fitted PCA is this run's adapted state
+
+    def fit(self, batch: Mapping[str, torch.Tensor], seed: int = 0) -> None:
+        self.image_pca.fit(batch["image"], seed)
+        self.spectrum_pca.fit(batch["spectrum"], seed + 1)
+        self.fitted.fill_(True)
+
+    def embed(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not bool(self.fitted):
+            raise RuntimeError("the pixel reference is not fitted: run `fmb adapt pixels` first")
+        image = self.image_pca(batch["image"].float())
+        spectrum = self.spectrum_pca(batch["spectrum"].float())
+        joint = torch.cat([image / self.image_pca.total_variance.sqrt(),
+                           spectrum / self.spectrum_pca.total_variance.sqrt()], dim=1)
+        return {"image": image, "spectrum": spectrum, "joint": joint}
+
+    def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError("the pixel reference is fitted (PCA), not trained")
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    def adapted_state(self) -> dict:
+        return {k: v.clone() for k, v in self.state_dict().items()}
+
+    def load_adapted_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_strict(self, state, "pixel reference weights")
+
+    def describe(self) -> dict:
+        s = self.settings
+        return {
+            "model": "pixels",
+            "preprocessing": f"bands: median-subtracted, /MAD noise, asinh, area-resized to {s.image_size}px; "
+            f"spectrum: (flux - continuum) / continuum level, continuum = medians of {_CONTINUUM_BIN_PX}-px bins",
+            "pooling": "PCA projection (standardised features)",
+            "layer": "n/a",
+            "dims": {"image": s.components, "spectrum": s.components, "joint": 2 * s.components},
+        }

@@ -1,0 +1,197 @@
+"""Adapt + embed through the real pipeline with the pixel-PCA reference (fast, no weights needed)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from fmb.config import load_config
+from fmb.data.tasks import index
+from fmb.embed import store
+from fmb.embed.extract import embed, embeddings_dir
+from fmb.errors import FmbError
+from fmb.models import tasks as model_tasks
+from tests.conftest import tagged_row, write_rows
+
+SETTINGS = [
+    "data.source=survey",
+    "models.pixels.components=6",
+    "models.pixels.image_size=8",
+    "models.pixels.embed.rows_per_shard=7",
+    "models.pixels.embed.batch_size=3",
+    "models.pixels.embed.num_workers=0",
+]
+
+
+def make_survey(project: Path, n: int = 40, broken=True) -> None:
+    rows = [tagged_row(1000 + i, size=32, seed=i) for i in range(n)]
+    if broken:
+        rows[4]["spectrum"] = None  # usable for nothing that needs a spectrum
+        rows[9]["NISP_H_image"] = rows[9]["NISP_H_image"][:20]
+    write_rows(project / "survey" / "part-0.parquet", rows[: n // 2], row_group_size=5)
+    write_rows(project / "survey" / "part-1.parquet", rows[n // 2 :], row_group_size=5)
+
+
+@pytest.fixture
+def fitted(project: Path):
+    make_survey(project)
+    config = load_config(root=project, sets=SETTINGS)
+    index(config)
+    model_tasks.adapt(config, "pixels")
+    return config
+
+
+def test_unfitted_reference_is_a_clear_error(project: Path):
+    make_survey(project)
+    config = load_config(root=project, sets=SETTINGS)
+    index(config)
+    with pytest.raises(FmbError, match="run `fmb adapt pixels` first"):
+        embed(config, "pixels")
+
+
+def test_embed_writes_parts_manifest_and_records_skips(fitted):
+    summary = embed(fitted, "pixels")
+    directory = embeddings_dir(fitted, "pixels")
+    assert summary["units"] == 6 and summary["objects"] == 38
+    ids, matrices = store.load_embeddings(directory)
+    assert sorted(ids) == sorted(set(range(1000, 1040)) - {1004, 1009})
+    assert matrices["image"].shape == (38, 6) and matrices["joint"].shape == (38, 12)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["signature"]["model"] == "pixels" and len(manifest["signature"]["weights_sha256"]) == 64
+    assert all(len(entry["sha256"]) == 64 for entry in manifest["parts"].values())
+    rejects = pq.read_table(fitted.run_dir / "data/rejects.parquet").to_pandas()
+    mine = rejects[rejects.stage == "embed:pixels"]
+    assert set(mine.object_id) == {1004, 1009} and set(mine.location) == {"part-0.parquet:4", "part-0.parquet:9"}
+
+
+def test_embeddings_are_deterministic_and_worker_count_does_not_matter(fitted, project: Path):
+    embed(fitted, "pixels")
+    ids_a, a = store.load_embeddings(embeddings_dir(fitted, "pixels"))
+    other = load_config(root=project, sets=SETTINGS + ["name=other", "models.pixels.embed.num_workers=2"])
+    (other.run_dir / "data").mkdir(parents=True)
+    for name in ("index.parquet", "index.json"):
+        (other.run_dir / "data" / name).write_bytes((fitted.run_dir / "data" / name).read_bytes())
+    (other.run_dir / "models").mkdir()
+    os.symlink(fitted.run_dir / "models" / "pixels", other.run_dir / "models" / "pixels")
+    embed(other, "pixels")
+    ids_b, b = store.load_embeddings(embeddings_dir(other, "pixels"))
+    np.testing.assert_array_equal(ids_a, ids_b)
+    for modality in a:
+        np.testing.assert_array_equal(a[modality], b[modality])
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["after_part_before_manifest", "after_manifest"])
+def test_interrupted_then_resumed_equals_uninterrupted(fitted, project: Path, monkeypatch, where):
+    embed(fitted, "pixels")
+    ids_ref, ref = store.load_embeddings(embeddings_dir(fitted, "pixels"))
+
+    resumed = load_config(root=project, sets=SETTINGS + ["name=resumed"])
+    index(resumed)
+    (resumed.run_dir / "models").mkdir()
+    os.symlink(fitted.run_dir / "models" / "pixels", resumed.run_dir / "models" / "pixels")
+    calls = {"n": 0}
+    original_add = store.Manifest.add
+
+    def failing_add(self, unit_id, rows, skipped):  # a crash at a chosen point of the third unit
+        calls["n"] += 1
+        if calls["n"] == 3 and where == "after_part_before_manifest":
+            raise Interrupted
+        original_add(self, unit_id, rows, skipped)
+        if calls["n"] == 3:
+            raise Interrupted
+
+    monkeypatch.setattr(store.Manifest, "add", failing_add)
+    with pytest.raises(Interrupted):
+        embed(resumed, "pixels")
+    monkeypatch.setattr(store.Manifest, "add", original_add)
+    summary = embed(resumed, "pixels")
+    assert summary["units_done_now"] == (4 if where == "after_part_before_manifest" else 3)
+    ids, got = store.load_embeddings(embeddings_dir(resumed, "pixels"))
+    assert len(ids) == len(set(ids)) == len(ids_ref)
+    np.testing.assert_array_equal(ids, ids_ref)
+    for modality in ref:
+        np.testing.assert_array_equal(got[modality], ref[modality])
+
+
+def test_changed_weights_refuse_to_mix_with_old_parts(fitted, project: Path):
+    embed(fitted, "pixels")
+    changed = load_config(root=project, sets=SETTINGS + ["models.pixels.embed.rows_per_shard=9"])
+    with pytest.raises(FmbError, match="rows_per_shard changed"):
+        embed(changed, "pixels")
+
+
+def test_pt_export_import_round_trip(fitted, project: Path):
+    embed(fitted, "pixels")
+    directory = embeddings_dir(fitted, "pixels")
+    path = project / "legacy.pt"
+    assert store.export_pt(directory, path) == 38
+    records = torch.load(path, weights_only=False)
+    assert set(records[0]) == {"object_id", "embedding_images", "embedding_spectra", "embedding_joint"}
+    assert store.import_pt(path, project / "imported", {"model": "pixels"}) == 38
+    ids_a, a = store.load_embeddings(directory)
+    ids_b, b = store.load_embeddings(project / "imported")
+    np.testing.assert_array_equal(ids_a, ids_b)
+    np.testing.assert_array_equal(a["joint"], b["joint"])
+
+
+def test_import_of_aion_style_keys_and_bad_files(tmp_path: Path):
+    good = [{"object_id": i, "embedding_hsc": torch.ones(4) * i, "embedding_hsc_desi": torch.zeros(4)} for i in range(3)]
+    torch.save(good, tmp_path / "aion.pt")
+    assert store.import_pt(tmp_path / "aion.pt", tmp_path / "out", {"model": "aion"}) == 3
+    ids, m = store.load_embeddings(tmp_path / "out")
+    assert set(m) == {"image", "joint"} and m["image"][2, 0] == 2
+    torch.save(good + [{"object_id": 1, "embedding_hsc": torch.ones(4), "embedding_hsc_desi": torch.ones(4)}], tmp_path / "dup.pt")
+    with pytest.raises(FmbError, match="duplicate object ids"):
+        store.import_pt(tmp_path / "dup.pt", tmp_path / "out2", {"model": "aion"})
+
+
+def test_reference_separates_an_odd_object(project: Path):
+    """The fitted PCA is real: an object unlike the rest lands far from the crowd."""
+    rows = [tagged_row(2000 + i, size=32, seed=i) for i in range(60)]
+    for row in rows:  # the tag makes every image a flat field: give most a common texture
+        row["VIS_image"] = row["VIS_image"] + np.sin(np.arange(32) / 3.0)[None, :].astype(np.float32)
+    rows[7]["VIS_image"] = rows[7]["VIS_image"] + 40 * np.cos(np.arange(32) / 1.5)[:, None].astype(np.float32)
+    write_rows(project / "survey" / "part-0.parquet", rows)
+    config = load_config(root=project, sets=SETTINGS)
+    index(config)
+    model_tasks.adapt(config, "pixels")
+    embed(config, "pixels")
+    ids, m = store.load_embeddings(embeddings_dir(config, "pixels"))
+    distance = np.linalg.norm(m["image"] - np.median(m["image"], axis=0), axis=1)
+    assert ids[np.argmax(distance)] == 2007
+
+
+def test_real_kill_9_then_resume_loses_and_duplicates_nothing(project: Path):
+    """A real SIGKILL of the CLI mid-run (not a simulated exception)."""
+    make_survey(project, n=600, broken=False)
+    sets = [s for s in SETTINGS if "rows_per_shard" not in s] + ["models.pixels.embed.rows_per_shard=20"]
+    args = [arg for s in sets for arg in ("--set", s)]
+    cli = [sys.executable, "-c", "from fmb.cli import main; main()"]
+    run = lambda *a: subprocess.run(cli + list(a), cwd=project, capture_output=True, text=True, check=True)
+    run("data", "index", *args)
+    run("adapt", "pixels", *args)
+    process = subprocess.Popen(cli + ["embed", "pixels", *args], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = project / "runs/test/embeddings/pixels/manifest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (manifest.is_file() and len(json.loads(manifest.read_text())["parts"]) >= 3):
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed; make the survey larger"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = len(json.loads(manifest.read_text())["parts"])
+    assert 3 <= done_before < 30
+    run("embed", "pixels", *args)
+    ids, _ = store.load_embeddings(project / "runs/test/embeddings/pixels")
+    assert len(ids) == 600 and len(set(ids)) == 600
