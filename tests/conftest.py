@@ -37,3 +37,33 @@ def project(tmp_path: Path) -> Path:
     """An empty project root (holds fmb.yaml, so config paths resolve here)."""
     (tmp_path / "fmb.yaml").write_text("name: test\n")
     return tmp_path
+
+
+def plant_hf_file(hf_home: Path, repo_id: str, filename: str, write) -> Path:
+    """Put a file into a Hugging Face hub cache exactly where `hf_hub_download` looks for it.
+
+    The hub is unreachable from tests: with HF_HUB_OFFLINE=1 the real loading code then reads this
+    planted copy through its normal path. `write(path)` creates the file.
+    """
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / ("0" * 40)
+    target = snapshot / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write(target)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    return target
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch) -> Path:
+    """An empty HF cache in offline mode (the hub cannot be reached from here)."""
+    home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    return home

@@ -15,6 +15,7 @@ from fmb.models.trainer import BEST
 #: model name -> "module:class" (imported lazily: each model pulls its own heavy package)
 ENCODERS = {
     "pixels": "fmb.models.pixels:PixelsEncoder",
+    "astropt": "fmb.models.astropt:AstroPTEncoder",
 }
 
 

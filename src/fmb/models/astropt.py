@@ -1,0 +1,207 @@
+"""AstroPT (`astropt` package): an autoregressive GPT over image patches and spectrum patches.
+
+Loading: released weights come through the package's own loader (`load_astropt`, e.g.
+``smith42/astropt_v2.0/astropt/095M/ckpt.pt``), which loads strictly. Released models read images
+only, so the spectrum modality is added: a new GPT with both modalities receives every loaded
+tensor (each must exist with the same shape), and only the spectrum tokeniser, position encoder and
+decoder start random — anything else left unloaded is a `WeightsError`.
+
+Input: the RGB composite resized to `image_size` and cut into 16x16 patches (images first, so the
+spectrum tokens attend to the image of the same object); the spectrum divided by its standard
+deviation, in patches of 10 pixels positioned by their wavelengths. Both come from one `Sample`,
+so an image is never paired with another object's spectrum.
+
+Embeddings are read after the middle block (or after ln_f with ``layer: last``) and the forward
+pass stops there; image and spectrum are the means over their tokens, joint is the normalised sum
+of the two normalised means (as in the original work). Adaptation fine-tunes the whole GPT on the
+next-token Huber loss, both modalities weighted equally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Mapping
+from pathlib import Path
+
+import einops
+import torch
+import torch.nn.functional as F
+
+from fmb.config import AstroPTSection
+from fmb.data.validate import Sample
+from fmb.models.base import Encoder, Preprocessor, WeightsError, load_strict
+from fmb.models.inputs import object_ids, rgb_batch, spectrum_batch
+
+IMAGE_PATCH = 16
+SPECTRUM_PATCH = 10
+DEFAULT_WEIGHTS = "smith42/astropt_v2.0/astropt/095M/ckpt.pt"
+_SPECTRUM_KEYS = ("transformer.wte.spectra.", "transformer.wpe.spectra.", "lm_head.spectra.")
+_PRESETS = {
+    "full": dict(n_layer=12, n_head=12, n_embd=768),
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64),
+}
+
+
+class AstroPTPreprocessor(Preprocessor):
+    model = "astropt"
+    needs = frozenset({"rgb", "spectrum"})
+
+    def __init__(self, image_size: int):
+        if image_size % IMAGE_PATCH:
+            raise ValueError(f"astropt image_size must be a multiple of {IMAGE_PATCH}, got {image_size}")
+        self.image_size = image_size
+
+    def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        images = rgb_batch(samples, self.image_size)
+        patches = einops.rearrange(images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=IMAGE_PATCH, p2=IMAGE_PATCH)
+        spectra = spectrum_batch(samples)
+        flux = _unit_scale(spectra["flux"], spectra["mask"])
+        pad = (-flux.shape[1]) % SPECTRUM_PATCH
+        flux = F.pad(flux, (0, pad))
+        wave = F.pad((spectra["wavelength"] - 3000.0) / 7000.0, (0, pad))
+        return {
+            "object_id": object_ids(samples),
+            "images": patches,
+            "images_positions": torch.arange(patches.shape[1]).expand(len(samples), -1).clone(),
+            "spectra": einops.rearrange(flux, "b (n p) -> b n p", p=SPECTRUM_PATCH),
+            "spectra_positions": einops.rearrange(wave, "b (n p) -> b n p", p=SPECTRUM_PATCH),
+        }
+
+
+def _unit_scale(flux: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Divide each spectrum by the standard deviation of its unmasked pixels (no mean subtraction)."""
+    good = (~mask).float()
+    count = good.sum(1, keepdim=True).clamp_min(1)
+    mean = (flux * good).sum(1, keepdim=True) / count
+    std = (((flux - mean) ** 2 * good).sum(1, keepdim=True) / count).sqrt()
+    return torch.where(std > 0, flux / (std + 1e-8), flux) * good
+
+
+def _registry(n_image_tokens_input: int):
+    from astropt.model import ModalityConfig, ModalityRegistry
+
+    return ModalityRegistry([
+        ModalityConfig("images", input_size=n_image_tokens_input, pos_input_size=1, patch_size=IMAGE_PATCH, embed_pos=True),
+        _spectrum_modality(),
+    ])
+
+
+def _spectrum_modality():
+    from astropt.model import ModalityConfig
+
+    return ModalityConfig("spectra", input_size=SPECTRUM_PATCH, pos_input_size=SPECTRUM_PATCH,
+                          patch_size=SPECTRUM_PATCH, embed_pos=False)
+
+
+class AstroPTEncoder(Encoder):
+    name = "astropt"
+
+    def __init__(self, gpt, settings: AstroPTSection, source: str):
+        super().__init__()
+        self.gpt, self.settings, self.source = gpt, settings, source
+        self.preprocessor = AstroPTPreprocessor(settings.image_size)
+        n_tokens = (settings.image_size // IMAGE_PATCH) ** 2 + -(-7781 // SPECTRUM_PATCH)
+        if n_tokens > gpt.config.block_size:
+            raise WeightsError(f"astropt block_size {gpt.config.block_size} < {n_tokens} tokens at image_size "
+                               f"{settings.image_size}; lower models.astropt.image_size")
+
+    @classmethod
+    def load(cls, settings: AstroPTSection) -> "AstroPTEncoder":
+        weights = settings.weights or (DEFAULT_WEIGHTS if settings.preset == "full" else "random")
+        if weights == "random":
+            return cls(_random_gpt(settings), settings, f"random {settings.preset}")
+        return cls(_with_spectra(_load_released(weights)), settings, weights)
+
+    # -- forward ----------------------------------------------------------------------------------
+    def _hidden(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Token states at the read-out layer; blocks after it are not run."""
+        t = self.gpt.transformer
+        names = self.gpt.modality_registry.names()
+        tokens = torch.cat([t.wte[n](batch[n]) for n in names], 1) + torch.cat([t.wpe[n](batch[n + "_positions"]) for n in names], 1)
+        x = t.drop(tokens)
+        last = len(t.h) // 2 if self.settings.layer == "middle" else len(t.h) - 1
+        for block in t.h[: last + 1]:
+            x = block(x)
+        return t.ln_f(x) if self.settings.layer == "last" else x
+
+    def embed(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = self._hidden(batch)
+        n_image = batch["images"].shape[1]
+        image, spectrum = x[:, :n_image].mean(1), x[:, n_image:].mean(1)
+        joint = F.normalize(F.normalize(image, dim=-1) + F.normalize(spectrum, dim=-1), dim=-1)
+        return {"image": image, "spectrum": spectrum, "joint": joint}
+
+    def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "object_id"}
+        targets = {"images": batch["images"][:, 1:], "spectra": batch["spectra"]}
+        return self.gpt(inputs, targets=targets)[1]
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.gpt.parameters())
+
+    def describe(self) -> dict:
+        cfg = self.gpt.config
+        return {
+            "model": "astropt", "weights": self.source,
+            "architecture": f"GPT {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}",
+            "preprocessing": f"RGB /255 resized to {self.settings.image_size}px, {IMAGE_PATCH}px patches; spectrum / std, "
+            f"{SPECTRUM_PATCH}-px patches positioned by wavelength",
+            "pooling": "mean over each modality's tokens; joint = normalise(normalise(image) + normalise(spectrum))",
+            "layer": f"after block {cfg.n_layer // 2}" if self.settings.layer == "middle" else "final ln_f",
+            "dims": {"image": cfg.n_embd, "spectrum": cfg.n_embd, "joint": cfg.n_embd},
+        }
+
+
+def _random_gpt(settings: AstroPTSection):
+    from astropt.model import GPT, GPTConfig
+
+    n_tokens = (settings.image_size // IMAGE_PATCH) ** 2 + -(-7781 // SPECTRUM_PATCH)
+    config = GPTConfig(block_size=max(1024, n_tokens), dropout=0.0, bias=False, attn_type="causal", tokeniser="aim",
+                       **_PRESETS[settings.preset])
+    with torch.random.fork_rng():  # random weights are still reproducible ones
+        torch.manual_seed(0)
+        return GPT(config, _registry(IMAGE_PATCH * IMAGE_PATCH * 3), master_process=False)
+
+
+def _load_released(weights: str):
+    """Through astropt's own loader: a hub id with path (``owner/repo/sub/dir/file.pt``) or a local file."""
+    from astropt.model_utils import load_astropt
+
+    local = Path(weights).expanduser()
+    if local.is_file():
+        repo_id, path, filename = None, str(local.parent) + "/", local.name
+    else:
+        parts = weights.split("/")
+        if len(parts) < 3:
+            raise WeightsError(f"astropt weights {weights!r}: expected a local file or owner/repo/[path/]file.pt")
+        repo_id, path, filename = "/".join(parts[:2]), "/".join(parts[2:-1]), parts[-1]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the loader prints its arguments
+            return load_astropt(repo_id=repo_id, path=path, weights_filename=filename)
+    except RuntimeError as exc:  # strict load_state_dict of the package
+        raise WeightsError(f"astropt weights {weights} do not fit their declared architecture: {exc}") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise WeightsError(f"cannot load astropt weights {weights}: {exc}") from None
+
+
+def _with_spectra(loaded):
+    """A GPT with the loaded modalities plus spectra, carrying every loaded tensor."""
+    from astropt.model import GPT, ModalityRegistry
+
+    modalities = dict(loaded.modality_registry.modalities)
+    images = modalities.get("images")
+    if images is None or images.input_size != IMAGE_PATCH * IMAGE_PATCH * 3:
+        raise WeightsError("astropt weights must include an 'images' modality of 16x16 RGB patches "
+                           f"(found {sorted(modalities)})")
+    if "spectra" in modalities:
+        return loaded
+    registry = ModalityRegistry([*modalities.values(), _spectrum_modality()])
+    extended = GPT(loaded.config, registry, master_process=False)
+    state = extended.state_dict()
+    loaded_state = loaded.state_dict()
+    new_keys = [k for k in state if k not in loaded_state]
+    if any(not k.startswith(_SPECTRUM_KEYS) for k in new_keys):
+        raise WeightsError(f"astropt: keys neither loaded nor spectrum-specific: {[k for k in new_keys if not k.startswith(_SPECTRUM_KEYS)][:4]}")
+    load_strict(extended, {**{k: state[k] for k in new_keys}, **loaded_state}, "astropt weights")
+    return extended
