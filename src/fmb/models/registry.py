@@ -16,6 +16,7 @@ from fmb.models.trainer import BEST
 ENCODERS = {
     "pixels": "fmb.models.pixels:PixelsEncoder",
     "astropt": "fmb.models.astropt:AstroPTEncoder",
+    "aion": "fmb.models.aion:AionEncoder",
 }
 
 

@@ -1,0 +1,123 @@
+"""AION through the real `polymathic-aion` package: hub loading from a planted offline cache, a local
+snapshot, strict key errors, the true token count, adapter training and embedding (tiny configs)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fmb.config import AionSection, load_config
+from fmb.data.tasks import index
+from fmb.data.validate import RowChecker
+from fmb.embed import store
+from fmb.embed.extract import embed, embeddings_dir
+from fmb.models import tasks as model_tasks
+from fmb.models.aion import AionEncoder, _random_parts
+from fmb.models.base import WeightsError
+from tests.conftest import tagged_row, write_rows
+
+
+def save_snapshot(directory: Path, break_codec: bool = False):
+    """Tiny AION + HSC image and DESI spectrum codecs saved the way the hub repository lays them out."""
+    from aion.modalities import DESISpectrum, HSCImage
+
+    model, image_codec, spectrum_codec = _random_parts()
+    with torch.no_grad():
+        model.encoder[0].norm1.weight.mul_(1.5)  # distinguishable from a fresh random init
+    model.save_pretrained(directory)
+    image_codec.save_pretrained(directory, modality=HSCImage)
+    spectrum_codec.save_pretrained(directory, modality=DESISpectrum)
+    if break_codec:
+        from safetensors.torch import load_file, save_file
+
+        path = directory / "codecs" / "image" / "model.safetensors"
+        state = load_file(path)
+        state.pop(next(iter(state)))
+        save_file(state, path)
+    return model
+
+
+def plant(hf_home: Path, **kwargs):
+    snapshot = hf_home / "hub" / "models--polymathic-ai--aion-base" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    return save_snapshot(snapshot, **kwargs)
+
+
+def samples(n=4):
+    checker = RowChecker()
+    return [checker.check(tagged_row(10 + i, size=40, seed=i))[0] for i in range(n)]
+
+
+def test_hub_weights_load_strictly_through_the_package(offline_hub):
+    saved = plant(offline_hub)
+    encoder = AionEncoder.load(AionSection())  # preset full -> polymathic-ai/aion-base
+    assert torch.equal(encoder.aion.encoder[0].norm1.weight, saved.encoder[0].norm1.weight)
+    assert not any(p.requires_grad for p in encoder.aion.parameters())
+    assert {id(p) for p in encoder.trainable_parameters()} == {
+        id(p) for m in (encoder.euclid_to_hsc, encoder.hsc_to_euclid) for p in m.parameters()}
+
+
+def test_broken_codec_weights_are_an_error_not_random_weights(offline_hub):
+    plant(offline_hub, break_codec=True)
+    with pytest.raises(WeightsError):
+        AionEncoder.load(AionSection())
+
+
+def test_local_snapshot_directory(tmp_path: Path):
+    saved = save_snapshot(tmp_path / "aion-local")
+    encoder = AionEncoder.load(AionSection(weights=str(tmp_path / "aion-local")))
+    assert torch.equal(encoder.aion.encoder[0].norm1.weight, saved.encoder[0].norm1.weight)
+    save_snapshot(tmp_path / "broken", break_codec=True)
+    with pytest.raises(WeightsError, match="missing"):
+        AionEncoder.load(AionSection(weights=str(tmp_path / "broken")))
+
+
+def test_joint_embedding_uses_every_token():
+    encoder = AionEncoder.load(AionSection(preset="tiny")).eval()
+    batch = encoder.preprocessor(samples())
+    with torch.no_grad():
+        joint = encoder.embed(batch)["joint"]
+        image = encoder._image_tokens(encoder.euclid_to_hsc(batch["euclid"]))
+        spectrum = encoder._spectrum_tokens(batch)
+        tokens = {"tok_image_hsc": image, "tok_spectrum_desi": spectrum}
+        assert image.shape[1] + spectrum.shape[1] == 576 + 273
+        truncated = encoder.aion.encode(tokens).mean(1)  # the package default keeps 256 tokens
+    assert not torch.allclose(joint, truncated)
+    torch.testing.assert_close(joint, encoder.aion.encode(tokens, num_encoder_tokens=849).mean(1))
+
+
+def test_codec_round_trip_in_hsc_undoes_the_zero_point():
+    encoder = AionEncoder.load(AionSection(preset="tiny")).eval()
+    hsc = torch.rand(2, 5, 96, 96) * 5
+    with torch.no_grad():
+        decoded = encoder._codec_round_trip(hsc)
+    assert decoded.shape == hsc.shape and torch.isfinite(decoded).all()
+    # the package's own HSC decode would raise AttributeError; ours is the inverse zero-point scale
+    from aion.codecs.preprocessing.image import RescaleToLegacySurvey
+
+    x = torch.rand(1, 5, 4, 4)
+    forward = RescaleToLegacySurvey().forward(x.clone(), "HSC")
+    torch.testing.assert_close(encoder.image_codec.rescaler.backward(forward, "HSC"), x)
+
+
+def test_adapters_train_and_embed_end_to_end(project: Path):
+    write_rows(project / "survey" / "part-0.parquet", [tagged_row(700 + i, size=40, seed=i) for i in range(16)])
+    sets = ["data.source=survey", "models.aion.preset=tiny", "models.aion.adapter_hidden=4", "models.aion.adapt.epochs=2",
+            "models.aion.adapt.batch_size=4", "models.aion.adapt.num_workers=0", "models.aion.adapt.val_fraction=0.25",
+            "models.aion.embed.num_workers=0", "models.aion.embed.batch_size=8"]
+    config = load_config(root=project, sets=sets)
+    index(config)
+    before = AionEncoder.load(config.models.aion).adapted_state()
+    model_tasks.adapt(config, "aion", log=lambda _: None)
+    history = json.loads((config.run_dir / "models/aion/history.json").read_text())
+    assert len(history["epochs"]) == 2 and np.isfinite(history["best_val_loss"])
+    after = torch.load(config.run_dir / "models/aion/best.pt", weights_only=False)["model"]
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    embed(config, "aion")
+    ids, m = store.load_embeddings(embeddings_dir(config, "aion"))
+    assert sorted(ids) == list(range(700, 716)) and {k: v.shape for k, v in m.items()} == {
+        "image": (16, 64), "spectrum": (16, 64), "joint": (16, 64)}
