@@ -17,6 +17,7 @@ ENCODERS = {
     "pixels": "fmb.models.pixels:PixelsEncoder",
     "astropt": "fmb.models.astropt:AstroPTEncoder",
     "aion": "fmb.models.aion:AionEncoder",
+    "astroclip": "fmb.models.astroclip:AstroCLIPEncoder",
 }
 
 
