@@ -32,7 +32,9 @@ app.add_typer(data_app, name="data")
 console = Console()
 
 TaskFile = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="Task file (YAML) overriding the project file.", exists=True, dir_okay=False)
+    Optional[list[Path]],
+    typer.Option("--config", "-c", help="Task file (YAML) over the project file; repeatable, later files win.",
+                 exists=True, dir_okay=False),
 ]
 Sets = Annotated[
     Optional[list[str]], typer.Option("--set", "-s", help="Override any key: --set synth.n=500 (repeatable).")
@@ -41,7 +43,7 @@ SourceOption = Annotated[Optional[str], typer.Option("--source", help="Parquet d
 RunName = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: outputs go to runs/<name>/.")]
 
 
-def _config(task: Path | None, sets: list[str] | None, name: str | None, **flags: Any) -> ResolvedConfig:
+def _config(task: list[Path] | None, sets: list[str] | None, name: str | None, **flags: Any) -> ResolvedConfig:
     return load_config(task, cli={"name": name, **flags}, sets=sets)
 
 

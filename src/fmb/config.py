@@ -1,6 +1,6 @@
 """One typed configuration with one precedence rule.
 
-    CLI flags  >  task file (--config)  >  project file (fmb.yaml in the project root)  >  defaults
+    CLI flags  >  task file(s) (--config, later files win)  >  project file (fmb.yaml in the root)  >  defaults
 
 Every relative path is resolved under the project root (the directory holding `fmb.yaml`, else the
 current directory) and every output goes under the run root `runs/<name>/`. Nothing here touches the
@@ -184,7 +184,7 @@ def find_root(start: Path | None = None) -> Path:
 
 
 def load_config(
-    task_file: Path | None = None,
+    task_files: Path | list[Path] | None = None,
     cli: dict[str, Any] | None = None,
     sets: list[str] | None = None,
     root: Path | None = None,
@@ -195,7 +195,9 @@ def load_config(
     project_file = root / PROJECT_FILE
     if project_file.is_file():
         layers.append((f"project file {project_file.name}", _read_yaml(project_file)))
-    if task_file is not None:
+    if isinstance(task_files, (str, Path)):
+        task_files = [Path(task_files)]
+    for task_file in task_files or []:
         layers.append((f"task file {task_file}", _read_yaml(task_file)))
     cli_values = {key: value for key, value in (cli or {}).items() if value is not None}
     cli_values.update(parse_sets(sets or []))

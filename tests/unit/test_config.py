@@ -52,3 +52,12 @@ def test_paths_resolve_under_root_and_loading_creates_nothing(project: Path):
     assert config.run_dir == project / "runs" / "test"
     assert not (project / "runs").exists()
     assert sorted(p.name for p in project.iterdir()) == ["deep", "fmb.yaml"]
+
+
+def test_several_task_files_later_wins(project: Path):
+    first, second = project / "a.yaml", project / "b.yaml"
+    first.write_text("seed: 1\nsynth:\n  n: 5\n")
+    second.write_text("seed: 2\n")
+    config = load_config([first, second], root=project)
+    assert (config.seed, config.synth.n) == (2, 5)
+    assert dict((k, o) for k, _, o in config.explain())["synth.n"] == f"task file {first}"
