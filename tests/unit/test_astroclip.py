@@ -12,7 +12,6 @@ import torch
 
 from fmb.config import AstroCLIPSection, load_config
 from fmb.data.tasks import index
-from fmb.data.validate import RowChecker
 from fmb.embed import store
 from fmb.embed.extract import embed, embeddings_dir
 from fmb.models import tasks as model_tasks

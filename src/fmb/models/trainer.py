@@ -115,7 +115,7 @@ class Trainer:
             train_loss = self._train_epoch(train_batches(self.epoch), total_steps)
             val_loss = self.evaluate(val_batches()) if val_batches is not None else train_loss
             self._end_epoch(train_loss, val_loss, time.perf_counter() - started)
-            log(f"epoch {self.epoch}: train {train_loss:.4f}  val {val_loss:.4f}  lr {self.optimizer.param_groups[0]['lr']:.2e}")
+            log(f"epoch {self.epoch}/{s.epochs}: train {train_loss:.4f}  val {val_loss:.4f}  lr {self.optimizer.param_groups[0]['lr']:.2e}")
         self.save_history()
         return self.history
 

@@ -1,0 +1,196 @@
+"""One chunk of the survey: draw, render and observe `CHUNK_SIZE` objects, return Arrow tables.
+
+Reproducibility: chunk k uses only `np.random.default_rng([seed, k])`; it picks each object's class
+and a seed for the object's own generator, so an object never depends on which process made it,
+on the number of workers, on the shard size, or on how many objects come after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+
+import galsim
+import numpy as np
+import pyarrow as pa
+
+from fmb.data.schema import BAND_NAMES, make_row, rows_to_table
+from fmb.data.synth.anomalies import CLASSES, Context, Draft, build
+from fmb.data.synth.library import FLUX_UNIT, get_library
+from fmb.data.synth.population import Galaxy
+from fmb.data.synth.scene import (DEPTH_NISP, DEPTH_VIS, SEEING_FWHM, add_image_noise, add_spectrum_noise,
+                                  fibre_fractions, fibre_spectrum, get_optics, render)
+from fmb.data.synth.sed import LINE_NAMES, ab_mag
+
+CHUNK_SIZE = 64
+#: DESI TARGETIDs of Legacy Surveys DR9 targets look like 39627xxxxxxxxxxxx (17 digits).
+ID_BASE = 39_627_000_000_000_000
+DEPTH_SCATTER_MAG = 0.15  # object-to-object imaging depth variation (dithers, coverage)
+SPEC_DEPTH_SCATTER_DEX = 0.2  # object-to-object spectroscopic depth (exposure time, conditions)
+
+CATALOG_SCHEMA = pa.schema([("TARGETID", pa.int64()), ("Z", pa.float64()), ("LOGM", pa.float64()),
+                            ("LOGSFR", pa.float64()), ("SPECTYPE", pa.string())])
+#: Every Galaxy parameter is a truth column (typed from the dataclass), plus derived ones.
+_ARROW_TYPES = {"str": pa.string(), "float": pa.float64(), "int": pa.int32()}
+_GALAXY_FIELDS = {
+    **{field.name: _ARROW_TYPES[field.type] for field in dataclasses.fields(Galaxy)},
+    "ellipticity": pa.float64(), "halpha_flux": pa.float64(), "oiii_5008_flux": pa.float64(), "oii_flux": pa.float64(),
+}
+TRUTH_SCHEMA = pa.schema([
+    ("object_id", pa.int64()), ("anomaly_class", pa.string()), ("spectype", pa.string()),
+    ("catalog_z", pa.float64()), *_GALAXY_FIELDS.items(),
+    *[(f"mag_{band.lower()}", pa.float64()) for band in BAND_NAMES],
+    ("fibre_fraction", pa.float64()), ("depth_vis", pa.float64()), ("depth_nisp", pa.float64()),
+    ("spec_depth", pa.float64()), ("noise_template", pa.int32()), ("offset_x", pa.float64()),
+    ("offset_y", pa.float64()), ("seeing", pa.float64()), ("anomaly_params", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    seed: int
+    index: int  # chunk number k
+    count: int  # objects to keep (CHUNK_SIZE except in the last chunk)
+    cutout_px: int
+    anomaly_rate: float
+
+
+@dataclass
+class ChunkResult:
+    rows: pa.Table
+    truth: pa.Table
+    catalog: pa.Table
+
+
+@functools.cache
+def get_context(cutout_px: int) -> Context:
+    return Context(get_library(), get_optics(cutout_px))
+
+
+def class_probabilities(anomaly_rate: float) -> np.ndarray:
+    n_anomalous = len(CLASSES) - 1
+    if not 0 <= anomaly_rate * n_anomalous <= 1:
+        raise ValueError(f"anomaly_rate must be in [0, {1 / n_anomalous:.4f}], got {anomaly_rate}")
+    return np.array([1 - n_anomalous * anomaly_rate] + [anomaly_rate] * n_anomalous)
+
+
+def object_ids(seed: int, start: int, count: int) -> np.ndarray:
+    """17-digit, TARGETID-like ids: a seed-dependent block plus the running index."""
+    return ID_BASE + (seed % 1000) * 1_000_000_000 + start + np.arange(count, dtype=np.int64)
+
+
+@contextlib.contextmanager
+def single_threaded_galsim():
+    """GalSim's OpenMP noise generation is 100x slower when its threads compete with the other
+    worker processes (measured 12 ms vs 0.14 ms per 64x64 stamp); parallelism here is by process."""
+    previous = galsim.get_omp_threads()
+    galsim.set_omp_threads(1)
+    try:
+        yield
+    finally:
+        galsim.set_omp_threads(previous)
+
+
+def generate_chunk(task: ChunkTask) -> ChunkResult:
+    """Objects task.index * CHUNK_SIZE ... (+ task.count) as row, truth and catalog tables."""
+    with single_threaded_galsim():
+        return _generate_chunk(task)
+
+
+def _generate_chunk(task: ChunkTask) -> ChunkResult:
+    ctx = get_context(task.cutout_px)
+    rng = np.random.default_rng([task.seed, task.index])
+    classes = rng.choice(len(CLASSES), size=CHUNK_SIZE, p=class_probabilities(task.anomaly_rate))
+    seeds = rng.integers(0, 2**63 - 1, size=CHUNK_SIZE)
+    ids = object_ids(task.seed, task.index * CHUNK_SIZE, CHUNK_SIZE)
+    rows, truths, catalogs = [], [], []
+    for j in range(task.count):
+        row, truth, catalog = make_object(int(ids[j]), CLASSES[classes[j]], ctx, np.random.default_rng(seeds[j]))
+        rows.append(row)
+        truths.append(truth)
+        catalogs.append(catalog)
+    return ChunkResult(
+        rows_to_table(rows),
+        pa.Table.from_pylist(truths, schema=TRUTH_SCHEMA),
+        pa.Table.from_pylist(catalogs, schema=CATALOG_SCHEMA),
+    )
+
+
+def make_object(object_id: int, anomaly_class: str, ctx: Context, rng: np.random.Generator):
+    """Build, render and observe one object: (contract row, truth record, catalog record)."""
+    draft = build(anomaly_class, ctx, rng)
+    observation = observe(draft, ctx, rng)
+    catalog = {"TARGETID": object_id, **draft.catalog}
+    row = make_row(object_id=object_id, bands=observation.images, flux=observation.flux, error=observation.error,
+                   redshift=float(catalog["Z"]), sed=dict(zip([f"flux_{b}" for b in BAND_NAMES], observation.band_njy.tolist())))
+    truth = truth_record(object_id, anomaly_class, draft, observation)
+    return row, truth, catalog
+
+
+@dataclass
+class Observation:
+    images: np.ndarray  # (4, H, W) float32 ADU
+    flux: np.ndarray
+    error: np.ndarray
+    band_njy: np.ndarray  # total fluxes of everything in the image
+    fibre_fraction: float
+    conditions: dict
+
+
+def observe(draft: Draft, ctx: Context, rng: np.random.Generator) -> Observation:
+    """Euclid images and the DESI fibre spectrum of a draft, with noise, depths and artefacts."""
+    optics, lib = ctx.optics, ctx.lib
+    scene = draft.scene
+    scene.offset = tuple(float(v) for v in rng.uniform(-0.5, 0.5, 2))
+    scene.seeing = float(np.clip(rng.normal(SEEING_FWHM, 0.2), 0.7, 1.8))
+    depth_offsets = rng.normal(0.0, DEPTH_SCATTER_MAG, 2)  # VIS, NISP: + is deeper
+    noise = optics.noise_adu * 10 ** (-0.4 * depth_offsets[[0, 1, 1, 1]])
+    rendering = render(scene, optics)
+    images = add_image_noise(rendering.model, noise, rng)
+
+    fibre_scene = draft.spectrum_scene or scene
+    fibre_scene.seeing = scene.seeing
+    fractions = rendering.fibre_fractions if fibre_scene is scene else fibre_fractions(fibre_scene, optics)
+    template = int(rng.integers(len(lib.noise_ivar)))
+    spec_depth = float(10 ** rng.normal(0.0, SPEC_DEPTH_SCATTER_DEX))
+    flux, error = add_spectrum_noise(fibre_spectrum(fibre_scene, fractions), lib.noise_ivar[template] * spec_depth, rng)
+
+    if draft.image_hook is not None:
+        draft.params.update(draft.image_hook(images, noise, rng))
+    if draft.spectrum_hook is not None:
+        draft.params.update(draft.spectrum_hook(flux, error, lib.desi_wave, lib.sky_pixels, rng))
+    vis = np.array([c.sed.band_njy[0] * c.in_spectrum for c in fibre_scene.components])
+    conditions = {"depth_vis": DEPTH_VIS + depth_offsets[0], "depth_nisp": DEPTH_NISP + depth_offsets[1],
+                  "spec_depth": spec_depth, "noise_template": template,
+                  "offset_x": scene.offset[0], "offset_y": scene.offset[1], "seeing": scene.seeing}
+    return Observation(images, flux, error, scene.band_njy, float(vis @ fractions / max(vis.sum(), 1e-30)), conditions)
+
+
+def truth_record(object_id: int, anomaly_class: str, draft: Draft, observation: Observation) -> dict:
+    """Flat generating parameters of the image's object; class specifics as JSON in anomaly_params."""
+    record = {"object_id": object_id, "anomaly_class": anomaly_class, "spectype": draft.catalog["SPECTYPE"],
+              "catalog_z": float(draft.catalog["Z"]), **{name: None for name in _GALAXY_FIELDS}}
+    galaxy = draft.galaxy
+    if galaxy is not None:
+        record.update(galaxy.truth())
+        record["ellipticity"] = 1.0 - galaxy.q
+        lines = dict(zip(LINE_NAMES, draft.line_fluxes / FLUX_UNIT))
+        record.update({"halpha_flux": lines["Halpha"], "oiii_5008_flux": lines["OIII_5008"],
+                       "oii_flux": lines["OII_3727"] + lines["OII_3730"]})
+    for band, njy in zip(BAND_NAMES, observation.band_njy):
+        record[f"mag_{band.lower()}"] = ab_mag(njy)
+    record["fibre_fraction"] = observation.fibre_fraction
+    record.update(observation.conditions)
+    record["anomaly_params"] = json.dumps(draft.params, default=_json_default, sort_keys=True)
+    return record
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
