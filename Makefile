@@ -21,11 +21,17 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Until `fmb run` lands, the demo is the data stage: synthesise, validate + index, draw one object.
+# The demo: a small synthetic survey, tiny random-weight models adapted briefly, embeddings of all.
+# (Until `fmb run` lands, the stages are listed here one by one.)
+DEMO   := --config configs/tasks/demo.yaml --config configs/adapt/tiny.yaml
+MODELS := pixels aion astropt astroclip
+
 demo: $(STAMP)
-	$(BIN)/fmb data synth --config configs/tasks/demo.yaml
-	$(BIN)/fmb data index --config configs/tasks/demo.yaml
-	$(BIN)/fmb data show --config configs/tasks/demo.yaml
+	$(BIN)/fmb data synth $(DEMO)
+	$(BIN)/fmb data index $(DEMO)
+	$(BIN)/fmb data validate $(DEMO)
+	$(BIN)/fmb data show $(DEMO)
+	for model in $(MODELS); do $(BIN)/fmb adapt $$model $(DEMO) && $(BIN)/fmb embed $$model $(DEMO) || exit 1; done
 
 clean-demo:
 	rm -rf runs/demo data/demo

@@ -13,8 +13,6 @@ from rich.table import Table
 from fmb import __version__
 from fmb.config import ResolvedConfig, load_config
 from fmb.data import tasks
-from fmb.embed import extract, store
-from fmb.models import tasks as model_tasks
 from fmb.errors import FmbError
 
 app = typer.Typer(
@@ -157,6 +155,8 @@ def adapt_command(
     Trains on a seeded id-hash split with validation, early stopping and resumable checkpoints;
     settings under models.<model>.adapt (see configs/adapt/).
     """
+    from fmb.models import tasks as model_tasks  # torch and the model packages load only when needed
+
     resolved = _config(config, set_, name, **{f"models.{model}.preset": preset})
     summary = model_tasks.adapt(resolved, model, log=console.print)
     console.print(f"adapted {model}: {summary}")
@@ -177,6 +177,8 @@ def embed_command(
     Sharded Parquet parts + manifest.json; a killed run resumes where it stopped, objects that fail
     validation are skipped and recorded in the rejects table.
     """
+    from fmb.embed import extract, store  # torch and the model packages load only when needed
+
     resolved = _config(config, set_, name, **{f"models.{model}.preset": preset})
     directory = extract.embeddings_dir(resolved, model)
     if import_pt is not None:

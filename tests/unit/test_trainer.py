@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmb.models.trainer import BEST, CHECKPOINT, TrainSettings, Trainer
+from fmb.config import AdaptSettings
+from fmb.models.trainer import BEST, CHECKPOINT, Trainer
 
 
 class LinearProblem(torch.nn.Module):
@@ -53,7 +54,7 @@ def run(out: Path, epochs: int, size=8, kill_at_epoch=None, **settings):
     model = LinearProblem()
     x, y = data()
     vx, vy = data(32, seed=1)
-    trainer = Trainer(model, TrainSettings(epochs=epochs, lr=0.1, seed=3, **settings), out)
+    trainer = Trainer(model, AdaptSettings(epochs=epochs, lr=0.1, **settings), out, seed=3)
     epoch_batches = batches(x, y, size)
 
     def train_batches(epoch):
@@ -110,7 +111,7 @@ def test_early_stopping_when_validation_stalls(tmp_path):
     model = LinearProblem()
     x, y = data()
     noise = {"x": torch.randn(32, 4), "y": torch.randn(32) * 100}  # unlearnable validation set
-    trainer = Trainer(model, TrainSettings(epochs=50, lr=0.05, patience=2, min_delta=1e9), tmp_path)
+    trainer = Trainer(model, AdaptSettings(epochs=50, lr=0.05, patience=2, min_delta=1e9), tmp_path)
     history = trainer.fit(batches(x, y, 8), lambda: [noise], steps_per_epoch=8, log=lambda _: None)
     assert history.stopped_early and len(history.epochs) == 3
 
@@ -119,4 +120,4 @@ def test_non_finite_loss_is_an_error(tmp_path):
     model = LinearProblem()
     bad = [{"x": torch.full((4, 4), math.nan), "y": torch.zeros(4)}]
     with pytest.raises(FloatingPointError, match="non-finite"):
-        Trainer(model, TrainSettings(epochs=1), tmp_path).fit(lambda e: bad, None, steps_per_epoch=1, log=lambda _: None)
+        Trainer(model, AdaptSettings(epochs=1), tmp_path).fit(lambda e: bad, None, steps_per_epoch=1, log=lambda _: None)

@@ -45,7 +45,8 @@ class AionPreprocessor(Preprocessor):
     needs = frozenset({"bands", "spectrum"})
 
     def __init__(self, image_size: int, max_abs: float):
-        self.image_size, self.max_abs = image_size, max_abs
+        super().__init__(image_size)
+        self.max_abs = max_abs
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         scale = torch.tensor([ZEROPOINT_NJY_PER_ADU[b] / _NANOMAGGY_NJY for b in BAND_NAMES])[None, :, None, None]

@@ -216,9 +216,6 @@ class AstroCLIPPreprocessor(Preprocessor):
     model = "astroclip"
     needs = frozenset({"rgb", "spectrum"})
 
-    def __init__(self, image_size: int):
-        self.image_size = image_size
-
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         spectra = spectrum_batch(samples)
         return {"object_id": object_ids(samples), "image": rgb_batch(samples, self.image_size),

@@ -50,7 +50,7 @@ class AstroPTPreprocessor(Preprocessor):
     def __init__(self, image_size: int):
         if image_size % IMAGE_PATCH:
             raise ValueError(f"astropt image_size must be a multiple of {IMAGE_PATCH}, got {image_size}")
-        self.image_size = image_size
+        super().__init__(image_size)
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         images = rgb_batch(samples, self.image_size)

@@ -39,6 +39,9 @@ class Preprocessor(ABC):
     model: ClassVar[str]
     needs: ClassVar[frozenset[str]]  # Sample fields that must be present: bands, rgb, spectrum
 
+    def __init__(self, image_size: int):
+        self.image_size = image_size  # every model resizes its images to its own input size
+
     def usable(self, sample: Sample) -> str | None:
         """None when the sample has what this model needs, else the reason it cannot be used."""
         missing = [part for part in sorted(self.needs) if getattr(sample, part) is None]

@@ -34,9 +34,6 @@ class PixelsPreprocessor(Preprocessor):
     model = "pixels"
     needs = frozenset({"bands", "spectrum"})
 
-    def __init__(self, image_size: int):
-        self.image_size = image_size
-
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         images = torch.stack([self._image(s.bands) for s in samples])
         spectra = torch.from_numpy(np.stack([_continuum_normalised(s.spectrum.flux, s.spectrum.mask) for s in samples]))

@@ -8,7 +8,6 @@ epoch), and the shared `Trainer` does the rest. The pixel reference is fitted in
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import fields
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -23,7 +22,7 @@ from fmb.errors import FmbError
 from fmb.io import atomic_path
 from fmb.models.base import Encoder, pick_device
 from fmb.models.registry import adapted_dir, build_encoder
-from fmb.models.trainer import BEST, History, TrainSettings, Trainer
+from fmb.models.trainer import BEST, History, Trainer
 
 _UNIT_ROWS = 256  # training reads in runs of consecutive rows; units are shuffled each epoch
 
@@ -71,9 +70,7 @@ def _batches(stream: BatchStream, workers: int) -> Iterator[dict]:
 def _train(config, encoder, units, settings: AdaptSettings, out, device, log) -> History:
     n_train = sum(int((~is_validation(u.object_ids, settings.val_fraction, config.seed)).sum()) for u in units)
     steps_per_epoch = max(1, n_train // (settings.batch_size * settings.grad_accum))
-    trainer_settings = TrainSettings(**{f.name: getattr(settings, f.name) for f in fields(TrainSettings)
-                                        if hasattr(settings, f.name)}, seed=config.seed)
-    trainer = Trainer(encoder, trainer_settings, out, device)
+    trainer = Trainer(encoder, settings, out, device, seed=config.seed)
 
     def train_batches(epoch: int) -> Iterator[dict]:
         order = np.random.default_rng([config.seed, epoch]).permutation(len(units))

@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from fmb.config import AdaptSettings
 from fmb.io import atomic_path, write_json
 from fmb.models.base import autocast_dtype
 
@@ -42,22 +43,6 @@ class Adaptable(Protocol):
 
 
 @dataclass
-class TrainSettings:
-    epochs: int = 3
-    max_steps: int | None = None  # optimiser steps; stops early when reached
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    grad_accum: int = 1
-    grad_clip: float = 1.0
-    warmup_fraction: float = 0.05
-    min_lr_ratio: float = 0.1
-    patience: int = 3
-    min_delta: float = 1e-4
-    amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | bf16 | fp16 | off
-    seed: int = 42
-
-
-@dataclass
 class History:
     epochs: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
@@ -67,8 +52,9 @@ class History:
 
 
 class Trainer:
-    def __init__(self, model: Adaptable, settings: TrainSettings, out_dir: Path, device: torch.device | str = "cpu"):
-        self.model, self.settings, self.out_dir = model, settings, Path(out_dir)
+    def __init__(self, model: Adaptable, settings: AdaptSettings, out_dir: Path, device: torch.device | str = "cpu",
+                 seed: int = 42):
+        self.model, self.settings, self.out_dir, self.seed = model, settings, Path(out_dir), seed
         self.device = torch.device(device)
         self.dtype = autocast_dtype(settings.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -109,7 +95,7 @@ class Trainer:
         if self.resume():
             log(f"resumed at epoch {self.epoch}, step {self.step}")
         else:
-            _seed_everything(s.seed)
+            _seed_everything(self.seed)
         while self.epoch < s.epochs and not self.history.stopped_early and self.step < total_steps:
             started = time.perf_counter()
             train_loss = self._train_epoch(train_batches(self.epoch), total_steps)
@@ -186,7 +172,7 @@ class Trainer:
                 "step": self.step,
                 "epoch": self.epoch,
                 "history": asdict(self.history),
-                "settings": asdict(self.settings),
+                "settings": self.settings.model_dump(),
                 "rng": _rng_state(),
             },
             self.out_dir / CHECKPOINT,

@@ -82,10 +82,15 @@ def build_normal(ctx: Context, rng: np.random.Generator) -> Draft:
 # --- image artefacts (image only) ---------------------------------------------------------------
 
 def build_image_artefact(ctx: Context, rng: np.random.Generator) -> Draft:
+    return _artefact_draft(ctx, rng, IMAGE_ARTEFACTS, "image_hook")
+
+
+def _artefact_draft(ctx: Context, rng: np.random.Generator, kinds: dict, hook: str) -> Draft:
+    """An ordinary galaxy with one artefact of a randomly chosen kind applied by `hook`."""
     draft = galaxy_draft(ctx, rng)
-    kind = str(rng.choice(list(IMAGE_ARTEFACTS)))
+    kind = str(rng.choice(list(kinds)))
     draft.params = {"kind": kind}
-    draft.image_hook = IMAGE_ARTEFACTS[kind]
+    setattr(draft, hook, kinds[kind])
     return draft
 
 
@@ -142,11 +147,7 @@ IMAGE_ARTEFACTS: dict[str, ImageHook] = {
 # --- spectrum artefacts (spectrum only) -------------------------------------------------------
 
 def build_spectrum_artefact(ctx: Context, rng: np.random.Generator) -> Draft:
-    draft = galaxy_draft(ctx, rng)
-    kind = str(rng.choice(list(SPECTRUM_ARTEFACTS)))
-    draft.params = {"kind": kind}
-    draft.spectrum_hook = SPECTRUM_ARTEFACTS[kind]
-    return draft
+    return _artefact_draft(ctx, rng, SPECTRUM_ARTEFACTS, "spectrum_hook")
 
 
 def sky_residuals(flux, error, wave, sky_pixels, rng) -> dict:
