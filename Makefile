@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU wheel on this machine; an unpinned torch pulls GBs of CUDA
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]" torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test,bench]" torch==2.13.0
 	# astropt declares torchvision (-> a CUDA torch); its model code needs only torch, loralib, einops
 	$(BIN)/pip install --quiet --no-deps astropt==2.0.9
 	touch $(STAMP)

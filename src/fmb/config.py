@@ -140,6 +140,36 @@ class ModelsConfig(_Section):
     pixels: PixelsSection = PixelsSection()
 
 
+class FlowConfig(_Section):
+    transforms: int = Field(5, ge=1, description="MAF transforms")
+    hidden: int = Field(128, ge=8, description="hidden units per layer of each transform")
+    epochs: int = Field(30, ge=1, description="passes over the fit data, counted in steps within [min_steps, max_steps]")
+    batch_size: int = Field(512, ge=16)
+    lr: float = Field(1e-3, gt=0)
+    patience: int = Field(4, ge=1, description="held-out checks without improvement before stopping")
+    min_steps: int = Field(800, ge=1, description="optimiser steps per flow at least")
+    max_steps: int = Field(2000, ge=1, description="optimiser steps per flow at most")
+    check_every: int = Field(100, ge=1, description="steps between held-out checks")
+
+
+class DetectConfig(_Section):
+    """Stage 3: anomaly scores per model and modality, misalignment and fusion."""
+
+    models: list[str] | None = Field(None, description="models to score; default: every model with embeddings")
+    methods: list[Literal["flow", "iforest", "lof", "knn", "ecod"]] = Field(
+        ["flow", "iforest", "lof", "knn", "ecod"], description="density flow and PyOD baselines")
+    pca_components: int = Field(64, ge=2, description="PCA components before every detector")
+    folds: int = Field(5, ge=2, description="cross-fitting folds: each object is scored by a model that never saw it")
+    max_fit: int = Field(50_000, ge=100, description="objects sampled to fit the detectors")
+    fusion_method: Literal["flow", "iforest", "lof", "knn", "ecod"] = Field(
+        "flow", description="which method's image/spectrum/joint percentiles are fused")
+    flow: FlowConfig = FlowConfig()
+
+
+class EvaluateConfig(_Section):
+    truth: str | None = Field(None, description="truth table; default <data.source>/truth.parquet (synthetic survey)")
+
+
 class FmbConfig(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$", description="run name: outputs go to runs/<name>/")
     seed: int = Field(42, description="seed for everything random")
@@ -147,6 +177,8 @@ class FmbConfig(_Section):
     synth: SynthConfig = SynthConfig()
     show: ShowConfig = ShowConfig()
     models: ModelsConfig = ModelsConfig()
+    detect: DetectConfig = DetectConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 class ResolvedConfig:

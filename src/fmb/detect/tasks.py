@@ -1,0 +1,114 @@
+"""`fmb detect`: scores/<model>.parquet per model (design §3), detectors saved beside it.
+
+Never reads a truth table: only embeddings go in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from fmb.config import ResolvedConfig
+from fmb.detect.baselines import PyODDetector
+from fmb.detect.density import CrossFitted, FlowDetector, FlowSettings, Reducer, load, robust_z, save
+from fmb.detect.fusion import fuse
+from fmb.detect.mismatch import PairResidual, cosine_mismatch
+from fmb.embed.store import load_embeddings
+from fmb.errors import FmbError
+from fmb.io import write_json, write_table
+
+ALIGNED_MODELS = {"astroclip"}  # image and spectrum spaces aligned by training: cosine is meaningful
+
+
+def scores_dir(config: ResolvedConfig) -> Path:
+    return config.run_dir / "scores"
+
+
+def available_models(config: ResolvedConfig) -> list[str]:
+    root = config.run_dir / "embeddings"
+    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
+
+
+@dataclass
+class ModelDetectors:
+    """Everything needed to score new objects of one model later."""
+
+    reducers: dict
+    detectors: dict  # (modality, method) -> CrossFitted
+    mismatch: CrossFitted | None
+    method_for_fusion: str
+
+
+def detect(config: ResolvedConfig, log=print) -> dict:
+    models = config.detect.models or available_models(config)
+    if not models:
+        raise FmbError("no embeddings to score; run `fmb embed MODEL` first")
+    summary = {}
+    for model in models:
+        ids, matrices = load_embeddings(config.run_dir / "embeddings" / model)
+        log(f"{model}: scoring {len(ids)} objects ({', '.join(matrices)})")
+        frame, fitted, extra = _score_model(config, model, ids, matrices)
+        directory = scores_dir(config)
+        save(fitted, directory / model / "detectors.pt")
+        write_table(pa.Table.from_pandas(frame, preserve_index=False), directory / f"{model}.parquet")
+        summary[model] = {"objects": len(ids), "common_set": int(frame["in_common_set"].sum()), **extra}
+    write_json(summary, scores_dir(config) / "summary.json")
+    return summary
+
+
+def _score_model(config: ResolvedConfig, model: str, ids: np.ndarray, matrices: dict) -> tuple[pd.DataFrame, ModelDetectors, dict]:
+    settings = config.detect
+    rng = np.random.default_rng(config.seed)
+    fit = np.sort(rng.choice(len(ids), min(settings.max_fit, len(ids)), replace=False))
+    frame = pd.DataFrame({"object_id": ids})
+    reducers, detectors, reduced = {}, {}, {}
+    for modality, matrix in matrices.items():
+        reducers[modality] = Reducer(settings.pca_components, seed=config.seed).fit(matrix[fit])
+        reduced[modality] = reducers[modality].transform(matrix)
+        for method in settings.methods:
+            crossfit = CrossFitted(_factory(method, config), settings.folds, config.seed).fit(reduced[modality][fit], ids[fit])
+            detectors[(modality, method)] = crossfit
+            frame[f"score_{modality}_{method}"] = crossfit.score(reduced[modality], ids)
+            frame[f"z_{modality}_{method}"] = robust_z(frame[f"score_{modality}_{method}"].to_numpy())
+    mismatch = None
+    extra = {}
+    if {"image", "spectrum"} <= set(matrices):
+        pair = np.hstack([reduced["image"], reduced["spectrum"]])
+        n_image = reduced["image"].shape[1]
+        mismatch = CrossFitted(partial(PairResidual, n_image), settings.folds, config.seed).fit(pair[fit], ids[fit])
+        frame["mismatch"] = mismatch.score(pair, ids)
+        if model in ALIGNED_MODELS:
+            frame["mismatch_cosine"] = cosine_mismatch(matrices["image"], matrices["spectrum"])
+            extra["spearman_learned_vs_cosine_mismatch"] = float(
+                frame["mismatch"].rank().corr(frame["mismatch_cosine"].rank()))
+    frame = fuse(frame, settings.fusion_method) if mismatch is not None and "joint" in matrices else frame
+    return frame, ModelDetectors(reducers, detectors, mismatch, settings.fusion_method), extra
+
+
+def _factory(method: str, config: ResolvedConfig):
+    """detector(seed) makers; partials (not lambdas) so that saved detectors can be unpickled."""
+    if method == "flow":
+        return partial(FlowDetector, FlowSettings(**config.detect.flow.model_dump()))
+    return partial(PyODDetector, method)
+
+
+def score_new(config: ResolvedConfig, model: str, embeddings: Path, out: Path) -> Path:
+    """Score objects of another embedding directory with this run's saved detectors (no refitting)."""
+    path = scores_dir(config) / model / "detectors.pt"
+    if not path.is_file():
+        raise FmbError(f"no saved detectors at {path}; run `fmb detect` first")
+    fitted: ModelDetectors = load(path)
+    ids, matrices = load_embeddings(embeddings)
+    frame = pd.DataFrame({"object_id": ids})
+    reduced = {m: fitted.reducers[m].transform(x) for m, x in matrices.items() if m in fitted.reducers}
+    for (modality, method), crossfit in fitted.detectors.items():
+        if modality in reduced:
+            frame[f"score_{modality}_{method}"] = crossfit.score(reduced[modality], ids)
+    if fitted.mismatch is not None and {"image", "spectrum"} <= set(reduced):
+        frame["mismatch"] = fitted.mismatch.score(np.hstack([reduced["image"], reduced["spectrum"]]), ids)
+    return write_table(pa.Table.from_pandas(frame, preserve_index=False), out)
