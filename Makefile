@@ -21,7 +21,8 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The demo: a small synthetic survey, tiny random-weight models adapted briefly, embeddings of all.
+# The demo: a small synthetic survey, tiny random-weight models adapted briefly, embeddings of all,
+# anomaly scores and their evaluation against the injected truth.
 # (Until `fmb run` lands, the stages are listed here one by one.)
 DEMO   := --config configs/tasks/demo.yaml --config configs/adapt/tiny.yaml
 MODELS := pixels aion astropt astroclip
@@ -32,6 +33,8 @@ demo: $(STAMP)
 	$(BIN)/fmb data validate $(DEMO)
 	$(BIN)/fmb data show $(DEMO)
 	for model in $(MODELS); do $(BIN)/fmb adapt $$model $(DEMO) && $(BIN)/fmb embed $$model $(DEMO) || exit 1; done
+	$(BIN)/fmb detect $(DEMO)
+	$(BIN)/fmb analyze evaluate $(DEMO)
 
 clean-demo:
 	rm -rf runs/demo data/demo

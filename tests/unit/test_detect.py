@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fmb.detect.baselines import BASELINES, PyODDetector
+from fmb.detect.baselines import PyODDetector
 from fmb.detect.density import CrossFitted, FlowDetector, FlowSettings, Reducer, fold_of, load, percentile, robust_z, save
 from fmb.detect.fusion import fuse
 from fmb.detect.mismatch import PairResidual

@@ -1,0 +1,1 @@
+"""Stage 4: analysis (evaluation against truth, agreement, similarity, probes)."""

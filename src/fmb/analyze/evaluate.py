@@ -1,0 +1,123 @@
+"""`fmb analyze evaluate`: how well each score finds the synthetic survey's injected anomalies.
+
+The only stage that reads `truth.parquet`. For every model x score column (modality x method,
+misalignment, fused scores): average precision, AUROC, and recall in the top 1 % and 5 %, overall
+(any anomaly vs none) and per class (that class vs the ordinary objects, other anomalies left out).
+Written as CSV and Markdown tables and a heatmap figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from fmb.config import ResolvedConfig
+from fmb.errors import FmbError
+from fmb.io import atomic_path
+
+NORMAL = "none"
+
+
+def score_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith(("score_", "fused_")) or c in ("mismatch", "mismatch_cosine")]
+
+
+def recall_at(labels: np.ndarray, scores: np.ndarray, fraction: float) -> float:
+    """Share of positives among the top `fraction` of objects by score."""
+    top = np.argsort(-scores, kind="stable")[: max(1, int(round(fraction * len(scores))))]
+    return float(labels[top].sum() / labels.sum()) if labels.sum() else np.nan
+
+
+def metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
+    if labels.sum() == 0 or labels.sum() == len(labels):
+        return {"ap": np.nan, "auroc": np.nan, "recall_1pct": np.nan, "recall_5pct": np.nan, "positives": int(labels.sum())}
+    return {"ap": average_precision_score(labels, scores), "auroc": roc_auc_score(labels, scores),
+            "recall_1pct": recall_at(labels, scores, 0.01), "recall_5pct": recall_at(labels, scores, 0.05),
+            "positives": int(labels.sum())}
+
+
+def evaluate_frame(scores: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Long table: one row per (score column, class) with the metrics; class 'all' = any anomaly."""
+    merged = scores.merge(truth[["object_id", "anomaly_class"]], on="object_id", how="inner")
+    rows = []
+    classes = sorted(c for c in merged["anomaly_class"].unique() if c != NORMAL)
+    for column in score_columns(merged):
+        valid = merged[np.isfinite(merged[column].to_numpy(dtype=float))]
+        for name in ["all", *classes]:
+            subset = valid if name == "all" else valid[valid.anomaly_class.isin([NORMAL, name])]
+            labels = (subset.anomaly_class != NORMAL).to_numpy()
+            rows.append({"score": column, "class": name, **metrics(labels, subset[column].to_numpy(dtype=float))})
+    return pd.DataFrame(rows)
+
+
+def evaluate(config: ResolvedConfig) -> Path:
+    truth_path = config.path(config.evaluate.truth) if config.evaluate.truth else config.path(config.data.source) / "truth.parquet"
+    if not truth_path.is_file():
+        raise FmbError(f"no truth table at {truth_path}: evaluation needs the synthetic survey's truth.parquet")
+    truth = pq.read_table(truth_path, columns=["object_id", "anomaly_class"]).to_pandas()
+    score_files = sorted((config.run_dir / "scores").glob("*.parquet"))
+    if not score_files:
+        raise FmbError("no scores to evaluate; run `fmb detect` first")
+    tables = []
+    for path in score_files:
+        table = evaluate_frame(pq.read_table(path).to_pandas(), truth)
+        table.insert(0, "model", path.stem)
+        tables.append(table)
+    result = pd.concat(tables, ignore_index=True)
+    out = config.run_dir / "analysis" / "evaluation"
+    _write(result, out)
+    return out
+
+
+def summary_table(result: pd.DataFrame) -> pd.DataFrame:
+    """Per model x score: overall metrics plus the mean AP over anomaly classes."""
+    overall = result[result["class"] == "all"].set_index(["model", "score"])[["ap", "auroc", "recall_1pct", "recall_5pct"]]
+    per_class = result[result["class"] != "all"].groupby(["model", "score"])["ap"].mean().rename("mean_class_ap")
+    return overall.join(per_class).sort_values("mean_class_ap", ascending=False).reset_index()
+
+
+def _write(result: pd.DataFrame, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "metrics.csv") as temporary:
+        result.to_csv(temporary, index=False)
+    summary = summary_table(result)
+    with atomic_path(out / "summary.md") as temporary:
+        temporary.write_text(_markdown(summary, result))
+    _heatmap(result, out / "ap_by_class.png")
+
+
+def _markdown(summary: pd.DataFrame, result: pd.DataFrame) -> str:
+    lines = ["# Detection quality on the synthetic survey", "",
+             "Overall = any anomaly vs ordinary objects; mean_class_ap = average precision averaged over classes.", "",
+             "| model | score | mean class AP | AP | AUROC | recall@1% | recall@5% |", "|---|---|---:|---:|---:|---:|---:|"]
+    for row in summary.itertuples():
+        lines.append(f"| {row.model} | {row.score} | {row.mean_class_ap:.3f} | {row.ap:.3f} | {row.auroc:.3f} | "
+                     f"{row.recall_1pct:.3f} | {row.recall_5pct:.3f} |")
+    pivot = result[result["class"] != "all"].pivot_table(index=["model", "score"], columns="class", values="ap")
+    lines += ["", "## Average precision per class", "", "| model | score | " + " | ".join(pivot.columns) + " |",
+              "|---|---|" + "---:|" * len(pivot.columns)]
+    for (model, score), values in pivot.iterrows():
+        lines.append(f"| {model} | {score} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _heatmap(result: pd.DataFrame, path: Path) -> None:
+    from fmb.viz.style import fmb_style
+
+    pivot = result[result["class"] != "all"].pivot_table(index=["model", "score"], columns="class", values="ap")
+    with fmb_style():
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(1.1 * len(pivot.columns) + 4, 0.28 * len(pivot) + 1.5))
+        image = axis.imshow(pivot.to_numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="upper")
+        axis.set_xticks(range(len(pivot.columns)), pivot.columns, rotation=35, ha="right")
+        axis.set_yticks(range(len(pivot)), [f"{m} / {s}" for m, s in pivot.index], fontsize=7)
+        figure.colorbar(image, ax=axis, label="average precision")
+        axis.set_title("Average precision per anomaly class")
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format="png")
+        plt.close(figure)

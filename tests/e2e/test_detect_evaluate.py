@@ -1,0 +1,88 @@
+"""detect -> evaluate through the CLI on pixel-reference embeddings of a small synthetic survey."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from fmb.cli import app
+
+runner = CliRunner()
+FAST = ["--set", "synth.n=160", "--set", "synth.anomaly_rate=0.05", "--set", "synth.workers=1",
+        "--set", "detect.folds=2", "--set", "detect.pca_components=8", "--set", "detect.flow.hidden=16",
+        "--set", "detect.flow.min_steps=60", "--set", "detect.flow.max_steps=60",
+        "--set", "models.pixels.components=8", "--set", "models.pixels.image_size=8",
+        "--set", "models.pixels.embed.num_workers=0", "--set", "models.pixels.adapt.num_workers=0"]
+
+
+def invoke(*args):
+    result = runner.invoke(app, [*args, *FAST])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    project = tmp_path_factory.mktemp("detect")
+    (project / "fmb.yaml").write_text("name: test\ndata:\n  source: data/synth\n")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        for command in (["data", "synth"], ["data", "index"], ["adapt", "pixels"], ["embed", "pixels"], ["detect"]):
+            invoke(*command)
+    finally:
+        os.chdir(cwd)
+    return project
+
+
+def test_scores_follow_the_contract(scored: Path):
+    frame = pq.read_table(scored / "runs/test/scores/pixels.parquet").to_pandas()
+    assert len(frame) == 160 and frame.object_id.is_unique
+    for column in ("score_image_flow", "pct_image_flow", "rank_image_flow", "score_joint_knn", "mismatch",
+                   "fused_geo", "fused_min", "fused_avg", "uplift"):
+        assert column in frame.columns
+    assert frame.pct_image_flow.max() == 1.0 and frame.rank_image_flow.min() == 1
+    assert (scored / "runs/test/scores/pixels/detectors.pt").is_file()
+
+
+def test_truth_never_reaches_the_detectors(scored: Path, tmp_path: Path, monkeypatch):
+    """Detection without the truth file on disk gives identical scores, and never opens it."""
+    copy = tmp_path / "copy"
+    shutil.copytree(scored, copy, ignore=shutil.ignore_patterns("scores"))
+    (copy / "data/synth/truth.parquet").unlink()
+    monkeypatch.chdir(copy)
+    opened = []
+    original = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, *a, **k: (opened.append(str(path)), original(path, *a, **k))[1])
+    invoke("detect")
+    assert opened and not any(path.endswith("truth.parquet") for path in opened)
+    a = pq.read_table(scored / "runs/test/scores/pixels.parquet").to_pandas()
+    b = original(copy / "runs/test/scores/pixels.parquet").to_pandas()
+    np.testing.assert_allclose(a.filter(like="score_").to_numpy(), b.filter(like="score_").to_numpy())
+
+
+def test_evaluate_writes_tables_and_figure(scored: Path, monkeypatch):
+    monkeypatch.chdir(scored)
+    invoke("analyze", "evaluate")
+    out = scored / "runs/test/analysis/evaluation"
+    metrics = __import__("pandas").read_csv(out / "metrics.csv")
+    assert {"model", "score", "class", "ap", "auroc", "recall_1pct", "recall_5pct"} <= set(metrics.columns)
+    assert "mispaired" in set(metrics["class"]) and "all" in set(metrics["class"])
+    assert (out / "summary.md").read_text().startswith("# Detection quality")
+    assert (out / "ap_by_class.png").stat().st_size > 10_000
+
+
+def test_saved_detectors_score_new_objects_without_refitting(scored: Path, monkeypatch):
+    monkeypatch.chdir(scored)
+    out = scored / "rescored.parquet"
+    invoke("detect", "score", "pixels", "--embeddings", "runs/test/embeddings/pixels", "--out", str(out))
+    again = pq.read_table(out).to_pandas()
+    original = pq.read_table(scored / "runs/test/scores/pixels.parquet").to_pandas()
+    np.testing.assert_allclose(again.score_image_flow, original.score_image_flow)
+    np.testing.assert_allclose(again.mismatch, original.mismatch)
