@@ -1,6 +1,5 @@
 """detect -> evaluate through the CLI on pixel-reference embeddings of a small synthetic survey."""
 
-import json
 import shutil
 from pathlib import Path
 

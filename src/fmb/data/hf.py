@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from fmb.config import DataConfig
 from fmb.data.schema import RGB_COLUMN
-from fmb.data.sources import Source, _ids_from_table, table_to_rows
+from fmb.data.sources import Source, ids_from_table, table_to_rows
 from fmb.errors import ConfigError, DataError
 
 
@@ -36,10 +36,10 @@ class HuggingFaceSource(Source):
     def read_ids(self, shard: str) -> np.ndarray:
         if self.streaming:
             tables = [table for table in self._stream(shard, 4096, columns=["object_id"])]
-            return _ids_from_table(pa.concat_tables(tables) if tables else pa.table({"object_id": pa.array([], pa.int64())}), shard)
+            return ids_from_table(pa.concat_tables(tables) if tables else pa.table({"object_id": pa.array([], pa.int64())}), shard)
         data = self._split(shard)
         names = [name for name in ("object_id", "targetid") if name in data.column_names]
-        return _ids_from_table(data.with_format("arrow").select_columns(names)[:], shard)
+        return ids_from_table(data.with_format("arrow").select_columns(names)[:], shard)
 
     def read_rows(self, shard: str, rows: Sequence[int]) -> list[dict]:
         if self.streaming:

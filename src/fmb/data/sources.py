@@ -91,7 +91,7 @@ class ParquetSource(Source):
         file = self._open(shard)
         columns = [name for name in _ID_COLUMNS if name in file.schema_arrow.names]
         table = file.read(columns=columns)
-        return _ids_from_table(table, shard)
+        return ids_from_table(table, shard)
 
     def read_rows(self, shard: str, rows: Sequence[int]) -> list[dict]:
         file = self._open(shard)
@@ -136,7 +136,7 @@ def _is_data_file(path: Path) -> bool:
     return bool(names & set(_ID_COLUMNS)) and bool(names & _MODALITY_COLUMNS)
 
 
-def _ids_from_table(table: pa.Table, shard: str) -> np.ndarray:
+def ids_from_table(table: pa.Table, shard: str) -> np.ndarray:
     ids = np.full(table.num_rows, MISSING_ID, dtype=np.int64)
     for name in reversed(_ID_COLUMNS):  # object_id wins over targetid where both exist
         if name in table.column_names:
