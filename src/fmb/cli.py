@@ -191,7 +191,7 @@ def embed_command(
     else:
         summary = extract.embed(resolved, model)
         console.print(f"{summary['objects']} objects embedded by {model} in {directory} "
-                      f"({summary['units_done_now']} of {summary['units']} parts written now)")
+                      f"({summary['units_done_now']} of {summary['units']} parts written now; weights: {summary['weights']})")
     if export_pt is not None:
         console.print(f"exported {store.export_pt(directory, export_pt)} objects to {export_pt}")
 

@@ -86,7 +86,7 @@ def test_adapt_a_few_steps_then_embed_deterministically(project: Path):
     summary = model_tasks.adapt(config, "astropt", log=lambda _: None)
     history = json.loads((project / "runs/test/models/astropt/history.json").read_text())
     assert summary["epochs"] == 2 and len(history["steps"]) >= 2 and np.isfinite(history["best_val_loss"])
-    embed(config, "astropt")
+    assert embed(config, "astropt")["weights"].endswith("models/astropt/best.pt")
     ids, first = store.load_embeddings(embeddings_dir(config, "astropt"))
     assert sorted(ids) == list(range(500, 524)) and first["image"].shape == (24, 64) and first["joint"].shape == (24, 64)
     again = load_config(root=project, sets=sets + ["name=again"])
@@ -102,7 +102,7 @@ def test_adapt_a_few_steps_then_embed_deterministically(project: Path):
     # the adapted weights were used, not the base ones
     base = load_config(root=project, sets=sets + ["name=base", "models.astropt.embed.weights=base"])
     shutil.copytree(config.run_dir / "data", base.run_dir / "data")
-    embed(base, "astropt")
+    assert embed(base, "astropt")["weights"] == "base (random tiny)"
     _, untrained = store.load_embeddings(embeddings_dir(base, "astropt"))
     assert not np.allclose(untrained["image"], first["image"])
 

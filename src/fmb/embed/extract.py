@@ -58,7 +58,7 @@ def embed(config: ResolvedConfig, model: str, *, unit_filter: Callable[[int], bo
     written = _run(encoder, device, config, settings, todo, manifest, total)
     _record_rejects(config, model, manifest)
     return {"model": model, "units": len(units), "units_done_now": written, "objects": manifest.total_rows,
-            "directory": out}
+            "directory": out, "weights": encoder.adapted_from or f"base ({encoder.describe()['weights']})"}
 
 
 def _signature(encoder: Encoder, rows_per_shard: int, index_path: Path) -> dict:

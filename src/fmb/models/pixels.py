@@ -142,6 +142,7 @@ class PixelsEncoder(Encoder):
         s = self.settings
         return {
             "model": "pixels",
+            "weights": "PCA fitted on this run's objects",
             "preprocessing": f"bands: median-subtracted, /MAD noise, asinh, area-resized to {s.image_size}px; "
             f"spectrum: (flux - continuum) / continuum level, continuum = medians of {_CONTINUUM_BIN_PX}-px bins",
             "pooling": "PCA projection (standardised features)",

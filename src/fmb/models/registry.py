@@ -37,8 +37,10 @@ def build_encoder(config: ResolvedConfig, name: str, weights: str = "adapted") -
     encoder_class = getattr(importlib.import_module(module_name), class_name)
     encoder = encoder_class.load(getattr(config.models, name))
     adapted = adapted_dir(config, name) / BEST
+    encoder.adapted_from = None  # recorded in the embedding manifest: which weights made the vectors
     if weights == "adapted" and adapted.is_file():
         encoder.load_adapted_state(torch.load(adapted, map_location="cpu", weights_only=False)["model"])
+        encoder.adapted_from = str(adapted)
     elif weights == "adapted" and encoder_class.requires_adaptation:
         raise FmbError(f"{name} has no adapted weights in {adapted.parent}; run `fmb adapt {name}` first")
     return encoder
