@@ -65,7 +65,9 @@ def test_user_errors_are_one_line_and_exit_2(project: Path):
 
 def test_every_command_has_help():
     for args in (["--help"], ["data", "--help"], ["data", "synth", "--help"], ["data", "index", "--help"],
-                 ["data", "validate", "--help"], ["data", "show", "--help"], ["config", "show", "--help"]):
+                 ["data", "validate", "--help"], ["data", "show", "--help"], ["config", "show", "--help"],
+                 ["adapt", "--help"], ["embed", "--help"], ["detect", "--help"], ["detect", "score", "--help"],
+                 ["analyze", "--help"], ["analyze", "evaluate", "--help"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Usage" in result.output, args
 
