@@ -47,6 +47,15 @@ def write_table(table: pa.Table, path: str | Path, **parquet_options) -> Path:
     return Path(path)
 
 
+def write_torch(obj, path: str | Path) -> Path:
+    """`torch.save` atomically (checkpoints, fitted detectors, .pt exports)."""
+    import torch  # only callers that already use torch pay for the import
+
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
+    return Path(path)
+
+
 def write_json(data, path: str | Path) -> Path:
     """Write pretty JSON atomically."""
     with atomic_path(path) as temporary:

@@ -87,6 +87,14 @@ def save_index(result: IndexResult, directory: Path, source: Source) -> Path:
     return path
 
 
+def read_index_table(directory: Path) -> pa.Table:
+    """The saved index of a run's data directory, or an error saying how to make it."""
+    path = directory / "index.parquet"
+    if not path.is_file():
+        raise FmbError(f"no index at {path}; run `fmb data index` first")
+    return pq.read_table(path)
+
+
 class ObjectIndex:
     """Lookup of (shard, row) by object id, loaded from `index.parquet`."""
 
@@ -99,10 +107,7 @@ class ObjectIndex:
 
     @classmethod
     def load(cls, directory: Path) -> "ObjectIndex":
-        path = directory / "index.parquet"
-        if not path.is_file():
-            raise FmbError(f"no index at {path}; run `fmb data index` first")
-        return cls(pq.read_table(path))
+        return cls(read_index_table(directory))
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fmb.data.loader import is_validation
-from fmb.io import atomic_path
+from fmb.io import write_torch
 
 SCORE_BATCH = 65536
 
@@ -206,10 +206,7 @@ def rank_descending(scores: np.ndarray) -> np.ndarray:
     return rankdata(-np.asarray(scores), method="min").astype(np.int64)
 
 
-def save(obj, path: Path) -> Path:
-    with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
-    return path
+save = write_torch  # detectors are saved like any other torch object
 
 
 def load(path: Path):

@@ -16,18 +16,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
 from fmb.config import ResolvedConfig
+from fmb.data.index import read_index_table
 from fmb.data.loader import BatchStream, StreamItem, plan_units
 from fmb.data.scan import write_rejects
 from fmb.data.sources import open_source
 from fmb.data.tasks import data_dir
 from fmb.data.validate import Issue
 from fmb.embed.store import Manifest, part_name, write_part
-from fmb.errors import FmbError
 from fmb.models.base import Encoder, autocast_dtype, file_sha256, pick_device, state_sha256
 from fmb.models.registry import build_encoder
 from fmb.progress import progress_bar
@@ -46,10 +45,8 @@ def embed(config: ResolvedConfig, model: str, *, unit_filter: Callable[[int], bo
     encoder = build_encoder(config, model, settings.weights)
     device = pick_device(getattr(config.models, model).device)
     encoder.to(device).eval()
+    index = read_index_table(data_dir(config))
     index_path = data_dir(config) / "index.parquet"
-    if not index_path.is_file():
-        raise FmbError(f"no index at {index_path}; run `fmb data index` first")
-    index = pq.read_table(index_path)
     units = plan_units(index, settings.rows_per_shard)
     out = embeddings_dir(config, model)
     manifest = Manifest.open(out, _signature(encoder, settings.rows_per_shard, index_path))

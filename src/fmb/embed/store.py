@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from fmb import __version__
 from fmb.errors import FmbError
-from fmb.io import write_json, write_table
+from fmb.io import write_json, write_table, write_torch
 from fmb.models.base import MODALITIES, file_sha256
 
 MANIFEST = "manifest.json"
@@ -111,13 +111,10 @@ def export_pt(directory: Path, path: Path) -> int:
     """Write the embeddings of `directory` as the original `.pt` list of dicts; returns the count."""
     import torch
 
-    from fmb.io import atomic_path
-
     ids, matrices = load_embeddings(directory)
     records = [{"object_id": int(i), **{_EXPORT_KEYS[m]: torch.from_numpy(v[k].copy()) for m, v in matrices.items()}}
                for k, i in enumerate(ids)]
-    with atomic_path(path) as temporary:
-        torch.save(records, temporary)
+    write_torch(records, path)
     return len(records)
 
 

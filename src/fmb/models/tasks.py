@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
 from fmb.config import AdaptSettings, ResolvedConfig
+from fmb.data.index import read_index_table
 from fmb.data.loader import BatchStream, WorkUnit, is_validation, plan_units
 from fmb.data.sources import open_source
 from fmb.data.tasks import data_dir
 from fmb.errors import FmbError
-from fmb.io import atomic_path
+from fmb.io import write_torch
 from fmb.models.base import Encoder, pick_device
 from fmb.models.registry import adapted_dir, build_encoder
 from fmb.models.trainer import BEST, History, Trainer
@@ -42,10 +42,7 @@ def adapt(config: ResolvedConfig, model: str, log=print) -> dict:
 
 
 def _training_units(config: ResolvedConfig, settings: AdaptSettings) -> list[WorkUnit]:
-    path = data_dir(config) / "index.parquet"
-    if not path.is_file():
-        raise FmbError(f"no index at {path}; run `fmb data index` first")
-    index = pq.read_table(path)
+    index = read_index_table(data_dir(config))
     if settings.max_objects is not None and index.num_rows > settings.max_objects:
         keep = np.sort(np.random.default_rng(config.seed).choice(index.num_rows, settings.max_objects, replace=False))
         index = index.take(keep)
@@ -95,6 +92,5 @@ def _fit_reference(config, encoder, units: list[WorkUnit], out) -> dict:
         raise FmbError("too few usable objects to fit the pixel reference")
     merged = {key: torch.cat([b[key] for b in batches])[: settings.fit_objects] for key in batches[0]}
     encoder.fit(merged, seed=config.seed)
-    with atomic_path(out / BEST) as temporary:
-        torch.save({"model": encoder.adapted_state(), "fitted_on": int(len(merged["object_id"]))}, temporary)
+    write_torch({"model": encoder.adapted_state(), "fitted_on": int(len(merged["object_id"]))}, out / BEST)
     return {"model": "pixels", "directory": out, "fitted_on": int(len(merged["object_id"]))}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fmb.config import AdaptSettings
-from fmb.io import atomic_path, write_json
+from fmb.io import atomic_path, write_json, write_torch
 from fmb.models.base import autocast_dtype
 
 CHECKPOINT = "checkpoint.pt"
@@ -159,12 +159,12 @@ class Trainer:
         self.epoch += 1
         self.save_checkpoint()
         if improved:
-            _torch_save({"model": self.model.adapted_state(), "epoch": self.epoch - 1, "val_loss": val_loss},
+            write_torch({"model": self.model.adapted_state(), "epoch": self.epoch - 1, "val_loss": val_loss},
                         self.out_dir / BEST)
 
     # -- persistence ----------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        _torch_save(
+        write_torch(
             {
                 "model": self.model.adapted_state(),
                 "optimizer": self.optimizer.state_dict(),
@@ -245,8 +245,3 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _torch_save(obj, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
