@@ -170,6 +170,56 @@ class EvaluateConfig(_Section):
     truth: str | None = Field(None, description="truth table; default <data.source>/truth.parquet (synthetic survey)")
 
 
+class AgreementConfig(_Section):
+    """How much the anomaly rankings of different (model, modality, method) systems agree."""
+
+    methods: list[str] = Field(["flow", "mismatch", "fused_geo"], description="score families compared: "
+                               "a detect method (per modality), 'mismatch', or a fused_* column")
+    top_pct: float = Field(1.0, gt=0, lt=100, description="top-k percent for Jaccard and disagreement")
+    retention_pcts: list[float] = Field([1.0, 10.0], description="retention@k percent levels")
+    beyond_pct: float = Field(50.0, gt=0, lt=100, description="a disagreement: top in one system, beyond this in another")
+
+
+class SimilarityConfig(_Section):
+    """Nearest-neighbour search on cosine similarity of the embeddings (faiss)."""
+
+    k: int = Field(10, ge=1, description="neighbours returned per query")
+    exact_max: int = Field(100_000, ge=1, description="up to this many objects the index is exact (flat)")
+    nprobe: int = Field(32, ge=1, description="inverted lists visited per query by a compressed index")
+    queries: list[int] = Field([], description="object ids to show; default: the top fused anomalies")
+    n_examples: int = Field(3, ge=0, description="example queries drawn when none are given")
+
+
+class ProbesConfig(_Section):
+    """Decodability of physical parameters from the embeddings."""
+
+    targets: list[str] = Field(["Z", "LOGM", "LOGSFR"], description="catalog columns to predict")
+    folds: int = Field(5, ge=2, description="cross-validation folds")
+    bootstraps: int = Field(50, ge=0, description="bootstrap resamples for the PR / PR90 / EPD errors")
+    max_objects: int = Field(20_000, ge=50, description="objects sampled per probe")
+    lightgbm: bool = Field(True, description="also fit LightGBM (non-linear decodability and SHAP)")
+    shap_max: int = Field(2000, ge=50, description="held-out objects explained by SHAP per fold")
+
+
+class FiguresConfig(_Section):
+    """Stage-5 figures: UMAP maps, score distributions, outlier galleries."""
+
+    color_by: str = Field("Z", description="catalog column colouring the UMAP maps")
+    umap_neighbors: int = Field(15, ge=2)
+    umap_min_dist: float = Field(0.1, ge=0)
+    umap_max_objects: int = Field(50_000, ge=100, description="objects sampled for UMAP")
+    mosaic_cells: int = Field(12, ge=2, description="thumbnail mosaic: cells per side")
+    gallery_size: int = Field(12, ge=1, description="top-ranked objects per outlier gallery")
+    gallery_score: str = Field("fused_geo", description="score column ranking the galleries")
+
+
+class AnalyzeConfig(_Section):
+    agreement: AgreementConfig = AgreementConfig()
+    similarity: SimilarityConfig = SimilarityConfig()
+    probes: ProbesConfig = ProbesConfig()
+    figures: FiguresConfig = FiguresConfig()
+
+
 class FmbConfig(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$", description="run name: outputs go to runs/<name>/")
     seed: int = Field(42, description="seed for everything random")
@@ -179,6 +229,7 @@ class FmbConfig(_Section):
     models: ModelsConfig = ModelsConfig()
     detect: DetectConfig = DetectConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    analyze: AnalyzeConfig = AnalyzeConfig()
 
 
 class ResolvedConfig:
