@@ -146,3 +146,7 @@ class Fetcher:
 
     def sample(self, object_id: int) -> tuple[Sample | None, list[Issue]]:
         return self.checker.check(self.rows([object_id])[0])
+
+    def samples(self, object_ids: Iterable[int]) -> list[Sample | None]:
+        """Checked samples in the order asked; None for an object that fails its checks."""
+        return [self.checker.check(row)[0] for row in self.rows(object_ids)]

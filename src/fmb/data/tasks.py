@@ -80,16 +80,20 @@ def validate(config: ResolvedConfig) -> dict:
     return summary
 
 
+def open_fetcher(config: ResolvedConfig) -> Fetcher:
+    """Samples by object id through this run's index (`fmb data index` must have run)."""
+    return Fetcher(open_source(config), ObjectIndex.load(data_dir(config)), RowChecker(config.data))
+
+
 def show(config: ResolvedConfig, out: Path | None = None) -> Path:
     """Draw one object (RGB, four bands, rest-frame spectrum) to a PNG and return its path."""
     from fmb.viz.object_view import draw_object
 
-    source = open_source(config)
-    object_index = ObjectIndex.load(data_dir(config))
-    if len(object_index) == 0:
+    fetcher = open_fetcher(config)
+    if len(fetcher.index) == 0:
         raise FmbError("the index is empty; nothing to show")
-    object_id = config.show.object_id if config.show.object_id is not None else int(object_index.ids[0])
-    sample, issues = Fetcher(source, object_index, RowChecker(config.data)).sample(object_id)
+    object_id = config.show.object_id if config.show.object_id is not None else int(fetcher.index.ids[0])
+    sample, issues = fetcher.sample(object_id)
     if sample is None:
         reasons = "; ".join(f"{issue.field}: {issue.reason}" for issue in issues)
         raise FmbError(f"object {object_id} cannot be shown: {reasons}")

@@ -20,10 +20,10 @@ def draw_object(sample: Sample, path: Path, *, smooth_px: float = 2.0, title_ext
 
         figure = plt.figure(figsize=(13, 6.2))
         grid = figure.add_gridspec(2, 5, height_ratios=[1, 1.15], hspace=0.3, wspace=0.08)
-        _draw_rgb(figure.add_subplot(grid[0, 0]), sample)
+        draw_rgb(figure.add_subplot(grid[0, 0]), sample)
         for column, name in enumerate(BAND_NAMES, start=1):
             _draw_band(figure.add_subplot(grid[0, column]), sample, column - 1, name)
-        _draw_spectrum(figure.add_subplot(grid[1, :]), sample, smooth_px)
+        draw_spectrum(figure.add_subplot(grid[1, :]), sample, smooth_px)
         redshift = f"z = {sample.redshift:.4f}" if np.isfinite(sample.redshift) else "z unknown"
         figure.suptitle(f"Object {sample.object_id}   {redshift}{title_extra}", fontsize=13, y=0.98)
         with atomic_path(path) as temporary:
@@ -32,16 +32,16 @@ def draw_object(sample: Sample, path: Path, *, smooth_px: float = 2.0, title_ext
     return path
 
 
-def _blank(axis, message: str) -> None:
+def blank(axis, message: str) -> None:
     axis.text(0.5, 0.5, message, ha="center", va="center", transform=axis.transAxes, color="0.4")
     axis.set_xticks([])
     axis.set_yticks([])
 
 
-def _draw_rgb(axis, sample: Sample) -> None:
+def draw_rgb(axis, sample: Sample) -> None:
     axis.set_title("RGB (H, Y, VIS)")
     if sample.rgb is None:
-        _blank(axis, "no RGB image")
+        blank(axis, "no RGB image")
         return
     axis.imshow(sample.rgb, origin="upper")
     axis.set_xticks([])
@@ -51,7 +51,7 @@ def _draw_rgb(axis, sample: Sample) -> None:
 def _draw_band(axis, sample: Sample, index: int, name: str) -> None:
     axis.set_title(name if name == "VIS" else f"NISP {name}")
     if sample.bands is None:
-        _blank(axis, "no band image")
+        blank(axis, "no band image")
         return
     band = sample.bands[index]
     low, high = np.percentile(band, [1, 99.5])
@@ -62,10 +62,12 @@ def _draw_band(axis, sample: Sample, index: int, name: str) -> None:
     axis.set_yticks([])
 
 
-def _draw_spectrum(axis, sample: Sample, smooth_px: float) -> None:
+def draw_spectrum(axis, sample: Sample, smooth_px: float, *, compact: bool = False) -> None:
+    """Observed (grey) and smoothed (black) flux in the rest frame, with the lines marked;
+    `compact` (for galleries) drops the legend and the line labels."""
     spectrum = sample.spectrum
     if spectrum is None:
-        _blank(axis, "no spectrum")
+        blank(axis, "no spectrum")
         return
     known_z = np.isfinite(sample.redshift)
     wave = rest_frame(spectrum.wavelength.astype(np.float64), sample.redshift)
@@ -79,21 +81,26 @@ def _draw_spectrum(axis, sample: Sample, smooth_px: float) -> None:
         pad = 0.15 * (high - low + 1e-12)
         axis.set_ylim(low - pad, high + 3 * pad)
     if known_z:
-        _mark_lines(axis, wave.min(), wave.max())
+        _mark_lines(axis, wave.min(), wave.max(), labels=not compact)
     axis.set_xlim(wave.min(), wave.max())
     axis.set_xlabel("rest-frame wavelength (A)" if known_z else "observed wavelength (A)")
+    if compact:
+        axis.tick_params(labelsize=7)
+        axis.set_yticks([])
+        return
     axis.set_ylabel("flux (1e-17 erg/s/cm2/A)")
     axis.legend(loc="upper right")
 
 
-def _mark_lines(axis, low: float, high: float) -> None:
+def _mark_lines(axis, low: float, high: float, *, labels: bool = True) -> None:
     top = axis.get_ylim()[1]
     labelled: list[float] = []
     for name, wave in lines_in_range(EMISSION_LINES, low, high):
         axis.axvline(wave, color="tab:blue", ls="--", lw=0.6, alpha=0.7)
-        if all(abs(wave - other) > 0.012 * (high - low) for other in labelled):  # no overlapping labels
+        if labels and all(abs(wave - other) > 0.012 * (high - low) for other in labelled):  # no overlapping labels
             axis.text(wave, top, f" {name}", rotation=90, va="top", ha="center", fontsize=8, color="tab:blue")
             labelled.append(wave)
     for name, wave in lines_in_range(ABSORPTION_LINES, low, high):
         axis.axvline(wave, color="tab:red", ls=":", lw=0.6, alpha=0.6)
-        axis.text(wave, axis.get_ylim()[0], f" {name}", rotation=90, va="bottom", ha="center", fontsize=7, color="tab:red")
+        if labels:
+            axis.text(wave, axis.get_ylim()[0], f" {name}", rotation=90, va="bottom", ha="center", fontsize=7, color="tab:red")
