@@ -33,14 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE_METHODS = ("iforest", "lof", "knn", "ecod")
 
 
-def run_pipeline(out: Path, n: int, models: list[str]) -> Path:
+def run_pipeline(out: Path, n: int, models: list[str], reuse_embeddings: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "fmb.yaml").write_text("name: quality\n")
     tasks = [ROOT / "configs/tasks/demo.yaml", ROOT / "configs/adapt/tiny.yaml"]
     config = load_config(tasks, root=out, sets=[f"synth.n={n}", "synth.out=data/quality", "data.source=data/quality",
                                                 "name=quality", "detect.folds=5"])
-    steps = [("synth", lambda: synth(config)), ("index", lambda: index(config))]
-    for model in models:
+    steps = [] if reuse_embeddings else [("synth", lambda: synth(config)), ("index", lambda: index(config))]
+    for model in [] if reuse_embeddings else models:
         steps += [(f"adapt {model}", lambda m=model: model_tasks.adapt(config, m, log=lambda _: None)),
                   (f"embed {model}", lambda m=model: embed(config, m))]
     steps += [("detect", lambda: detect(config, log=lambda _: None)), ("evaluate", lambda: evaluate(config))]
@@ -59,7 +59,8 @@ def report(metrics: pd.DataFrame) -> None:
     print(f"\nbest fused score:       {fused.model}/{fused.score}  mean class AP {fused.mean_class_ap:.3f}")
     print(f"best single baseline:   {baseline.model}/{baseline.score}  mean class AP {baseline.mean_class_ap:.3f}")
     print(f"ratio (goal >= 1.2):    {fused.mean_class_ap / baseline.mean_class_ap:.2f}")
-    mispaired = metrics[(metrics["class"] == "mispaired") & (metrics.score.isin(["mismatch", "fused_geo", "fused_all", "fused_max"]))]
+    mispaired = metrics[(metrics["class"] == "mispaired") & (metrics.score.isin(
+        ["mismatch", "mismatch_residual", "fused_geo", "fused_all", "fused_max"]))]
     print("\nmispaired recall@5% (goal >= 0.9):")
     print(mispaired.pivot_table(index="model", columns="score", values="recall_5pct").round(3).to_string())
     best = summary.groupby("model").mean_class_ap.max()
@@ -73,8 +74,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "quality")
     parser.add_argument("--models", nargs="+", default=["pixels", "astroclip", "astropt", "aion"])
+    parser.add_argument("--reuse-embeddings", action="store_true",
+                        help="keep the survey and embeddings already in --out; rerun detect and evaluate only")
     args = parser.parse_args()
-    report(pd.read_csv(run_pipeline(args.out, args.n, args.models)))
+    report(pd.read_csv(run_pipeline(args.out, args.n, args.models, args.reuse_embeddings)))
 
 
 if __name__ == "__main__":

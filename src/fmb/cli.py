@@ -246,6 +246,111 @@ def analyze_evaluate(config: TaskFile = None, set_: Sets = None, name: RunName =
     console.print((out / "summary.md").read_text().split("\n## ")[0])
 
 
+@analyze_app.command("agreement")
+def analyze_agreement(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
+    """How far the anomaly rankings of all (model, modality, method) systems agree, on their common
+    objects: Spearman matrix, top-k% Jaccard, retention@1%/10% with displacement histograms, and the
+    objects one system ranks top 1% and another beyond 50% (tables and clustered heatmaps)."""
+    from fmb.analyze.agreement import agreement
+
+    summary = agreement(_config(config, set_, name), log=console.print)
+    console.print(f"{summary['n_common']} common objects, {len(summary['systems'])} systems -> {summary['paths']['spearman']}")
+
+
+@analyze_app.command("similarity")
+def analyze_similarity(
+    query: Annotated[Optional[list[int]], typer.Option("--query", "-q", help="Object id (repeatable); default: the top anomalies.")] = None,
+    vector: Annotated[Optional[Path], typer.Option(help="A .npy vector to search with instead (needs --model and --modality).",
+                                                   exists=True, dir_okay=False)] = None,
+    models: Annotated[Optional[list[str]], typer.Option("--model", help="Model (repeatable); default: all embedded.")] = None,
+    modality: Annotated[Optional[str], typer.Option(help="image, spectrum or joint; default: all.")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Neighbours per query.")] = None,
+    config: TaskFile = None,
+    set_: Sets = None,
+    name: RunName = None,
+) -> None:
+    """Nearest neighbours by cosine similarity (a persisted faiss index per model and modality, exact
+    for small surveys, compressed for large ones), with a figure of each query and its neighbours,
+    and where the neighbours of the top anomalies fall in the anomaly ranking."""
+    import numpy as np
+
+    from fmb.analyze.similarity import neighbour_ranks, similarity
+
+    resolved = _config(config, set_, name, **{"analyze.similarity.k": k})
+    search_vector = np.load(vector) if vector is not None else None
+    result = similarity(resolved, query, search_vector, log=console.print, models=models, modality=modality)
+    console.print(f"wrote {result['neighbours']} and {len(result['figures'])} figures")
+    if search_vector is None:
+        neighbour_ranks(resolved, models, log=console.print)
+
+
+@analyze_app.command("probes")
+def analyze_probes(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
+    """How well redshift, stellar mass and SFR (catalog columns) can be read from each embedding:
+    k-fold Ridge and LightGBM R2 with their spread, the non-linear gap, SHAP-based effective
+    dimensionality (PR, PR90, EPD with bootstrap errors) and a random-feature baseline."""
+    from fmb.analyze.probes import probes
+
+    summary = probes(_config(config, set_, name), log=console.print)
+    console.print(f"wrote {summary['results']}")
+
+
+@analyze_app.command("figures")
+def analyze_figures(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
+    """Stage-5 figures: UMAP map per model (coloured by a catalog value, and a thumbnail mosaic),
+    score distributions, and galleries of the top-ranked objects."""
+    from fmb.viz.figures import figures
+
+    for label, path in figures(_config(config, set_, name), log=console.print).items():
+        console.print(f"{label}: {path}")
+
+
+@app.command("report")
+def report_command(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
+    """Write runs/<name>/report.html: one self-contained page with the data summary, models and
+    embeddings, detection quality, agreement, probes, galleries and similarity examples."""
+    from fmb.viz.report import report
+
+    console.print(f"report: {report(_config(config, set_, name))}")
+
+
+@app.command("run")
+def run_command(
+    from_: Annotated[Optional[str], typer.Option("--from", help="Rerun this stage and everything downstream of it.")] = None,
+    only: Annotated[Optional[str], typer.Option("--only", help="Run just this stage (or family, e.g. embed).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the stages and stop.")] = False,
+    config: TaskFile = None,
+    set_: Sets = None,
+    name: RunName = None,
+) -> None:
+    """Run the whole pipeline from one config: (synth) index, validate, adapt and embed each model,
+    detect, evaluate, agreement, probes, similarity, figures, report.
+
+    A stage is skipped when its config sections and input files are unchanged since it last
+    finished; an interrupted stage resumes. Ends with a summary and the report's path.
+    """
+    from fmb.run.pipeline import execute, select
+    from fmb.run.stages import build_stages
+
+    resolved = _config(config, set_, name)
+    plan = select(build_stages(resolved), from_, only)
+    if dry_run:
+        for stage in plan.stages:
+            mark = "forced" if stage.name in plan.forced else ("" if stage.name in plan.selected else "not selected")
+            console.print(f"{stage.name:22s} {mark}")
+        return
+    outcomes = execute(resolved, plan, log=console.print)
+    table = Table(title=f"fmb run {resolved.name}")
+    for column in ("stage", "status", "seconds", "note"):
+        table.add_column(column)
+    for outcome in outcomes:
+        table.add_row(outcome.stage, outcome.status, f"{outcome.seconds:.1f}" if outcome.status == "ran" else "", outcome.note)
+    console.print(table)
+    report = resolved.run_dir / "report.html"
+    if report.is_file():
+        console.print(f"report: {report}")
+
+
 def main() -> None:
     """Entry point: user-facing errors print as one line and exit 2; bugs keep their traceback."""
     try:

@@ -152,6 +152,19 @@ class FlowConfig(_Section):
     check_every: int = Field(100, ge=1, description="steps between held-out checks")
 
 
+class MismatchConfig(_Section):
+    """The contrastive image-spectrum critic behind the `mismatch` score."""
+
+    hidden: int = Field(128, ge=8, description="hidden units of each modality's tower")
+    dim: int = Field(64, ge=2, description="dimension of the shared space")
+    epochs: int = Field(40, ge=1, description="passes over the fit data, counted in steps within [min_steps, max_steps]")
+    min_steps: int = Field(300, ge=1)
+    max_steps: int = Field(3000, ge=1)
+    batch_size: int = Field(256, ge=8, description="pairs per step: each is contrasted with the others in its batch")
+    lr: float = Field(1e-3, gt=0)
+    references: int = Field(4096, ge=16, description="fit objects kept to estimate the marginals when scoring")
+
+
 class DetectConfig(_Section):
     """Stage 3: anomaly scores per model and modality, misalignment and fusion."""
 
@@ -164,6 +177,7 @@ class DetectConfig(_Section):
     fusion_method: Literal["flow", "iforest", "lof", "knn", "ecod"] = Field(
         "flow", description="which method's image/spectrum/joint percentiles are fused")
     flow: FlowConfig = FlowConfig()
+    mismatch: MismatchConfig = MismatchConfig()
 
 
 class EvaluateConfig(_Section):
@@ -220,6 +234,14 @@ class AnalyzeConfig(_Section):
     figures: FiguresConfig = FiguresConfig()
 
 
+class RunConfig(_Section):
+    """`fmb run`: which stages the pipeline holds."""
+
+    synth: bool = Field(False, description="generate the synthetic survey (the synth section) as the first stage")
+    models: list[Literal["pixels", "aion", "astropt", "astroclip"]] = Field(
+        ["pixels", "aion", "astropt", "astroclip"], description="models adapted and embedded")
+
+
 class FmbConfig(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$", description="run name: outputs go to runs/<name>/")
     seed: int = Field(42, description="seed for everything random")
@@ -230,6 +252,7 @@ class FmbConfig(_Section):
     detect: DetectConfig = DetectConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
+    run: RunConfig = RunConfig()
 
 
 class ResolvedConfig:

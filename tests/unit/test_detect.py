@@ -9,7 +9,7 @@ import pytest
 from fmb.detect.baselines import PyODDetector
 from fmb.detect.density import CrossFitted, FlowDetector, FlowSettings, Reducer, fold_of, load, percentile, robust_z, save
 from fmb.detect.fusion import fuse
-from fmb.detect.mismatch import PairResidual
+from fmb.detect.mismatch import ContrastiveMismatch, ContrastSettings, PairResidual
 
 FAST_FLOW = FlowSettings(hidden=32, batch_size=256, min_steps=300, max_steps=300, lr=3e-3)
 
@@ -96,7 +96,12 @@ def test_new_objects_are_scored_by_one_unbiased_fold():
     assert np.all(np.isfinite(crossfit.score(reduced, ids)))
 
 
-def test_mispaired_objects_found_by_misalignment_not_by_density():
+MISALIGNMENT = {"residual": lambda d: partial(PairResidual, d),
+                "contrastive": lambda d: partial(ContrastiveMismatch, d, ContrastSettings(hidden=32, dim=16, max_steps=400))}
+
+
+@pytest.mark.parametrize("kind", MISALIGNMENT)
+def test_mispaired_objects_found_by_misalignment_not_by_density(kind):
     rng = np.random.default_rng(3)
     n, d = 3000, 6
     latent = rng.normal(size=(n, 3))  # both modalities see the same physical parameters
@@ -107,7 +112,7 @@ def test_mispaired_objects_found_by_misalignment_not_by_density():
     ids = np.arange(n)
     img_r, spec_r = Reducer(d).fit(image).transform(image), Reducer(d).fit(spectrum).transform(spectrum)
     pair = np.hstack([img_r, spec_r])
-    mis = CrossFitted(partial(PairResidual, d), n_folds=3, seed=0).fit(pair, ids).score(pair, ids)
+    mis = CrossFitted(MISALIGNMENT[kind](d), n_folds=3, seed=0).fit(pair, ids).score(pair, ids)
     dens = CrossFitted(partial(FlowDetector, FAST_FLOW), n_folds=3, seed=0).fit(spec_r, ids).score(spec_r, ids)
     top = np.argsort(-mis)[:60]
     assert np.isin(swapped, top).mean() >= 0.9

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fmb.config import ResolvedConfig
+from fmb.detect.fusion import MISMATCH_COLUMNS
 from fmb.errors import FmbError
 from fmb.io import atomic_path
 
@@ -23,7 +24,7 @@ NORMAL = "none"
 
 
 def score_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith(("score_", "fused_")) or c in ("mismatch", "mismatch_cosine")]
+    return [c for c in frame.columns if c.startswith(("score_", "fused_")) or c in MISMATCH_COLUMNS]
 
 
 def recall_at(labels: np.ndarray, scores: np.ndarray, fraction: float) -> float:
@@ -54,11 +55,16 @@ def evaluate_frame(scores: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def truth_path(config: ResolvedConfig) -> Path:
+    """evaluate.truth, else the synthetic survey's truth.parquet beside its data."""
+    return config.path(config.evaluate.truth) if config.evaluate.truth else config.path(config.data.source) / "truth.parquet"
+
+
 def evaluate(config: ResolvedConfig) -> Path:
-    truth_path = config.path(config.evaluate.truth) if config.evaluate.truth else config.path(config.data.source) / "truth.parquet"
-    if not truth_path.is_file():
-        raise FmbError(f"no truth table at {truth_path}: evaluation needs the synthetic survey's truth.parquet")
-    truth = pq.read_table(truth_path, columns=["object_id", "anomaly_class"]).to_pandas()
+    truth_file = truth_path(config)
+    if not truth_file.is_file():
+        raise FmbError(f"no truth table at {truth_file}: evaluation needs the synthetic survey's truth.parquet")
+    truth = pq.read_table(truth_file, columns=["object_id", "anomaly_class"]).to_pandas()
     score_files = sorted((config.run_dir / "scores").glob("*.parquet"))
     if not score_files:
         raise FmbError("no scores to evaluate; run `fmb detect` first")

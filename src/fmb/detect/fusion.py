@@ -21,11 +21,12 @@ import pandas as pd
 from fmb.detect.density import percentile, rank_descending
 
 INPUTS = {"img": "image", "spec": "spectrum", "joint": "joint"}
+MISMATCH_COLUMNS = ("mismatch", "mismatch_residual", "mismatch_cosine")  # "mismatch" is the one fused
 
 
 def fuse(scores: pd.DataFrame, method: str) -> pd.DataFrame:
     """Add pct_*/rank_* for every score column and the fused scores, on the common set."""
-    columns = [c for c in scores.columns if c.startswith("score_") or c in ("mismatch", "mismatch_cosine")]
+    columns = [c for c in scores.columns if c.startswith("score_") or c in MISMATCH_COLUMNS]
     needed = [f"score_{m}_{method}" for m in INPUTS.values()] + ["mismatch"]
     missing = [c for c in needed if c not in scores.columns]
     if missing:

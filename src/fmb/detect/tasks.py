@@ -17,7 +17,7 @@ from fmb.config import ResolvedConfig
 from fmb.detect.baselines import PyODDetector
 from fmb.detect.density import CrossFitted, FlowDetector, FlowSettings, Reducer, load, robust_z, save
 from fmb.detect.fusion import fuse
-from fmb.detect.mismatch import PairResidual, cosine_mismatch
+from fmb.detect.mismatch import ContrastiveMismatch, ContrastSettings, PairResidual, cosine_mismatch
 from fmb.embed.store import load_embeddings
 from fmb.errors import FmbError
 from fmb.io import write_json, write_table
@@ -40,7 +40,7 @@ class ModelDetectors:
 
     reducers: dict
     detectors: dict  # (modality, method) -> CrossFitted
-    mismatch: CrossFitted | None
+    mismatch: dict  # score column ("mismatch", "mismatch_residual") -> CrossFitted; empty without both modalities
     method_for_fusion: str
 
 
@@ -75,18 +75,18 @@ def _score_model(config: ResolvedConfig, model: str, ids: np.ndarray, matrices: 
             detectors[(modality, method)] = crossfit
             frame[f"score_{modality}_{method}"] = crossfit.score(reduced[modality], ids)
             frame[f"z_{modality}_{method}"] = robust_z(frame[f"score_{modality}_{method}"].to_numpy())
-    mismatch = None
+    mismatch = {}
     extra = {}
     if {"image", "spectrum"} <= set(matrices):
         pair = np.hstack([reduced["image"], reduced["spectrum"]])
-        n_image = reduced["image"].shape[1]
-        mismatch = CrossFitted(partial(PairResidual, n_image), settings.folds, config.seed).fit(pair[fit], ids[fit])
-        frame["mismatch"] = mismatch.score(pair, ids)
+        for column, make in _mismatch_factories(config, reduced["image"].shape[1]).items():
+            mismatch[column] = CrossFitted(make, settings.folds, config.seed).fit(pair[fit], ids[fit])
+            frame[column] = mismatch[column].score(pair, ids)
         if model in ALIGNED_MODELS:
             frame["mismatch_cosine"] = cosine_mismatch(matrices["image"], matrices["spectrum"])
             extra["spearman_learned_vs_cosine_mismatch"] = float(
                 frame["mismatch"].rank().corr(frame["mismatch_cosine"].rank()))
-    frame = fuse(frame, settings.fusion_method) if mismatch is not None and "joint" in matrices else frame
+    frame = fuse(frame, settings.fusion_method) if mismatch and "joint" in matrices else frame
     return frame, ModelDetectors(reducers, detectors, mismatch, settings.fusion_method), extra
 
 
@@ -95,6 +95,11 @@ def _factory(method: str, config: ResolvedConfig):
     if method == "flow":
         return partial(FlowDetector, FlowSettings(**config.detect.flow.model_dump()))
     return partial(PyODDetector, method)
+
+
+def _mismatch_factories(config: ResolvedConfig, n_image: int) -> dict:
+    contrast = ContrastSettings(**config.detect.mismatch.model_dump())
+    return {"mismatch": partial(ContrastiveMismatch, n_image, contrast), "mismatch_residual": partial(PairResidual, n_image)}
 
 
 def score_new(config: ResolvedConfig, model: str, embeddings: Path, out: Path) -> Path:
@@ -109,6 +114,7 @@ def score_new(config: ResolvedConfig, model: str, embeddings: Path, out: Path) -
     for (modality, method), crossfit in fitted.detectors.items():
         if modality in reduced:
             frame[f"score_{modality}_{method}"] = crossfit.score(reduced[modality], ids)
-    if fitted.mismatch is not None and {"image", "spectrum"} <= set(reduced):
-        frame["mismatch"] = fitted.mismatch.score(np.hstack([reduced["image"], reduced["spectrum"]]), ids)
+    if {"image", "spectrum"} <= set(reduced):
+        for column, crossfit in fitted.mismatch.items():
+            frame[column] = crossfit.score(np.hstack([reduced["image"], reduced["spectrum"]]), ids)
     return write_table(pa.Table.from_pandas(frame, preserve_index=False), out)

@@ -1,0 +1,1 @@
+"""Stage graph, caching and the `fmb run` pipeline."""

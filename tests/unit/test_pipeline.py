@@ -1,0 +1,114 @@
+"""The stage cache of `fmb run` on a small graph of real file-writing stages:
+
+    source -> a -> b -> c        d (reads only the source)
+"""
+
+from pathlib import Path
+
+import pytest
+
+from fmb.config import load_config
+from fmb.errors import ConfigError
+from fmb.run.pipeline import Stage, execute, select
+
+
+def _writer(name: str, reads: str | None, runs: list[str], fail: set[str] | None = None):
+    """An action writing out/<name>.txt from its input (so downstream fingerprints really change)."""
+    def action(config):
+        runs.append(name)
+        out = config.run_dir / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.partial").write_text("started")
+        if fail and name in fail:
+            raise RuntimeError(f"{name} broke")
+        upstream = (config.run_dir / "out" / f"{reads}.txt").read_text() if reads else config.path("source.txt").read_text()
+        (out / f"{name}.txt").write_text(f"{name}({upstream}, hidden={config.detect.flow.hidden})")
+        return {"wrote": name}
+    return action
+
+
+def graph(runs: list[str], fail: set[str] | None = None) -> list[Stage]:
+    def made(name):
+        return lambda c: [c.run_dir / "out" / f"{name}.txt"]
+
+    def read(name):
+        return lambda c: [c.run_dir / "out" / f"{name}.txt"]
+
+    return [
+        Stage("a", _writer("a", None, runs, fail), ("data",), lambda c: [c.path("source.txt")], made("a")),
+        Stage("b", _writer("b", "a", runs, fail), ("detect.flow",), read("a"), made("b"), after=("a",)),
+        Stage("c", _writer("c", "b", runs, fail), (), read("b"), made("c"), after=("b",)),
+        Stage("d", _writer("d", None, runs, fail), ("seed",), lambda c: [c.path("source.txt")], made("d")),
+    ]
+
+
+def run(project: Path, *sets: str, start=None, only=None, fail=None) -> list[str]:
+    runs: list[str] = []
+    config = load_config(root=project, sets=list(sets))
+    outcomes = execute(config, select(graph(runs, fail), start, only), log=lambda _line: None)
+    assert [o.stage for o in outcomes if o.status == "ran"] == runs
+    return runs
+
+
+@pytest.fixture
+def project(project: Path) -> Path:
+    (project / "source.txt").write_text("v1")
+    return project
+
+
+def test_unchanged_stages_are_skipped(project: Path):
+    assert run(project) == ["a", "b", "c", "d"]
+    assert run(project) == []
+
+
+def test_a_config_change_reruns_only_the_stages_downstream(project: Path):
+    run(project)
+    assert run(project, "detect.flow.hidden=17") == ["b", "c"]
+    assert (project / "runs/test/out/c.txt").read_text() == "c(b(a(v1, hidden=128), hidden=17), hidden=17)"
+    assert run(project, "detect.flow.hidden=17") == []
+
+
+def test_a_changed_input_file_reruns_its_readers(project: Path):
+    run(project)
+    (project / "source.txt").write_text("v2 longer")
+    assert run(project) == ["a", "b", "c", "d"]
+    assert "v2 longer" in (project / "runs/test/out/c.txt").read_text()
+
+
+def test_a_deleted_output_reruns_its_stage(project: Path):
+    run(project)
+    (project / "runs/test/out/b.txt").unlink()
+    assert run(project) == ["b", "c"]
+
+
+def test_from_forces_a_stage_and_everything_downstream(project: Path):
+    run(project)
+    assert run(project, start="b") == ["b", "c"]
+    assert run(project, only="d") == ["d"]
+    with pytest.raises(ConfigError, match="no stage called 'nope'"):
+        run(project, start="nope")
+
+
+def test_an_interrupted_stage_resumes_on_its_outputs_and_a_changed_one_starts_clean(project: Path):
+    run(project)
+    with pytest.raises(RuntimeError, match="b broke"):
+        run(project, "detect.flow.hidden=9", fail={"b"})
+    partial = project / "runs/test/out/b.partial"
+    assert partial.is_file()
+    (project / "runs/test/out/b.txt").write_text("kept")  # what a resumable stage would build on
+    assert run(project, "detect.flow.hidden=9") == ["b", "c"]  # same key: outputs kept, stage reruns
+    # a different key removes the stage's outputs first
+    (project / "runs/test/out/b.txt").write_text("stale")
+    runs: list[str] = []
+    config = load_config(root=project, sets=["detect.flow.hidden=11"])
+    stages = graph(runs)
+    seen = {}
+    original = stages[1].action
+
+    def check_clean(config):
+        seen["existed"] = (config.run_dir / "out" / "b.txt").exists()
+        return original(config)
+
+    stages[1] = Stage("b", check_clean, ("detect.flow",), stages[1].inputs, stages[1].outputs, after=("a",))
+    execute(config, select(stages), log=lambda _line: None)
+    assert seen == {"existed": False}
