@@ -21,20 +21,14 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The demo: a small synthetic survey, tiny random-weight models adapted briefly, embeddings of all,
-# anomaly scores and their evaluation against the injected truth.
-# (Until `fmb run` lands, the stages are listed here one by one.)
-DEMO   := --config configs/tasks/demo.yaml --config configs/adapt/tiny.yaml
-MODELS := pixels aion astropt astroclip
+# The demo: `fmb run` on a small synthetic survey with tiny random-weight models adapted briefly:
+# data, adaptation, embeddings, anomaly scores, their evaluation against the injected truth, agreement,
+# probes, similarity, figures, and the HTML report (its path is printed at the end). Rerunning skips
+# every stage whose inputs and config are unchanged.
+DEMO := --config configs/tasks/demo.yaml --config configs/adapt/tiny.yaml
 
 demo: $(STAMP)
-	$(BIN)/fmb data synth $(DEMO)
-	$(BIN)/fmb data index $(DEMO)
-	$(BIN)/fmb data validate $(DEMO)
-	$(BIN)/fmb data show $(DEMO)
-	for model in $(MODELS); do $(BIN)/fmb adapt $$model $(DEMO) && $(BIN)/fmb embed $$model $(DEMO) || exit 1; done
-	$(BIN)/fmb detect $(DEMO)
-	$(BIN)/fmb analyze evaluate $(DEMO)
+	$(BIN)/fmb run $(DEMO)
 
 clean-demo:
 	rm -rf runs/demo data/demo

@@ -47,6 +47,7 @@ from fmb.config import AgreementConfig, ResolvedConfig
 from fmb.detect.density import rank_descending
 from fmb.errors import FmbError
 from fmb.io import atomic_path, write_json
+from fmb.viz.style import fmb_style, save_figure
 
 MODALITIES = ("image", "spectrum", "joint")
 ANNOTATE_MAX = 24  # heatmaps with more systems than this are too dense for numbers in the cells
@@ -301,7 +302,6 @@ def displacement_subset(systems: list[System]) -> list[int]:
 
 
 def _draw_figures(result: Agreement, settings: AgreementConfig, out: Path) -> dict[str, Path]:
-    from fmb.viz.style import fmb_style
 
     top = f"top {settings.top_pct:g} %"
     with fmb_style():
@@ -330,7 +330,7 @@ def _clustered_heatmap(matrix: np.ndarray, labels: list[str], title: str, colorb
     axis = figure.add_subplot(grid[1, 0])
     image = _heatmap(axis, matrix[np.ix_(order, order)], [labels[i] for i in order], limits, cmap)
     figure.colorbar(image, cax=figure.add_subplot(grid[1, 1]), label=colorbar_label)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _retention_figure(result: Agreement, top: str, path: Path) -> Path:
@@ -347,7 +347,7 @@ def _retention_figure(result: Agreement, top: str, path: Path) -> Path:
         axis.set_ylabel(f"source: its {top}")
         axis.set_xlabel(f"target: share of them in its top {level:g} %")
     figure.colorbar(image, ax=axes[0], label="share of the source's top set", shrink=0.8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _heatmap(axis, matrix: np.ndarray, labels: list[str], limits: tuple[float, float], cmap: str):
@@ -405,13 +405,5 @@ def _displacement_grid(result: Agreement, settings: AgreementConfig, path: Path)
                     f"(N = {len(result.object_ids)}; dotted: no agreement; dashed: retention levels)")
     figure.supxlabel("position in the column system: % of objects ranked at or above (small = anomalous)", fontsize=9)
     figure.supylabel("objects", fontsize=9)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
-
-def _save(figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
-    return path

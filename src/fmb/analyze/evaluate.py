@@ -112,7 +112,7 @@ def _markdown(summary: pd.DataFrame, result: pd.DataFrame) -> str:
 
 
 def _heatmap(result: pd.DataFrame, path: Path) -> None:
-    from fmb.viz.style import fmb_style
+    from fmb.viz.style import fmb_style, save_figure
 
     pivot = result[result["class"] != "all"].pivot_table(index=["model", "score"], columns="class", values="ap")
     with fmb_style():
@@ -124,6 +124,4 @@ def _heatmap(result: pd.DataFrame, path: Path) -> None:
         axis.set_yticks(range(len(pivot)), [f"{m} / {s}" for m, s in pivot.index], fontsize=7)
         figure.colorbar(image, ax=axis, label="average precision")
         axis.set_title("Average precision per anomaly class")
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, format="png")
-        plt.close(figure)
+        save_figure(figure, path)

@@ -18,7 +18,7 @@ from fmb.detect.baselines import PyODDetector
 from fmb.detect.density import CrossFitted, FlowDetector, FlowSettings, Reducer, load, robust_z, save
 from fmb.detect.fusion import fuse
 from fmb.detect.mismatch import ContrastiveMismatch, ContrastSettings, PairResidual, cosine_mismatch
-from fmb.embed.store import load_embeddings
+from fmb.embed.store import embedded_models, load_embeddings
 from fmb.errors import FmbError
 from fmb.io import write_json, write_table
 
@@ -27,11 +27,6 @@ ALIGNED_MODELS = {"astroclip"}  # image and spectrum spaces aligned by training:
 
 def scores_dir(config: ResolvedConfig) -> Path:
     return config.run_dir / "scores"
-
-
-def available_models(config: ResolvedConfig) -> list[str]:
-    root = config.run_dir / "embeddings"
-    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
 
 
 @dataclass
@@ -45,7 +40,7 @@ class ModelDetectors:
 
 
 def detect(config: ResolvedConfig, log=print) -> dict:
-    models = config.detect.models or available_models(config)
+    models = config.detect.models or embedded_models(config.run_dir)
     if not models:
         raise FmbError("no embeddings to score; run `fmb embed MODEL` first")
     summary = {}

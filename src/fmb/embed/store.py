@@ -25,6 +25,12 @@ from fmb.models.base import MODALITIES, file_sha256
 MANIFEST = "manifest.json"
 
 
+def embedded_models(run_dir: Path) -> list[str]:
+    """Models with embeddings in this run (a manifest in runs/<name>/embeddings/<model>/)."""
+    root = run_dir / "embeddings"
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+
+
 def part_name(unit_id: int) -> str:
     return f"part-{unit_id:05d}.parquet"
 

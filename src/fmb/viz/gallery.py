@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from fmb.data.validate import Sample
-from fmb.io import atomic_path
 from fmb.viz.object_view import draw_rgb, draw_spectrum
-from fmb.viz.style import fmb_style
+from fmb.viz.style import fmb_style, save_figure
 
 
 def draw_gallery(samples: Sequence[Sample], titles: Sequence[str], path: Path, *, columns: int = 3,
@@ -41,7 +40,5 @@ def draw_gallery(samples: Sequence[Sample], titles: Sequence[str], path: Path, *
             spectrum_axis.set_title(title, fontsize=8.5, loc="left")
         if suptitle:
             figure.suptitle(suptitle, fontsize=12)
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, format="png")
-        plt.close(figure)
+        save_figure(figure, path)
     return path

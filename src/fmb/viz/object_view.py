@@ -8,9 +8,8 @@ import numpy as np
 
 from fmb.data.schema import BAND_NAMES
 from fmb.data.validate import Sample
-from fmb.io import atomic_path
 from fmb.viz.spectrum import ABSORPTION_LINES, EMISSION_LINES, lines_in_range, rest_frame, smooth
-from fmb.viz.style import fmb_style
+from fmb.viz.style import fmb_style, save_figure
 
 
 def draw_object(sample: Sample, path: Path, *, smooth_px: float = 2.0, title_extra: str = "") -> Path:
@@ -26,9 +25,7 @@ def draw_object(sample: Sample, path: Path, *, smooth_px: float = 2.0, title_ext
         draw_spectrum(figure.add_subplot(grid[1, :]), sample, smooth_px)
         redshift = f"z = {sample.redshift:.4f}" if np.isfinite(sample.redshift) else "z unknown"
         figure.suptitle(f"Object {sample.object_id}   {redshift}{title_extra}", fontsize=13, y=0.98)
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, format="png")
-        plt.close(figure)
+        save_figure(figure, path)
     return path
 
 

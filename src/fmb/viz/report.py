@@ -32,6 +32,7 @@ h2{margin-top:0;border-bottom:2px solid #e3e7ee;padding-bottom:6px}h3{margin-bot
 table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{padding:4px 10px;border-bottom:1px solid #e3e7ee;text-align:right}
 th{background:#f0f3f8}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:8px 0}
 .note{color:#5a6478;font-size:13px}figure{margin:10px 0}figcaption{font-size:13px;color:#5a6478}
+.row{display:flex;flex-wrap:wrap;gap:16px}.row figure{flex:1 1 30%;min-width:300px}
 """
 
 
@@ -71,6 +72,11 @@ def _image(path: Path, caption: str = "") -> str:
 
 def _table(frame: pd.DataFrame, digits: int = 3) -> str:
     return frame.to_html(index=False, border=0, float_format=lambda v: f"{v:.{digits}f}", na_rep="–")
+
+
+def _row(figures: list[str]) -> str:
+    """Small figures side by side."""
+    return f"<div class='row'>{''.join(figures)}</div>" if any(figures) else ""
 
 
 def _cards(values: dict[str, object]) -> str:
@@ -121,8 +127,8 @@ def _models_section(run: Path):
     if not rows:
         return None
     content = _table(pd.DataFrame(rows)) + _note("Full preprocessing and per-part checksums: embeddings/<model>/manifest.json.")
-    for history in sorted((run / "models").glob("*/history.png")):
-        content += _image(history, f"adaptation of {history.parent.name}: training and validation loss")
+    content += _row([_image(history, f"adaptation of {history.parent.name}: training and validation loss")
+                     for history in sorted((run / "models").glob("*/history.png"))])
     return "models", "Models and embeddings", content
 
 

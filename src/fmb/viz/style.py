@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import matplotlib
 
@@ -31,3 +32,15 @@ def fmb_style() -> Iterator[None]:
 
     with plt.rc_context(STYLE):
         yield
+
+
+def save_figure(figure, path: Path) -> Path:
+    """Write `figure` to `path` (PNG) atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    from fmb.io import atomic_path
+
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+    plt.close(figure)
+    return path
