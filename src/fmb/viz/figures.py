@@ -1,0 +1,251 @@
+"""`fmb analyze figures`: the stage-5 figures of a run, written to runs/<name>/analysis/figures/.
+
+* umap.png: one column per model; its UMAP map (joint embedding, image when it has none) coloured
+  by a catalog column (else the anomaly percentile, else density) above a thumbnail mosaic of it;
+* scores.png: per model, the distributions of the scores that feed the fusion, top 1 % marked;
+* gallery_<model>.png: each model's top-ranked objects in rank order, cutout beside spectrum.
+
+UMAP coordinates are cached in runs/<name>/cache/umap/ under a hash of their inputs, outside the
+figures directory, so a rerun of this stage after a change elsewhere keeps the maps that still hold.
+
+Galleries rank by the score itself (the original drew the first rows of a CSV, in file order).
+The agreement and evaluation heatmaps belong to their own stages and are not redrawn here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fmb.config import ResolvedConfig
+from fmb.data.catalog import load_catalog
+from fmb.data.index import Fetcher
+from fmb.data.tasks import open_fetcher
+from fmb.detect.tasks import scores_dir
+from fmb.embed.store import embedded_models, load_embeddings
+from fmb.errors import FmbError
+from fmb.viz.gallery import draw_gallery
+from fmb.viz.object_view import blank
+from fmb.viz.style import fmb_style, save_figure
+from fmb.viz.umap_map import MapPanel, UmapSettings, draw_umap_figure, mosaic_picks, umap_coordinates, unit_box
+
+MODEL_LABELS = {"aion": "AION", "astroclip": "AstroCLIP", "astropt": "AstroPT", "pixels": "pixel PCA"}
+CATALOG_LABELS = {"Z": "redshift z", "LOGM": "log10 stellar mass (Msun)", "LOGSFR": "log10 SFR (Msun/yr)"}
+SCORE_LABELS = {"mismatch": "image-spectrum mismatch", "fused_geo": "fused (geometric)"}
+MAP_MODALITIES = ("joint", "image")  # the joint embedding describes the whole object; image is the fallback
+TITLE_PERCENTILES = {"img": "pct_image_{method}", "spec": "pct_spectrum_{method}", "mis": "pct_mismatch"}
+
+
+def figures_dir(config: ResolvedConfig) -> Path:
+    return config.run_dir / "analysis" / "figures"
+
+
+def figures(config: ResolvedConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Draw every figure the run's embeddings and scores allow; {figure name: PNG path}."""
+    models = embedded_models(config.run_dir)
+    scores = load_scores(config)
+    if not models and not scores:
+        raise FmbError("nothing to draw: run `fmb embed` and `fmb detect` first")
+    fetcher = open_fetcher(config)
+    paths = {}
+    if models:
+        paths["umap"] = umap_figure(config, models, scores, fetcher, log)
+    if scores:
+        paths["scores"] = draw_score_distributions(scores, score_panels(config), figures_dir(config) / "scores.png")
+    for model, frame in scores.items():
+        path = gallery(config, model, frame, fetcher, log)
+        if path is not None:
+            paths[f"gallery_{model}"] = path
+    return paths
+
+
+def load_scores(config: ResolvedConfig) -> dict[str, pd.DataFrame]:
+    return {path.stem: pd.read_parquet(path) for path in sorted(scores_dir(config).glob("*.parquet"))}
+
+
+def model_label(model: str) -> str:
+    return MODEL_LABELS.get(model, model)
+
+
+# -- UMAP maps ---------------------------------------------------------------------------------------
+def umap_figure(config: ResolvedConfig, models: list[str], scores: dict[str, pd.DataFrame], fetcher: Fetcher,
+                log: Callable[[str], None]) -> Path:
+    """umap.png: per model its coloured map over its thumbnail mosaic."""
+    settings = config.analyze.figures
+    umap_settings = UmapSettings(settings.umap_neighbors, settings.umap_min_dist, settings.umap_max_objects, config.seed)
+    panels = []
+    for model in models:
+        modality, ids, vectors = map_inputs(config.run_dir / "embeddings" / model)
+        start = time.perf_counter()
+        mapped, xy = umap_coordinates(model, ids, vectors, umap_settings, config.run_dir / "cache" / "umap")
+        log(f"{model}: UMAP of {len(mapped)} {modality} embeddings ({time.perf_counter() - start:.1f} s)")
+        panels.append(MapPanel(f"{model_label(model)} ({modality}, {len(mapped):,} objects)", mapped, unit_box(xy), None))
+    colour_label = colour_panels(config, panels, models, scores)
+    log(f"UMAP maps coloured by {colour_label}")
+    attach_tiles(panels, fetcher, settings.mosaic_cells)
+    return draw_umap_figure(panels, colour_label, settings.mosaic_cells, figures_dir(config) / "umap.png")
+
+
+def map_inputs(directory: Path) -> tuple[str, np.ndarray, np.ndarray]:
+    """(modality, ids, vectors) of the embedding a model is mapped by."""
+    for modality in MAP_MODALITIES:
+        ids, matrices = load_embeddings(directory, (modality,))
+        if modality in matrices:
+            return modality, ids, matrices[modality]
+    raise FmbError(f"{directory} holds none of the {' or '.join(MAP_MODALITIES)} embeddings")
+
+
+def colour_panels(config: ResolvedConfig, panels: list[MapPanel], models: list[str],
+                  scores: dict[str, pd.DataFrame]) -> str:
+    """Set each panel's colour values; returns the colour-bar label ('density' leaves values None)."""
+    column = config.analyze.figures.color_by
+    catalog = load_catalog(config, required=False)
+    if catalog is not None and column in catalog and pd.api.types.is_numeric_dtype(catalog[column]):
+        for panel in panels:
+            panel.values = catalog[column].reindex(panel.ids).to_numpy(dtype=float)
+        return CATALOG_LABELS.get(column, column)
+    ranking = {m: ranking_column(scores[m], config.analyze.figures.gallery_score, config.detect.fusion_method)
+               for m in models if m in scores}
+    if len(ranking) < len(models) or None in ranking.values():
+        return "log10 objects per cell"
+    for panel, model in zip(panels, models):
+        ranked = scores[model].set_index("object_id")[ranking[model]].rank(pct=True)
+        panel.values = 100 * ranked.reindex(panel.ids).to_numpy(dtype=float)
+    return "anomaly percentile (100 = most anomalous)"
+
+
+def attach_tiles(panels: list[MapPanel], fetcher: Fetcher, cells: int) -> None:
+    """Give each panel the cutouts of its mosaic picks (all panels' objects fetched in one pass)."""
+    picks = [mosaic_picks(panel.xy, cells) for panel in panels]
+    wanted = np.unique(np.concatenate([panel.ids[index] for panel, (index, _) in zip(panels, picks)]))
+    rgb = {s.object_id: s.rgb for s in fetcher.samples(wanted) if s is not None and s.rgb is not None}
+    for panel, (index, cell) in zip(panels, picks):
+        panel.tiles = [(tuple(c), rgb[i]) for i, c in zip(panel.ids[index].tolist(), cell.tolist()) if i in rgb]
+
+
+# -- score distributions -----------------------------------------------------------------------------
+def score_panels(config: ResolvedConfig) -> list[str]:
+    """The scores the fusion reads (per-modality density, misalignment) and its result."""
+    method = config.detect.fusion_method
+    return [f"score_{modality}_{method}" for modality in ("image", "spectrum", "joint")] + ["mismatch", "fused_geo"]
+
+
+def score_label(column: str) -> str:
+    if column.startswith("score_"):
+        modality, method = column.removeprefix("score_").rsplit("_", 1)
+        return f"{modality} ({method})"
+    return SCORE_LABELS.get(column, column)
+
+
+def draw_score_distributions(scores: dict[str, pd.DataFrame], columns: list[str], path: Path) -> Path:
+    """Rows: models; columns: scores; log-count histograms with the top-1 % threshold dashed."""
+    columns = [c for c in columns if any(c in frame for frame in scores.values())]
+    with fmb_style():
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(len(scores), len(columns), squeeze=False, layout="constrained",
+                                    figsize=(2.5 * len(columns) + 0.5, 1.8 * len(scores) + 0.9))
+        for row, (model, frame) in enumerate(scores.items()):
+            for axis, column in zip(axes[row], columns):
+                _histogram(axis, frame[column].to_numpy(dtype=float) if column in frame else np.array([]))
+            axes[row, 0].set_ylabel(f"{model_label(model)}\nobjects")
+        for axis, column in zip(axes[0], columns):
+            axis.set_title(score_label(column))
+        figure.suptitle("Anomaly score distributions (dashed: top-1 % threshold)")
+        figure.supxlabel("score (higher = more anomalous; beyond the bulk the axis is logarithmic)", fontsize=9)
+        return save_figure(figure, path)
+
+
+def _histogram(axis, values: np.ndarray) -> None:
+    values = values[np.isfinite(values)]
+    if not values.size:
+        blank(axis, "not scored")
+        return
+    edges = _bin_edges(axis, values)
+    axis.hist(values, bins=edges, color="0.55", log=True, histtype="stepfilled")  # one polygon: 60 bars draw slowly
+    axis.axvline(np.percentile(values, 99), color="tab:red", ls="--", lw=1)
+    axis.set_xlim(edges[0], edges[-1])
+    axis.set_ylim(bottom=0.7)  # always show the single-object level, 10^0
+    axis.yaxis.set_minor_formatter("")  # less than a decade of counts would otherwise label every minor tick
+    axis.tick_params(labelsize=8)
+
+
+def _bin_edges(axis, values: np.ndarray, bins: int = 60) -> np.ndarray:
+    """Even bins on a linear axis; density scores can reach 1e19 for a handful of objects, so a tail
+    ten times wider than the bulk switches the axis to symlog (linear over the bulk, log beyond)."""
+    bulk = float(np.max(np.abs(np.percentile(values, [1, 99]))))
+    if bulk > 0 and np.max(np.abs(values)) > 10 * bulk:
+        axis.set_xscale("symlog", linthresh=bulk)
+        axis.set_xticks(_symlog_ticks(values.min(), values.max(), bulk), minor=False)
+        axis.xaxis.set_major_formatter(_short_number)
+        axis.minorticks_off()
+    forward = axis.xaxis.get_transform()
+    ends = forward.transform(np.array([values.min(), values.max()]))
+    return forward.inverted().transform(np.linspace(ends[0], ends[1], bins + 1))
+
+
+def _symlog_ticks(low: float, high: float, linthresh: float) -> list[float]:
+    """0 and +-linthresh (one significant digit) over the linear part, then every `step` decades
+    (at most ~4 of them), spaced so that no two labels touch."""
+    near = float(f"{linthresh:.0e}")
+    last = int(np.floor(np.log10(max(abs(low), abs(high)))))
+    step = max(1, int(np.ceil((last - np.log10(near)) / 4)))
+    linear = (-near, 0.0, near) if step == 1 else (-near, near)  # a squeezed linear part has room for two
+    first = int(np.ceil(np.log10(near) + 0.7 * step))
+    decades = [sign * 10.0**k for k in range(first, last + 1, step) for sign in (-1, 1)]
+    return sorted(t for t in (*linear, *decades) if low <= t <= high)
+
+
+def _short_number(value: float, _position=None) -> str:
+    return f"{value:g}" if abs(value) < 1e4 else f"{value:.0e}".replace("e+0", "e").replace("e+", "e")
+
+
+# -- outlier galleries -------------------------------------------------------------------------------
+def ranking_column(frame: pd.DataFrame, preferred: str, method: str) -> str | None:
+    """`preferred` when it holds scores, else the fused score, else the joint then any density score."""
+    candidates = [preferred, "fused_geo", f"score_joint_{method}", *sorted(c for c in frame if c.startswith("score_"))]
+    return next((c for c in candidates if c in frame and np.isfinite(frame[c].to_numpy(dtype=float)).any()), None)
+
+
+def rank_objects(frame: pd.DataFrame, column: str, count: int) -> pd.DataFrame:
+    """The `count` highest-scoring rows in rank order (ties: lower object id first), with a 1-based rank."""
+    scored = frame[np.isfinite(frame[column].to_numpy(dtype=float))]
+    top = scored.sort_values([column, "object_id"], ascending=[False, True], kind="stable").head(count).copy()
+    top.insert(0, "rank", np.arange(1, len(top) + 1))
+    return top
+
+
+def gallery_title(record: dict, redshift: float, column: str, method: str) -> str:
+    """'#1  39627...  z=0.412' over 'fused_geo 0.9985  img 0.999  spec 0.998  mis 0.997'."""
+    known_z = f"z={redshift:.3f}" if np.isfinite(redshift) else "z unknown"
+    parts = [f"{column.removeprefix('score_')} {record[column]:.4g}"]
+    for tag, template in TITLE_PERCENTILES.items():
+        name = template.format(method=method)
+        if name in record and np.isfinite(record[name]):
+            parts.append(f"{tag} {record[name]:.3f}")
+    return f"#{record['rank']}  {record['object_id']}  {known_z}\n" + "  ".join(parts)
+
+
+def gallery(config: ResolvedConfig, model: str, frame: pd.DataFrame, fetcher: Fetcher,
+            log: Callable[[str], None]) -> Path | None:
+    """gallery_<model>.png: the model's top-ranked objects, or None when it has no score to rank by."""
+    settings = config.analyze.figures
+    method = config.detect.fusion_method
+    column = ranking_column(frame, settings.gallery_score, method)
+    if column is None:
+        log(f"{model}: no score to rank a gallery by")
+        return None
+    if column != settings.gallery_score:
+        log(f"{model}: no {settings.gallery_score} scores; gallery ranked by {column}")
+    top = rank_objects(frame, column, settings.gallery_size)
+    cells = [(record, sample) for record, sample in zip(top.to_dict("records"), fetcher.samples(top["object_id"]))
+             if sample is not None]
+    if len(cells) < len(top):
+        log(f"{model}: {len(top) - len(cells)} top-ranked objects fail the data checks and are left out")
+    titles = [gallery_title(record, sample.redshift, column, method) for record, sample in cells]
+    return draw_gallery([sample for _, sample in cells], titles, figures_dir(config) / f"gallery_{model}.png",
+                        suptitle=f"{model_label(model)}: top {len(top)} objects by {column}")
