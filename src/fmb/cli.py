@@ -339,7 +339,7 @@ def run_command(
             mark = "forced" if stage.name in plan.forced else ("" if stage.name in plan.selected else "not selected")
             console.print(f"{stage.name:22s} {mark}")
         return
-    outcomes = execute(resolved, plan, log=console.print)
+    outcomes = execute(resolved, plan, log=lambda line: console.print(line, markup=False, highlight=False))
     table = Table(title=f"fmb run {resolved.name}")
     for column in ("stage", "status", "seconds", "note"):
         table.add_column(column)

@@ -75,8 +75,8 @@ def normalise_contributions(contributions: np.ndarray) -> np.ndarray:
 
 
 def feature_importance(psi: np.ndarray) -> np.ndarray:
-    """a_j = mean over objects of |ψ_ij|."""
-    return np.abs(psi).mean(axis=0)
+    """a_j = mean over objects of |ψ_ij| (NaN when no object has a contribution)."""
+    return np.abs(psi).mean(axis=0) if len(psi) else np.full(psi.shape[1], np.nan)
 
 
 def participation_ratio(importance: np.ndarray) -> float:
