@@ -14,7 +14,7 @@ from fmb.run.pipeline import Stage, execute, select
 
 def _writer(name: str, reads: str | None, runs: list[str], fail: set[str] | None = None):
     """An action writing out/<name>.txt from its input (so downstream fingerprints really change)."""
-    def action(config):
+    def action(config, log):
         runs.append(name)
         out = config.run_dir / "out"
         out.mkdir(parents=True, exist_ok=True)
@@ -105,9 +105,9 @@ def test_an_interrupted_stage_resumes_on_its_outputs_and_a_changed_one_starts_cl
     seen = {}
     original = stages[1].action
 
-    def check_clean(config):
+    def check_clean(config, log):
         seen["existed"] = (config.run_dir / "out" / "b.txt").exists()
-        return original(config)
+        return original(config, log)
 
     stages[1] = Stage("b", check_clean, ("detect.flow",), stages[1].inputs, stages[1].outputs, after=("a",))
     execute(config, select(stages), log=lambda _line: None)

@@ -111,17 +111,37 @@ def _markdown(summary: pd.DataFrame, result: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def headline_scores(scores: list[str]) -> list[str]:
+    """The scores drawn in the heatmap: density per modality (flow), misalignment and fusion;
+    the PyOD baselines stay in the tables."""
+    groups = ("score_", "mismatch", "fused_")  # drawn in this order: modalities, then pairs, then fusion
+    chosen = [s for s in scores if s.endswith("_flow") or s.startswith(groups[1:])]
+    return sorted(chosen, key=lambda s: next(i for i, g in enumerate(groups) if s.startswith(g)))
+
+
 def _heatmap(result: pd.DataFrame, path: Path) -> None:
+    """One panel per model (rows: headline scores, columns: anomaly classes), AP written in each cell."""
     from fmb.viz.style import fmb_style, save_figure
 
-    pivot = result[result["class"] != "all"].pivot_table(index=["model", "score"], columns="class", values="ap")
+    per_class = result[result["class"] != "all"]
+    pivot = per_class.pivot_table(index=["model", "score"], columns="class", values="ap")
+    models = list(dict.fromkeys(pivot.index.get_level_values("model")))
+    rows = headline_scores(list(dict.fromkeys(pivot.index.get_level_values("score"))))
     with fmb_style():
         import matplotlib.pyplot as plt
 
-        figure, axis = plt.subplots(figsize=(1.1 * len(pivot.columns) + 4, 0.28 * len(pivot) + 1.5))
-        image = axis.imshow(pivot.to_numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="upper")
-        axis.set_xticks(range(len(pivot.columns)), pivot.columns, rotation=35, ha="right")
-        axis.set_yticks(range(len(pivot)), [f"{m} / {s}" for m, s in pivot.index], fontsize=7)
-        figure.colorbar(image, ax=axis, label="average precision")
-        axis.set_title("Average precision per anomaly class")
+        figure, axes = plt.subplots(1, len(models), figsize=(0.55 * len(pivot.columns) * len(models) + 3.5,
+                                                             0.32 * len(rows) + 2.2), squeeze=False, sharey=True)
+        for axis, model in zip(axes[0], models):
+            values = pivot.loc[model].reindex(rows).to_numpy()
+            image = axis.imshow(values, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="upper")
+            for (row, column), value in np.ndenumerate(values):
+                if np.isfinite(value):
+                    axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=6.5,
+                              color="black" if value > 0.6 else "white")
+            axis.set_xticks(range(len(pivot.columns)), pivot.columns, rotation=40, ha="right", fontsize=8)
+            axis.set_title(model)
+        axes[0][0].set_yticks(range(len(rows)), rows, fontsize=8)
+        figure.colorbar(image, ax=axes[0].tolist(), label="average precision", shrink=0.8)
+        figure.suptitle("Average precision per anomaly class (the baselines are in metrics.csv)")
         save_figure(figure, path)

@@ -33,7 +33,7 @@ STATE_FILE = Path("run") / "state.json"
 @dataclass(frozen=True)
 class Stage:
     name: str  # "embed:aion"; the part before ":" is its family ("embed")
-    action: Callable[[ResolvedConfig], object]
+    action: Callable[[ResolvedConfig, Callable[[str], None]], object]  # (config, log) -> summary
     config_keys: tuple[str, ...]  # dotted config sections whose values enter the key
     inputs: Callable[[ResolvedConfig], list[Path]]  # files or directories it reads
     outputs: Callable[[ResolvedConfig], list[Path]]  # what it writes (removed before a changed rerun)
@@ -150,7 +150,7 @@ def _run_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State,
     log(f"[{stage.name}] running")
     started = time.perf_counter()
     try:
-        result = stage.action(config)
+        result = stage.action(config, lambda line: log(f"  {line}"))
     except Exception as error:
         state.record(stage.name, key=key, status="failed", error=str(error))
         log(f"[{stage.name}] failed: {error}")
@@ -169,8 +169,9 @@ def _remove(paths: list[Path]) -> None:
 
 
 def _describe(result) -> str:
-    if isinstance(result, Path):
-        return str(result)
-    if isinstance(result, dict):
-        return ", ".join(f"{k}: {v}" for k, v in list(result.items())[:3] if isinstance(v, (int, float, str, Path)))
-    return ""
+    """A few short numbers from a stage's summary for the closing table (paths are in the report)."""
+    if not isinstance(result, dict):
+        return ""
+    numbers = [f"{key}: {value}" for key, value in result.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    return ", ".join(numbers[:3])

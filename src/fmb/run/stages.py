@@ -56,75 +56,75 @@ def _truth(config: ResolvedConfig) -> list[Path]:
 
 # -- actions (imports inside: `fmb run --help` must not load torch) ---------------------------------
 
-def _synth(config):
+def _synth(config, log):
     from fmb.data.tasks import synth
 
     return synth(config)
 
 
-def _index(config):
+def _index(config, log):
     from fmb.data.tasks import index
 
     summary = index(config)
     return {"objects": summary.objects, "shards": summary.shards, "rejected": summary.skipped}
 
 
-def _validate(config):
+def _validate(config, log):
     from fmb.data.tasks import validate
 
     return validate(config)
 
 
-def _adapt(model, config):
+def _adapt(model, config, log):
     from fmb.models.tasks import adapt
 
-    return adapt(config, model, log=lambda _line: None)
+    return adapt(config, model, log=log)
 
 
-def _embed(model, config):
+def _embed(model, config, log):
     from fmb.embed.extract import embed
 
     return embed(config, model)
 
 
-def _detect(config):
+def _detect(config, log):
     from fmb.detect.tasks import detect
 
-    return detect(config, log=lambda _line: None)
+    return detect(config, log=log)
 
 
-def _evaluate(config):
+def _evaluate(config, log):
     from fmb.analyze.evaluate import evaluate
 
     return evaluate(config)
 
 
-def _agreement(config):
+def _agreement(config, log):
     from fmb.analyze.agreement import agreement
 
-    return agreement(config, log=lambda _line: None)
+    return agreement(config, log=log)
 
 
-def _probes(config):
+def _probes(config, log):
     from fmb.analyze.probes import probes
 
-    return probes(config, log=lambda _line: None)
+    return probes(config, log=log)
 
 
-def _similarity(config):
+def _similarity(config, log):
     from fmb.analyze.similarity import neighbour_ranks, similarity
 
-    neighbour_ranks(config, log=lambda _line: None)
-    return similarity(config, log=lambda _line: None)
+    neighbour_ranks(config, log=log)
+    return similarity(config, log=log)
 
 
-def _figures(config):
+def _figures(config, log):
     from fmb.viz.figures import figures
 
-    return figures(config, log=lambda _line: None)
+    return figures(config, log=log)
 
 
-def _report(config):
+def _report(config, log):
     from fmb.viz.report import report
 
     return report(config)

@@ -62,12 +62,14 @@ def _subtitle(config: ResolvedConfig) -> str:
 
 # -- building blocks --------------------------------------------------------------------------------
 
-def _image(path: Path, caption: str = "") -> str:
+def _image(path: Path, caption: str = "", max_width_px: int | None = None) -> str:
+    """The PNG inlined; `max_width_px` keeps tall heatmaps from filling the whole page."""
     if not path.is_file():
         return ""
     data = base64.b64encode(path.read_bytes()).decode()
     text = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return f"<figure><img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>{text}</figure>"
+    style = f" style='max-width:{max_width_px}px'" if max_width_px else ""
+    return f"<figure><img alt='{html.escape(path.stem)}'{style} src='data:image/png;base64,{data}'>{text}</figure>"
 
 
 def _table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -143,7 +145,7 @@ def _quality_section(run: Path):
     content = (_note("Against the synthetic survey's injected anomalies (truth never seen by the detectors). "
                      "Best three scores per model by mean average precision over anomaly classes.")
                + _table(best[["model", "score", "mean_class_ap", "ap", "auroc", "recall_1pct", "recall_5pct"]])
-               + _image(run / "analysis" / "evaluation" / "ap_by_class.png", "average precision per anomaly class"))
+               + _image(run / "analysis" / "evaluation" / "ap_by_class.png", "average precision per anomaly class", 760))
     return "quality", "Detection quality", content
 
 
@@ -163,9 +165,10 @@ def _agreement_section(run: Path):
     if summary is None:
         return None
     content = _cards({"common objects": f"{summary.get('n_common', 0):,}", "systems": len(summary.get("systems", []))})
-    content += "".join(_image(directory / f"{name}.png", caption) for name, caption in (
-        ("spearman", "Spearman rank correlation"), ("jaccard", "top-k % Jaccard overlap"),
-        ("retention", "retention of each system's top set in the others"), ("displacement", "displacement of top objects")))
+    content += _row([_image(directory / f"{name}.png", caption) for name, caption in (
+        ("spearman", "Spearman rank correlation"), ("jaccard", "top-k % Jaccard overlap"))])
+    content += _image(directory / "retention.png", "retention of each system's top set in the others")
+    content += _image(directory / "displacement.png", "displacement of top objects", 1000)
     disagreement = directory / "disagreement.csv"
     if disagreement.is_file():
         frame = pd.read_csv(disagreement)
