@@ -145,7 +145,7 @@ def _quality_section(run: Path):
     content = (_note("Against the synthetic survey's injected anomalies (truth never seen by the detectors). "
                      "Best three scores per model by mean average precision over anomaly classes.")
                + _table(best[["model", "score", "mean_class_ap", "ap", "auroc", "recall_1pct", "recall_5pct"]])
-               + _image(run / "analysis" / "evaluation" / "ap_by_class.png", "average precision per anomaly class", 760))
+               + _image(run / "analysis" / "evaluation" / "ap_by_class.png", "average precision per anomaly class"))
     return "quality", "Detection quality", content
 
 
