@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from fmb.analyze.evaluate import evaluate, summary_table
-from fmb.config import load_config
+from fmb.config import DetectConfig, load_config
 from fmb.data.tasks import index, synth
 from fmb.detect.tasks import detect
 from fmb.embed.extract import embed
@@ -33,12 +33,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE_METHODS = ("iforest", "lof", "knn", "ecod")
 
 
-def run_pipeline(out: Path, n: int, models: list[str], reuse_embeddings: bool = False) -> Path:
+def run_pipeline(out: Path, n: int, models: list[str], reuse_embeddings: bool = False,
+                 default_detect: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "fmb.yaml").write_text("name: quality\n")
     tasks = [ROOT / "configs/tasks/demo.yaml", ROOT / "configs/adapt/tiny.yaml"]
     config = load_config(tasks, root=out, sets=[f"synth.n={n}", "synth.out=data/quality", "data.source=data/quality",
                                                 "name=quality", "detect.folds=5"])
+    if default_detect:  # fmb's own detection defaults instead of the demo's fast settings
+        config.values.detect = DetectConfig(folds=5)
     steps = [] if reuse_embeddings else [("synth", lambda: synth(config)), ("index", lambda: index(config))]
     for model in [] if reuse_embeddings else models:
         steps += [(f"adapt {model}", lambda m=model: model_tasks.adapt(config, m, log=lambda _: None)),
@@ -76,8 +79,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["pixels", "astroclip", "astropt", "aion"])
     parser.add_argument("--reuse-embeddings", action="store_true",
                         help="keep the survey and embeddings already in --out; rerun detect and evaluate only")
+    parser.add_argument("--default-detect", action="store_true",
+                        help="detect with fmb's default settings (PCA 64, larger and longer-trained flows) "
+                             "instead of the demo's fast ones")
     args = parser.parse_args()
-    report(pd.read_csv(run_pipeline(args.out, args.n, args.models, args.reuse_embeddings)))
+    report(pd.read_csv(run_pipeline(args.out, args.n, args.models, args.reuse_embeddings, args.default_detect)))
 
 
 if __name__ == "__main__":
