@@ -194,12 +194,20 @@ def _probes_section(run: Path):
 
 def _similarity_section(run: Path):
     directory = run / "analysis" / "similarity"
-    examples = sorted((directory / "figures").glob("*.png"))[:4]
+    examples = _one_per_model(sorted((directory / "figures").glob("*.png")))
     if not examples and not (directory / "neighbour_ranks.png").is_file():
         return None
     content = "".join(_image(path, path.stem.replace("_", " ")) for path in examples)
     content += _image(directory / "neighbour_ranks.png", "where the neighbours of top anomalies fall in the anomaly ranking")
     return "similarity", "Similarity search", content
+
+
+def _one_per_model(figures: list[Path]) -> list[Path]:
+    """The first example of each model (<model>_<modality>_<query>.png), the joint modality first."""
+    chosen: dict[str, Path] = {}
+    for path in sorted(figures, key=lambda p: "_joint_" not in p.name):
+        chosen.setdefault(path.name.split("_")[0], path)
+    return [chosen[model] for model in sorted(chosen)]
 
 
 def _maps_section(run: Path):
