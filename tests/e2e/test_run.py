@@ -56,8 +56,12 @@ def test_run_then_rerun_then_change_one_setting(project: Path):
     first = invoke(project)
     assert set(first.values()) == {"ran"}
     assert {"synth", "index", "adapt:pixels", "embed:pixels", "probes", *DOWNSTREAM_OF_DETECT} <= set(first)
-    report = project / "runs/test/report.html"
-    assert report.is_file() and "Detection quality" in report.read_text()
+    page = (project / "runs/test/report.html").read_text()
+    for section in ("Data", "Models and embeddings", "Detection quality", "Top anomalies", "Agreement between systems",
+                    "Physical-parameter probes", "Similarity search", "Embedding maps", "Timings"):
+        assert f">{section}</h2>" in page
+    assert "src='http" not in page and "href='http" not in page  # self-contained: figures are inlined
+    assert page.count("data:image/png;base64,") >= 8
 
     assert set(invoke(project).values()) == {"unchanged, skipped"}
 
