@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from fmb.config import ResolvedConfig
+from fmb.detect import scores_dir
 from fmb.detect.baselines import PyODDetector
 from fmb.detect.density import CrossFitted, FlowDetector, FlowSettings, Reducer, load, robust_z, save
 from fmb.detect.fusion import fuse
@@ -23,10 +24,6 @@ from fmb.errors import FmbError
 from fmb.io import write_json, write_table
 
 ALIGNED_MODELS = {"astroclip"}  # image and spectrum spaces aligned by training: cosine is meaningful
-
-
-def scores_dir(config: ResolvedConfig) -> Path:
-    return config.run_dir / "scores"
 
 
 @dataclass

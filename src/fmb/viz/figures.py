@@ -25,7 +25,7 @@ from fmb.config import ResolvedConfig
 from fmb.data.catalog import load_catalog
 from fmb.data.index import Fetcher
 from fmb.data.tasks import open_fetcher
-from fmb.detect.tasks import scores_dir
+from fmb.detect import scores_dir
 from fmb.embed.store import embedded_models, load_embeddings
 from fmb.errors import FmbError
 from fmb.viz.gallery import draw_gallery
