@@ -17,6 +17,7 @@ Choosing "best" over scores uses the evaluation labels, so these figures describ
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -26,15 +27,16 @@ from fmb.analyze.evaluate import evaluate, summary_table
 from fmb.config import DetectConfig, load_config
 from fmb.data.tasks import index, synth
 from fmb.detect.tasks import detect
-from fmb.embed.extract import embed
+from fmb.embed.extract import embed, embeddings_dir
 from fmb.models import tasks as model_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_METHODS = ("iforest", "lof", "knn", "ecod")
 
 
-def run_pipeline(out: Path, n: int, models: list[str], reuse_embeddings: bool = False,
+def run_pipeline(out: Path, n: int, models: list[str], reuse_survey: bool = False,
                  default_detect: bool = False) -> Path:
+    """Synthesise and index (unless reuse_survey), adapt and embed `models`, then detect and evaluate all."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "fmb.yaml").write_text("name: quality\n")
     tasks = [ROOT / "configs/tasks/demo.yaml", ROOT / "configs/adapt/tiny.yaml"]
@@ -42,16 +44,21 @@ def run_pipeline(out: Path, n: int, models: list[str], reuse_embeddings: bool = 
                                                 "name=quality", "detect.folds=5"])
     if default_detect:  # fmb's own detection defaults instead of the demo's fast settings
         config.values.detect = DetectConfig(folds=5)
-    steps = [] if reuse_embeddings else [("synth", lambda: synth(config)), ("index", lambda: index(config))]
-    for model in [] if reuse_embeddings else models:
+    steps = [] if reuse_survey else [("synth", lambda: synth(config)), ("index", lambda: index(config))]
+    for model in models:
         steps += [(f"adapt {model}", lambda m=model: model_tasks.adapt(config, m, log=lambda _: None)),
-                  (f"embed {model}", lambda m=model: embed(config, m))]
+                  (f"embed {model}", lambda m=model: embed_afresh(config, m))]
     steps += [("detect", lambda: detect(config, log=lambda _: None)), ("evaluate", lambda: evaluate(config))]
     for name, step in steps:
         started = time.perf_counter()
         step()
         print(f"  {name}: {time.perf_counter() - started:.0f} s", flush=True)
     return config.run_dir / "analysis/evaluation/metrics.csv"
+
+
+def embed_afresh(config, model: str) -> None:
+    shutil.rmtree(embeddings_dir(config, model), ignore_errors=True)  # made by other weights: start over
+    embed(config, model)
 
 
 def report(metrics: pd.DataFrame) -> None:
@@ -82,8 +89,12 @@ def main() -> None:
     parser.add_argument("--default-detect", action="store_true",
                         help="detect with fmb's default settings (PCA 64, larger and longer-trained flows) "
                              "instead of the demo's fast ones")
+    parser.add_argument("--reembed", nargs="+", default=[], metavar="MODEL",
+                        help="keep the survey and the other models' embeddings; adapt and embed these again")
     args = parser.parse_args()
-    report(pd.read_csv(run_pipeline(args.out, args.n, args.models, args.reuse_embeddings, args.default_detect)))
+    reuse_survey = args.reuse_embeddings or bool(args.reembed)
+    models = args.reembed or ([] if args.reuse_embeddings else args.models)
+    report(pd.read_csv(run_pipeline(args.out, args.n, models, reuse_survey, args.default_detect)))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Every benchmark asks first whether a foundation model finds more than this does.
 
 * image:    the four bands resized to `image_size`, each divided by its robust noise level (MAD)
             and asinh-stretched, then standardised per feature and projected on PCA components;
-* spectrum: flux minus a binned-median continuum, over the continuum level (masked pixels 0), standardised
-            per pixel and projected on PCA components;
+* spectrum: inverse-variance-weighted means of 4-pixel bins (half the noise, lines still resolved) over
+            the spectrum's median level, so the continuum shape is kept but not the brightness (empty
+            bins 0), standardised per bin and projected on PCA components;
 * joint:    both projections side by side, each scaled to unit total variance so that neither
             modality dominates by its number of components or units.
 
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import warnings
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,8 @@ from fmb.config import PixelsSection
 from fmb.data.validate import Sample
 from fmb.models.base import Encoder, Preprocessor, load_strict
 
-_CONTINUUM_BIN_PX = 125  # 100 A bins: wider than any line, narrower than the continuum shape
+_SPECTRUM_BIN_PX = 4  # 3.2 A: noise halved, emission lines (a few pixels wide) still resolved
+_SPECTRUM_LENGTH = 7781
 
 
 class PixelsPreprocessor(Preprocessor):
@@ -36,7 +36,7 @@ class PixelsPreprocessor(Preprocessor):
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         images = torch.stack([self._image(s.bands) for s in samples])
-        spectra = torch.from_numpy(np.stack([_continuum_normalised(s.spectrum.flux, s.spectrum.mask) for s in samples]))
+        spectra = torch.from_numpy(np.stack([_binned_shape(s.spectrum.flux, s.spectrum.ivar) for s in samples]))
         ids = torch.tensor([s.object_id for s in samples], dtype=torch.int64)
         return {"object_id": ids, "image": images.flatten(1), "spectrum": spectra.float()}
 
@@ -48,22 +48,24 @@ class PixelsPreprocessor(Preprocessor):
         return F.interpolate(scaled[None], size=(self.image_size, self.image_size), mode="area")[0]
 
 
-def _continuum_normalised(flux: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Flux relative to a smooth continuum: medians of ~100 A bins, linearly interpolated."""
-    values = np.where(mask, np.nan, flux.astype(np.float64))
-    n_bins = len(values) // _CONTINUUM_BIN_PX
-    binned = values[: n_bins * _CONTINUUM_BIN_PX].reshape(n_bins, _CONTINUUM_BIN_PX)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-masked bins give NaN, handled below
-        medians = np.nanmedian(binned, axis=1)
-    good = np.isfinite(medians)
-    if good.sum() < 2:
-        return np.zeros_like(flux, dtype=np.float32)
-    centres = (np.arange(n_bins) + 0.5) * _CONTINUUM_BIN_PX
-    continuum = np.interp(np.arange(len(values)), centres[good], medians[good])
-    scale = np.median(np.abs(medians[good])) + 1e-12
-    normalised = (values - continuum) / scale  # feature strength relative to the continuum level
-    return np.where(mask, 0.0, normalised).astype(np.float32)
+def _binned_shape(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
+    """Inverse-variance-weighted bin means over their median absolute level (masked pixels have ivar 0).
+
+    The median, not the mean, sets the level so that strong lines or spikes do not rescale the rest
+    of the spectrum; a noise-only spectrum gets its noise level. Unlike a continuum-subtracted
+    spectrum this keeps the continuum shape, which carries most of what separates stars, quasars
+    and galaxies at different redshifts.
+    """
+    n_bins = len(flux) // _SPECTRUM_BIN_PX
+    values = flux[: n_bins * _SPECTRUM_BIN_PX].astype(np.float64).reshape(n_bins, _SPECTRUM_BIN_PX)
+    weights = ivar[: n_bins * _SPECTRUM_BIN_PX].astype(np.float64).reshape(n_bins, _SPECTRUM_BIN_PX)
+    total = weights.sum(1)
+    observed = total > 0
+    if not observed.any():
+        return np.zeros(n_bins, dtype=np.float32)
+    binned = np.where(observed, (values * weights).sum(1) / np.where(observed, total, 1.0), 0.0)
+    level = np.median(np.abs(binned[observed])) + 1e-12
+    return (binned / level).astype(np.float32)
 
 
 class _FittedPCA(torch.nn.Module):
@@ -105,7 +107,7 @@ class PixelsEncoder(Encoder):
         self.preprocessor = PixelsPreprocessor(settings.image_size)
         n_image = 4 * settings.image_size**2
         self.image_pca = _FittedPCA(n_image, settings.components)
-        self.spectrum_pca = _FittedPCA(7781, settings.components)
+        self.spectrum_pca = _FittedPCA(_SPECTRUM_LENGTH // _SPECTRUM_BIN_PX, settings.components)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     @classmethod
@@ -144,7 +146,7 @@ class PixelsEncoder(Encoder):
             "model": "pixels",
             "weights": "PCA fitted on this run's objects",
             "preprocessing": f"bands: median-subtracted, /MAD noise, asinh, area-resized to {s.image_size}px; "
-            f"spectrum: (flux - continuum) / continuum level, continuum = medians of {_CONTINUUM_BIN_PX}-px bins",
+            f"spectrum: ivar-weighted {_SPECTRUM_BIN_PX}-px bins over their median level",
             "pooling": "PCA projection (standardised features)",
             "layer": "n/a",
             "dims": {"image": s.components, "spectrum": s.components, "joint": 2 * s.components},
