@@ -1,8 +1,11 @@
-"""The pixel reference's spectrum features: binned, noise-weighted, shape kept, brightness removed."""
+"""The pixel reference's spectrum features: binned, noise-weighted, shape kept, brightness in a dimension of its own."""
 
 import numpy as np
+import pytest
+import torch
 
-from fmb.models.pixels import _binned_shape
+from fmb.config import PixelsSection
+from fmb.models.pixels import PixelsEncoder, _binned_shape
 
 
 def _spectrum(rng: np.random.Generator, length: int = 7781) -> tuple[np.ndarray, np.ndarray]:
@@ -13,20 +16,21 @@ def _spectrum(rng: np.random.Generator, length: int = 7781) -> tuple[np.ndarray,
 
 def test_features_keep_the_shape_and_drop_the_brightness():
     flux, ivar = _spectrum(np.random.default_rng(0))
-    features = _binned_shape(flux, ivar)
+    features, level = _binned_shape(flux, ivar)
+    brighter, brighter_level = _binned_shape(10 * flux, ivar / 100)
     assert features.shape == (7781 // 4,)
-    assert np.allclose(_binned_shape(10 * flux, ivar / 100), features, atol=1e-5)
+    assert np.allclose(brighter, features, atol=1e-5) and brighter_level == pytest.approx(10 * level)
     assert abs(np.median(np.abs(features)) - 1) < 1e-3  # the median level is the unit
     assert features[-50:].mean() > features[:50].mean() * 1.3  # the red slope (x1.45) survives
 
 
 def test_bins_are_inverse_variance_weighted_and_masked_pixels_ignored():
     flux, ivar = _spectrum(np.random.default_rng(1))
-    reference = _binned_shape(flux, ivar)
+    reference, _ = _binned_shape(flux, ivar)
     flux[:6] = 1e6  # garbage: masked (ivar 0) in the first bin, nearly zero weight in half the second
     ivar[:4] = 0
     ivar[4:6] = 1e-12
-    features = _binned_shape(flux, ivar)
+    features, _ = _binned_shape(flux, ivar)
     assert features[0] == 0  # an empty bin is 0, not NaN
     assert abs(features[1] - reference[1]) < 0.1 * reference[1]
     assert np.allclose(features[2:], reference[2:], rtol=1e-3)
@@ -34,4 +38,19 @@ def test_bins_are_inverse_variance_weighted_and_masked_pixels_ignored():
 
 def test_a_fully_masked_spectrum_gives_zeros():
     flux, _ = _spectrum(np.random.default_rng(2))
-    assert not _binned_shape(flux, np.zeros_like(flux)).any()
+    assert not _binned_shape(flux, np.zeros_like(flux))[0].any()
+
+
+def test_the_last_spectrum_dimension_is_the_level_and_only_it_sees_brightness():
+    rng = np.random.default_rng(3)
+    encoder = PixelsEncoder(PixelsSection(image_size=8, components=4))
+    spectra = [_spectrum(rng) for _ in range(40)]
+    scales = 10 ** rng.uniform(-1, 1, len(spectra))
+    shapes, levels = zip(*(_binned_shape(f * k, iv / k**2) for (f, iv), k in zip(spectra, scales)))
+    batch = {"image": torch.randn(len(spectra), 4 * 64), "spectrum": torch.from_numpy(np.stack(shapes)),
+             "spectrum_log_level": torch.tensor(np.log10(levels), dtype=torch.float32)}
+    encoder.fit(batch)
+    spectrum = encoder.embed(batch)["spectrum"]
+    assert spectrum.shape == (40, 4)
+    assert np.corrcoef(spectrum[:, -1], np.log10(scales))[0, 1] > 0.999
+    assert abs(np.corrcoef(spectrum[:, 0], np.log10(scales))[0, 1]) < 0.5

@@ -6,7 +6,10 @@ Every benchmark asks first whether a foundation model finds more than this does.
             and asinh-stretched, then standardised per feature and projected on PCA components;
 * spectrum: inverse-variance-weighted means of 4-pixel bins (half the noise, lines still resolved) over
             the spectrum's median level, so the continuum shape is kept but not the brightness (empty
-            bins 0), standardised per bin and projected on PCA components;
+            bins 0), standardised per bin and projected on PCA components; one more dimension is that
+            median level (log, standardised, weighted like an average component), because a fibre's
+            flux must agree with the galaxy's brightness in the image even when its shape does not
+            say so (AstroCLIP's spectrum encoder keeps the level as a token for the same reason);
 * joint:    both projections side by side, each scaled to unit total variance so that neither
             modality dominates by its number of components or units.
 
@@ -36,9 +39,10 @@ class PixelsPreprocessor(Preprocessor):
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         images = torch.stack([self._image(s.bands) for s in samples])
-        spectra = torch.from_numpy(np.stack([_binned_shape(s.spectrum.flux, s.spectrum.ivar) for s in samples]))
+        shapes, levels = zip(*(_binned_shape(s.spectrum.flux, s.spectrum.ivar) for s in samples))
         ids = torch.tensor([s.object_id for s in samples], dtype=torch.int64)
-        return {"object_id": ids, "image": images.flatten(1), "spectrum": spectra.float()}
+        return {"object_id": ids, "image": images.flatten(1), "spectrum": torch.from_numpy(np.stack(shapes)),
+                "spectrum_log_level": torch.tensor(np.log10(levels), dtype=torch.float32)}
 
     def _image(self, bands: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(bands).float()
@@ -48,8 +52,9 @@ class PixelsPreprocessor(Preprocessor):
         return F.interpolate(scaled[None], size=(self.image_size, self.image_size), mode="area")[0]
 
 
-def _binned_shape(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
-    """Inverse-variance-weighted bin means over their median absolute level (masked pixels have ivar 0).
+def _binned_shape(flux: np.ndarray, ivar: np.ndarray) -> tuple[np.ndarray, float]:
+    """(inverse-variance-weighted bin means over their median absolute level, that level); masked pixels
+    have ivar 0.
 
     The median, not the mean, sets the level so that strong lines or spikes do not rescale the rest
     of the spectrum; a noise-only spectrum gets its noise level. Unlike a continuum-subtracted
@@ -61,11 +66,11 @@ def _binned_shape(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
     weights = ivar[: n_bins * _SPECTRUM_BIN_PX].astype(np.float64).reshape(n_bins, _SPECTRUM_BIN_PX)
     total = weights.sum(1)
     observed = total > 0
-    if not observed.any():
-        return np.zeros(n_bins, dtype=np.float32)
+    if not observed.any():  # validation rejects such spectra; this only keeps the function total
+        return np.zeros(n_bins, dtype=np.float32), 1.0
     binned = np.where(observed, (values * weights).sum(1) / np.where(observed, total, 1.0), 0.0)
     level = np.median(np.abs(binned[observed])) + 1e-12
-    return (binned / level).astype(np.float32)
+    return (binned / level).astype(np.float32), float(level)
 
 
 class _FittedPCA(torch.nn.Module):
@@ -107,7 +112,9 @@ class PixelsEncoder(Encoder):
         self.preprocessor = PixelsPreprocessor(settings.image_size)
         n_image = 4 * settings.image_size**2
         self.image_pca = _FittedPCA(n_image, settings.components)
-        self.spectrum_pca = _FittedPCA(_SPECTRUM_LENGTH // _SPECTRUM_BIN_PX, settings.components)
+        self.spectrum_pca = _FittedPCA(_SPECTRUM_LENGTH // _SPECTRUM_BIN_PX, settings.components - 1)
+        self.register_buffer("log_level_mean", torch.zeros(()))
+        self.register_buffer("log_level_std", torch.ones(()))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     @classmethod
@@ -117,15 +124,21 @@ class PixelsEncoder(Encoder):
     def fit(self, batch: Mapping[str, torch.Tensor], seed: int = 0) -> None:
         self.image_pca.fit(batch["image"], seed)
         self.spectrum_pca.fit(batch["spectrum"], seed + 1)
+        log_level = batch["spectrum_log_level"].double()
+        self.log_level_mean.copy_(log_level.mean())
+        self.log_level_std.copy_(log_level.std().clamp_min(1e-6))
         self.fitted.fill_(True)
 
     def embed(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not bool(self.fitted):
             raise RuntimeError("the pixel reference is not fitted: run `fmb adapt pixels` first")
         image = self.image_pca(batch["image"].float())
-        spectrum = self.spectrum_pca(batch["spectrum"].float())
+        shape = self.spectrum_pca(batch["spectrum"].float())
+        component_variance = self.spectrum_pca.total_variance / shape.shape[1]
+        level = (batch["spectrum_log_level"].float() - self.log_level_mean) / self.log_level_std
+        spectrum = torch.cat([shape, (level * component_variance.sqrt())[:, None]], dim=1)
         joint = torch.cat([image / self.image_pca.total_variance.sqrt(),
-                           spectrum / self.spectrum_pca.total_variance.sqrt()], dim=1)
+                           spectrum / (self.spectrum_pca.total_variance + component_variance).sqrt()], dim=1)
         return {"image": image, "spectrum": spectrum, "joint": joint}
 
     def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -146,7 +159,7 @@ class PixelsEncoder(Encoder):
             "model": "pixels",
             "weights": "PCA fitted on this run's objects",
             "preprocessing": f"bands: median-subtracted, /MAD noise, asinh, area-resized to {s.image_size}px; "
-            f"spectrum: ivar-weighted {_SPECTRUM_BIN_PX}-px bins over their median level",
+            f"spectrum: ivar-weighted {_SPECTRUM_BIN_PX}-px bins over their median level, plus log level",
             "pooling": "PCA projection (standardised features)",
             "layer": "n/a",
             "dims": {"image": s.components, "spectrum": s.components, "joint": 2 * s.components},
