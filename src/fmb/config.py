@@ -163,6 +163,8 @@ class MismatchConfig(_Section):
     batch_size: int = Field(256, ge=8, description="pairs per step: each is contrasted with the others in its batch")
     lr: float = Field(1e-3, gt=0)
     references: int = Field(4096, ge=16, description="fit objects kept to estimate the marginals when scoring")
+    check_every: int = Field(50, ge=1, description="steps between checks of the held-out (10 %) contrastive loss")
+    patience: int = Field(5, ge=1, description="checks without improvement before training stops (best state kept)")
 
 
 class DetectConfig(_Section):

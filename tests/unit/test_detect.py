@@ -5,9 +5,11 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fmb.detect.baselines import PyODDetector
-from fmb.detect.density import CrossFitted, FlowDetector, FlowSettings, Reducer, fold_of, load, percentile, robust_z, save
+from fmb.detect.density import (CrossFitted, FlowDetector, FlowSettings, HeldOutBest, Reducer, fold_of, load, percentile,
+                                robust_z, save)
 from fmb.detect.fusion import fuse
 from fmb.detect.mismatch import ContrastiveMismatch, ContrastSettings, PairResidual
 
@@ -143,3 +145,27 @@ def test_percentile_and_robust_z_by_hand():
     np.testing.assert_allclose(percentile(scores), [0.75, 0.25, 0.5, 1.0])
     z = robust_z(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
     assert z[2] == 0 and z[-1] == pytest.approx(97 / 1.4826)
+
+
+def test_held_out_tracker_stops_after_patience_and_restores_the_best_state():
+    module = torch.nn.Linear(1, 1)
+    tracker = HeldOutBest(patience=2)
+    stops = []
+    for loss, weight in [(3.0, 1.0), (2.0, 2.0), (2.5, 3.0), (2.1, 4.0), (1.0, 5.0)]:
+        module.weight.data.fill_(weight)
+        stops.append(tracker.check(loss, module))
+    assert stops == [False, False, False, True, False]
+    tracker.restore(module)
+    assert module.weight.item() == 5.0 and tracker.best == 1.0
+
+
+def test_contrastive_critic_stops_early_when_held_out_pairs_teach_nothing():
+    rng = np.random.default_rng(0)
+    independent = rng.normal(size=(1500, 8)).astype(np.float32)  # image and spectrum unrelated
+    settings = ContrastSettings(hidden=64, dim=8, batch_size=128, min_steps=2000, max_steps=2000, check_every=20,
+                                patience=3)
+    critic = ContrastiveMismatch(4, settings).fit(independent)
+    assert critic.steps_trained_ < 500  # it memorises training pairs; the held-out loss says stop
+    image = rng.normal(size=(1500, 4)).astype(np.float32)
+    dependent = np.hstack([image, image + 0.1 * rng.normal(size=image.shape).astype(np.float32)])
+    assert ContrastiveMismatch(4, settings).fit(dependent).steps_trained_ > critic.steps_trained_

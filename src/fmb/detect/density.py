@@ -92,6 +92,37 @@ class FlowSettings:
     check_every: int = 100
 
 
+class HeldOutBest:
+    """Early stopping on a held-out loss: keeps the best state seen, says when to stop.
+
+    Shared by every detector trained by gradient steps, so each keeps the state that generalises
+    best rather than the last one, which for small fit samples is memorised.
+    """
+
+    def __init__(self, patience: int, tolerance: float = 1e-3):
+        self.patience, self.tolerance = patience, tolerance
+        self.best, self.state, self.stale = np.inf, None, 0
+
+    def check(self, held_loss: float, module: torch.nn.Module) -> bool:
+        """Record one held-out loss of `module`; True when `patience` checks in a row brought nothing."""
+        if held_loss < self.best - self.tolerance:
+            self.best, self.stale = held_loss, 0
+            self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        else:
+            self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self, module: torch.nn.Module) -> None:
+        module.load_state_dict(self.state)
+
+
+def split_held_out(data: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out 10 %, the rest), drawn at random."""
+    order = torch.randperm(len(data), generator=generator)
+    n_hold = max(1, len(data) // 10)
+    return data[order[:n_hold]], data[order[n_hold:]]
+
+
 class FlowDetector(Detector):
     """A masked autoregressive flow (zuko) trained by maximum likelihood; score = NLL.
 
@@ -112,14 +143,11 @@ class FlowDetector(Detector):
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
             self.flow = zuko.flows.MAF(features=x.shape[1], transforms=s.transforms, hidden_features=(s.hidden, s.hidden))
-        data = torch.from_numpy(np.asarray(x, dtype=np.float32))
-        order = torch.randperm(len(data), generator=generator)
-        n_hold = max(1, len(data) // 10)
-        held, train = data[order[:n_hold]], data[order[n_hold:]]
+        held, train = split_held_out(torch.from_numpy(np.asarray(x, dtype=np.float32)), generator)
         steps = int(np.clip(s.epochs * max(1, len(train) // s.batch_size), s.min_steps, s.max_steps))
         optimizer = torch.optim.Adam(self.flow.parameters(), lr=s.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-        best, best_state, stale = np.inf, None, 0
+        tracker = HeldOutBest(s.patience)
         for step in range(1, steps + 1):
             batch = train[torch.randint(0, len(train), (min(s.batch_size, len(train)),), generator=generator)]
             loss = -self.flow().log_prob(batch).mean()
@@ -130,14 +158,9 @@ class FlowDetector(Detector):
             schedule.step()
             if step % s.check_every and step != steps:
                 continue
-            held_loss = float(self._nll(held).mean())
-            if held_loss < best - 1e-3:
-                best, stale, best_state = held_loss, 0, {k: v.clone() for k, v in self.flow.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= s.patience:
-                    break
-        self.flow.load_state_dict(best_state)
+            if tracker.check(float(self._nll(held).mean()), self.flow):
+                break
+        tracker.restore(self.flow)
         return self
 
     @torch.no_grad()

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.linear_model import RidgeCV
 
-from fmb.detect.density import Detector
+from fmb.detect.density import Detector, HeldOutBest, split_held_out
 
 _ALPHAS = np.logspace(-3, 3, 13)
 _PMI_BATCH = 8192  # objects per scoring chunk: the chunk x references logits stay ~130 MB
@@ -45,6 +45,8 @@ class ContrastSettings:
     batch_size: int = 256
     lr: float = 1e-3
     references: int = 4096  # fit objects kept to estimate the marginals when scoring
+    check_every: int = 50  # steps between checks of the held-out contrastive loss
+    patience: int = 5  # checks without improvement before stopping; the best state is kept
 
 
 def _tower(features: int, hidden: int, dim: int) -> torch.nn.Module:
@@ -52,8 +54,35 @@ def _tower(features: int, hidden: int, dim: int) -> torch.nn.Module:
                                torch.nn.GELU(), torch.nn.Linear(hidden, dim))
 
 
+class _Critic(torch.nn.Module):
+    """c(image, spectrum) = T <f(image), g(spectrum)>, f and g mapping onto one unit sphere."""
+
+    def __init__(self, n_image: int, n_spectrum: int, hidden: int, dim: int):
+        super().__init__()
+        self.image = _tower(n_image, hidden, dim)
+        self.spectrum = _tower(n_spectrum, hidden, dim)
+        self.log_temperature = torch.nn.Parameter(torch.tensor(float(np.log(10.0))))
+
+    def embed_image(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image(x), dim=1)
+
+    def embed_spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.spectrum(x), dim=1)
+
+    def loss(self, image: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE: each true pair against the other pairings of its batch."""
+        logits = self.embed_image(image) @ self.embed_spectrum(spectrum).T * self.log_temperature.exp()
+        targets = torch.arange(len(logits))
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
 class ContrastiveMismatch(Detector):
-    """Features are [image | spectrum] side by side; `n_image` says where the image part ends."""
+    """Features are [image | spectrum] side by side; `n_image` says where the image part ends.
+
+    Training stops when the contrastive loss of a held-out 10 % of the fit pairs stops improving,
+    and keeps the best state: the critic otherwise learns the training pairs by heart, and its
+    held-out loss (no labels involved) is what says when.
+    """
 
     name = "mismatch"
 
@@ -66,33 +95,33 @@ class ContrastiveMismatch(Detector):
         generator = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
-            self.image_tower = _tower(image.shape[1], s.hidden, s.dim)
-            self.spectrum_tower = _tower(spectrum.shape[1], s.hidden, s.dim)
-        self.log_temperature = torch.nn.Parameter(torch.tensor(float(np.log(10.0))))
-        parameters = [*self.image_tower.parameters(), *self.spectrum_tower.parameters(), self.log_temperature]
-        optimizer = torch.optim.AdamW(parameters, lr=s.lr, weight_decay=1e-4)
-        batch = min(s.batch_size, len(image))
-        steps = int(np.clip(s.epochs * max(1, len(image) // batch), s.min_steps, s.max_steps))
-        targets = torch.arange(batch)
-        for _ in range(steps):
-            chosen = torch.randperm(len(image), generator=generator)[:batch]
-            logits = self._logits(image[chosen], spectrum[chosen])
-            loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+            self.critic = _Critic(image.shape[1], spectrum.shape[1], s.hidden, s.dim)
+        optimizer = torch.optim.AdamW(self.critic.parameters(), lr=s.lr, weight_decay=1e-4)
+        held, train = split_held_out(torch.arange(len(image)), generator)
+        batch = min(s.batch_size, len(train))
+        steps = int(np.clip(s.epochs * max(1, len(train) // batch), s.min_steps, s.max_steps))
+        tracker = HeldOutBest(s.patience)
+        for step in range(1, steps + 1):
+            chosen = train[torch.randperm(len(train), generator=generator)[:batch]]
+            loss = self.critic.loss(image[chosen], spectrum[chosen])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if (step % s.check_every == 0 or step == steps) and tracker.check(
+                    self._held_out_loss(image[held], spectrum[held], batch), self.critic):
+                break
+        tracker.restore(self.critic)
+        self.steps_trained_ = step
         keep = torch.randperm(len(image), generator=generator)[: s.references]
         with torch.no_grad():
-            self.reference_image = self._embed(self.image_tower, image[keep])
-            self.reference_spectrum = self._embed(self.spectrum_tower, spectrum[keep])
+            self.reference_image = self.critic.embed_image(image[keep])
+            self.reference_spectrum = self.critic.embed_spectrum(spectrum[keep])
         return self
 
-    @staticmethod
-    def _embed(tower: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(tower(x), dim=1)
-
-    def _logits(self, image: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
-        return self._embed(self.image_tower, image) @ self._embed(self.spectrum_tower, spectrum).T * self.log_temperature.exp()
+    @torch.no_grad()
+    def _held_out_loss(self, image: torch.Tensor, spectrum: torch.Tensor, batch: int) -> float:
+        """Mean loss over held-out batches of the training batch size (InfoNCE depends on it)."""
+        return float(np.mean([self.critic.loss(i, s) for i, s in zip(image.split(batch), spectrum.split(batch))]))
 
     @torch.no_grad()
     def score(self, x: np.ndarray) -> np.ndarray:
@@ -102,8 +131,8 @@ class ContrastiveMismatch(Detector):
 
     def _minus_pmi(self, image: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
         """-(2 c(i, s) - log mean_r exp c(i, s_r) - log mean_r exp c(i_r, s)), c the critic."""
-        temperature = self.log_temperature.exp()
-        z_image, z_spectrum = self._embed(self.image_tower, image), self._embed(self.spectrum_tower, spectrum)
+        temperature = self.critic.log_temperature.exp()
+        z_image, z_spectrum = self.critic.embed_image(image), self.critic.embed_spectrum(spectrum)
         paired = (z_image * z_spectrum).sum(1) * temperature
         log_n = np.log(len(self.reference_image))
         marginal_spectrum = torch.logsumexp(z_image @ self.reference_spectrum.T * temperature, 1) - log_n
