@@ -61,7 +61,7 @@ def test_run_then_rerun_then_change_one_setting(project: Path):
                     "Physical-parameter probes", "Similarity search", "Embedding maps", "Timings"):
         assert f">{section}</h2>" in page
     assert "src='http" not in page and "href='http" not in page  # self-contained: figures are inlined
-    assert page.count("data:image/png;base64,") >= 8
+    assert page.count("data:image/png;base64,") + page.count("data:image/jpeg;base64,") >= 8
 
     assert set(invoke(project).values()) == {"unchanged, skipped"}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import time
 from pathlib import Path
@@ -34,6 +35,8 @@ th{background:#f0f3f8}td:first-child,th:first-child{text-align:left}img{max-widt
 .note{color:#5a6478;font-size:13px}figure{margin:10px 0}figcaption{font-size:13px;color:#5a6478}
 .row{display:flex;flex-wrap:wrap;gap:16px}.row figure{flex:1 1 30%;min-width:300px}
 """
+_REENCODE_ABOVE_BYTES = 200_000  # smaller figures are inlined as they are
+_INLINE_WIDTH_PX = 1400  # the page is at most 1280 px wide
 
 
 def report(config: ResolvedConfig) -> Path:
@@ -63,13 +66,35 @@ def _subtitle(config: ResolvedConfig) -> str:
 # -- building blocks --------------------------------------------------------------------------------
 
 def _image(path: Path, caption: str = "", max_width_px: int | None = None) -> str:
-    """The PNG inlined; `max_width_px` keeps tall heatmaps from filling the whole page."""
+    """The figure inlined; `max_width_px` keeps tall heatmaps from filling the whole page."""
     if not path.is_file():
         return ""
-    data = base64.b64encode(path.read_bytes()).decode()
+    mime, payload = _inline_encoding(path.read_bytes())
+    data = base64.b64encode(payload).decode()
     text = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
     style = f" style='max-width:{max_width_px}px'" if max_width_px else ""
-    return f"<figure><img alt='{html.escape(path.stem)}'{style} src='data:image/png;base64,{data}'>{text}</figure>"
+    return f"<figure><img alt='{html.escape(path.stem)}'{style} src='data:{mime};base64,{data}'>{text}</figure>"
+
+
+def _inline_encoding(png: bytes) -> tuple[str, bytes]:
+    """What the page inlines for a figure file: no wider than the page shows (the file on disk keeps
+    its full resolution), and as JPEG where that is much smaller: cutout mosaics and galleries are
+    photographs, which PNG stores at a megabyte each; line plots stay PNG, with sharp text."""
+    if len(png) < _REENCODE_ABOVE_BYTES:
+        return "image/png", png
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    if image.width > _INLINE_WIDTH_PX:
+        image = image.resize((_INLINE_WIDTH_PX, round(image.height * _INLINE_WIDTH_PX / image.width)), Image.LANCZOS)
+    encoded = {}
+    for mime, fmt, options in (("image/png", "PNG", {"optimize": True}), ("image/jpeg", "JPEG", {"quality": 88})):
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **options)
+        encoded[mime] = buffer.getvalue()
+    smaller_png = min(encoded["image/png"], png, key=len)
+    return ("image/jpeg", encoded["image/jpeg"]) if len(encoded["image/jpeg"]) < 0.6 * len(smaller_png) else (
+        "image/png", smaller_png)
 
 
 def _table(frame: pd.DataFrame, digits: int = 3) -> str:
