@@ -220,7 +220,8 @@ class ProbesConfig(_Section):
 class FiguresConfig(_Section):
     """Stage-5 figures: UMAP maps, score distributions, outlier galleries."""
 
-    color_by: str = Field("Z", description="catalog column colouring the UMAP maps")
+    color_by: str = Field("Z", description="catalog column colouring the UMAP maps: a number (Z, LOGM) on a colour "
+                          "scale, or a class (SPECTYPE) with one colour per class")
     umap_neighbors: int = Field(15, ge=2)
     umap_min_dist: float = Field(0.1, ge=0)
     umap_max_objects: int = Field(50_000, ge=100, description="objects sampled for UMAP")

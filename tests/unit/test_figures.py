@@ -167,6 +167,26 @@ def test_maps_are_coloured_by_catalog_row_of_each_object_else_by_anomaly_percent
     assert all(p.values is None for p in unscored)  # density: no values
 
 
+def test_a_class_column_colours_the_maps_by_class_with_rare_classes_grouped(tiny_run, tmp_path):
+    kinds = np.where(IDS % 10 == 0, "QSO", np.where(IDS % 7 == 0, "STAR", "GALAXY")).astype(object)
+    kinds[3] = None
+    pd.DataFrame({"TARGETID": IDS, "SPECTYPE": kinds}).to_parquet(tiny_run.root / "survey" / "catalog.parquet")
+    config = load_config(root=tiny_run.root, sets=["data.source=survey", "analyze.figures.color_by=SPECTYPE"])
+    shuffled = IDS[::-1].copy()
+    panel = MapPanel("toy", shuffled, np.random.default_rng(0).random((N, 2)), None)
+    assert colour_panels(config, [panel], ["toy"], figures_module.load_scores(config)) == "SPECTYPE"
+    assert panel.values is None
+    assert list(panel.categories) == [k if k is not None else "unknown" for k in kinds[::-1]]
+
+    colours = umap_map._category_colours([panel])
+    assert list(colours)[0] == "GALAXY" and colours["unknown"] == "0.7"
+    many = np.array([f"class{i}" for i in range(12) for _ in range(12 - i)], dtype=object)  # class0 commonest
+    assert set(umap_map._grouped(many)) == {f"class{i}" for i in range(9)} | {"other"}
+
+    path = umap_map.draw_umap_figure([panel], "SPECTYPE", 4, tmp_path / "umap.png")
+    assert Image.open(path).size[0] > 300
+
+
 @pytest.mark.slow
 def test_real_umap_keeps_two_separated_groups_apart():
     rng = np.random.default_rng(0)

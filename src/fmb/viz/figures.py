@@ -31,7 +31,8 @@ from fmb.errors import FmbError
 from fmb.viz.gallery import draw_gallery
 from fmb.viz.object_view import blank
 from fmb.viz.style import fmb_style, save_figure
-from fmb.viz.umap_map import MapPanel, UmapSettings, draw_umap_figure, mosaic_picks, umap_coordinates, unit_box
+from fmb.viz.umap_map import (MISSING_CATEGORY, MapPanel, UmapSettings, draw_umap_figure, mosaic_picks,
+                              umap_coordinates, unit_box)
 
 MODEL_LABELS = {"aion": "AION", "astroclip": "AstroCLIP", "astropt": "AstroPT", "pixels": "pixel PCA"}
 CATALOG_LABELS = {"Z": "redshift z", "LOGM": "log10 stellar mass (Msun)", "LOGSFR": "log10 SFR (Msun/yr)"}
@@ -101,12 +102,16 @@ def map_inputs(directory: Path) -> tuple[str, np.ndarray, np.ndarray]:
 
 def colour_panels(config: ResolvedConfig, panels: list[MapPanel], models: list[str],
                   scores: dict[str, pd.DataFrame]) -> str:
-    """Set each panel's colour values; returns the colour-bar label ('density' leaves values None)."""
+    """Set each panel's colour values or categories; returns the colour label ('density' leaves both None)."""
     column = config.analyze.figures.color_by
     catalog = load_catalog(config, required=False)
-    if catalog is not None and column in catalog and pd.api.types.is_numeric_dtype(catalog[column]):
+    if catalog is not None and column in catalog:
         for panel in panels:
-            panel.values = catalog[column].reindex(panel.ids).to_numpy(dtype=float)
+            if pd.api.types.is_numeric_dtype(catalog[column]):
+                panel.values = catalog[column].reindex(panel.ids).to_numpy(dtype=float)
+            else:  # a class column such as SPECTYPE: one colour per class
+                panel.categories = catalog[column].reindex(panel.ids).astype("string").str.strip().fillna(
+                    MISSING_CATEGORY).to_numpy(dtype=object)
         return CATALOG_LABELS.get(column, column)
     ranking = {m: ranking_column(scores[m], config.analyze.figures.gallery_score, config.detect.fusion_method)
                for m in models if m in scores}

@@ -26,6 +26,8 @@ from fmb.viz.style import fmb_style, save_figure
 
 HEXBIN_MIN_OBJECTS = 3000  # below this a scatter shows individual objects better than hexagon means
 VIEW = (-0.02, 1.02)  # the unit box and a small margin: the visible part of every map
+MAX_CATEGORIES = 9  # the most common classes get their own colour; the rest are drawn as "other"
+MISSING_CATEGORY = "unknown"
 UMAP_EPOCHS = 200  # umap's own default above 10k objects; its 500 below made one 10k map take 115 s instead of 11 s
 
 
@@ -39,13 +41,15 @@ class UmapSettings:
 
 @dataclass
 class MapPanel:
-    """One model's map: unit-box coordinates, colour values (None = density) and mosaic tiles."""
+    """One model's map: unit-box coordinates, colour values or categories (both None = density) and
+    mosaic tiles."""
 
     title: str
     ids: np.ndarray
     xy: np.ndarray
     values: np.ndarray | None
     tiles: list[tuple[tuple[int, int], np.ndarray]] = field(default_factory=list)  # ((column, row), RGB)
+    categories: np.ndarray | None = None  # a class label per object (e.g. SPECTYPE)
 
 
 def cache_key(ids: np.ndarray, vectors: np.ndarray, settings: UmapSettings) -> str:
@@ -127,17 +131,63 @@ def draw_umap_figure(panels: list[MapPanel], colour_label: str, cells: int, path
         figure = plt.figure(figsize=(3.4 * len(panels) + 0.9, 7.2))
         grid = figure.add_gridspec(2, len(panels) + 1, width_ratios=[1] * len(panels) + [0.05],
                                    hspace=0.12, wspace=0.06)
+        colours = _category_colours(panels)
         mappables = []
         for column, panel in enumerate(panels):
             top, bottom = figure.add_subplot(grid[0, column]), figure.add_subplot(grid[1, column])
-            mappables.append(_draw_coloured(top, panel))
+            if colours:
+                _draw_categories(top, panel, colours)
+            else:
+                mappables.append(_draw_coloured(top, panel))
             top.set_title(panel.title)
             _draw_mosaic(bottom, panel, cells)
             _frame(top, x_label="", y_label="UMAP 2" if column == 0 else "")
             _frame(bottom, x_label="UMAP 1", y_label="UMAP 2" if column == 0 else "")
-        _share_colours(mappables, panels)
-        figure.colorbar(mappables[0], cax=figure.add_subplot(grid[0, -1]), label=colour_label)
+        if colours:
+            _category_legend(figure.add_subplot(grid[0, -1]), colours, colour_label)
+        else:
+            _share_colours(mappables, panels)
+            figure.colorbar(mappables[0], cax=figure.add_subplot(grid[0, -1]), label=colour_label)
         return save_figure(figure, path)
+
+
+def _category_colours(panels: list[MapPanel]) -> dict[str, object]:
+    """{class: colour}, the same in every panel: most common classes first, rare ones as 'other'."""
+    if any(p.categories is None for p in panels):
+        return {}
+    labels, counts = np.unique(np.concatenate([_grouped(p.categories) for p in panels]), return_counts=True)
+    order = [labels[i] for i in np.argsort(-counts, kind="stable")]
+    grey = [label for label in ("other", MISSING_CATEGORY) if label in order]
+    named = [label for label in order if label not in grey]
+    palette = [f"C{i}" for i in range(len(named))]
+    return {**dict(zip(named, palette)), **{label: "0.7" for label in grey}}
+
+
+def _grouped(categories: np.ndarray) -> np.ndarray:
+    """Classes beyond the MAX_CATEGORIES most common of this panel become 'other'."""
+    labels, counts = np.unique(categories.astype(str), return_counts=True)
+    kept = set(labels[np.argsort(-counts, kind="stable")][:MAX_CATEGORIES])
+    return np.array([c if c in kept or c == MISSING_CATEGORY else "other" for c in categories.astype(str)], dtype=object)
+
+
+def _draw_categories(axis, panel: MapPanel, colours: dict[str, object]) -> None:
+    """Common classes first, so the rare ones (often the interesting ones) are drawn on top."""
+    seen = np.all((panel.xy >= VIEW[0]) & (panel.xy <= VIEW[1]), axis=1)
+    grouped = _grouped(panel.categories)
+    size = float(np.clip(3000 / max(int(seen.sum()), 1), 1, 12))
+    most_common = next(iter(colours))
+    for label, colour in colours.items():
+        chosen = seen & (grouped == label)
+        axis.scatter(*panel.xy[chosen].T, s=size if label == most_common else 2 * size, color=colour,
+                     linewidths=0, rasterized=True)
+
+
+def _category_legend(axis, colours: dict[str, object], title: str) -> None:
+    from matplotlib.lines import Line2D
+
+    axis.axis("off")
+    handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=label) for label, colour in colours.items()]
+    axis.legend(handles=handles, title=title, loc="center left", frameon=False)
 
 
 def _draw_coloured(axis, panel: MapPanel):
