@@ -12,6 +12,7 @@ from fmb.detect.density import (CrossFitted, FlowDetector, FlowSettings, HeldOut
                                 robust_z, save)
 from fmb.detect.fusion import fuse
 from fmb.detect.mismatch import ContrastiveMismatch, ContrastSettings, PairResidual
+from fmb.errors import FmbError
 
 FAST_FLOW = FlowSettings(hidden=32, batch_size=256, min_steps=300, max_steps=300, lr=3e-3)
 
@@ -157,6 +158,11 @@ def test_held_out_tracker_stops_after_patience_and_restores_the_best_state():
     assert stops == [False, False, False, True, False]
     tracker.restore(module)
     assert module.weight.item() == 5.0 and tracker.best == 1.0
+
+    diverged = HeldOutBest(patience=2)
+    assert [diverged.check(float("nan"), module) for _ in range(2)] == [False, True]
+    with pytest.raises(FmbError, match="Linear training diverged: its held-out loss was never finite"):
+        diverged.restore(module)
 
 
 def test_contrastive_critic_stops_early_when_held_out_pairs_teach_nothing():

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fmb.data.loader import is_validation
+from fmb.errors import FmbError
 from fmb.io import write_torch
 
 SCORE_BATCH = 65536
@@ -113,6 +114,9 @@ class HeldOutBest:
         return self.stale >= self.patience
 
     def restore(self, module: torch.nn.Module) -> None:
+        if self.state is None:  # every held-out loss was NaN or infinite
+            raise FmbError(f"{type(module).__name__} training diverged: its held-out loss was never finite "
+                           "(check the embeddings for extreme values, or lower the learning rate)")
         module.load_state_dict(self.state)
 
 
