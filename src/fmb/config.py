@@ -129,7 +129,8 @@ class AstroCLIPSection(ModelSection):
 
 class PixelsSection(ModelSection):
     image_size: int = Field(32, ge=8, description="bands resized to this before PCA")
-    components: int = Field(64, ge=2, description="PCA components per modality")
+    components: int = Field(64, ge=6, description="dimensions per modality: PCA components, then log fluxes "
+                            "(4 for the image bands, 1 for the spectrum)")
     fit_objects: int = Field(5000, ge=10, description="objects sampled to fit the PCA")
 
 

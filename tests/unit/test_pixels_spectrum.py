@@ -1,4 +1,4 @@
-"""The pixel reference's spectrum features: binned, noise-weighted, shape kept, brightness in a dimension of its own."""
+"""The pixel reference's features: binned noise-weighted spectra with their level apart, and aperture photometry."""
 
 import numpy as np
 import pytest
@@ -43,14 +43,27 @@ def test_a_fully_masked_spectrum_gives_zeros():
 
 def test_the_last_spectrum_dimension_is_the_level_and_only_it_sees_brightness():
     rng = np.random.default_rng(3)
-    encoder = PixelsEncoder(PixelsSection(image_size=8, components=4))
+    encoder = PixelsEncoder(PixelsSection(image_size=8, components=6))
     spectra = [_spectrum(rng) for _ in range(40)]
     scales = 10 ** rng.uniform(-1, 1, len(spectra))
     shapes, levels = zip(*(_binned_shape(f * k, iv / k**2) for (f, iv), k in zip(spectra, scales)))
-    batch = {"image": torch.randn(len(spectra), 4 * 64), "spectrum": torch.from_numpy(np.stack(shapes)),
-             "spectrum_log_level": torch.tensor(np.log10(levels), dtype=torch.float32)}
+    batch = {"image": torch.randn(len(spectra), 4 * 64), "image_log_flux": torch.randn(len(spectra), 4),
+             "spectrum": torch.from_numpy(np.stack(shapes)),
+             "spectrum_log_level": torch.tensor(np.log10(levels), dtype=torch.float32)[:, None]}
     encoder.fit(batch)
     spectrum = encoder.embed(batch)["spectrum"]
-    assert spectrum.shape == (40, 4)
+    assert spectrum.shape == (40, 6)
     assert np.corrcoef(spectrum[:, -1], np.log10(scales))[0, 1] > 0.999
     assert abs(np.corrcoef(spectrum[:, 0], np.log10(scales))[0, 1]) < 0.5
+
+
+def test_image_photometry_follows_each_band_and_is_floored_at_the_noise():
+    rng = np.random.default_rng(4)
+    y, x = np.mgrid[:32, :32] - 15.5
+    galaxy = np.exp(-(x**2 + y**2) / 8.0)
+    bands = np.stack([k * galaxy for k in (100.0, 200.0, 400.0, 0.0)]) + rng.normal(0, 1, (4, 32, 32))
+    preprocessor = PixelsEncoder(PixelsSection(image_size=8, components=6)).preprocessor
+    _, log_flux = preprocessor._image(bands.astype(np.float32))
+    assert np.allclose(np.diff(log_flux[:3].numpy()), np.log10(2), atol=0.01)  # colours: x2 per band
+    assert abs(log_flux[0].item() - np.log10(100 * galaxy.sum())) < 0.02  # nearly all light in the aperture
+    assert np.isfinite(log_flux[3].item()) and log_flux[3] < log_flux[0] - 1  # empty band: the noise floor

@@ -3,13 +3,16 @@
 Every benchmark asks first whether a foundation model finds more than this does.
 
 * image:    the four bands resized to `image_size`, each divided by its robust noise level (MAD)
-            and asinh-stretched, then standardised per feature and projected on PCA components;
+            and asinh-stretched, then standardised per feature and projected on PCA components; four
+            more dimensions are the bands' fluxes in a central aperture (log, floored at the
+            aperture's noise): the photometry, which the stretched pixels carry only non-linearly;
 * spectrum: inverse-variance-weighted means of 4-pixel bins (half the noise, lines still resolved) over
             the spectrum's median level, so the continuum shape is kept but not the brightness (empty
             bins 0), standardised per bin and projected on PCA components; one more dimension is that
-            median level (log, standardised, weighted like an average component), because a fibre's
-            flux must agree with the galaxy's brightness in the image even when its shape does not
-            say so (AstroCLIP's spectrum encoder keeps the level as a token for the same reason);
+            median level (log), because a fibre's flux must agree with the galaxy's brightness in
+            the image even when its shape does not say so (AstroCLIP's spectrum encoder keeps the
+            level as a token for the same reason);
+            these level dimensions are standardised and weighted like an average PCA component;
 * joint:    both projections side by side, each scaled to unit total variance so that neither
             modality dominates by its number of components or units.
 
@@ -38,18 +41,29 @@ class PixelsPreprocessor(Preprocessor):
     needs = frozenset({"bands", "spectrum"})
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        images = torch.stack([self._image(s.bands) for s in samples])
+        images, fluxes = zip(*(self._image(s.bands) for s in samples))
         shapes, levels = zip(*(_binned_shape(s.spectrum.flux, s.spectrum.ivar) for s in samples))
         ids = torch.tensor([s.object_id for s in samples], dtype=torch.int64)
-        return {"object_id": ids, "image": images.flatten(1), "spectrum": torch.from_numpy(np.stack(shapes)),
-                "spectrum_log_level": torch.tensor(np.log10(levels), dtype=torch.float32)}
+        return {"object_id": ids, "image": torch.stack(images).flatten(1), "image_log_flux": torch.stack(fluxes),
+                "spectrum": torch.from_numpy(np.stack(shapes)),
+                "spectrum_log_level": torch.tensor(np.log10(levels), dtype=torch.float32)[:, None]}
 
-    def _image(self, bands: np.ndarray) -> torch.Tensor:
+    def _image(self, bands: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(stretched, resized bands; log10 flux per band in a central aperture)."""
         x = torch.from_numpy(bands).float()
         centred = x - x.flatten(1).median(1).values[:, None, None]
         noise = 1.4826 * centred.flatten(1).abs().median(1).values.clamp_min(1e-12)
         scaled = torch.asinh(centred / noise[:, None, None])
-        return F.interpolate(scaled[None], size=(self.image_size, self.image_size), mode="area")[0]
+        aperture = _central_aperture(x.shape[-2], x.shape[-1])
+        aperture_noise = noise * float(aperture.sum()) ** 0.5
+        log_flux = torch.log10(torch.maximum((centred * aperture).sum((1, 2)), aperture_noise))
+        return F.interpolate(scaled[None], size=(self.image_size, self.image_size), mode="area")[0], log_flux
+
+
+def _central_aperture(height: int, width: int) -> torch.Tensor:
+    """A disc of radius a quarter of the cutout: most of a galaxy's light, little of its neighbours'."""
+    y, x = torch.meshgrid(torch.arange(height) - (height - 1) / 2, torch.arange(width) - (width - 1) / 2, indexing="ij")
+    return (x**2 + y**2 <= (min(height, width) / 4) ** 2).float()
 
 
 def _binned_shape(flux: np.ndarray, ivar: np.ndarray) -> tuple[np.ndarray, float]:
@@ -102,6 +116,32 @@ class _FittedPCA(torch.nn.Module):
         return ((x - self.mean) / self.scale) @ self.components.T
 
 
+class _ShapeAndLevels(torch.nn.Module):
+    """PCA components of the features, then a few level values (log fluxes) standardised and scaled
+    to the spread of an average component, so a brightness counts like one more component."""
+
+    def __init__(self, n_features: int, n_levels: int, n_dims: int):
+        super().__init__()
+        self.pca = _FittedPCA(n_features, n_dims - n_levels)
+        self.register_buffer("level_mean", torch.zeros(n_levels))
+        self.register_buffer("level_std", torch.ones(n_levels))
+
+    def fit(self, features: torch.Tensor, levels: torch.Tensor, seed: int) -> None:
+        self.pca.fit(features, seed)
+        self.level_mean.copy_(levels.double().mean(0))
+        self.level_std.copy_(levels.double().std(0).clamp_min(1e-6))
+
+    def component_variance(self) -> torch.Tensor:
+        return self.pca.total_variance / self.pca.components.shape[0]
+
+    def total_variance(self) -> torch.Tensor:
+        return self.pca.total_variance + len(self.level_mean) * self.component_variance()
+
+    def forward(self, features: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        standardised = (levels.float() - self.level_mean) / self.level_std
+        return torch.cat([self.pca(features.float()), standardised * self.component_variance().sqrt()], dim=1)
+
+
 class PixelsEncoder(Encoder):
     name = "pixels"
     requires_adaptation = True
@@ -110,11 +150,8 @@ class PixelsEncoder(Encoder):
         super().__init__()
         self.settings = settings
         self.preprocessor = PixelsPreprocessor(settings.image_size)
-        n_image = 4 * settings.image_size**2
-        self.image_pca = _FittedPCA(n_image, settings.components)
-        self.spectrum_pca = _FittedPCA(_SPECTRUM_LENGTH // _SPECTRUM_BIN_PX, settings.components - 1)
-        self.register_buffer("log_level_mean", torch.zeros(()))
-        self.register_buffer("log_level_std", torch.ones(()))
+        self.image_part = _ShapeAndLevels(4 * settings.image_size**2, 4, settings.components)
+        self.spectrum_part = _ShapeAndLevels(_SPECTRUM_LENGTH // _SPECTRUM_BIN_PX, 1, settings.components)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     @classmethod
@@ -122,23 +159,17 @@ class PixelsEncoder(Encoder):
         return cls(settings)  # no pretrained weights: the fitted PCA is this run's adapted state
 
     def fit(self, batch: Mapping[str, torch.Tensor], seed: int = 0) -> None:
-        self.image_pca.fit(batch["image"], seed)
-        self.spectrum_pca.fit(batch["spectrum"], seed + 1)
-        log_level = batch["spectrum_log_level"].double()
-        self.log_level_mean.copy_(log_level.mean())
-        self.log_level_std.copy_(log_level.std().clamp_min(1e-6))
+        self.image_part.fit(batch["image"], batch["image_log_flux"], seed)
+        self.spectrum_part.fit(batch["spectrum"], batch["spectrum_log_level"], seed + 1)
         self.fitted.fill_(True)
 
     def embed(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not bool(self.fitted):
             raise RuntimeError("the pixel reference is not fitted: run `fmb adapt pixels` first")
-        image = self.image_pca(batch["image"].float())
-        shape = self.spectrum_pca(batch["spectrum"].float())
-        component_variance = self.spectrum_pca.total_variance / shape.shape[1]
-        level = (batch["spectrum_log_level"].float() - self.log_level_mean) / self.log_level_std
-        spectrum = torch.cat([shape, (level * component_variance.sqrt())[:, None]], dim=1)
-        joint = torch.cat([image / self.image_pca.total_variance.sqrt(),
-                           spectrum / (self.spectrum_pca.total_variance + component_variance).sqrt()], dim=1)
+        image = self.image_part(batch["image"], batch["image_log_flux"])
+        spectrum = self.spectrum_part(batch["spectrum"], batch["spectrum_log_level"])
+        joint = torch.cat([image / self.image_part.total_variance().sqrt(),
+                           spectrum / self.spectrum_part.total_variance().sqrt()], dim=1)
         return {"image": image, "spectrum": spectrum, "joint": joint}
 
     def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -158,7 +189,8 @@ class PixelsEncoder(Encoder):
         return {
             "model": "pixels",
             "weights": "PCA fitted on this run's objects",
-            "preprocessing": f"bands: median-subtracted, /MAD noise, asinh, area-resized to {s.image_size}px; "
+            "preprocessing": f"bands: median-subtracted, /MAD noise, asinh, area-resized to {s.image_size}px, plus log "
+            "aperture flux per band; "
             f"spectrum: ivar-weighted {_SPECTRUM_BIN_PX}-px bins over their median level, plus log level",
             "pooling": "PCA projection (standardised features)",
             "layer": "n/a",
