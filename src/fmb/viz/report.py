@@ -33,7 +33,7 @@ h2{margin-top:0;border-bottom:2px solid #e3e7ee;padding-bottom:6px}h3{margin-bot
 table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{padding:4px 10px;border-bottom:1px solid #e3e7ee;text-align:right}
 th{background:#f0f3f8}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:8px 0}
 .note{color:#5a6478;font-size:13px}figure{margin:10px 0}figcaption{font-size:13px;color:#5a6478}
-.row{display:flex;flex-wrap:wrap;gap:16px}.row figure{flex:1 1 30%;min-width:300px}
+.row{display:flex;flex-wrap:wrap;gap:16px}.row figure{flex:0 1 calc((100% - 32px) / 3);min-width:300px}
 """
 _REENCODE_ABOVE_BYTES = 200_000  # smaller figures are inlined as they are
 _INLINE_WIDTH_PX = 1400  # the page is at most 1280 px wide
