@@ -56,6 +56,13 @@ def write_torch(obj, path: str | Path) -> Path:
     return Path(path)
 
 
+def write_csv(frame, path: str | Path, **to_csv_options) -> Path:
+    """`frame.to_csv` atomically (a pandas DataFrame; options as for `to_csv`)."""
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, **to_csv_options)
+    return Path(path)
+
+
 def write_json(data, path: str | Path) -> Path:
     """Write pretty JSON atomically."""
     with atomic_path(path) as temporary:

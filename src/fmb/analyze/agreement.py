@@ -46,7 +46,7 @@ from scipy.stats import rankdata
 from fmb.config import AgreementConfig, ResolvedConfig
 from fmb.detect.density import rank_descending
 from fmb.errors import FmbError
-from fmb.io import atomic_path, write_json
+from fmb.io import write_csv, write_json
 from fmb.viz.style import fmb_style, save_figure
 
 MODALITIES = ("image", "spectrum", "joint")
@@ -269,9 +269,7 @@ def _labelled(matrix: np.ndarray, labels: list[str], name: str) -> pd.DataFrame:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path, index: bool = True) -> Path:
-    with atomic_path(path) as temporary:
-        frame.to_csv(temporary, index=index, float_format="%.6g")
-    return path
+    return write_csv(frame, path, index=index, float_format="%.6g")
 
 
 # ---- figures ----

@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from fmb.config import ResolvedConfig
 from fmb.detect.fusion import MISMATCH_COLUMNS
 from fmb.errors import FmbError
-from fmb.io import atomic_path
+from fmb.io import atomic_path, write_csv
 
 NORMAL = "none"
 
@@ -88,8 +88,7 @@ def summary_table(result: pd.DataFrame) -> pd.DataFrame:
 
 def _write(result: pd.DataFrame, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "metrics.csv") as temporary:
-        result.to_csv(temporary, index=False)
+    write_csv(result, out / "metrics.csv", index=False)
     summary = summary_table(result)
     with atomic_path(out / "summary.md") as temporary:
         temporary.write_text(_markdown(summary, result))

@@ -37,7 +37,7 @@ from fmb.config import ResolvedConfig
 from fmb.data.catalog import catalog_path, load_catalog
 from fmb.embed.store import embedded_models, load_embeddings
 from fmb.errors import FmbError
-from fmb.io import atomic_path, write_table
+from fmb.io import atomic_path, write_csv, write_table
 from fmb.models.base import MODALITIES
 from fmb.viz.style import fmb_style, save_figure
 
@@ -343,8 +343,7 @@ def write_outputs(fitted: list[Probe], out: Path, n_folds: int) -> pd.DataFrame:
     results = pd.DataFrame([{"model": p.model, "modality": p.modality, "target": p.target, **p.summary}
                             for p in fitted]).reindex(columns=RESULT_COLUMNS)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "results.csv") as temporary:
-        results.to_csv(temporary, index=False)
+    write_csv(results, out / "results.csv", index=False)
     write_table(pa.Table.from_pandas(_predictions(fitted), preserve_index=False), out / "predictions.parquet")
     if fitted[0].fit.psi is not None:
         write_table(pa.Table.from_pandas(_importances(fitted), preserve_index=False), out / "importances.parquet")

@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 from fmb.config import ResolvedConfig
 from fmb.embed.store import embedded_models, load_embeddings
 from fmb.errors import DataError, FmbError
-from fmb.io import atomic_path, write_json
+from fmb.io import atomic_path, write_csv, write_json
 
 INDEX_FILE, IDS_FILE, META_FILE = "index.faiss", "ids.npy", "meta.json"
 BATCH_ROWS = 16_384  # rows checked, normalised and added at a time: a build holds at most this much extra
@@ -272,7 +272,7 @@ def similarity(config: ResolvedConfig, queries: list[int] | None = None, vector=
             log(f"{model}/{name}: {settings.k} neighbours of {len(found)} queries")
     table = pd.concat(tables, ignore_index=True)
     out = output_dir(config)
-    _write_csv(table, out / "neighbours.csv")
+    write_csv(table, out / "neighbours.csv", index=False)
     figures = _draw_neighbours(config, table, out / "figures", log)
     return {"neighbours": out / "neighbours.csv", "figures": figures, "queries": asked_by_model}
 
@@ -310,8 +310,8 @@ def neighbour_ranks(config: ResolvedConfig, models: list[str] | None = None, sco
         raise FmbError("no model has both embeddings and scores; run `fmb detect` first")
     out = output_dir(config)
     neighbours, summary = pd.concat(tables, ignore_index=True), pd.DataFrame(summaries)
-    _write_csv(neighbours, out / "neighbour_ranks.csv")
-    _write_csv(summary, out / "neighbour_ranks_summary.csv")
+    write_csv(neighbours, out / "neighbour_ranks.csv", index=False)
+    write_csv(summary, out / "neighbour_ranks_summary.csv", index=False)
     _draw_rank_histograms(neighbours, summary, out / "neighbour_ranks.png")
     return {"summary": summary, "neighbours": out / "neighbour_ranks.csv", "figure": out / "neighbour_ranks.png"}
 
@@ -380,11 +380,6 @@ def _rank_summary(table: pd.DataFrame, n_top: int, n_scored: int) -> dict:
             "queries": table.query_id.nunique(), "neighbours_scored": len(scored), "share_top": share,
             "expected_share": expected, "enrichment": share / expected if expected else np.nan,
             "median_percentile": float(table.neighbour_percentile.median())}
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        frame.to_csv(temporary, index=False)
 
 
 def _draw_neighbours(config: ResolvedConfig, table: pd.DataFrame, directory: Path, log) -> list[Path]:
