@@ -178,7 +178,7 @@ def test_a_class_column_colours_the_maps_by_class_with_rare_classes_grouped(tiny
     assert panel.values is None
     assert list(panel.categories) == [k if k is not None else "unknown" for k in kinds[::-1]]
 
-    colours = umap_map._category_colours([panel])
+    colours = umap_map._category_colours([umap_map._grouped(panel.categories)])
     assert list(colours)[0] == "GALAXY" and colours["unknown"] == "0.7"
     many = np.array([f"class{i}" for i in range(12) for _ in range(12 - i)], dtype=object)  # class0 commonest
     assert set(umap_map._grouped(many)) == {f"class{i}" for i in range(9)} | {"other"}

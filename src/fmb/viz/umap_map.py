@@ -131,12 +131,13 @@ def draw_umap_figure(panels: list[MapPanel], colour_label: str, cells: int, path
         figure = plt.figure(figsize=(3.4 * len(panels) + 0.9, 7.2))
         grid = figure.add_gridspec(2, len(panels) + 1, width_ratios=[1] * len(panels) + [0.05],
                                    hspace=0.12, wspace=0.06)
-        colours = _category_colours(panels)
+        grouped = [_grouped(p.categories) for p in panels] if all(p.categories is not None for p in panels) else []
+        colours = _category_colours(grouped)
         mappables = []
         for column, panel in enumerate(panels):
             top, bottom = figure.add_subplot(grid[0, column]), figure.add_subplot(grid[1, column])
             if colours:
-                _draw_categories(top, panel, colours)
+                _draw_categories(top, panel.xy, grouped[column], colours)
             else:
                 mappables.append(_draw_coloured(top, panel))
             top.set_title(panel.title)
@@ -151,11 +152,12 @@ def draw_umap_figure(panels: list[MapPanel], colour_label: str, cells: int, path
         return save_figure(figure, path)
 
 
-def _category_colours(panels: list[MapPanel]) -> dict[str, object]:
-    """{class: colour}, the same in every panel: most common classes first, rare ones as 'other'."""
-    if any(p.categories is None for p in panels):
+def _category_colours(grouped: list[np.ndarray]) -> dict[str, object]:
+    """{class: colour} over every panel's grouped classes (none: {}): most common classes first,
+    'other' and unknown in grey."""
+    if not grouped:
         return {}
-    labels, counts = np.unique(np.concatenate([_grouped(p.categories) for p in panels]), return_counts=True)
+    labels, counts = np.unique(np.concatenate(grouped), return_counts=True)
     order = [labels[i] for i in np.argsort(-counts, kind="stable")]
     grey = [label for label in ("other", MISSING_CATEGORY) if label in order]
     named = [label for label in order if label not in grey]
@@ -170,15 +172,14 @@ def _grouped(categories: np.ndarray) -> np.ndarray:
     return np.array([c if c in kept or c == MISSING_CATEGORY else "other" for c in categories.astype(str)], dtype=object)
 
 
-def _draw_categories(axis, panel: MapPanel, colours: dict[str, object]) -> None:
+def _draw_categories(axis, xy: np.ndarray, grouped: np.ndarray, colours: dict[str, object]) -> None:
     """Common classes first, so the rare ones (often the interesting ones) are drawn on top."""
-    seen = np.all((panel.xy >= VIEW[0]) & (panel.xy <= VIEW[1]), axis=1)
-    grouped = _grouped(panel.categories)
+    seen = _in_view(xy)
     size = float(np.clip(3000 / max(int(seen.sum()), 1), 1, 12))
     most_common = next(iter(colours))
     for label, colour in colours.items():
         chosen = seen & (grouped == label)
-        axis.scatter(*panel.xy[chosen].T, s=size if label == most_common else 2 * size, color=colour,
+        axis.scatter(*xy[chosen].T, s=size if label == most_common else 2 * size, color=colour,
                      linewidths=0, rasterized=True)
 
 
@@ -190,8 +191,12 @@ def _category_legend(axis, colours: dict[str, object], title: str) -> None:
     axis.legend(handles=handles, title=title, loc="center left", frameon=False)
 
 
+def _in_view(xy: np.ndarray) -> np.ndarray:
+    return np.all((xy >= VIEW[0]) & (xy <= VIEW[1]), axis=1)
+
+
 def _draw_coloured(axis, panel: MapPanel):
-    seen = np.all((panel.xy >= VIEW[0]) & (panel.xy <= VIEW[1]), axis=1)
+    seen = _in_view(panel.xy)
     extent = VIEW * 2
     if panel.values is None:
         x, y = panel.xy[seen].T
