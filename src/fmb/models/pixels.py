@@ -22,6 +22,7 @@ components are buffers of the module and are saved like any other weights.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -60,8 +61,10 @@ class PixelsPreprocessor(Preprocessor):
         return F.interpolate(scaled[None], size=(self.image_size, self.image_size), mode="area")[0], log_flux
 
 
+@functools.lru_cache(maxsize=8)  # one per cutout shape, not one per object
 def _central_aperture(height: int, width: int) -> torch.Tensor:
-    """A disc of radius a quarter of the cutout: most of a galaxy's light, little of its neighbours'."""
+    """A disc of radius a quarter of the cutout: most of a galaxy's light, little of its neighbours'.
+    Shared between calls: read it, never write to it."""
     y, x = torch.meshgrid(torch.arange(height) - (height - 1) / 2, torch.arange(width) - (width - 1) / 2, indexing="ij")
     return (x**2 + y**2 <= (min(height, width) / 4) ** 2).float()
 
