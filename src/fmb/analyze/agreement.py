@@ -44,6 +44,7 @@ from scipy.spatial.distance import squareform
 from scipy.stats import rankdata
 
 from fmb.config import AgreementConfig, ResolvedConfig
+from fmb.detect import scores_dir
 from fmb.detect.density import rank_descending
 from fmb.errors import FmbError
 from fmb.io import write_csv, write_json
@@ -231,7 +232,7 @@ def _summary(result: Agreement, dropped: list[int], settings: AgreementConfig, f
 def agreement(config: ResolvedConfig, log=print) -> dict:
     """Compare every selected system on the common object set; write tables, figures and summary.json."""
     settings = config.analyze.agreement
-    score_files = sorted((config.run_dir / "scores").glob("*.parquet"))
+    score_files = sorted(scores_dir(config).glob("*.parquet"))
     if not score_files:
         raise FmbError("no scores to compare; run `fmb detect` first")
     wide = load_systems(score_files, settings.methods)

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fmb.config import ResolvedConfig
+from fmb.detect import scores_dir
 from fmb.detect.fusion import MISMATCH_COLUMNS
 from fmb.errors import FmbError
 from fmb.io import atomic_path, write_csv
@@ -65,7 +66,7 @@ def evaluate(config: ResolvedConfig) -> Path:
     if not truth_file.is_file():
         raise FmbError(f"no truth table at {truth_file}: evaluation needs the synthetic survey's truth.parquet")
     truth = pq.read_table(truth_file, columns=["object_id", "anomaly_class"]).to_pandas()
-    score_files = sorted((config.run_dir / "scores").glob("*.parquet"))
+    score_files = sorted(scores_dir(config).glob("*.parquet"))
     if not score_files:
         raise FmbError("no scores to evaluate; run `fmb detect` first")
     tables = []

@@ -46,6 +46,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from fmb.config import ResolvedConfig
+from fmb.detect import scores_dir
 from fmb.embed.store import embedded_models, load_embeddings
 from fmb.errors import DataError, FmbError
 from fmb.io import atomic_path, write_csv, write_json
@@ -288,7 +289,7 @@ def neighbour_ranks(config: ResolvedConfig, models: list[str] | None = None, sco
     k = config.analyze.similarity.k
     tables, summaries = [], []
     for model in _models(config, models):
-        scores_path = config.run_dir / "scores" / f"{model}.parquet"
+        scores_path = scores_dir(config) / f"{model}.parquet"
         if not scores_path.is_file():
             log(f"{model}: no scores file {scores_path.name}; skipped")
             continue
@@ -365,7 +366,7 @@ def _queries(config: ResolvedConfig, model: str, ids: np.ndarray, asked: list[in
             raise FmbError(f"object {missing[0]} has no {model} embeddings ({len(missing)} of the queries)")
         return np.asarray(asked, np.int64)
     count = config.analyze.similarity.n_examples
-    scores_path = config.run_dir / "scores" / f"{model}.parquet"
+    scores_path = scores_dir(config) / f"{model}.parquet"
     if not scores_path.is_file():
         return ids[:count]
     _, ranks = anomaly_ranks(pq.read_table(scores_path).to_pandas())

@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from fmb.config import ResolvedConfig
+from fmb.detect import scores_dir
 from fmb.run.pipeline import Stage
 
 _NOT_SYNTHETIC = "only with run.synth (the built-in synthetic survey)"
@@ -34,7 +35,7 @@ def _embeddings(config: ResolvedConfig) -> list[Path]:
 
 
 def _scores(config: ResolvedConfig) -> list[Path]:
-    return [config.run_dir / "scores"]
+    return [scores_dir(config)]
 
 
 def _analysis(config: ResolvedConfig, name: str) -> list[Path]:
@@ -171,7 +172,7 @@ def build_stages(config: ResolvedConfig) -> list[Stage]:
               lambda c: _analysis(c, "figures"), after=("detect",)),
     ]
     upstream = tuple(stage.name for stage in stages)
-    stages.append(Stage("report", _report, ("name",), lambda c: [c.run_dir / "analysis", c.run_dir / "scores",
+    stages.append(Stage("report", _report, ("name",), lambda c: [c.run_dir / "analysis", scores_dir(c),
                                                                  _data(c, "validation.json"), *_embeddings(c)],
                         lambda c: [c.run_dir / "report.html"], after=upstream))
     return stages
