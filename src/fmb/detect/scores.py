@@ -1,0 +1,156 @@
+"""The score-table contract: column names, the one ranking rule, the default ranking.
+
+A score table (`runs/<name>/scores/<model>.parquet`) has one row per object and
+
+* ``score_<modality>_<method>``  a detector's score (higher = more anomalous), with
+  ``z_<modality>_<method>`` its robust z, ``pct_<modality>_<method>`` and ``rank_<modality>_<method>``;
+* ``mismatch`` (fused), ``mismatch_residual`` and, for aligned models, ``mismatch_cosine``, each
+  with ``pct_`` and ``rank_``;
+* the fused scores ``fused_geo``, ``fused_min``, ``fused_avg``, ``fused_all``, ``fused_max`` and ``uplift``;
+* ``in_common_set``: the object has every input of the fusion.
+
+**Ranking rule** (one for every ranked list in fmb): rank 1 is the highest score; tied scores
+share the best rank of their group (a tie carries nothing to order by), and where a list must put
+tied objects one after the other, the lower object id comes first. Non-finite scores are unranked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+MODALITIES = ("image", "spectrum", "joint")
+MISMATCH = "mismatch"  # the misalignment score that is fused
+MISMATCH_COLUMNS = (MISMATCH, "mismatch_residual", "mismatch_cosine")
+FUSED = ("fused_geo", "fused_min", "fused_avg", "fused_all", "fused_max")
+UPLIFT = "uplift"
+COMMON_SET = "in_common_set"
+#: The default ranking that galleries, similarity examples, agreement and the app show first.
+DEFAULT_RANKING = "fused_geo"
+
+
+def score_column(modality: str, method: str) -> str:
+    return f"score_{modality}_{method}"
+
+
+def z_column(modality: str, method: str) -> str:
+    return f"z_{modality}_{method}"
+
+
+def _stem(column: str) -> str:
+    """The name a score's pct_/rank_ columns carry: score_image_flow -> image_flow, mismatch -> mismatch."""
+    return column.removeprefix("score_")
+
+
+def pct_column(column: str) -> str:
+    return f"pct_{_stem(column)}"
+
+
+def rank_column(column: str) -> str:
+    return f"rank_{_stem(column)}"
+
+
+def parse_score_column(column: str) -> tuple[str, str] | None:
+    """(modality, method) of a ``score_<modality>_<method>`` column, else None."""
+    if not column.startswith("score_"):
+        return None
+    modality, _, method = _stem(column).partition("_")
+    return (modality, method) if modality in MODALITIES and method else None
+
+
+def fusion_inputs(method: str) -> list[str]:
+    """The columns fusion combines: each modality's `method` score and the misalignment."""
+    return [score_column(modality, method) for modality in MODALITIES] + [MISMATCH]
+
+
+def is_score(column: str) -> bool:
+    """A column that ranks objects (higher = more anomalous): detector, misalignment or fused score."""
+    return column.startswith(("score_", "fused_")) or column in MISMATCH_COLUMNS
+
+
+def ranked_columns(columns) -> list[str]:
+    """The columns of a table that get pct_/rank_ columns: detector and misalignment scores."""
+    return [c for c in columns if c.startswith("score_") or c in MISMATCH_COLUMNS]
+
+
+# -- the ranking rule ------------------------------------------------------------------------------
+def rank_descending(scores: np.ndarray) -> np.ndarray:
+    """1 = highest score; ties share the best rank of their group."""
+    from scipy.stats import rankdata
+
+    return rankdata(-np.asarray(scores), method="min").astype(np.int64)
+
+
+def percentile(scores: np.ndarray) -> np.ndarray:
+    """p = (N - rank + 1) / N: 1 for the most anomalous object, ties sharing the higher value."""
+    ranks = rank_descending(scores)
+    return (len(scores) - ranks + 1) / len(scores)
+
+
+def finite(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    return frame[np.isfinite(frame[column].to_numpy(dtype=float))]
+
+
+def ranked(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows with a finite `column`, best first by the ranking rule, with a 1-based ``rank``."""
+    scored = finite(frame, column)
+    ordered = scored.sort_values([column, "object_id"], ascending=[False, True], kind="stable").copy()
+    ordered.insert(0, "rank", rank_descending(ordered[column].to_numpy(dtype=float)))
+    return ordered
+
+
+def top(frame: pd.DataFrame, column: str, count: int) -> pd.DataFrame:
+    """The first `count` rows of `ranked`."""
+    return ranked(frame, column).head(count)
+
+
+def ranks_by_id(frame: pd.DataFrame, column: str) -> pd.Series:
+    """Rank of each object (indexed by object id) over the objects with a finite score."""
+    ordered = ranked(frame, column)
+    return pd.Series(ordered["rank"].to_numpy(), index=pd.Index(ordered["object_id"].to_numpy(), name="object_id"))
+
+
+def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
+    """Positions of the top `fraction` of `scores` (at least one) in ranking order; ties keep the
+    order given, which for a score table is ascending object id."""
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    return order[: max(1, int(round(fraction * len(order))))]
+
+
+# -- the default ranking ---------------------------------------------------------------------------
+def headline(columns, preferred: str | None = None, method: str = "flow", usable=None) -> str | None:
+    """The column a view ranks by: `preferred` (a user's choice), else the default ranking, else the
+    joint density score of `method`, else the first detector score; only columns `usable` accepts
+    (default: any present) are chosen. None when the table has no score at all."""
+    columns = list(columns)
+    candidates = [preferred, DEFAULT_RANKING, score_column("joint", method),
+                  *sorted(c for c in columns if c.startswith("score_"))]
+    accept = usable or (lambda _column: True)
+    return next((c for c in candidates if c and c in columns and accept(c)), None)
+
+
+def frame_headline(frame: pd.DataFrame, preferred: str | None = None, method: str = "flow") -> str | None:
+    """`headline` over the columns of `frame` that hold at least one finite score."""
+    return headline(frame.columns, preferred, method,
+                    usable=lambda c: bool(np.isfinite(frame[c].to_numpy(dtype=float)).any()))
+
+
+def summary_columns(columns, method: str) -> list[str]:
+    """The scores a summary view shows (figures, the evaluation heatmap): the fusion's inputs,
+    the other misalignment scores, then the fused scores, in that order; baselines stay in tables."""
+    columns = list(columns)
+    wanted = fusion_inputs(method) + [c for c in MISMATCH_COLUMNS if c != MISMATCH] + list(FUSED)
+    return [c for c in wanted if c in columns]
+
+
+# -- the run's score tables ------------------------------------------------------------------------
+def score_tables(config) -> dict[str, Path]:
+    """{model: score table} for the run's models (`run.models`) that have one, in that order."""
+    tables = {model: config.layout.scores.table(model) for model in config.run.models}
+    return {model: path for model, path in tables.items() if path.is_file()}
+
+
+def load_score_tables(config) -> dict[str, pd.DataFrame]:
+    return {model: pd.read_parquet(path) for model, path in score_tables(config).items()}

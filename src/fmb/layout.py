@@ -1,0 +1,319 @@
+"""Every path of a run directory, and of a survey directory, in one place.
+
+    runs/<name>/
+      data/          index.parquet, index.json, rejects.parquet, validation.json
+      figures/       object_<id>.png                       (`fmb data show`)
+      models/<m>/    best.pt, checkpoint.pt, history.json, history.png
+      embeddings/<m>/ part-NNNNN.parquet, manifest.json
+      scores/        <m>.parquet, <m>/detectors.pt, summary.json
+      analysis/      evaluation/ agreement/ probes/ similarity/ figures/
+      searches/      one-off similarity searches
+      cache/         umap/
+      run/           state.json                           (the stage engine)
+      report.html
+
+No other module spells one of these names: they ask a `RunLayout` (``config.layout``). A survey
+directory (what `fmb data synth` writes and a Parquet source reads) has a `SurveyLayout`.
+This module imports nothing of fmb, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNS_DIR = "runs"
+
+
+@dataclass(frozen=True)
+class _Directory:
+    dir: Path
+
+    def _file(self, name: str) -> Path:
+        return self.dir / name
+
+
+class DataFiles(_Directory):
+    """runs/<name>/data: what the data stage writes."""
+
+    @property
+    def index(self) -> Path:
+        return self._file("index.parquet")
+
+    @property
+    def index_meta(self) -> Path:
+        return self._file("index.json")
+
+    @property
+    def rejects(self) -> Path:
+        return self._file("rejects.parquet")
+
+    @property
+    def validation(self) -> Path:
+        return self._file("validation.json")
+
+
+class ModelFiles(_Directory):
+    """runs/<name>/models/<model>: adapted weights, the resumable checkpoint and the history."""
+
+    @property
+    def best(self) -> Path:
+        return self._file("best.pt")
+
+    @property
+    def checkpoint(self) -> Path:
+        return self._file("checkpoint.pt")
+
+    @property
+    def history(self) -> Path:
+        return self._file("history.json")
+
+    @property
+    def history_plot(self) -> Path:
+        return self._file("history.png")
+
+
+class EmbeddingFiles(_Directory):
+    """runs/<name>/embeddings/<model>: Parquet parts and their manifest."""
+
+    @property
+    def manifest(self) -> Path:
+        return self._file("manifest.json")
+
+    def part(self, unit_id: int) -> Path:
+        return self._file(f"part-{unit_id:05d}.parquet")
+
+    def parts(self) -> list[Path]:
+        return sorted(self.dir.glob("part-*.parquet"))
+
+
+class ScoreFiles(_Directory):
+    """runs/<name>/scores: one score table per model and the detectors that made it."""
+
+    def table(self, model: str) -> Path:
+        return self._file(f"{model}.parquet")
+
+    def detectors(self, model: str) -> Path:
+        return self.dir / model / "detectors.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self._file("summary.json")
+
+
+class EvaluationFiles(_Directory):
+    @property
+    def metrics(self) -> Path:
+        return self._file("metrics.csv")
+
+    @property
+    def summary(self) -> Path:
+        return self._file("summary.md")
+
+    @property
+    def heatmap(self) -> Path:
+        return self._file("ap_by_class.png")
+
+
+class AgreementFiles(_Directory):
+    MATRICES = ("spearman", "jaccard")  # each a CSV table and a clustered heatmap
+
+    @property
+    def summary(self) -> Path:
+        return self._file("summary.json")
+
+    def matrix(self, name: str) -> Path:
+        return self._file(f"{name}.csv")
+
+    def figure(self, name: str) -> Path:
+        """spearman, jaccard, retention or displacement."""
+        return self._file(f"{name}.png")
+
+    @property
+    def disagreement(self) -> Path:
+        return self._file("disagreement.csv")
+
+
+class ProbeFiles(_Directory):
+    @property
+    def results(self) -> Path:
+        return self._file("results.csv")
+
+    @property
+    def predictions(self) -> Path:
+        return self._file("predictions.parquet")
+
+    @property
+    def importances(self) -> Path:
+        return self._file("importances.parquet")
+
+    @property
+    def summary(self) -> Path:
+        return self._file("summary.md")
+
+    @property
+    def r2_plot(self) -> Path:
+        return self._file("r2.png")
+
+    @property
+    def pareto_plot(self) -> Path:
+        return self._file("pareto.png")
+
+    def scatter_plot(self, target: str) -> Path:
+        return self._file(f"scatter_{target}.png")
+
+    def scatter_plots(self) -> list[Path]:
+        return sorted(self.dir.glob("scatter_*.png"))
+
+
+class SimilarityFiles(_Directory):
+    def index_dir(self, model: str, modality: str) -> Path:
+        """A persisted faiss index: index.faiss, ids.npy, meta.json."""
+        return self.dir / "index" / model / modality
+
+    @staticmethod
+    def index_files(directory: Path) -> tuple[Path, Path, Path]:
+        return directory / "index.faiss", directory / "ids.npy", directory / "meta.json"
+
+    @property
+    def neighbours(self) -> Path:
+        return self._file("neighbours.csv")
+
+    @property
+    def examples_dir(self) -> Path:
+        return self.dir / "figures"
+
+    def example(self, model: str, modality: str, query: int | str) -> Path:
+        return self.examples_dir / f"{model}_{modality}_{query}.png"
+
+    def examples(self) -> list[Path]:
+        return sorted(self.examples_dir.glob("*.png"))
+
+    @property
+    def neighbour_ranks(self) -> Path:
+        return self._file("neighbour_ranks.csv")
+
+    @property
+    def neighbour_ranks_summary(self) -> Path:
+        return self._file("neighbour_ranks_summary.csv")
+
+    @property
+    def neighbour_ranks_plot(self) -> Path:
+        return self._file("neighbour_ranks.png")
+
+
+class FigureFiles(_Directory):
+    @property
+    def scores(self) -> Path:
+        return self._file("scores.png")
+
+    @property
+    def umap(self) -> Path:
+        return self._file("umap.png")
+
+    def gallery(self, model: str) -> Path:
+        return self._file(f"gallery_{model}.png")
+
+    def galleries(self) -> list[Path]:
+        return sorted(self.dir.glob("gallery_*.png"))
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """runs/<name>/ and everything under it (nothing is created until a stage writes)."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, project_root: Path, name: str) -> "RunLayout":
+        return cls(project_root / RUNS_DIR / name)
+
+    # -- stage 0 ----------------------------------------------------------------------------------
+    @property
+    def data(self) -> DataFiles:
+        return DataFiles(self.root / "data")
+
+    def object_figure(self, object_id: int) -> Path:
+        return self.root / "figures" / f"object_{object_id}.png"
+
+    # -- stages 1-3 -------------------------------------------------------------------------------
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def model(self, model: str) -> ModelFiles:
+        return ModelFiles(self.models_dir / model)
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    def embeddings(self, model: str) -> EmbeddingFiles:
+        return EmbeddingFiles(self.embeddings_dir / model)
+
+    @property
+    def scores(self) -> ScoreFiles:
+        return ScoreFiles(self.root / "scores")
+
+    # -- stages 4-5 -------------------------------------------------------------------------------
+    @property
+    def analysis_dir(self) -> Path:
+        return self.root / "analysis"
+
+    @property
+    def evaluation(self) -> EvaluationFiles:
+        return EvaluationFiles(self.analysis_dir / "evaluation")
+
+    @property
+    def agreement(self) -> AgreementFiles:
+        return AgreementFiles(self.analysis_dir / "agreement")
+
+    @property
+    def probes(self) -> ProbeFiles:
+        return ProbeFiles(self.analysis_dir / "probes")
+
+    @property
+    def similarity(self) -> SimilarityFiles:
+        return SimilarityFiles(self.analysis_dir / "similarity")
+
+    @property
+    def figures(self) -> FigureFiles:
+        return FigureFiles(self.analysis_dir / "figures")
+
+    @property
+    def searches(self) -> SimilarityFiles:
+        """One-off searches (`fmb analyze similarity --vector/--model/--modality`): not a stage's output."""
+        return SimilarityFiles(self.root / "searches")
+
+    def cache(self, name: str) -> Path:
+        return self.root / "cache" / name
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "run" / "state.json"
+
+
+@dataclass(frozen=True)
+class SurveyLayout:
+    """A survey directory: Parquet parts beside its catalog, truth table and generator summary."""
+
+    dir: Path
+
+    @property
+    def catalog(self) -> Path:
+        return self.dir / "catalog.parquet"
+
+    @property
+    def truth(self) -> Path:
+        return self.dir / "truth.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "synth.json"
+
+    def part(self, number: int) -> Path:
+        return self.dir / f"part-{number:05d}.parquet"

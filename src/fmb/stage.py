@@ -1,0 +1,95 @@
+"""How a stage declares itself. Each stage module exports its stage(s) beside its code; `fmb.run`
+only orders them and runs them through one engine (`fmb.run.engine`).
+
+A stage says:
+
+* ``name``: "detect"; a per-model stage is a `ModelStage` family ("embed") expanded to one stage per
+  model of ``run.models`` ("embed:aion");
+* ``action(config, log)``: does the work and returns a small summary;
+* ``config_keys``: the dotted config sections whose values change its *outputs* (settings marked
+  `runtime_only` in the config, such as batch sizes, worker counts and devices, are left out;
+  "-models.aion.embed" leaves a subsection of an included one out);
+* ``inputs`` / ``outputs``: the files or directories it reads and writes (a changed stage's outputs
+  are removed before it reruns; nothing else is ever removed);
+* ``after``: the stages upstream of it; ``version``: bumped when the code changes what it writes,
+  so outputs of older code are never taken for current ones;
+* ``fingerprint``: an extra identity of what it reads that is not a local file (a hub revision);
+* ``applies``: a reason to pass it by (no truth table, no catalog), or None.
+
+This module is at the bottom of the import layers: it imports nothing of fmb.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+Log = Callable[[str], None]
+
+
+def always_applies(_config) -> str | None:
+    return None
+
+
+def _nothing(_config) -> list[Path]:
+    return []
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    action: Callable  # (config, log) -> summary
+    config_keys: tuple[str, ...]
+    inputs: Callable = _nothing  # config -> [Path]
+    outputs: Callable = _nothing  # config -> [Path]
+    after: tuple[str, ...] = ()
+    applies: Callable = always_applies  # config -> reason to pass it by, or None
+    version: int = 1
+    fingerprint: Callable | None = None  # config -> JSON-able identity of a non-file input
+
+    @property
+    def family(self) -> str:
+        return self.name.partition(":")[0]
+
+
+@dataclass(frozen=True)
+class ModelStage:
+    """A stage run once per model: `action(config, log, model)`; `inputs(config, model)`, ... ;
+    "{model}" in `config_keys` and `after` is replaced by the model's name."""
+
+    family: str
+    action: Callable
+    config_keys: tuple[str, ...]
+    inputs: Callable
+    outputs: Callable
+    after: tuple[str, ...] = ()
+    version: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def expand(self, models: list[str]) -> list[Stage]:
+        return [self.for_model(model) for model in models]
+
+    def for_model(self, model: str) -> Stage:
+        return Stage(f"{self.family}:{model}", _bind(self.action, model),
+                     tuple(key.format(model=model) for key in self.config_keys),
+                     partial(_call_with_model, self.inputs, model), partial(_call_with_model, self.outputs, model),
+                     tuple(name.format(model=model) for name in self.after), version=self.version, **self.extra)
+
+
+def _bind(action: Callable, model: str) -> Callable:
+    return partial(_call_action, action, model)
+
+
+def _call_action(action: Callable, model: str, config, log):
+    return action(config, log, model)
+
+
+def _call_with_model(function: Callable, model: str, config):
+    return function(config, model)
+
+
+def with_action(stage: Stage, action: Callable) -> Stage:
+    """The same stage (same key, inputs and outputs) done another way, e.g. embeddings imported from a file."""
+    return replace(stage, action=action)
