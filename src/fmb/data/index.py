@@ -9,6 +9,8 @@ was asked for (a stale index is an error, never a silently wrong object).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from fmb.data.sources import MISSING_ID, Source
 from fmb.data.validate import SKIPPED, Issue, RowChecker, Sample
 from fmb.errors import DataError, FmbError
 from fmb.io import write_json, write_table
+from fmb.layout import DataFiles
 
 INDEX_SCHEMA = pa.schema([("object_id", pa.int64()), ("shard", pa.string()), ("row", pa.int64())])
 
@@ -79,17 +82,19 @@ def build_index(source: Source, progress: Callable[[str], None] | None = None) -
 
 
 def save_index(result: IndexResult, directory: Path, source: Source) -> Path:
-    path = write_table(result.table, directory / "index.parquet")
-    write_json(
-        {"source": source.description, "objects": result.table.num_rows, "shards": result.shards},
-        directory / "index.json",
-    )
+    """index.parquet, and index.json with what was indexed: the source, the revision a hub source
+    resolved, and the sha256 of the source's content fingerprint (`Source.fingerprint`)."""
+    files = DataFiles(directory)
+    path = write_table(result.table, files.index)
+    content = hashlib.sha256(json.dumps(source.fingerprint(), sort_keys=True).encode()).hexdigest()
+    write_json({"source": source.description, "revision": source.revision(), "fingerprint": content,
+                "objects": result.table.num_rows, "shards": result.shards}, files.index_meta)
     return path
 
 
 def read_index_table(directory: Path) -> pa.Table:
     """The saved index of a run's data directory, or an error saying how to make it."""
-    path = directory / "index.parquet"
+    path = DataFiles(directory).index
     if not path.is_file():
         raise FmbError(f"no index at {path}; run `fmb data index` first")
     return pq.read_table(path)

@@ -9,17 +9,14 @@ import pyarrow.parquet as pq
 
 from fmb.config import ResolvedConfig
 from fmb.data.index import Fetcher, ObjectIndex, build_index, save_index
+from fmb.data.schema import BAND_NAMES
 from fmb.data.scan import iter_samples, summarize, write_rejects
-from fmb.data.sources import open_source
+from fmb.data.sources import local_inputs, open_source
 from fmb.data.validate import RowChecker
 from fmb.errors import FmbError
 from fmb.io import write_json
 from fmb.progress import progress_bar
-
-
-def data_dir(config: ResolvedConfig) -> Path:
-    """Where the data stage writes: runs/<name>/data."""
-    return config.run_dir / "data"
+from fmb.stage import Stage
 
 
 def synth(config: ResolvedConfig) -> dict:
@@ -57,9 +54,9 @@ def index(config: ResolvedConfig) -> IndexSummary:
         raise FmbError(f"{source.description} holds no data files")
     with progress_bar("indexing", len(shards), unit="shards") as advance:
         result = build_index(source, progress=lambda _shard: advance(1))
-    out = data_dir(config)
-    index_path = save_index(result, out, source)
-    rejects_path = write_rejects(out / "rejects.parquet", "index", result.issues)
+    files = config.layout.data
+    index_path = save_index(result, files.dir, source)
+    rejects_path = write_rejects(files.rejects, "index", result.issues)
     return IndexSummary(result.table.num_rows, len(result.shards), len(result.issues), index_path, rejects_path)
 
 
@@ -73,16 +70,16 @@ def validate(config: ResolvedConfig) -> dict:
     with progress_bar("validating", total) as advance:
         for _ in iter_samples(source, checker, issues, progress=advance):
             usable += 1
-    out = data_dir(config)
-    write_rejects(out / "rejects.parquet", "validate", issues)
+    files = config.layout.data
+    write_rejects(files.rejects, "validate", issues)
     summary = {"source": source.description, **summarize(issues, usable)}
-    write_json(summary, out / "validation.json")
+    write_json(summary, files.validation)
     return summary
 
 
 def open_fetcher(config: ResolvedConfig) -> Fetcher:
     """Samples by object id through this run's index (`fmb data index` must have run)."""
-    return Fetcher(open_source(config), ObjectIndex.load(data_dir(config)), RowChecker(config.data))
+    return Fetcher(open_source(config), ObjectIndex.load(config.layout.data.dir), RowChecker(config.data))
 
 
 def show(config: ResolvedConfig, out: Path | None = None) -> Path:
@@ -97,10 +94,41 @@ def show(config: ResolvedConfig, out: Path | None = None) -> Path:
     if sample is None:
         reasons = "; ".join(f"{issue.field}: {issue.reason}" for issue in issues)
         raise FmbError(f"object {object_id} cannot be shown: {reasons}")
-    path = out if out is not None else config.run_dir / "figures" / f"object_{object_id}.png"
-    return draw_object(sample, path, smooth_px=config.show.smooth_px)
+    path = out if out is not None else config.layout.object_figure(object_id)
+    return draw_object(sample, path, BAND_NAMES, smooth_px=config.show.smooth_px)
 
 
 def _indexed_count(config: ResolvedConfig) -> int | None:
-    path = data_dir(config) / "index.parquet"
+    path = config.layout.data.index
     return pq.read_metadata(path).num_rows if path.is_file() else None
+
+
+# -- the stages of stage 0 (ordered with the others by fmb.run.stages) ---------------------------------
+def _synth_output(config: ResolvedConfig) -> list[Path]:
+    return [config.path(config.synth.out)]
+
+
+def _not_synthetic(config: ResolvedConfig) -> str | None:
+    return None if config.run.synth else "only with run.synth (the built-in synthetic survey)"
+
+
+def _index_action(config: ResolvedConfig, log) -> dict:
+    summary = index(config)
+    return {"objects": summary.objects, "shards": summary.shards, "rejected": summary.skipped}
+
+
+def _source_identity(config: ResolvedConfig) -> dict:
+    return open_source(config).fingerprint()
+
+
+def _index_file(config: ResolvedConfig) -> list[Path]:
+    return [config.layout.data.index]
+
+
+SYNTH = Stage("synth", lambda config, log: synth(config), ("synth", "seed"), outputs=_synth_output,
+              applies=_not_synthetic)
+INDEX = Stage("index", _index_action, ("data",), inputs=lambda config: local_inputs(config), outputs=_index_file,
+              after=("synth",), fingerprint=_source_identity)
+VALIDATE = Stage("validate", lambda config, log: validate(config), ("data",), inputs=_index_file,
+                 outputs=lambda config: [config.layout.data.validation], after=("index",),
+                 fingerprint=_source_identity)

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from fmb.data.schema import ROW_SCHEMA
 from fmb.io import atomic_path, write_json
+from fmb.layout import SurveyLayout
 from fmb.data.synth.anomalies import CLASSES
 from fmb.data.synth.generate import (CATALOG_SCHEMA, CHUNK_SIZE, TRUTH_SCHEMA, ChunkResult, ChunkTask, class_probabilities,
                                      generate_chunk, get_context, object_ids)
@@ -43,14 +44,15 @@ def synthesize(out_dir: Path, n: int, seed: int = 42, *, cutout_px: int = 64, an
     _check_arguments(n, seed, cutout_px, workers, shard_size)
     class_probabilities(anomaly_rate)  # validates the rate
     out_dir = Path(out_dir)
+    files = SurveyLayout(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     tasks = [ChunkTask(seed, k, min(CHUNK_SIZE, n - k * CHUNK_SIZE), cutout_px, anomaly_rate)
              for k in range((n + CHUNK_SIZE - 1) // CHUNK_SIZE)]
     counts = collections.Counter()
     with _ShardWriter(out_dir, shard_size) as shards, \
-            _AtomicParquet(out_dir / "truth.parquet", TRUTH_SCHEMA) as truth, \
-            _AtomicParquet(out_dir / "catalog.parquet", CATALOG_SCHEMA) as catalog:
+            _AtomicParquet(files.truth, TRUTH_SCHEMA) as truth, \
+            _AtomicParquet(files.catalog, CATALOG_SCHEMA) as catalog:
         for result in _run(tasks, workers):
             shards.write(result.rows)
             truth.write(result.truth)
@@ -63,14 +65,13 @@ def synthesize(out_dir: Path, n: int, seed: int = 42, *, cutout_px: int = 64, an
         **_parameters(n, seed, cutout_px, anomaly_rate, workers, shard_size),
         "classes": {name: counts.get(name, 0) for name in CLASSES},
         "first_object_id": int(object_ids(seed, 0, 1)[0]),
-        "parts": [path.name for path in shards.paths], "catalog": "catalog.parquet", "truth": "truth.parquet",
+        "parts": [path.name for path in shards.paths], "catalog": files.catalog.name, "truth": files.truth.name,
         "fmb_version": _fmb_version(),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    write_json(summary, out_dir / "synth.json")
+    write_json(summary, files.summary)
     return {**summary, "out_dir": str(out_dir), "parts": [str(path) for path in shards.paths],
-            "catalog": str(out_dir / "catalog.parquet"), "truth": str(out_dir / "truth.parquet"),
-            "synth_json": str(out_dir / "synth.json")}
+            "catalog": str(files.catalog), "truth": str(files.truth), "synth_json": str(files.summary)}
 
 
 def _parameters(n: int, seed: int, cutout_px: int, anomaly_rate: float, workers: int, shard_size: int) -> dict:
@@ -192,7 +193,7 @@ class _ShardWriter:
 
     def _emit(self, group: pa.Table) -> None:
         if self.current is None:
-            self.paths.append(self.out_dir / f"part-{len(self.paths):05d}.parquet")
+            self.paths.append(SurveyLayout(self.out_dir).part(len(self.paths)))
             self.current = _AtomicParquet(self.paths[-1], ROW_SCHEMA)
         self.current.write(group)
         self.rows_in_current += group.num_rows

@@ -1,0 +1,147 @@
+"""What every source of rows is: the `Source` interface, and the Arrow -> row-dict decoding that
+the Parquet and Hugging Face sources share.
+
+* ``shards()``               names of its units of storage (Parquet files, dataset splits, FITS files);
+* ``read_ids(shard)``        the object ids of a shard in row order, reading nothing but the ids;
+* ``read_rows(shard, rows)`` the contract rows at given positions (random access, for the fetcher);
+* ``iter_rows(shard)``       all rows of a shard in order, in batches (for full passes);
+* ``fingerprint()``          a cheap identity of the content it serves (stage keys);
+* ``revision()``             the revision a hub source resolved to, else None (recorded in the index).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from fmb.data.schema import BAND_COLUMNS, RGB_COLUMN
+from fmb.errors import DataError
+
+MODALITY_COLUMNS = {"spectrum", RGB_COLUMN, *BAND_COLUMNS}
+ID_COLUMNS = ("object_id", "targetid")
+
+
+class Source(ABC):
+    """A collection of contract rows split into shards."""
+
+    description: str
+
+    @abstractmethod
+    def shards(self) -> list[str]: ...
+
+    @abstractmethod
+    def read_ids(self, shard: str) -> np.ndarray:
+        """Object ids in row order as int64; rows without an id hold `MISSING_ID`."""
+
+    @abstractmethod
+    def read_rows(self, shard: str, rows: Sequence[int]) -> list[dict]: ...
+
+    @abstractmethod
+    def iter_rows(self, shard: str, batch_size: int = 256) -> Iterator[list[dict]]: ...
+
+    @abstractmethod
+    def fingerprint(self) -> dict:
+        """JSON-able and cheap: changes whenever the rows it would serve can have changed."""
+
+    def revision(self) -> str | None:
+        return None
+
+    def default_catalog(self) -> Path | None:
+        return None
+
+
+MISSING_ID = np.iinfo(np.int64).min
+
+
+def parquet_footer_sha256(path: Path) -> str:
+    """sha256 of a Parquet file's footer (schema, row groups, statistics): a few KB that change with
+    the data; for an unreadable file, of its size and mtime."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            handle.seek(size - 8)
+            length, magic = int.from_bytes(handle.read(4), "little"), handle.read(4)
+            if magic != b"PAR1" or length > size - 12:
+                raise OSError("no Parquet footer")
+            handle.seek(size - 8 - length)
+            return hashlib.sha256(handle.read(length)).hexdigest()
+    except OSError:
+        stat = path.stat()
+        return hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+
+
+def ids_from_table(table: pa.Table, shard: str) -> np.ndarray:
+    ids = np.full(table.num_rows, MISSING_ID, dtype=np.int64)
+    for name in reversed(ID_COLUMNS):  # object_id wins over targetid where both exist
+        if name in table.column_names:
+            column = table.column(name).combine_chunks()
+            if not pa.types.is_integer(column.type):
+                raise DataError(f"id column {name} has type {column.type}, expected int64", field=f"{shard}:{name}")
+            valid = column.is_valid().to_numpy(zero_copy_only=False)
+            ids[valid] = column.filter(column.is_valid()).to_numpy()
+    return ids
+
+
+# -- Arrow -> row dicts with numpy arrays (no per-pixel Python objects) ------------------------------
+def table_to_rows(table: pa.Table) -> list[dict]:
+    """Rows of a contract table; 2-D images become float32 arrays, spectra dicts of arrays."""
+    columns: dict[str, list] = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if isinstance(column.type, pa.ExtensionType):  # datasets' Array2D and friends
+            column = column.storage
+        if name in BAND_COLUMNS:
+            columns[name] = _decode_nested_lists(column)
+        elif name == "spectrum":
+            columns[name] = _decode_struct_of_lists(column)
+        else:
+            columns[name] = column.to_pylist()
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+def _decode_nested_lists(column: pa.Array) -> list:
+    """list<list<float>> -> a 2-D float32 array per row (a list of rows when ragged, None when null)."""
+    if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
+        return column.to_pylist()
+    outer = column.offsets.to_numpy()
+    inner_lists = column.values
+    if not (pa.types.is_list(inner_lists.type) or pa.types.is_large_list(inner_lists.type)):
+        return column.to_pylist()
+    inner = inner_lists.offsets.to_numpy()
+    values = inner_lists.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    null = column.is_null().to_numpy(zero_copy_only=False)
+    out = []
+    for i in range(len(column)):
+        if null[i]:
+            out.append(None)
+            continue
+        starts = inner[outer[i] : outer[i + 1] + 1]
+        lengths = np.diff(starts)
+        if len(lengths) and np.all(lengths == lengths[0]):
+            out.append(values[starts[0] : starts[-1]].reshape(len(lengths), lengths[0]))
+        else:
+            out.append([values[a:b] for a, b in zip(starts[:-1], starts[1:])])
+    return out
+
+
+def _decode_struct_of_lists(column: pa.Array) -> list:
+    """struct{flux, wavelength, error: list<float>} -> dict of float arrays per row."""
+    if not pa.types.is_struct(column.type):
+        return column.to_pylist()
+    null = column.is_null().to_numpy(zero_copy_only=False)
+    parts = {}
+    for index, child in enumerate(column.flatten()):  # flatten() honours slicing, field() does not
+        name = column.type.field(index).name
+        if pa.types.is_list(child.type) or pa.types.is_large_list(child.type):
+            offsets = child.offsets.to_numpy()
+            values = child.values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+            child_null = child.is_null().to_numpy(zero_copy_only=False)
+            parts[name] = [None if child_null[i] else values[offsets[i] : offsets[i + 1]] for i in range(len(child))]
+        else:
+            parts[name] = child.to_pylist()
+    return [None if null[i] else {name: part[i] for name, part in parts.items()} for i in range(len(column))]

@@ -1,0 +1,88 @@
+"""A directory tree of Parquet files in the row contract (what `fmb data synth` writes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fmb.config import DataConfig
+from fmb.data.sources.base import (ID_COLUMNS, MODALITY_COLUMNS, Source, ids_from_table, parquet_footer_sha256,
+                                   table_to_rows)
+from fmb.errors import ConfigError, DataError
+from fmb.layout import SurveyLayout
+
+
+class ParquetSource(Source):
+    """A directory tree of Parquet files in the row contract.
+
+    A file belongs to the data when its schema has an id column and at least one modality
+    column, so a catalog or truth table living beside the parts is not mistaken for data.
+    """
+
+    def __init__(self, directory: Path, config: DataConfig | None = None):
+        if not directory.is_dir():
+            raise ConfigError(f"data source {directory} is not a directory (run `fmb data synth` or set data.source)")
+        self.directory = directory
+        self.description = f"Parquet directory {directory}"
+        self._files = [path for path in sorted(directory.rglob("*.parquet")) if _is_data_file(path)]
+        self._last_open: tuple[str, pq.ParquetFile] | None = None
+
+    def shards(self) -> list[str]:
+        return [str(path.relative_to(self.directory)) for path in self._files]
+
+    def read_ids(self, shard: str) -> np.ndarray:
+        file = self._open(shard)
+        columns = [name for name in ID_COLUMNS if name in file.schema_arrow.names]
+        table = file.read(columns=columns)
+        return ids_from_table(table, shard)
+
+    def read_rows(self, shard: str, rows: Sequence[int]) -> list[dict]:
+        file = self._open(shard)
+        starts = np.cumsum([0] + [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)])
+        wanted = np.asarray(rows, dtype=np.int64)
+        if len(wanted) and (wanted.min() < 0 or wanted.max() >= starts[-1]):
+            raise DataError(f"row {wanted.max()} beyond the {starts[-1]} rows of {shard}; re-run `fmb data index`")
+        group_of = np.searchsorted(starts, wanted, side="right") - 1
+        groups = np.unique(group_of)
+        table = file.read_row_groups(groups.tolist())
+        # position of each selected group's first row inside the concatenated table
+        base = dict(zip(groups.tolist(), np.cumsum(np.r_[0, starts[groups + 1] - starts[groups]])[:-1].tolist()))
+        local = [base[g] + int(r - starts[g]) for r, g in zip(wanted, group_of.tolist())]
+        return table_to_rows(table.take(pa.array(local, type=pa.int64())))
+
+    def iter_rows(self, shard: str, batch_size: int = 256) -> Iterator[list[dict]]:
+        for batch in self._open(shard).iter_batches(batch_size=batch_size):
+            yield table_to_rows(pa.Table.from_batches([batch]))
+
+    def fingerprint(self) -> dict:
+        """Each data file by the sha256 of its Parquet footer (not its mtime: a touched file is the same data)."""
+        return {"kind": "parquet", "files": {shard: parquet_footer_sha256(self.directory / shard)
+                                             for shard in self.shards()}}
+
+    def default_catalog(self) -> Path | None:
+        candidate = SurveyLayout(self.directory).catalog
+        return candidate if candidate.is_file() else None
+
+    def _open(self, shard: str) -> pq.ParquetFile:
+        # batches of one unit read the same file in turn: keep the last one open (per process)
+        if self._last_open is None or self._last_open[0] != shard:
+            try:
+                self._last_open = (shard, pq.ParquetFile(self.directory / shard))
+            except (OSError, pa.ArrowException) as exc:
+                raise DataError(f"unreadable Parquet file: {exc}", field=shard) from None
+        return self._last_open[1]
+
+    def __getstate__(self) -> dict:  # open file handles stay in their process
+        return {**self.__dict__, "_last_open": None}
+
+
+def _is_data_file(path: Path) -> bool:
+    try:
+        names = set(pq.read_schema(path).names)
+    except (OSError, pa.ArrowException):
+        return True  # unreadable: keep it, so indexing reports it instead of silently skipping data
+    return bool(names & set(ID_COLUMNS)) and bool(names & MODALITY_COLUMNS)
