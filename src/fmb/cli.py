@@ -12,8 +12,8 @@ from rich.table import Table
 
 from fmb import __version__
 from fmb.config import ResolvedConfig, load_config
-from fmb.data import tasks
 from fmb.errors import FmbError
+from fmb.plugins import detector_names, encoder_names
 
 app = typer.Typer(
     name="fmb",
@@ -43,10 +43,29 @@ Sets = Annotated[
 ]
 SourceOption = Annotated[Optional[str], typer.Option("--source", help="Parquet dir, hf:<dataset id> or desi:<dir>.")]
 RunName = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: outputs go to runs/<name>/.")]
+Force = Annotated[bool, typer.Option("--force", help="Redo the stage even when its config and inputs are unchanged.")]
 
 
 def _config(task: list[Path] | None, sets: list[str] | None, name: str | None, **flags: Any) -> ResolvedConfig:
     return load_config(task, cli={"name": name, **flags}, sets=sets)
+
+
+def _log(line: str) -> None:
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _stage(resolved: ResolvedConfig, name: str, force: bool, action=None):
+    """Run one stage through the engine `fmb run` uses; returns its summary, or None when it was
+    skipped because nothing it depends on changed (said on the console)."""
+    from fmb.run import run_one
+    from fmb.run.stages import stage_named
+    from fmb.stage import with_action
+
+    stage = stage_named(resolved, name)
+    outcome = run_one(resolved, with_action(stage, action) if action else stage, _log, force)
+    if outcome.status == "skipped":
+        console.print(f"{name}: nothing changed since it last ran (--force to redo it)")
+    return outcome.result
 
 
 def _version(value: bool) -> None:
@@ -80,6 +99,7 @@ def data_synth(
     seed: Annotated[Optional[int], typer.Option(help="Random seed (same seed, same survey).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Output directory.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes.")] = None,
+    force: Force = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
@@ -90,7 +110,9 @@ def data_synth(
     injected anomalies (artefacts, QSOs, lenses, mergers, stars, extreme emitters, mis-paired rows).
     """
     resolved = _config(config, set_, name, **{"synth.n": n, "seed": seed, "synth.out": out, "synth.workers": workers})
-    summary = tasks.synth(resolved)
+    summary = _stage(resolved, "synth", force)
+    if summary is None:
+        return
     console.print(f"wrote {summary['n']} objects to {summary['out_dir']} in {summary['seconds']:.1f} s")
     console.print("classes: " + ", ".join(f"{k} {v}" for k, v in summary["classes"].items()))
 
@@ -98,23 +120,24 @@ def data_synth(
 @data_app.command("index")
 def data_index(
     source: SourceOption = None,
+    force: Force = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
 ) -> None:
     """Map object_id -> (file, row) reading only the id column; records duplicate ids and unreadable files."""
     resolved = _config(config, set_, name, **{"data.source": source})
-    summary = tasks.index(resolved)
-    console.print(
-        f"indexed {summary.objects} objects in {summary.shards} shards -> {summary.index_path}"
-        + (f"  ({summary.skipped} rejects, see {summary.rejects_path})" if summary.skipped else "")
-    )
+    summary = _stage(resolved, "index", force)
+    if summary is not None:
+        console.print(f"indexed {summary['objects']} objects in {summary['shards']} shards -> {resolved.layout.data.index}"
+                      + (f"  ({summary['rejected']} rejects, see {resolved.layout.data.rejects})" if summary["rejected"] else ""))
 
 
 @data_app.command("validate")
 def data_validate(
     source: SourceOption = None,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first invalid object instead of skipping.")] = False,
+    force: Force = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
@@ -124,7 +147,7 @@ def data_validate(
     Skipped objects, dropped modalities and repairs are listed there by object, location and field.
     """
     resolved = _config(config, set_, name, **{"data.source": source, "data.on_invalid": "error" if strict else None})
-    summary = tasks.validate(resolved)
+    summary = _stage(resolved, "validate", force) or {}
     for key, value in summary.items():
         console.print(f"{key}: {value}")
 
@@ -139,17 +162,21 @@ def data_show(
     name: RunName = None,
 ) -> None:
     """Draw one object: RGB composite, VIS/Y/J/H bands and the rest-frame spectrum with lines labelled."""
+    from fmb.data.tasks import show
+
     resolved = _config(config, set_, name, **{"show.object_id": object_id, "data.source": source})
-    console.print(f"wrote {tasks.show(resolved, out)}")
+    console.print(f"wrote {show(resolved, out)}")
 
 
-ModelName = Annotated[str, typer.Argument(help="Model: aion, astropt, astroclip, or pixels (the PCA reference).")]
+ModelName = Annotated[str, typer.Argument(help="A registered model: " + ", ".join(encoder_names())
+                                          + " (pixels is the PCA reference).")]
 
 
 @app.command("adapt")
 def adapt_command(
     model: ModelName,
     preset: Annotated[Optional[str], typer.Option(help="full (released size) or tiny (tests, demo).")] = None,
+    force: Force = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
@@ -159,11 +186,10 @@ def adapt_command(
     Trains on a seeded id-hash split with validation, early stopping and resumable checkpoints;
     settings under models.<model>.adapt (see configs/adapt/).
     """
-    from fmb.models import tasks as model_tasks  # torch and the model packages load only when needed
-
     resolved = _config(config, set_, name, **{f"models.{model}.preset": preset})
-    summary = model_tasks.adapt(resolved, model, log=console.print)
-    console.print(f"adapted {model}: {summary}")
+    summary = _stage(resolved, f"adapt:{model}", force)
+    if summary is not None:
+        console.print(f"adapted {model}: {summary}")
 
 
 @app.command("embed")
@@ -172,6 +198,7 @@ def embed_command(
     preset: Annotated[Optional[str], typer.Option(help="full (released size) or tiny (tests, demo).")] = None,
     export_pt: Annotated[Optional[Path], typer.Option(help="Also write the original research code's .pt format here.")] = None,
     import_pt: Annotated[Optional[Path], typer.Option(help="Import a .pt embedding file instead of extracting.", exists=True)] = None,
+    force: Force = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
@@ -181,17 +208,22 @@ def embed_command(
     Sharded Parquet parts + manifest.json; a killed run resumes where it stopped, objects that fail
     validation are skipped and recorded in the rejects table.
     """
-    from fmb.embed import extract, store  # torch and the model packages load only when needed
+    from fmb.embed import store  # torch and the model packages load only when needed
 
     resolved = _config(config, set_, name, **{f"models.{model}.preset": preset})
-    directory = extract.embeddings_dir(resolved, model)
-    if import_pt is not None:
-        count = store.import_pt(import_pt, directory, {"model": model, "imported_from": str(import_pt)})
-        console.print(f"imported {count} objects into {directory}")
+    directory = resolved.layout.embeddings(model).dir
+    if import_pt is not None:  # the embed stage, done by importing: recorded like any other run of it
+        def imported(_config, _log):
+            return {"objects": store.import_pt(import_pt, directory, {"model": model, "imported_from": str(import_pt)})}
+
+        summary = _stage(resolved, f"embed:{model}", force, imported)
+        if summary is not None:
+            console.print(f"imported {summary['objects']} objects into {directory}")
     else:
-        summary = extract.embed(resolved, model)
-        console.print(f"{summary['objects']} objects embedded by {model} in {directory} "
-                      f"({summary['units_done_now']} of {summary['units']} parts written now; weights: {summary['weights']})")
+        summary = _stage(resolved, f"embed:{model}", force)
+        if summary is not None:
+            console.print(f"{summary['objects']} objects embedded by {model} in {directory} "
+                          f"({summary['units_done_now']} of {summary['units']} parts written now; weights: {summary['weights']})")
     if export_pt is not None:
         console.print(f"exported {store.export_pt(directory, export_pt)} objects to {export_pt}")
 
@@ -200,7 +232,9 @@ def embed_command(
 def detect_command(
     ctx: typer.Context,
     models: Annotated[Optional[list[str]], typer.Option("--model", help="Model to score (repeatable); default: all embedded.")] = None,
-    methods: Annotated[Optional[list[str]], typer.Option("--method", help="flow, iforest, lof, knn, ecod (repeatable).")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--method", help="A registered detector (repeatable): "
+                                                         + ", ".join(detector_names()) + ".")] = None,
+    force: Force = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
@@ -212,10 +246,8 @@ def detect_command(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from fmb.detect import tasks as detect_tasks
-
     resolved = _config(config, set_, name, **{"detect.models": models, "detect.methods": methods})
-    for model, summary in detect_tasks.detect(resolved, log=console.print).items():
+    for model, summary in (_stage(resolved, "detect", force) or {}).items():
         console.print(f"{model}: {summary}")
 
 
@@ -236,25 +268,24 @@ def detect_score(
 
 
 @analyze_app.command("evaluate")
-def analyze_evaluate(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
+def analyze_evaluate(force: Force = False, config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
     """Detection quality against the synthetic survey's truth table: AP, AUROC, recall@1%/5%,
     per anomaly class and overall, for every model x score (CSV, Markdown, heatmap)."""
-    from fmb.analyze.evaluate import evaluate
-
-    out = evaluate(_config(config, set_, name))
-    console.print(f"wrote {out}/metrics.csv, summary.md, ap_by_class.png")
-    console.print((out / "summary.md").read_text().split("\n## ")[0])
+    resolved = _config(config, set_, name)
+    _stage(resolved, "evaluate", force)
+    files = resolved.layout.evaluation
+    console.print(f"{files.metrics}, {files.summary.name}, {files.heatmap.name}")
+    console.print(files.summary.read_text().split("\n## ")[0])
 
 
 @analyze_app.command("agreement")
-def analyze_agreement(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
+def analyze_agreement(force: Force = False, config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
     """How far the anomaly rankings of all (model, modality, method) systems agree, on their common
     objects: Spearman matrix, top-k% Jaccard, retention@1%/10% with displacement histograms, and the
     objects one system ranks top 1% and another beyond 50% (tables and clustered heatmaps)."""
-    from fmb.analyze.agreement import agreement
-
-    summary = agreement(_config(config, set_, name), log=console.print)
-    console.print(f"{summary['n_common']} common objects, {len(summary['systems'])} systems -> {summary['paths']['spearman']}")
+    summary = _stage(_config(config, set_, name), "agreement", force)
+    if summary is not None:
+        console.print(f"{summary['n_common']} common objects, {len(summary['systems'])} systems -> {summary['paths']['spearman']}")
 
 
 @analyze_app.command("similarity")
@@ -265,60 +296,65 @@ def analyze_similarity(
     models: Annotated[Optional[list[str]], typer.Option("--model", help="Model (repeatable); default: all embedded.")] = None,
     modality: Annotated[Optional[str], typer.Option(help="image, spectrum or joint; default: all.")] = None,
     k: Annotated[Optional[int], typer.Option("--k", help="Neighbours per query.")] = None,
+    force: Force = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
 ) -> None:
     """Nearest neighbours by cosine similarity (a persisted faiss index per model and modality, exact
     for small surveys, compressed for large ones), with a figure of each query and its neighbours,
-    and where the neighbours of the top anomalies fall in the anomaly ranking."""
-    import numpy as np
+    and where the neighbours of the top anomalies fall in the anomaly ranking.
 
-    from fmb.analyze.similarity import neighbour_ranks, similarity
+    With --query only, this is the similarity stage (recorded, skipped when unchanged). A --vector,
+    --model or --modality search is a one-off: it writes under runs/<name>/searches/ instead."""
+    resolved = _config(config, set_, name, **{"analyze.similarity.k": k, "analyze.similarity.queries": query})
+    if vector is None and models is None and modality is None:
+        result = _stage(resolved, "similarity", force)
+    else:
+        import numpy as np
 
-    resolved = _config(config, set_, name, **{"analyze.similarity.k": k})
-    search_vector = np.load(vector) if vector is not None else None
-    result = similarity(resolved, query, search_vector, log=console.print, models=models, modality=modality)
-    console.print(f"wrote {result['neighbours']} and {len(result['figures'])} figures")
-    if search_vector is None:
-        neighbour_ranks(resolved, models, log=console.print)
+        from fmb.analyze.similarity import similarity
+
+        search_vector = np.load(vector, allow_pickle=False) if vector is not None else None
+        result = similarity(resolved, None, search_vector, log=_log, models=models, modality=modality,
+                            out=resolved.layout.searches)
+    if result is not None:
+        console.print(f"wrote {result['neighbours']} and {len(result['figures'])} figures")
 
 
 @analyze_app.command("probes")
-def analyze_probes(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
+def analyze_probes(force: Force = False, config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
     """How well redshift, stellar mass and SFR (catalog columns) can be read from each embedding:
     k-fold Ridge and LightGBM R2 with their spread, the non-linear gap, SHAP-based effective
     dimensionality (PR, PR90, EPD with bootstrap errors) and a random-feature baseline."""
-    from fmb.analyze.probes import probes
-
-    summary = probes(_config(config, set_, name), log=console.print)
-    console.print(f"wrote {summary['results']}")
+    summary = _stage(_config(config, set_, name), "probes", force)
+    if summary is not None:
+        console.print(f"wrote {summary['directory']}")
 
 
 @analyze_app.command("figures")
-def analyze_figures(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
+def analyze_figures(force: Force = False, config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
     """Stage-5 figures: UMAP map per model (coloured by a catalog value, and a thumbnail mosaic),
     score distributions, and galleries of the top-ranked objects."""
-    from fmb.viz.figures import figures
-
-    for label, path in figures(_config(config, set_, name), log=console.print).items():
+    for label, path in (_stage(_config(config, set_, name), "figures", force) or {}).items():
         console.print(f"{label}: {path}")
 
 
 @app.command("report")
-def report_command(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
+def report_command(force: Force = False, config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
     """Write runs/<name>/report.html: one self-contained page with the data summary, models and
     embeddings, detection quality, agreement, probes, galleries and similarity examples."""
-    from fmb.viz.report import report
-
-    console.print(f"report: {report(_config(config, set_, name))}")
+    resolved = _config(config, set_, name)
+    _stage(resolved, "report", force)
+    console.print(f"report: {resolved.layout.report}")
 
 
 @app.command("run")
 def run_command(
     from_: Annotated[Optional[str], typer.Option("--from", help="Rerun this stage and everything downstream of it.")] = None,
     only: Annotated[Optional[str], typer.Option("--only", help="Run just this stage (or family, e.g. embed).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the stages and stop.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say for every stage whether it would run or be "
+                                          "skipped, and why; run nothing.")] = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
@@ -329,24 +365,23 @@ def run_command(
     A stage is skipped when its config sections and input files are unchanged since it last
     finished; an interrupted stage resumes. Ends with a summary and the report's path.
     """
-    from fmb.run.pipeline import execute, select
+    from fmb.run.engine import execute, plan_report, select
     from fmb.run.stages import build_stages
 
     resolved = _config(config, set_, name)
     plan = select(build_stages(resolved), from_, only)
     if dry_run:
-        for stage in plan.stages:
-            mark = "forced" if stage.name in plan.forced else ("" if stage.name in plan.selected else "not selected")
-            console.print(f"{stage.name:22s} {mark}")
+        for forecast in plan_report(resolved, plan):
+            _log(f"{forecast.stage:22s} {'run' if forecast.runs else 'skip':5s} {forecast.reason}")
         return
-    outcomes = execute(resolved, plan, log=lambda line: console.print(line, markup=False, highlight=False))
+    outcomes = execute(resolved, plan, log=_log)
     table = Table(title=f"fmb run {resolved.name}")
     for column in ("stage", "status", "seconds", "note"):
         table.add_column(column)
     for outcome in outcomes:
         table.add_row(outcome.stage, outcome.status, f"{outcome.seconds:.1f}" if outcome.status == "ran" else "", outcome.note)
     console.print(table)
-    report = resolved.run_dir / "report.html"
+    report = resolved.layout.report
     if report.is_file():
         console.print(f"report: {report}")
 

@@ -9,13 +9,15 @@ disk until asked: loading a config never creates directories.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from fmb.errors import ConfigError
+from fmb.layout import RunLayout
 
 PROJECT_FILE = "fmb.yaml"
 DEFAULT_HF_DATASET = "msiudek/astroPT_euclid_Q1_desi_dr1_dataset"
@@ -23,6 +25,35 @@ DEFAULT_HF_DATASET = "msiudek/astroPT_euclid_Q1_desi_dr1_dataset"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+RUNTIME_ONLY = "runtime_only"
+
+
+def runtime_only(default: Any, description: str = "", **constraints: Any):
+    """A setting that changes how fast or where a stage runs, never what it writes (batch sizes of
+    inference, worker counts of order-free work, devices): it is left out of stage keys, so changing
+    it does not invalidate adapted weights or embeddings."""
+    return Field(default, description=description, json_schema_extra={RUNTIME_ONLY: True}, **constraints)
+
+
+def result_values(section: Any) -> Any:
+    """A section's values (JSON) without its `runtime_only` settings, at every depth."""
+    if not isinstance(section, BaseModel):
+        return section.model_dump(mode="json") if hasattr(section, "model_dump") else section
+    values = {}
+    for name, info in type(section).model_fields.items():
+        if (info.json_schema_extra or {}).get(RUNTIME_ONLY):
+            continue
+        value = getattr(section, name)
+        values[name] = result_values(value) if isinstance(value, BaseModel) else _json_value(value)
+    return values
+
+
+def _json_value(value: Any) -> Any:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Any).dump_python(value, mode="json")
 
 
 class DataConfig(_Section):
@@ -56,7 +87,7 @@ class SynthConfig(_Section):
     out: str = Field("data/synth", description="output directory (Parquet parts, catalog, truth)")
     cutout_px: int = Field(64, ge=32, description="cutout side in pixels (0.1 arcsec/px)")
     anomaly_rate: float = Field(0.0075, ge=0, le=0.12, description="fraction of objects in each anomaly class")
-    workers: int = Field(2, ge=1, description="worker processes")
+    workers: int = runtime_only(2, "worker processes (the survey is the same for any number)", ge=1)
     shard_size: int = Field(1024, gt=0, description="objects per Parquet part")
 
 
@@ -82,16 +113,17 @@ class AdaptSettings(_Section):
     patience: int = Field(3, ge=1, description="epochs without validation improvement before stopping")
     min_delta: float = Field(1e-4, ge=0)
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="autocast: auto = bf16 on GPU")
-    num_workers: int = Field(1, ge=0, description="DataLoader worker processes")
+    # not runtime_only: workers read units in turn, so their number changes the order of training batches
+    num_workers: int = Field(1, ge=0, description="DataLoader worker processes (changes the batch order)")
 
 
 class EmbedSettings(_Section):
     """Stage 2: embedding extraction."""
 
     weights: Literal["adapted", "base"] = Field("adapted", description="use the adapted weights when they exist")
-    batch_size: int = Field(32, ge=1)
-    num_workers: int = Field(1, ge=0, description="DataLoader worker processes (0 = in the main process)")
-    prefetch: int = Field(4, ge=1, description="batches prefetched per worker")
+    batch_size: int = runtime_only(32, "objects per forward pass", ge=1)
+    num_workers: int = runtime_only(1, "DataLoader worker processes (0 = in the main process)", ge=0)
+    prefetch: int = runtime_only(4, "batches prefetched per worker", ge=1)
     rows_per_shard: int = Field(2048, ge=1, description="objects per output Parquet part (the unit of resume)")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="autocast: auto = bf16 on GPU")
 
@@ -102,85 +134,74 @@ class ModelSection(_Section):
         None, description="hub id or local file of pretrained weights; default: the released weights "
         "(full) or random (tiny); 'random' forces random initialisation"
     )
-    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    device: str = runtime_only("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
     adapt: AdaptSettings = AdaptSettings()
     embed: EmbedSettings = EmbedSettings()
 
 
-class AionSection(ModelSection):
-    adapter_hidden: int = Field(16, ge=4, description="width of the Euclid<->HSC U-Net adapters")
-    codec_grad: Literal["ste", "full"] = Field("ste", description="straight-through or full codec gradient")
-    image_size: int = Field(96, ge=96, description="Euclid bands are resized to this (the codec crops 96)")
-    max_abs: float = Field(100.0, gt=0, description="clamp of the nanomaggy fluxes")
+def models_config_class() -> type[_Section]:
+    """`models.<name>` for every registered encoder, each its encoder's own section class
+    (`Encoder.section`); built from the registry, so a new model needs no line here."""
+    from pydantic import create_model
+
+    from fmb.plugins import encoder_class, encoder_names
+
+    fields = {name: (encoder_class(name).section, Field(default_factory=encoder_class(name).section))
+              for name in encoder_names()}
+    return create_model("ModelsConfig", __base__=_Section, __doc__="Per-model settings (one section per encoder).",
+                        **fields)
 
 
-class AstroPTSection(ModelSection):
-    image_size: int = Field(224, ge=16, description="RGB resized to this (multiple of the 16 px patch)")
-    layer: Literal["middle", "last"] = Field("middle", description="read embeddings after the middle block or ln_f")
-    adapt: AdaptSettings = AdaptSettings(lr=3e-5, batch_size=8, grad_accum=4)
+#: The misalignment critic behind ``detect.mismatch`` (not a per-modality detector, so not in the registry).
+MISMATCH_CRITIC = "fmb.detect.mismatch:ContrastiveMismatch"
 
 
-class AstroCLIPSection(ModelSection):
-    image_size: int = Field(144, description="AstroDINO input size")
-    learnable_scale: bool = Field(True, description="learn the CLIP temperature (as exp of its log)")
-    finetune_spectrum: bool = Field(True, description="also adapt the spectrum head (backbones stay frozen)")
-    adapt: AdaptSettings = AdaptSettings(lr=3e-5, batch_size=64, weight_decay=0.05)
-
-
-class PixelsSection(ModelSection):
-    image_size: int = Field(32, ge=8, description="bands resized to this before PCA")
-    components: int = Field(64, ge=6, description="dimensions per modality: PCA components, then log fluxes "
-                            "(4 for the image bands, 1 for the spectrum)")
-    fit_objects: int = Field(5000, ge=10, description="objects sampled to fit the PCA")
-
-
-class ModelsConfig(_Section):
-    aion: AionSection = AionSection()
-    astropt: AstroPTSection = AstroPTSection()
-    astroclip: AstroCLIPSection = AstroCLIPSection()
-    pixels: PixelsSection = PixelsSection()
-
-
-class FlowConfig(_Section):
-    transforms: int = Field(5, ge=1, description="MAF transforms")
-    hidden: int = Field(128, ge=8, description="hidden units per layer of each transform")
-    epochs: int = Field(30, ge=1, description="passes over the fit data, counted in steps within [min_steps, max_steps]")
-    batch_size: int = Field(512, ge=16)
-    lr: float = Field(1e-3, gt=0)
-    patience: int = Field(4, ge=1, description="held-out checks without improvement before stopping")
-    min_steps: int = Field(800, ge=1, description="optimiser steps per flow at least")
-    max_steps: int = Field(2000, ge=1, description="optimiser steps per flow at most")
-    check_every: int = Field(100, ge=1, description="steps between held-out checks")
-
-
-class MismatchConfig(_Section):
-    """The contrastive image-spectrum critic behind the `mismatch` score."""
-
-    hidden: int = Field(128, ge=8, description="hidden units of each modality's tower")
-    dim: int = Field(64, ge=2, description="dimension of the shared space")
-    epochs: int = Field(40, ge=1, description="passes over the fit data, counted in steps within [min_steps, max_steps]")
-    min_steps: int = Field(300, ge=1)
-    max_steps: int = Field(3000, ge=1)
-    batch_size: int = Field(256, ge=8, description="pairs per step: each is contrasted with the others in its batch")
-    lr: float = Field(1e-3, gt=0)
-    references: int = Field(4096, ge=16, description="fit objects kept to estimate the marginals when scoring")
-    check_every: int = Field(50, ge=1, description="steps between checks of the held-out (10 %) contrastive loss")
-    patience: int = Field(5, ge=1, description="checks without improvement before training stops (best state kept)")
-
-
-class DetectConfig(_Section):
+class DetectSettings(_Section):
     """Stage 3: anomaly scores per model and modality, misalignment and fusion."""
 
     models: list[str] | None = Field(None, description="models to score; default: every model with embeddings")
-    methods: list[Literal["flow", "iforest", "lof", "knn", "ecod"]] = Field(
-        ["flow", "iforest", "lof", "knn", "ecod"], description="density flow and PyOD baselines")
+    methods: list[str] = Field(["flow", "iforest", "lof", "knn", "ecod"],
+                               description="registered detectors run on each modality (density flow, PyOD baselines)")
     pca_components: int = Field(64, ge=2, description="PCA components before every detector")
     folds: int = Field(5, ge=2, description="cross-fitting folds: each object is scored by a model that never saw it")
     max_fit: int = Field(50_000, ge=100, description="objects sampled to fit the detectors")
-    fusion_method: Literal["flow", "iforest", "lof", "knn", "ecod"] = Field(
-        "flow", description="which method's image/spectrum/joint percentiles are fused")
-    flow: FlowConfig = FlowConfig()
-    mismatch: MismatchConfig = MismatchConfig()
+    fusion_method: str = Field("flow", description="which method's image/spectrum/joint percentiles are fused")
+
+    @field_validator("methods", "fusion_method")
+    @classmethod
+    def _registered(cls, value: list[str] | str, info: ValidationInfo) -> list[str] | str:
+        from fmb.plugins import check_names
+
+        check_names("detector", value if isinstance(value, list) else [value], f"detect.{info.field_name}")
+        return value
+
+
+def detect_config_class() -> type[DetectSettings]:
+    """`DetectSettings` plus ``detect.<name>`` for every registered detector and ``detect.mismatch``,
+    each built from its class's ``__init__`` signature (`fmb.plugins.signature_section`), so a new
+    detector needs no line here. Rebuilt when the detector registry changes."""
+    from fmb.plugins import DETECTORS
+
+    return _detect_config(tuple(DETECTORS.items()))
+
+
+@cache
+def _detect_config(detectors: tuple) -> type[DetectSettings]:
+    import importlib
+
+    from pydantic import create_model
+
+    from fmb.plugins import detector_class, signature_section
+
+    clashing = [name for name, _ in detectors if name in DetectSettings.model_fields or name == "mismatch"]
+    if clashing:
+        raise ConfigError(f"detector name(s) {', '.join(clashing)} clash with keys of the detect section")
+    module_name, class_name = MISMATCH_CRITIC.split(":")
+    classes = {name: detector_class(name) for name, _ in detectors}
+    classes["mismatch"] = getattr(importlib.import_module(module_name), class_name)
+    sections = {name: signature_section(cls, _Section) for name, cls in classes.items()}
+    return create_model("DetectConfig", __base__=DetectSettings, __doc__=DetectSettings.__doc__,
+                        **{name: (section, Field(default_factory=section)) for name, section in sections.items()})
 
 
 class EvaluateConfig(_Section):
@@ -242,8 +263,16 @@ class RunConfig(_Section):
     """`fmb run`: which stages the pipeline holds."""
 
     synth: bool = Field(False, description="generate the synthetic survey (the synth section) as the first stage")
-    models: list[Literal["pixels", "aion", "astropt", "astroclip"]] = Field(
-        ["pixels", "aion", "astropt", "astroclip"], description="models adapted and embedded")
+    models: list[str] = Field(["pixels", "aion", "astropt", "astroclip"],
+                              description="models adapted, embedded and analysed (registered encoders)")
+
+    @field_validator("models")
+    @classmethod
+    def _registered(cls, models: list[str]) -> list[str]:
+        from fmb.plugins import check_names
+
+        check_names("encoder", models, "run.models")
+        return models
 
 
 class FmbConfig(_Section):
@@ -252,11 +281,29 @@ class FmbConfig(_Section):
     data: DataConfig = DataConfig()
     synth: SynthConfig = SynthConfig()
     show: ShowConfig = ShowConfig()
-    models: ModelsConfig = ModelsConfig()
-    detect: DetectConfig = DetectConfig()
+    models: _Section | None = None  # built from the encoder registry by `build_schema`
+    detect: DetectSettings | None = None  # built from the detector registry by `build_schema`
     evaluate: EvaluateConfig = EvaluateConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
     run: RunConfig = RunConfig()
+
+
+def build_schema() -> type[FmbConfig]:
+    """The root config class with one section per registered plugin (encoders under ``models``),
+    rebuilt when a registry changes so that a model registered at run time gets its section."""
+    from fmb.plugins import DETECTORS, ENCODERS
+
+    return _schema(tuple(ENCODERS.items()), tuple(DETECTORS.items()))
+
+
+@cache
+def _schema(_encoders: tuple, _detectors: tuple) -> type[FmbConfig]:
+    from pydantic import create_model
+
+    models = models_config_class()  # encoder sections (models.<name>)
+    detect = detect_config_class()  # detector sections (detect.<name>, detect.mismatch)
+    return create_model("FmbConfig", __base__=FmbConfig, models=(models, Field(default_factory=models)),
+                        detect=(detect, Field(default_factory=detect)))
 
 
 class ResolvedConfig:
@@ -276,8 +323,20 @@ class ResolvedConfig:
         return path if path.is_absolute() else self.root / path
 
     @property
+    def layout(self) -> RunLayout:
+        """Every path of this run (runs/<name>/...)."""
+        return RunLayout.of(self.root, self.values.name)
+
+    @property
     def run_dir(self) -> Path:
-        return self.root / "runs" / self.values.name
+        return self.layout.root
+
+    def section(self, dotted: str) -> Any:
+        """The config value at a dotted key ("models.aion", "detect.flow.hidden")."""
+        value: Any = self.values
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        return value
 
     def explain(self) -> list[tuple[str, Any, str]]:
         """(dotted key, value, origin) for every leaf value, in schema order."""
@@ -320,7 +379,7 @@ def load_config(
         _deep_merge(merged, layer)
         origins.update({key: origin for key, _ in _flatten(layer)})
     try:
-        values = FmbConfig.model_validate(merged)
+        values = build_schema().model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origins)) from None
     return ResolvedConfig(values, root, origins)

@@ -7,14 +7,16 @@ import pandas as pd
 import pytest
 import torch
 
-from fmb.detect.baselines import PyODDetector
-from fmb.detect.density import (CrossFitted, FlowDetector, FlowSettings, HeldOutBest, Reducer, fold_of, load, percentile,
-                                robust_z, save)
+from fmb.detect.base import HeldOutBest, train_with_held_out
+from fmb.detect.density import CrossFitted, Reducer, fold_of, load, robust_z, save
 from fmb.detect.fusion import fuse
-from fmb.detect.mismatch import ContrastiveMismatch, ContrastSettings, PairResidual
+from fmb.detect.methods.flow import FlowDetector
+from fmb.detect.mismatch import ContrastiveMismatch, PairResidual
+from fmb.detect.scores import percentile
 from fmb.errors import FmbError
+from fmb.plugins import detector_class
 
-FAST_FLOW = FlowSettings(hidden=32, batch_size=256, min_steps=300, max_steps=300, lr=3e-3)
+FAST_FLOW = dict(hidden=32, batch_size=256, min_steps=300, max_steps=300, lr=3e-3)
 
 
 def mixture(n=3000, d=8, seed=0):
@@ -25,7 +27,7 @@ def mixture(n=3000, d=8, seed=0):
 
 
 def flow_crossfit(seed=0):
-    return CrossFitted(partial(FlowDetector, FAST_FLOW), n_folds=3, seed=seed)
+    return CrossFitted(partial(FlowDetector, **FAST_FLOW), n_folds=3, seed=seed)
 
 
 def test_folds_are_stable_balanced_and_cover_all():
@@ -39,7 +41,7 @@ def test_folds_are_stable_balanced_and_cover_all():
 
 
 def make_detector(method):
-    return partial(FlowDetector, FAST_FLOW) if method == "flow" else partial(PyODDetector, method)
+    return partial(detector_class(method), **(FAST_FLOW if method == "flow" else {}))
 
 
 @pytest.mark.parametrize("method, worst_rank", [("flow", 1), ("knn", 1), ("lof", 1), ("ecod", 1), ("iforest", 30)])
@@ -72,9 +74,9 @@ def test_cross_fitting_does_not_reward_a_memorised_training_object():
     direction = np.linalg.svd(x - x.mean(0), full_matrices=False)[2][-1]
     x[7] = x[0] + 6 * direction
     reduced = Reducer(8).fit(x).transform(x)
-    overfitting = FlowSettings(hidden=64, batch_size=128, min_steps=600, max_steps=600, patience=100, lr=3e-3, check_every=600)
-    in_sample = robust_z(FlowDetector(overfitting, 0).fit(reduced).score(reduced))[7]
-    cross_fitted = robust_z(CrossFitted(partial(FlowDetector, overfitting), 3, 0).fit(reduced, ids).score(reduced, ids))[7]
+    overfitting = dict(hidden=64, batch_size=128, min_steps=600, max_steps=600, patience=100, lr=3e-3, check_every=600)
+    in_sample = robust_z(FlowDetector(**overfitting, seed=0).fit(reduced).score(reduced))[7]
+    cross_fitted = robust_z(CrossFitted(partial(FlowDetector, **overfitting), 3, 0).fit(reduced, ids).score(reduced, ids))[7]
     assert in_sample < 3 < 10 < cross_fitted, (in_sample, cross_fitted)
 
 
@@ -100,7 +102,7 @@ def test_new_objects_are_scored_by_one_unbiased_fold():
 
 
 MISALIGNMENT = {"residual": lambda d: partial(PairResidual, d),
-                "contrastive": lambda d: partial(ContrastiveMismatch, d, ContrastSettings(hidden=32, dim=16, max_steps=400))}
+                "contrastive": lambda d: partial(ContrastiveMismatch, d, hidden=32, dim=16, max_steps=400)}
 
 
 @pytest.mark.parametrize("kind", MISALIGNMENT)
@@ -116,7 +118,7 @@ def test_mispaired_objects_found_by_misalignment_not_by_density(kind):
     img_r, spec_r = Reducer(d).fit(image).transform(image), Reducer(d).fit(spectrum).transform(spectrum)
     pair = np.hstack([img_r, spec_r])
     mis = CrossFitted(MISALIGNMENT[kind](d), n_folds=3, seed=0).fit(pair, ids).score(pair, ids)
-    dens = CrossFitted(partial(FlowDetector, FAST_FLOW), n_folds=3, seed=0).fit(spec_r, ids).score(spec_r, ids)
+    dens = CrossFitted(partial(FlowDetector, **FAST_FLOW), n_folds=3, seed=0).fit(spec_r, ids).score(spec_r, ids)
     top = np.argsort(-mis)[:60]
     assert np.isin(swapped, top).mean() >= 0.9
     assert np.isin(swapped, np.argsort(-dens)[:60]).mean() < 0.2
@@ -165,13 +167,32 @@ def test_held_out_tracker_stops_after_patience_and_restores_the_best_state():
         diverged.restore(module)
 
 
+def test_shared_training_loop_checks_on_schedule_stops_early_and_restores_the_best_state():
+    module = torch.nn.Linear(1, 1)
+    trained, checked = [], []
+
+    def train_step():
+        trained.append(len(trained) + 1)
+        module.weight.data.fill_(len(trained))  # the weight says after which step a state was kept
+
+    def run(losses, steps):
+        trained.clear(), checked.clear()
+        losses = iter(losses)
+        return train_with_held_out(module, train_step, lambda: (checked.append(len(trained)), next(losses))[1],
+                                   steps=steps, check_every=10, patience=3)
+
+    assert run([5.0, 4.0, 4.5, 4.2, 4.1, 0.0], steps=100) == 50  # 3 checks in a row without improvement
+    assert checked == [10, 20, 30, 40, 50] and module.weight.item() == 20  # best state restored
+    assert run([5.0, 4.0, 3.0], steps=25) == 25 and checked == [10, 20, 25]  # the last step is always checked
+    assert module.weight.item() == 25
+
+
 def test_contrastive_critic_stops_early_when_held_out_pairs_teach_nothing():
     rng = np.random.default_rng(0)
     independent = rng.normal(size=(1500, 8)).astype(np.float32)  # image and spectrum unrelated
-    settings = ContrastSettings(hidden=64, dim=8, batch_size=128, min_steps=2000, max_steps=2000, check_every=20,
-                                patience=3)
-    critic = ContrastiveMismatch(4, settings).fit(independent)
+    settings = dict(hidden=64, dim=8, batch_size=128, min_steps=2000, max_steps=2000, check_every=20, patience=3)
+    critic = ContrastiveMismatch(4, **settings).fit(independent)
     assert critic.steps_trained_ < 500  # it memorises training pairs; the held-out loss says stop
     image = rng.normal(size=(1500, 4)).astype(np.float32)
     dependent = np.hstack([image, image + 0.1 * rng.normal(size=image.shape).astype(np.float32)])
-    assert ContrastiveMismatch(4, settings).fit(dependent).steps_trained_ > critic.steps_trained_
+    assert ContrastiveMismatch(4, **settings).fit(dependent).steps_trained_ > critic.steps_trained_

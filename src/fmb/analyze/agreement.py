@@ -44,13 +44,13 @@ from scipy.spatial.distance import squareform
 from scipy.stats import rankdata
 
 from fmb.config import AgreementConfig, ResolvedConfig
-from fmb.detect import scores_dir
-from fmb.detect.density import rank_descending
+from fmb.detect.scores import MODALITIES, headline, rank_descending, score_column, score_tables
 from fmb.errors import FmbError
 from fmb.io import write_csv, write_json
+from fmb.layout import AgreementFiles
 from fmb.viz.style import fmb_style, save_figure
+from fmb.stage import Stage
 
-MODALITIES = ("image", "spectrum", "joint")
 ANNOTATE_MAX = 24  # heatmaps with more systems than this are too dense for numbers in the cells
 GRID_MAX = 6  # displacement grid: at most this many systems per side
 BINS_PER_DECADE = 5  # displacement histograms: log-spaced, with edges at 1 % and 10 %
@@ -168,7 +168,7 @@ def select_columns(columns: list[str], methods: list[str]) -> list[str]:
     """The score columns `methods` pick from a table's columns, in methods x modality order."""
     selected = []
     for method in methods:
-        per_modality = [f"score_{m}_{method}" for m in MODALITIES if f"score_{m}_{method}" in columns]
+        per_modality = [score_column(m, method) for m in MODALITIES if score_column(m, method) in columns]
         selected += per_modality or ([method] if method in columns else [])
     return list(dict.fromkeys(selected))
 
@@ -232,7 +232,7 @@ def _summary(result: Agreement, dropped: list[int], settings: AgreementConfig, f
 def agreement(config: ResolvedConfig, log=print) -> dict:
     """Compare every selected system on the common object set; write tables, figures and summary.json."""
     settings = config.analyze.agreement
-    score_files = sorted(scores_dir(config).glob("*.parquet"))
+    score_files = list(score_tables(config).values())
     if not score_files:
         raise FmbError("no scores to compare; run `fmb detect` first")
     wide = load_systems(score_files, settings.methods)
@@ -246,21 +246,20 @@ def agreement(config: ResolvedConfig, log=print) -> dict:
     log(f"agreement: {len(systems)} systems on {len(common)} common objects"
         + "".join(f"; {s.label} loses {lost}" for s, lost in zip(systems, dropped) if lost))
     result = compare(systems, common.index.to_numpy(), common.to_numpy(dtype=float), settings)
-    out = config.run_dir / "analysis" / "agreement"
+    out = config.layout.agreement
     files = _write_tables(result, out) | _draw_figures(result, settings, out)
     summary = _summary(result, dropped, settings, files)
-    write_json(summary, out / "summary.json")
-    log(f"agreement: median off-diagonal Spearman {summary['median_off_diagonal']['spearman']['all']}; wrote {out}")
+    write_json(summary, out.summary)
+    log(f"agreement: median off-diagonal Spearman {summary['median_off_diagonal']['spearman']['all']}; wrote {out.dir}")
     return summary
 
 
-def _write_tables(result: Agreement, out: Path) -> dict[str, Path]:
+def _write_tables(result: Agreement, out: AgreementFiles) -> dict[str, Path]:
     matrices = {"spearman": result.spearman, "jaccard": result.jaccard}
     matrices |= {f"retention_{level:g}": matrix for level, matrix in result.retention.items()}
-    files = {f"{name}.csv": _write_csv(_labelled(matrix, result.labels, name), out / f"{name}.csv")
-             for name, matrix in matrices.items()}
-    files["disagreement.csv"] = _write_csv(result.disagreement, out / "disagreement.csv", index=False)
-    return files
+    files = [_write_csv(_labelled(matrix, result.labels, name), out.matrix(name)) for name, matrix in matrices.items()]
+    files.append(_write_csv(result.disagreement, out.disagreement, index=False))
+    return {path.name: path for path in files}
 
 
 def _labelled(matrix: np.ndarray, labels: list[str], name: str) -> pd.DataFrame:
@@ -287,31 +286,33 @@ def cluster_order(similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def displacement_subset(systems: list[System]) -> list[int]:
     """Systems drawn in the displacement grid: all of them for one model, else each model's headline
-    system (its first fused score, else its first joint score, else its first system); at most GRID_MAX."""
+    system (the one `fmb.detect.scores.headline` picks among its systems); at most GRID_MAX."""
     models = list(dict.fromkeys(system.model for system in systems))
     if len(models) == 1:
         return list(range(len(systems)))[:GRID_MAX]
 
-    def preference(index: int) -> int:
-        column = systems[index].column
-        return 0 if column.startswith("fused_") else 1 if column.startswith("score_joint_") else 2
-
     own = {model: [i for i, system in enumerate(systems) if system.model == model] for model in models}
-    return [min(own[model], key=preference) for model in models][:GRID_MAX]
+
+    def chosen(model: str) -> int:
+        columns = [systems[i].column for i in own[model]]
+        best = headline(columns)
+        return own[model][columns.index(best)] if best else own[model][0]
+
+    return [chosen(model) for model in models][:GRID_MAX]
 
 
-def _draw_figures(result: Agreement, settings: AgreementConfig, out: Path) -> dict[str, Path]:
-
+def _draw_figures(result: Agreement, settings: AgreementConfig, out: AgreementFiles) -> dict[str, Path]:
     top = f"top {settings.top_pct:g} %"
     with fmb_style():
-        return {
-            "spearman.png": _clustered_heatmap(result.spearman, result.labels, "Spearman rank correlation of the scores",
-                                               "Spearman rho", (-1, 1), "RdBu_r", out / "spearman.png"),
-            "jaccard.png": _clustered_heatmap(result.jaccard, result.labels, f"Overlap of the {top} sets",
-                                              f"Jaccard index, {top}", (0, 1), "viridis", out / "jaccard.png"),
-            "retention.png": _retention_figure(result, top, out / "retention.png"),
-            "displacement.png": _displacement_grid(result, settings, out / "displacement.png"),
-        }
+        paths = [
+            _clustered_heatmap(result.spearman, result.labels, "Spearman rank correlation of the scores",
+                               "Spearman rho", (-1, 1), "RdBu_r", out.figure("spearman")),
+            _clustered_heatmap(result.jaccard, result.labels, f"Overlap of the {top} sets",
+                               f"Jaccard index, {top}", (0, 1), "viridis", out.figure("jaccard")),
+            _retention_figure(result, top, out.figure("retention")),
+            _displacement_grid(result, settings, out.figure("displacement")),
+        ]
+    return {path.name: path for path in paths}
 
 
 def _clustered_heatmap(matrix: np.ndarray, labels: list[str], title: str, colorbar_label: str,
@@ -406,3 +407,8 @@ def _displacement_grid(result: Agreement, settings: AgreementConfig, path: Path)
     figure.supylabel("objects", fontsize=9)
     return save_figure(figure, path)
 
+
+
+AGREEMENT = Stage("agreement", agreement, ("analyze.agreement", "run.models"),
+                  inputs=lambda config: list(score_tables(config).values()),
+                  outputs=lambda config: [config.layout.agreement.dir], after=("detect",))

@@ -16,21 +16,22 @@ import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fmb.config import ResolvedConfig
-from fmb.detect import scores_dir
-from fmb.detect.fusion import MISMATCH_COLUMNS
+from fmb.detect.scores import is_score, score_tables, summary_columns, top_fraction
 from fmb.errors import FmbError
 from fmb.io import atomic_path, write_csv
+from fmb.layout import EvaluationFiles, SurveyLayout
+from fmb.stage import Stage
 
 NORMAL = "none"
 
 
 def score_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith(("score_", "fused_")) or c in MISMATCH_COLUMNS]
+    return [c for c in frame.columns if is_score(c)]
 
 
 def recall_at(labels: np.ndarray, scores: np.ndarray, fraction: float) -> float:
     """Share of positives among the top `fraction` of objects by score."""
-    top = np.argsort(-scores, kind="stable")[: max(1, int(round(fraction * len(scores))))]
+    top = top_fraction(scores, fraction)
     return float(labels[top].sum() / labels.sum()) if labels.sum() else np.nan
 
 
@@ -58,7 +59,7 @@ def evaluate_frame(scores: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
 
 def truth_path(config: ResolvedConfig) -> Path:
     """evaluate.truth, else the synthetic survey's truth.parquet beside its data."""
-    return config.path(config.evaluate.truth) if config.evaluate.truth else config.path(config.data.source) / "truth.parquet"
+    return config.path(config.evaluate.truth) if config.evaluate.truth else SurveyLayout(config.path(config.data.source)).truth
 
 
 def evaluate(config: ResolvedConfig) -> Path:
@@ -66,18 +67,18 @@ def evaluate(config: ResolvedConfig) -> Path:
     if not truth_file.is_file():
         raise FmbError(f"no truth table at {truth_file}: evaluation needs the synthetic survey's truth.parquet")
     truth = pq.read_table(truth_file, columns=["object_id", "anomaly_class"]).to_pandas()
-    score_files = sorted(scores_dir(config).glob("*.parquet"))
+    score_files = score_tables(config)
     if not score_files:
         raise FmbError("no scores to evaluate; run `fmb detect` first")
     tables = []
-    for path in score_files:
+    for model, path in sorted(score_files.items()):  # rows by model name, whatever the order of run.models
         table = evaluate_frame(pq.read_table(path).to_pandas(), truth)
-        table.insert(0, "model", path.stem)
+        table.insert(0, "model", model)
         tables.append(table)
     result = pd.concat(tables, ignore_index=True)
-    out = config.run_dir / "analysis" / "evaluation"
-    _write(result, out)
-    return out
+    out = config.layout.evaluation
+    _write(result, out, config.detect.fusion_method)
+    return out.dir
 
 
 def summary_table(result: pd.DataFrame) -> pd.DataFrame:
@@ -87,13 +88,12 @@ def summary_table(result: pd.DataFrame) -> pd.DataFrame:
     return overall.join(per_class).sort_values("mean_class_ap", ascending=False).reset_index()
 
 
-def _write(result: pd.DataFrame, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(result, out / "metrics.csv", index=False)
+def _write(result: pd.DataFrame, out: EvaluationFiles, method: str) -> None:
+    write_csv(result, out.metrics, index=False)
     summary = summary_table(result)
-    with atomic_path(out / "summary.md") as temporary:
+    with atomic_path(out.summary) as temporary:
         temporary.write_text(_markdown(summary, result))
-    _heatmap(result, out / "ap_by_class.png")
+    _heatmap(result, out.heatmap, method)
 
 
 def _markdown(summary: pd.DataFrame, result: pd.DataFrame) -> str:
@@ -111,22 +111,15 @@ def _markdown(summary: pd.DataFrame, result: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def headline_scores(scores: list[str]) -> list[str]:
-    """The scores drawn in the heatmap: density per modality (flow), misalignment and fusion;
-    the PyOD baselines stay in the tables."""
-    groups = ("score_", "mismatch", "fused_")  # drawn in this order: modalities, then pairs, then fusion
-    chosen = [s for s in scores if s.endswith("_flow") or s.startswith(groups[1:])]
-    return sorted(chosen, key=lambda s: next(i for i, g in enumerate(groups) if s.startswith(g)))
-
-
-def _heatmap(result: pd.DataFrame, path: Path) -> None:
-    """One panel per model (rows: headline scores, columns: anomaly classes), AP written in each cell."""
+def _heatmap(result: pd.DataFrame, path: Path, method: str) -> None:
+    """One panel per model (rows: the summary scores of the contract, columns: anomaly classes), AP in
+    each cell; the PyOD baselines stay in the tables."""
     from fmb.viz.style import fmb_style, save_figure
 
     per_class = result[result["class"] != "all"]
     pivot = per_class.pivot_table(index=["model", "score"], columns="class", values="ap")
     models = list(dict.fromkeys(pivot.index.get_level_values("model")))
-    rows = headline_scores(list(dict.fromkeys(pivot.index.get_level_values("score"))))
+    rows = summary_columns(pivot.index.get_level_values("score"), method)
     with fmb_style():
         import matplotlib.pyplot as plt
 
@@ -145,3 +138,12 @@ def _heatmap(result: pd.DataFrame, path: Path) -> None:
         figure.colorbar(image, ax=axes[0].tolist(), label="average precision", shrink=0.8)
         figure.suptitle("Average precision per anomaly class (the baselines are in metrics.csv)")
         save_figure(figure, path)
+
+
+def _no_truth(config: ResolvedConfig) -> str | None:
+    return None if truth_path(config).is_file() or config.run.synth else f"no truth table at {truth_path(config)}"
+
+
+EVALUATE = Stage("evaluate", lambda config, log: evaluate(config), ("evaluate", "run.models", "detect.fusion_method"),
+                 inputs=lambda config: [*score_tables(config).values(), truth_path(config)],
+                 outputs=lambda config: [config.layout.evaluation.dir], after=("detect",), applies=_no_truth)

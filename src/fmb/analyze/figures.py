@@ -1,5 +1,7 @@
 """`fmb analyze figures`: the stage-5 figures of a run, written to runs/<name>/analysis/figures/.
 
+The plotting itself is in the `fmb.viz` library; this stage chooses what to draw from the run.
+
 * umap.png: one column per model; its UMAP map (joint embedding, image when it has none) coloured
   by a catalog column (else the anomaly percentile, else density) above a thumbnail mosaic of it;
 * scores.png: per model, the distributions of the scores that feed the fusion, top 1 % marked;
@@ -22,33 +24,31 @@ import numpy as np
 import pandas as pd
 
 from fmb.config import ResolvedConfig
-from fmb.data.catalog import load_catalog
+from fmb.data.catalog import catalog_path, load_catalog
 from fmb.data.index import Fetcher
 from fmb.data.tasks import open_fetcher
-from fmb.detect import scores_dir
+from fmb.detect.scores import (DEFAULT_RANKING, frame_headline, fusion_inputs, load_score_tables, parse_score_column,
+                               pct_column, score_tables, top)
 from fmb.embed.store import embedded_models, load_embeddings
 from fmb.errors import FmbError
+from fmb.models.registry import model_label
+from fmb.stage import Stage
 from fmb.viz.gallery import draw_gallery
 from fmb.viz.object_view import blank
 from fmb.viz.style import fmb_style, save_figure
 from fmb.viz.umap_map import (MISSING_CATEGORY, MapPanel, UmapSettings, draw_umap_figure, mosaic_picks,
                               umap_coordinates, unit_box)
 
-MODEL_LABELS = {"aion": "AION", "astroclip": "AstroCLIP", "astropt": "AstroPT", "pixels": "pixel PCA"}
 CATALOG_LABELS = {"Z": "redshift z", "LOGM": "log10 stellar mass (Msun)", "LOGSFR": "log10 SFR (Msun/yr)"}
 SCORE_LABELS = {"mismatch": "image-spectrum mismatch", "fused_geo": "fused (geometric)"}
+PERCENTILE_TAGS = {"img": "image", "spec": "spectrum"}  # gallery titles: pct of these modalities, then of mismatch
 MAP_MODALITIES = ("joint", "image")  # the joint embedding describes the whole object; image is the fallback
-TITLE_PERCENTILES = {"img": "pct_image_{method}", "spec": "pct_spectrum_{method}", "mis": "pct_mismatch"}
-
-
-def figures_dir(config: ResolvedConfig) -> Path:
-    return config.run_dir / "analysis" / "figures"
 
 
 def figures(config: ResolvedConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
     """Draw every figure the run's embeddings and scores allow; {figure name: PNG path}."""
-    models = embedded_models(config.run_dir)
-    scores = load_scores(config)
+    models = embedded_models(config)
+    scores = load_score_tables(config)
     if not models and not scores:
         raise FmbError("nothing to draw: run `fmb embed` and `fmb detect` first")
     fetcher = open_fetcher(config)
@@ -56,20 +56,12 @@ def figures(config: ResolvedConfig, log: Callable[[str], None] = print) -> dict[
     if models:
         paths["umap"] = umap_figure(config, models, scores, fetcher, log)
     if scores:
-        paths["scores"] = draw_score_distributions(scores, score_panels(config), figures_dir(config) / "scores.png")
+        paths["scores"] = draw_score_distributions(scores, score_panels(config), config.layout.figures.scores)
     for model, frame in scores.items():
         path = gallery(config, model, frame, fetcher, log)
         if path is not None:
             paths[f"gallery_{model}"] = path
     return paths
-
-
-def load_scores(config: ResolvedConfig) -> dict[str, pd.DataFrame]:
-    return {path.stem: pd.read_parquet(path) for path in sorted(scores_dir(config).glob("*.parquet"))}
-
-
-def model_label(model: str) -> str:
-    return MODEL_LABELS.get(model, model)
 
 
 # -- UMAP maps ---------------------------------------------------------------------------------------
@@ -80,15 +72,15 @@ def umap_figure(config: ResolvedConfig, models: list[str], scores: dict[str, pd.
     umap_settings = UmapSettings(settings.umap_neighbors, settings.umap_min_dist, settings.umap_max_objects, config.seed)
     panels = []
     for model in models:
-        modality, ids, vectors = map_inputs(config.run_dir / "embeddings" / model)
+        modality, ids, vectors = map_inputs(config.layout.embeddings(model).dir)
         start = time.perf_counter()
-        mapped, xy = umap_coordinates(model, ids, vectors, umap_settings, config.run_dir / "cache" / "umap")
+        mapped, xy = umap_coordinates(model, ids, vectors, umap_settings, config.layout.cache("umap"))
         log(f"{model}: UMAP of {len(mapped)} {modality} embeddings ({time.perf_counter() - start:.1f} s)")
         panels.append(MapPanel(f"{model_label(model)} ({modality}, {len(mapped):,} objects)", mapped, unit_box(xy), None))
     colour_label = colour_panels(config, panels, models, scores)
     log(f"UMAP maps coloured by {colour_label}")
     attach_tiles(panels, fetcher, settings.mosaic_cells)
-    return draw_umap_figure(panels, colour_label, settings.mosaic_cells, figures_dir(config) / "umap.png")
+    return draw_umap_figure(panels, colour_label, settings.mosaic_cells, config.layout.figures.umap)
 
 
 def map_inputs(directory: Path) -> tuple[str, np.ndarray, np.ndarray]:
@@ -113,7 +105,7 @@ def colour_panels(config: ResolvedConfig, panels: list[MapPanel], models: list[s
                 panel.categories = catalog[column].reindex(panel.ids).astype("string").str.strip().fillna(
                     MISSING_CATEGORY).to_numpy(dtype=object)
         return CATALOG_LABELS.get(column, column)
-    ranking = {m: ranking_column(scores[m], config.analyze.figures.gallery_score, config.detect.fusion_method)
+    ranking = {m: frame_headline(scores[m], config.analyze.figures.gallery_score, config.detect.fusion_method)
                for m in models if m in scores}
     if len(ranking) < len(models) or None in ranking.values():
         return "log10 objects per cell"
@@ -135,14 +127,13 @@ def attach_tiles(panels: list[MapPanel], fetcher: Fetcher, cells: int) -> None:
 # -- score distributions -----------------------------------------------------------------------------
 def score_panels(config: ResolvedConfig) -> list[str]:
     """The scores the fusion reads (per-modality density, misalignment) and its result."""
-    method = config.detect.fusion_method
-    return [f"score_{modality}_{method}" for modality in ("image", "spectrum", "joint")] + ["mismatch", "fused_geo"]
+    return fusion_inputs(config.detect.fusion_method) + [DEFAULT_RANKING]
 
 
 def score_label(column: str) -> str:
-    if column.startswith("score_"):
-        modality, method = column.removeprefix("score_").rsplit("_", 1)
-        return f"{modality} ({method})"
+    parsed = parse_score_column(column)
+    if parsed:
+        return f"{parsed[0]} ({parsed[1]})"
     return SCORE_LABELS.get(column, column)
 
 
@@ -210,26 +201,11 @@ def _short_number(value: float, _position=None) -> str:
 
 
 # -- outlier galleries -------------------------------------------------------------------------------
-def ranking_column(frame: pd.DataFrame, preferred: str, method: str) -> str | None:
-    """`preferred` when it holds scores, else the fused score, else the joint then any density score."""
-    candidates = [preferred, "fused_geo", f"score_joint_{method}", *sorted(c for c in frame if c.startswith("score_"))]
-    return next((c for c in candidates if c in frame and np.isfinite(frame[c].to_numpy(dtype=float)).any()), None)
-
-
-def rank_objects(frame: pd.DataFrame, column: str, count: int) -> pd.DataFrame:
-    """The `count` highest-scoring rows in rank order (ties: lower object id first), with a 1-based rank."""
-    scored = frame[np.isfinite(frame[column].to_numpy(dtype=float))]
-    top = scored.sort_values([column, "object_id"], ascending=[False, True], kind="stable").head(count).copy()
-    top.insert(0, "rank", np.arange(1, len(top) + 1))
-    return top
-
-
 def gallery_title(record: dict, redshift: float, column: str, method: str) -> str:
     """'#1  39627...  z=0.412' over 'fused_geo 0.9985  img 0.999  spec 0.998  mis 0.997'."""
     known_z = f"z={redshift:.3f}" if np.isfinite(redshift) else "z unknown"
     parts = [f"{column.removeprefix('score_')} {record[column]:.4g}"]
-    for tag, template in TITLE_PERCENTILES.items():
-        name = template.format(method=method)
+    for tag, name in _title_percentiles(method).items():
         if name in record and np.isfinite(record[name]):
             parts.append(f"{tag} {record[name]:.3f}")
     return f"#{record['rank']}  {record['object_id']}  {known_z}\n" + "  ".join(parts)
@@ -240,17 +216,33 @@ def gallery(config: ResolvedConfig, model: str, frame: pd.DataFrame, fetcher: Fe
     """gallery_<model>.png: the model's top-ranked objects, or None when it has no score to rank by."""
     settings = config.analyze.figures
     method = config.detect.fusion_method
-    column = ranking_column(frame, settings.gallery_score, method)
+    column = frame_headline(frame, settings.gallery_score, method)
     if column is None:
         log(f"{model}: no score to rank a gallery by")
         return None
     if column != settings.gallery_score:
         log(f"{model}: no {settings.gallery_score} scores; gallery ranked by {column}")
-    top = rank_objects(frame, column, settings.gallery_size)
-    cells = [(record, sample) for record, sample in zip(top.to_dict("records"), fetcher.samples(top["object_id"]))
+    best = top(frame, column, settings.gallery_size)
+    cells = [(record, sample) for record, sample in zip(best.to_dict("records"), fetcher.samples(best["object_id"]))
              if sample is not None]
-    if len(cells) < len(top):
-        log(f"{model}: {len(top) - len(cells)} top-ranked objects fail the data checks and are left out")
+    if len(cells) < len(best):
+        log(f"{model}: {len(best) - len(cells)} top-ranked objects fail the data checks and are left out")
     titles = [gallery_title(record, sample.redshift, column, method) for record, sample in cells]
-    return draw_gallery([sample for _, sample in cells], titles, figures_dir(config) / f"gallery_{model}.png",
-                        suptitle=f"{model_label(model)}: top {len(top)} objects by {column}")
+    return draw_gallery([sample for _, sample in cells], titles, config.layout.figures.gallery(model),
+                        suptitle=f"{model_label(model)}: top {len(best)} objects by {column}")
+
+
+def _title_percentiles(method: str) -> dict[str, str]:
+    """{tag: pct column} shown in a gallery title: each modality's fused density, then the mismatch."""
+    tags = {tag: pct_column(f"score_{modality}_{method}") for tag, modality in PERCENTILE_TAGS.items()}
+    return tags | {"mis": pct_column("mismatch")}
+
+
+def _figure_inputs(config: ResolvedConfig) -> list[Path]:
+    catalog = catalog_path(config)
+    manifests = [config.layout.embeddings(model).manifest for model in config.run.models]
+    return manifests + list(score_tables(config).values()) + ([catalog] if catalog else []) + [config.layout.data.index]
+
+
+FIGURES = Stage("figures", figures, ("analyze.figures", "seed", "run.models", "detect.fusion_method"),
+                inputs=_figure_inputs, outputs=lambda config: [config.layout.figures.dir], after=("detect",))

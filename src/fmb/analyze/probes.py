@@ -38,8 +38,10 @@ from fmb.data.catalog import catalog_path, load_catalog
 from fmb.embed.store import embedded_models, load_embeddings
 from fmb.errors import FmbError
 from fmb.io import atomic_path, write_csv, write_table
+from fmb.layout import ProbeFiles
 from fmb.models.base import MODALITIES
 from fmb.viz.style import fmb_style, save_figure
+from fmb.stage import Stage
 
 RANDOM_MODEL = "random"  # the random-feature baseline's model name (its modality is "gaussian")
 RANDOM_MODALITY = "gaussian"
@@ -225,17 +227,17 @@ class ModelEmbeddings:
 
 
 def load_models(config: ResolvedConfig) -> list[ModelEmbeddings]:
-    root = config.run_dir / "embeddings"
-    names = embedded_models(config.run_dir)
+    names = embedded_models(config)
     if not names:
-        raise FmbError(f"no embeddings in {root}; run `fmb embed MODEL` first")
+        raise FmbError(f"no embeddings for the run's models {config.run.models}; run `fmb embed MODEL` first")
     models = []
-    for directory in (root / name for name in names):
+    for name in names:
+        directory = config.layout.embeddings(name).dir
         ids, matrices = load_embeddings(directory)
         rows = pd.Index(ids, name="object_id")
         if not rows.is_unique:
-            raise FmbError(f"{directory}: an object id appears more than once; re-run `fmb embed {directory.name}`")
-        models.append(ModelEmbeddings(directory.name, rows, matrices))
+            raise FmbError(f"{directory}: an object id appears more than once; re-run `fmb embed {name}`")
+        models.append(ModelEmbeddings(name, rows, matrices))
     return models
 
 
@@ -298,9 +300,9 @@ def probes(config: ResolvedConfig, log=print) -> dict:
                      for modality, features in matrices.items()]
             fitted += batch
             log(f"{target} / {name}: {len(ids)} objects, R² {_r2_text(batch)} ({time.perf_counter() - started:.1f} s)")
-    out = config.run_dir / "analysis" / "probes"
+    out = config.layout.probes
     results = write_outputs(fitted, out, settings.folds)
-    return {"directory": str(out), "objects": {t: int(n) for t, n in results.groupby("target")["n"].first().items()},
+    return {"directory": str(out.dir), "objects": {t: int(n) for t, n in results.groupby("target")["n"].first().items()},
             "best": _best_per_target(results)}
 
 
@@ -338,27 +340,26 @@ RESULT_COLUMNS = ["model", "modality", "target", "n", "dim", "r2_ridge_mean", "r
                   "r2_lgbm_std", "gap", "pr", "pr_err", "pr90", "pr90_err", "epd", "epd_err"]
 
 
-def write_outputs(fitted: list[Probe], out: Path, n_folds: int) -> pd.DataFrame:
-    """Write every table and figure under `out`; returns the results table."""
+def write_outputs(fitted: list[Probe], out: ProbeFiles, n_folds: int) -> pd.DataFrame:
+    """Write every table and figure of `out`; returns the results table."""
     results = pd.DataFrame([{"model": p.model, "modality": p.modality, "target": p.target, **p.summary}
                             for p in fitted]).reindex(columns=RESULT_COLUMNS)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(results, out / "results.csv", index=False)
-    write_table(pa.Table.from_pandas(_predictions(fitted), preserve_index=False), out / "predictions.parquet")
+    write_csv(results, out.results, index=False)
+    write_table(pa.Table.from_pandas(_predictions(fitted), preserve_index=False), out.predictions)
     if fitted[0].fit.psi is not None:
-        write_table(pa.Table.from_pandas(_importances(fitted), preserve_index=False), out / "importances.parquet")
+        write_table(pa.Table.from_pandas(_importances(fitted), preserve_index=False), out.importances)
     else:  # no SHAP without LightGBM: a previous run's importances and Pareto plot would mislead
-        for stale in ("importances.parquet", "pareto.png"):
-            (out / stale).unlink(missing_ok=True)
-    with atomic_path(out / "summary.md") as temporary:
+        for stale in (out.importances, out.pareto_plot):
+            stale.unlink(missing_ok=True)
+    with atomic_path(out.summary) as temporary:
         temporary.write_text(markdown(results, n_folds))
 
     with fmb_style():
-        _plot_r2(results, out / "r2.png")
+        _plot_r2(results, out.r2_plot)
         if results["pr"].notna().any():
-            _plot_pareto(results, out / "pareto.png")
+            _plot_pareto(results, out.pareto_plot)
         for target in results["target"].unique():
-            _plot_scatter([p for p in fitted if p.target == target], results, out / f"scatter_{target}.png")
+            _plot_scatter([p for p in fitted if p.target == target], results, out.scatter_plot(target))
     return results
 
 
@@ -511,3 +512,20 @@ def _plot_scatter(fitted: list[Probe], results: pd.DataFrame, path: Path) -> Non
         axis.set(xlim=limits, ylim=limits, title=title, xlabel=f"true {probe.target}")
     axes[0, 0].set_ylabel(f"predicted {fitted[0].target} (out of fold)")
     save_figure(figure, path)
+
+
+def _embedding_manifests(config: ResolvedConfig) -> list[Path]:
+    return [config.layout.embeddings(model).manifest for model in config.run.models]
+
+
+def _probe_inputs(config: ResolvedConfig) -> list[Path]:
+    catalog = catalog_path(config)
+    return _embedding_manifests(config) + ([catalog] if catalog else [])
+
+
+def _no_catalog(config: ResolvedConfig) -> str | None:
+    return None if catalog_path(config) or config.run.synth else "no catalog (set data.catalog)"
+
+
+PROBES = Stage("probes", probes, ("analyze.probes", "seed", "run.models"), inputs=_probe_inputs,
+               outputs=lambda config: [config.layout.probes.dir], after=("embed",), applies=_no_catalog)

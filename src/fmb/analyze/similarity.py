@@ -46,19 +46,19 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from fmb.config import ResolvedConfig
-from fmb.detect import scores_dir
+from fmb.detect.scores import frame_headline, ranks_by_id, score_tables
 from fmb.embed.store import embedded_models, load_embeddings
 from fmb.errors import DataError, FmbError
 from fmb.io import atomic_path, write_csv, write_json
+from fmb.layout import SimilarityFiles
+from fmb.stage import Stage
 
-INDEX_FILE, IDS_FILE, META_FILE = "index.faiss", "ids.npy", "meta.json"
 BATCH_ROWS = 16_384  # rows checked, normalised and added at a time: a build holds at most this much extra
 LISTS_PER_SQRT_N = 2.0
 TRAIN_ROWS_PER_LIST = 40  # faiss asks for at least 39 points per k-means centroid
 RERANK_FACTOR = 4
 TOP_FRACTION = 0.01  # the neighbour-rank analysis asks about the top 1 % anomalies
 HISTOGRAM_BINS = 50
-DEFAULT_SCORE = "fused_geo"
 
 
 class SimilarityIndex:
@@ -159,35 +159,35 @@ class SimilarityIndex:
         """Write ids, faiss index and meta.json (last) under `directory`, each atomically."""
         index = self._built()
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        index_file, ids_file, meta_file = SimilarityFiles.index_files(directory)
         # Without meta.json a directory holds no index: a save killed half-way can never pair new files with old ones.
-        (directory / META_FILE).unlink(missing_ok=True)
-        with atomic_path(directory / IDS_FILE) as temporary, temporary.open("wb") as handle:
+        meta_file.unlink(missing_ok=True)
+        with atomic_path(ids_file) as temporary, temporary.open("wb") as handle:
             np.save(handle, self.ids)
-        with atomic_path(directory / INDEX_FILE) as temporary:
+        with atomic_path(index_file) as temporary:
             faiss.write_index(index, str(temporary))
         meta = {"objects": len(self.ids), "dim": index.d, "lists": self.lists_for(len(self.ids)),
                 "exact_max": self.exact_max, "seed": self.seed, "built_from": self.built_from,
                 "ids_sha256": hashlib.sha256(self.ids).hexdigest(), "faiss_version": faiss.__version__}
-        write_json(meta, directory / META_FILE)
+        write_json(meta, meta_file)
         return directory
 
     @classmethod
     def load(cls, directory: Path, nprobe: int = 32) -> SimilarityIndex:
         """The index saved in `directory`; FmbError when absent or when its files do not belong together."""
-        directory = Path(directory)
-        if not all((directory / name).is_file() for name in (META_FILE, IDS_FILE, INDEX_FILE)):
+        index_file, ids_file, meta_file = SimilarityFiles.index_files(Path(directory))
+        if not all(path.is_file() for path in (meta_file, ids_file, index_file)):
             raise FmbError(f"no complete similarity index in {directory}")
-        meta = json.loads((directory / META_FILE).read_text())
-        ids = np.load(directory / IDS_FILE)
+        meta = json.loads(meta_file.read_text())
+        ids = np.load(ids_file)
         if hashlib.sha256(ids).hexdigest() != meta["ids_sha256"] or len(ids) != meta["objects"]:
-            raise FmbError(f"{directory / IDS_FILE} is not the id list this index was saved with")
+            raise FmbError(f"{ids_file} is not the id list this index was saved with")
         try:
-            index = faiss.read_index(str(directory / INDEX_FILE))
+            index = faiss.read_index(str(index_file))
         except RuntimeError as error:
-            raise FmbError(f"{directory / INDEX_FILE} cannot be read: {error}") from None
+            raise FmbError(f"{index_file} cannot be read: {error}") from None
         if index.ntotal != len(ids) or index.d != meta["dim"]:
-            raise FmbError(f"{directory / INDEX_FILE} holds {index.ntotal} x {index.d} vectors, "
+            raise FmbError(f"{index_file} holds {index.ntotal} x {index.d} vectors, "
                            f"its ids and meta.json say {len(ids)} x {meta['dim']}")
         loaded = cls(exact_max=meta["exact_max"], nprobe=nprobe, seed=meta["seed"])
         loaded.index, loaded.ids, loaded.built_from, loaded._order = index, ids, meta["built_from"], None
@@ -219,15 +219,11 @@ def _batches(vectors: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 
 
 # -- the analysis tasks --------------------------------------------------------------------------------
-def output_dir(config: ResolvedConfig) -> Path:
-    return config.run_dir / "analysis" / "similarity"
-
-
 def current_index(config: ResolvedConfig, model: str, modality: str, ids: np.ndarray, vectors: np.ndarray,
                   log: Callable[[str], None] = print) -> SimilarityIndex:
     """The saved index of (model, modality) if it was built from exactly these embeddings, else a new one (saved)."""
     settings = config.analyze.similarity
-    directory = output_dir(config) / "index" / model / modality
+    directory = config.layout.similarity.index_dir(model, modality)
     wanted = SimilarityIndex(exact_max=settings.exact_max, nprobe=settings.nprobe, seed=config.seed)
     expected = wanted.fingerprint(ids, vectors)
     try:
@@ -247,7 +243,7 @@ def current_index(config: ResolvedConfig, model: str, modality: str, ids: np.nda
 
 def similarity(config: ResolvedConfig, queries: list[int] | None = None, vector=None,
                log: Callable[[str], None] = print, *, models: list[str] | None = None,
-               modality: str | None = None) -> dict:
+               modality: str | None = None, out: SimilarityFiles | None = None) -> dict:
     """Nearest neighbours of query objects (or of one raw `vector`, given one model and a modality).
 
     Queries: `queries`, else `analyze.similarity.queries`, else each model's top `n_examples`
@@ -272,10 +268,10 @@ def similarity(config: ResolvedConfig, queries: list[int] | None = None, vector=
             tables.append(neighbour_table(model, name, asked, found, similarities))
             log(f"{model}/{name}: {settings.k} neighbours of {len(found)} queries")
     table = pd.concat(tables, ignore_index=True)
-    out = output_dir(config)
-    write_csv(table, out / "neighbours.csv", index=False)
-    figures = _draw_neighbours(config, table, out / "figures", log)
-    return {"neighbours": out / "neighbours.csv", "figures": figures, "queries": asked_by_model}
+    out = out or config.layout.similarity
+    write_csv(table, out.neighbours, index=False)
+    figures = _draw_neighbours(config, table, out, log)
+    return {"neighbours": out.neighbours, "figures": figures, "queries": asked_by_model}
 
 
 def neighbour_ranks(config: ResolvedConfig, models: list[str] | None = None, score: str | None = None,
@@ -288,12 +284,12 @@ def neighbour_ranks(config: ResolvedConfig, models: list[str] | None = None, sco
     """
     k = config.analyze.similarity.k
     tables, summaries = [], []
+    tables_of = score_tables(config)
     for model in _models(config, models):
-        scores_path = scores_dir(config) / f"{model}.parquet"
-        if not scores_path.is_file():
-            log(f"{model}: no scores file {scores_path.name}; skipped")
+        if model not in tables_of:
+            log(f"{model}: no scores; skipped")
             continue
-        column, ranks = anomaly_ranks(pq.read_table(scores_path).to_pandas(), score)
+        column, ranks = anomaly_ranks(pq.read_table(tables_of[model]).to_pandas(), score, config.detect.fusion_method)
         ids, matrices = _embeddings(config, model, None)
         n_top = max(1, round(TOP_FRACTION * len(ranks)))
         top = ranks.index[ranks <= n_top].intersection(ids).to_numpy()
@@ -309,26 +305,23 @@ def neighbour_ranks(config: ResolvedConfig, models: list[str] | None = None, sco
                 f"by {column} are in the top 1 % (chance {summaries[-1]['expected_share']:.1%})")
     if not tables:
         raise FmbError("no model has both embeddings and scores; run `fmb detect` first")
-    out = output_dir(config)
+    out = config.layout.similarity
     neighbours, summary = pd.concat(tables, ignore_index=True), pd.DataFrame(summaries)
-    write_csv(neighbours, out / "neighbour_ranks.csv", index=False)
-    write_csv(summary, out / "neighbour_ranks_summary.csv", index=False)
-    _draw_rank_histograms(neighbours, summary, out / "neighbour_ranks.png")
-    return {"summary": summary, "neighbours": out / "neighbour_ranks.csv", "figure": out / "neighbour_ranks.png"}
+    write_csv(neighbours, out.neighbour_ranks, index=False)
+    write_csv(summary, out.neighbour_ranks_summary, index=False)
+    _draw_rank_histograms(neighbours, summary, out.neighbour_ranks_plot)
+    return {"summary": summary, "neighbours": out.neighbour_ranks, "figure": out.neighbour_ranks_plot}
 
 
-def anomaly_ranks(scores: pd.DataFrame, column: str | None = None) -> tuple[str, pd.Series]:
+def anomaly_ranks(scores: pd.DataFrame, column: str | None = None, method: str = "flow") -> tuple[str, pd.Series]:
     """(score column, rank by object id: 1 = most anomalous) over the objects with a finite score.
 
-    Default column: fused_geo, else the first score_* column.
+    Default column: the default ranking (`fmb.detect.scores.headline`); ranks follow the one ranking rule.
     """
-    candidates = [column] if column else [DEFAULT_SCORE] + [c for c in scores.columns if c.startswith("score_")]
-    usable = [c for c in candidates if c in scores.columns and np.isfinite(scores[c].to_numpy(float)).any()]
-    if not usable:
-        raise FmbError(f"no usable score column among {candidates}; the scores file has {list(scores.columns)}")
-    values = scores.set_index("object_id")[usable[0]].astype(float)
-    values = values[np.isfinite(values.to_numpy())]
-    return usable[0], values.rank(ascending=False, method="first").astype(np.int64)
+    chosen = frame_headline(scores, column, method)
+    if chosen is None or (column and chosen != column):
+        raise FmbError(f"no usable score column {column or ''}; the scores file has {list(scores.columns)}")
+    return chosen, ranks_by_id(scores, chosen)
 
 
 def neighbour_table(model: str, modality: str, query_ids, found: np.ndarray, similarities: np.ndarray) -> pd.DataFrame:
@@ -341,7 +334,7 @@ def neighbour_table(model: str, modality: str, query_ids, found: np.ndarray, sim
 
 
 def _models(config: ResolvedConfig, models: list[str] | None) -> list[str]:
-    available = embedded_models(config.run_dir)
+    available = embedded_models(config)
     missing = sorted(set(models or []) - set(available))
     if missing:
         raise FmbError(f"no embeddings for {missing}; available: {available}")
@@ -351,7 +344,7 @@ def _models(config: ResolvedConfig, models: list[str] | None) -> list[str]:
 
 
 def _embeddings(config: ResolvedConfig, model: str, modality: str | None) -> tuple[np.ndarray, dict]:
-    ids, matrices = load_embeddings(config.run_dir / "embeddings" / model)
+    ids, matrices = load_embeddings(config.layout.embeddings(model).dir)
     if modality is None:
         return ids, matrices
     if modality not in matrices:
@@ -366,10 +359,10 @@ def _queries(config: ResolvedConfig, model: str, ids: np.ndarray, asked: list[in
             raise FmbError(f"object {missing[0]} has no {model} embeddings ({len(missing)} of the queries)")
         return np.asarray(asked, np.int64)
     count = config.analyze.similarity.n_examples
-    scores_path = scores_dir(config) / f"{model}.parquet"
-    if not scores_path.is_file():
+    scores_path = score_tables(config).get(model)
+    if scores_path is None:
         return ids[:count]
-    _, ranks = anomaly_ranks(pq.read_table(scores_path).to_pandas())
+    _, ranks = anomaly_ranks(pq.read_table(scores_path).to_pandas(), method=config.detect.fusion_method)
     return ranks[ranks.index.isin(ids)].nsmallest(count).index.to_numpy(np.int64)
 
 
@@ -383,7 +376,7 @@ def _rank_summary(table: pd.DataFrame, n_top: int, n_scored: int) -> dict:
             "median_percentile": float(table.neighbour_percentile.median())}
 
 
-def _draw_neighbours(config: ResolvedConfig, table: pd.DataFrame, directory: Path, log) -> list[Path]:
+def _draw_neighbours(config: ResolvedConfig, table: pd.DataFrame, out: SimilarityFiles, log) -> list[Path]:
     """One gallery per (model, modality, query): the query (when it is an object) then its neighbours."""
     from fmb.data.tasks import open_fetcher
     from fmb.viz.gallery import draw_gallery
@@ -404,7 +397,7 @@ def _draw_neighbours(config: ResolvedConfig, table: pd.DataFrame, directory: Pat
             log(f"{model}/{modality}: {len(cells) - len(drawable)} objects fail their checks and are left out of the figure")
         name = "vector" if pd.isna(query) else str(int(query))
         subject = "a query vector" if pd.isna(query) else f"object {name}"
-        path = directory / f"{model}_{modality}_{name}.png"
+        path = out.example(model, modality, name)
         paths.append(draw_gallery([s for s, _ in drawable], [t for _, t in drawable], path, columns=4,
                                   suptitle=f"{model} · {modality}: nearest neighbours of {subject}"))
     return paths
@@ -443,3 +436,17 @@ def _draw_rank_histograms(neighbours: pd.DataFrame, summary: pd.DataFrame, path:
             axis.set_ylabel("neighbours")
         figure.suptitle(f"Nearest neighbours of the top {TOP_FRACTION:.0%} anomalies ({summary.score.iat[0]})")
         save_figure(figure, path)
+
+
+def _similarity_action(config: ResolvedConfig, log: Callable[[str], None]) -> dict:
+    neighbour_ranks(config, log=log)
+    return similarity(config, log=log)
+
+
+def _similarity_inputs(config: ResolvedConfig) -> list[Path]:
+    manifests = [config.layout.embeddings(model).manifest for model in config.run.models]
+    return manifests + list(score_tables(config).values())
+
+
+SIMILARITY = Stage("similarity", _similarity_action, ("analyze.similarity", "run.models", "detect.fusion_method"),
+                   inputs=_similarity_inputs, outputs=lambda config: [config.layout.similarity.dir], after=("detect",))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fmb.detect.density import percentile, rank_descending
+from fmb.detect.scores import percentile, rank_descending
 
 INPUTS = {"img": "image", "spec": "spectrum", "joint": "joint"}
 MISMATCH_COLUMNS = ("mismatch", "mismatch_residual", "mismatch_cosine")  # "mismatch" is the one fused

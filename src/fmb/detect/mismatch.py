@@ -22,31 +22,18 @@ For AstroCLIP the plain cosine is also reported and compared with the learned sc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from sklearn.linear_model import RidgeCV
 
-from fmb.detect.density import Detector, HeldOutBest, split_held_out
+from fmb.detect.base import Detector, seeded, split_held_out, step_budget, train_with_held_out
 
 _ALPHAS = np.logspace(-3, 3, 13)
 _PMI_BATCH = 8192  # objects per scoring chunk: the chunk x references logits stay ~130 MB
-
-
-@dataclass
-class ContrastSettings:
-    hidden: int = 128  # width of each tower's two hidden layers
-    dim: int = 64  # shared space
-    epochs: int = 40  # passes over the fit data, counted in steps within [min_steps, max_steps]
-    min_steps: int = 300
-    max_steps: int = 3000
-    batch_size: int = 256
-    lr: float = 1e-3
-    references: int = 4096  # fit objects kept to estimate the marginals when scoring
-    check_every: int = 50  # steps between checks of the held-out contrastive loss
-    patience: int = 5  # checks without improvement before stopping; the best state is kept
 
 
 def _tower(features: int, hidden: int, dim: int) -> torch.nn.Module:
@@ -77,7 +64,9 @@ class _Critic(torch.nn.Module):
 
 
 class ContrastiveMismatch(Detector):
-    """Features are [image | spectrum] side by side; `n_image` says where the image part ends.
+    """The contrastive image-spectrum critic behind the `mismatch` score.
+
+    Features are [image | spectrum] side by side; `n_image` says where the image part ends.
 
     Training stops when the contrastive loss of a held-out 10 % of the fit pairs stops improving,
     and keeps the best state: the critic otherwise learns the training pairs by heart, and its
@@ -86,42 +75,60 @@ class ContrastiveMismatch(Detector):
 
     name = "mismatch"
 
-    def __init__(self, n_image: int, settings: ContrastSettings | None = None, seed: int = 0):
-        self.n_image, self.settings, self.seed = n_image, settings or ContrastSettings(), seed
+    def __init__(
+        self,
+        n_image: int,
+        *,
+        hidden: Annotated[int, Field(ge=8, description="hidden units of each modality's tower")] = 128,
+        dim: Annotated[int, Field(ge=2, description="dimension of the shared space")] = 64,
+        epochs: Annotated[int, Field(ge=1, description="passes over the fit data, counted in steps within "
+                                     "[min_steps, max_steps]")] = 40,
+        min_steps: Annotated[int, Field(ge=1, description="optimiser steps at least")] = 300,
+        max_steps: Annotated[int, Field(ge=1, description="optimiser steps at most")] = 3000,
+        batch_size: Annotated[int, Field(ge=8, description="pairs per step: each is contrasted with the others in "
+                                         "its batch")] = 256,
+        lr: Annotated[float, Field(gt=0, description="learning rate (AdamW)")] = 1e-3,
+        references: Annotated[int, Field(ge=16, description="fit objects kept to estimate the marginals when "
+                                         "scoring")] = 4096,
+        check_every: Annotated[int, Field(ge=1, description="steps between checks of the held-out (10 %) "
+                                          "contrastive loss")] = 50,
+        patience: Annotated[int, Field(ge=1, description="checks without improvement before training stops (best "
+                                       "state kept)")] = 5,
+        seed: int = 0,
+    ):
+        self.n_image, self.hidden, self.dim, self.epochs, self.lr = n_image, hidden, dim, epochs, lr
+        self.min_steps, self.max_steps, self.batch_size, self.references = min_steps, max_steps, batch_size, references
+        self.check_every, self.patience, self.seed = check_every, patience, seed
 
     def fit(self, x: np.ndarray) -> "ContrastiveMismatch":
-        s = self.settings
         image, spectrum = _split_tensors(x, self.n_image)
         generator = torch.Generator().manual_seed(self.seed)
-        with torch.random.fork_rng():
-            torch.manual_seed(self.seed)
-            self.critic = _Critic(image.shape[1], spectrum.shape[1], s.hidden, s.dim)
-        optimizer = torch.optim.AdamW(self.critic.parameters(), lr=s.lr, weight_decay=1e-4)
+        self.critic_ = seeded(self.seed, lambda: _Critic(image.shape[1], spectrum.shape[1], self.hidden, self.dim))
+        optimizer = torch.optim.AdamW(self.critic_.parameters(), lr=self.lr, weight_decay=1e-4)
         held, train = split_held_out(torch.arange(len(image)), generator)
-        batch = min(s.batch_size, len(train))
-        steps = int(np.clip(s.epochs * max(1, len(train) // batch), s.min_steps, s.max_steps))
-        tracker = HeldOutBest(s.patience)
-        for step in range(1, steps + 1):
+        batch = min(self.batch_size, len(train))
+        steps = step_budget(self.epochs, len(train), batch, self.min_steps, self.max_steps)
+
+        def train_step() -> None:
             chosen = train[torch.randperm(len(train), generator=generator)[:batch]]
-            loss = self.critic.loss(image[chosen], spectrum[chosen])
+            loss = self.critic_.loss(image[chosen], spectrum[chosen])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if (step % s.check_every == 0 or step == steps) and tracker.check(
-                    self._held_out_loss(image[held], spectrum[held], batch), self.critic):
-                break
-        tracker.restore(self.critic)
-        self.steps_trained_ = step
-        keep = torch.randperm(len(image), generator=generator)[: s.references]
+
+        self.steps_trained_ = train_with_held_out(self.critic_, train_step,
+                                                  lambda: self._held_out_loss(image[held], spectrum[held], batch),
+                                                  steps, self.check_every, self.patience)
+        keep = torch.randperm(len(image), generator=generator)[: self.references]
         with torch.no_grad():
-            self.reference_image = self.critic.embed_image(image[keep])
-            self.reference_spectrum = self.critic.embed_spectrum(spectrum[keep])
+            self.reference_image_ = self.critic_.embed_image(image[keep])
+            self.reference_spectrum_ = self.critic_.embed_spectrum(spectrum[keep])
         return self
 
     @torch.no_grad()
     def _held_out_loss(self, image: torch.Tensor, spectrum: torch.Tensor, batch: int) -> float:
         """Mean loss over held-out batches of the training batch size (InfoNCE depends on it)."""
-        return float(np.mean([self.critic.loss(i, s) for i, s in zip(image.split(batch), spectrum.split(batch))]))
+        return float(np.mean([self.critic_.loss(i, s) for i, s in zip(image.split(batch), spectrum.split(batch))]))
 
     @torch.no_grad()
     def score(self, x: np.ndarray) -> np.ndarray:
@@ -131,12 +138,12 @@ class ContrastiveMismatch(Detector):
 
     def _minus_pmi(self, image: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
         """-(2 c(i, s) - log mean_r exp c(i, s_r) - log mean_r exp c(i_r, s)), c the critic."""
-        temperature = self.critic.log_temperature.exp()
-        z_image, z_spectrum = self.critic.embed_image(image), self.critic.embed_spectrum(spectrum)
+        temperature = self.critic_.log_temperature.exp()
+        z_image, z_spectrum = self.critic_.embed_image(image), self.critic_.embed_spectrum(spectrum)
         paired = (z_image * z_spectrum).sum(1) * temperature
-        log_n = np.log(len(self.reference_image))
-        marginal_spectrum = torch.logsumexp(z_image @ self.reference_spectrum.T * temperature, 1) - log_n
-        marginal_image = torch.logsumexp(z_spectrum @ self.reference_image.T * temperature, 1) - log_n
+        log_n = np.log(len(self.reference_image_))
+        marginal_spectrum = torch.logsumexp(z_image @ self.reference_spectrum_.T * temperature, 1) - log_n
+        marginal_image = torch.logsumexp(z_spectrum @ self.reference_image_.T * temperature, 1) - log_n
         return marginal_spectrum + marginal_image - 2 * paired
 
 
@@ -158,16 +165,16 @@ class PairResidual(Detector):
 
     def fit(self, x: np.ndarray) -> "PairResidual":
         image, spectrum = self._split(np.asarray(x, dtype=np.float64))
-        self.to_spectrum = RidgeCV(alphas=_ALPHAS).fit(image, spectrum)
-        self.to_image = RidgeCV(alphas=_ALPHAS).fit(spectrum, image)
-        self.spectrum_scale = _residual_scale(self.to_spectrum.predict(image) - spectrum)
-        self.image_scale = _residual_scale(self.to_image.predict(spectrum) - image)
+        self.to_spectrum_ = RidgeCV(alphas=_ALPHAS).fit(image, spectrum)
+        self.to_image_ = RidgeCV(alphas=_ALPHAS).fit(spectrum, image)
+        self.spectrum_scale_ = _residual_scale(self.to_spectrum_.predict(image) - spectrum)
+        self.image_scale_ = _residual_scale(self.to_image_.predict(spectrum) - image)
         return self
 
     def score(self, x: np.ndarray) -> np.ndarray:
         image, spectrum = self._split(np.asarray(x, dtype=np.float64))
-        forward = ((self.to_spectrum.predict(image) - spectrum) / self.spectrum_scale) ** 2
-        backward = ((self.to_image.predict(spectrum) - image) / self.image_scale) ** 2
+        forward = ((self.to_spectrum_.predict(image) - spectrum) / self.spectrum_scale_) ** 2
+        backward = ((self.to_image_.predict(spectrum) - image) / self.image_scale_) ** 2
         return forward.mean(1) + backward.mean(1)
 
 

@@ -14,16 +14,14 @@ import pandas as pd
 import pyarrow as pa
 
 from fmb.config import ResolvedConfig
-from fmb.detect import scores_dir
-from fmb.detect.baselines import PyODDetector
-from fmb.detect.density import CrossFitted, FlowDetector, FlowSettings, Reducer, load, robust_z, save
+from fmb.detect.density import CrossFitted, Reducer, load, robust_z, save
 from fmb.detect.fusion import fuse
-from fmb.detect.mismatch import ContrastiveMismatch, ContrastSettings, PairResidual, cosine_mismatch
+from fmb.detect.mismatch import ContrastiveMismatch, PairResidual, cosine_mismatch
 from fmb.embed.store import embedded_models, load_embeddings
 from fmb.errors import FmbError
 from fmb.io import write_json, write_table
-
-ALIGNED_MODELS = {"astroclip"}  # image and spectrum spaces aligned by training: cosine is meaningful
+from fmb.plugins import detector_class, encoder_class
+from fmb.stage import Stage
 
 
 @dataclass
@@ -37,19 +35,19 @@ class ModelDetectors:
 
 
 def detect(config: ResolvedConfig, log=print) -> dict:
-    models = config.detect.models or embedded_models(config.run_dir)
+    models = config.detect.models or embedded_models(config)
     if not models:
         raise FmbError("no embeddings to score; run `fmb embed MODEL` first")
     summary = {}
     for model in models:
-        ids, matrices = load_embeddings(config.run_dir / "embeddings" / model)
+        ids, matrices = load_embeddings(config.layout.embeddings(model).dir)
         log(f"{model}: scoring {len(ids)} objects ({', '.join(matrices)})")
         frame, fitted, extra = _score_model(config, model, ids, matrices)
-        directory = scores_dir(config)
-        save(fitted, directory / model / "detectors.pt")
-        write_table(pa.Table.from_pandas(frame, preserve_index=False), directory / f"{model}.parquet")
+        files = config.layout.scores
+        save(fitted, files.detectors(model))
+        write_table(pa.Table.from_pandas(frame, preserve_index=False), files.table(model))
         summary[model] = {"objects": len(ids), "common_set": int(frame["in_common_set"].sum()), **extra}
-    write_json(summary, scores_dir(config) / "summary.json")
+    write_json(summary, config.layout.scores.summary)
     return summary
 
 
@@ -74,7 +72,7 @@ def _score_model(config: ResolvedConfig, model: str, ids: np.ndarray, matrices: 
         for column, make in _mismatch_factories(config, reduced["image"].shape[1]).items():
             mismatch[column] = CrossFitted(make, settings.folds, config.seed).fit(pair[fit], ids[fit])
             frame[column] = mismatch[column].score(pair, ids)
-        if model in ALIGNED_MODELS:
+        if encoder_class(model).aligned:  # image and spectrum spaces aligned by training: the cosine means something
             frame["mismatch_cosine"] = cosine_mismatch(matrices["image"], matrices["spectrum"])
             extra["spearman_learned_vs_cosine_mismatch"] = float(
                 frame["mismatch"].rank().corr(frame["mismatch_cosine"].rank()))
@@ -83,20 +81,19 @@ def _score_model(config: ResolvedConfig, model: str, ids: np.ndarray, matrices: 
 
 
 def _factory(method: str, config: ResolvedConfig):
-    """detector(seed) makers; partials (not lambdas) so that saved detectors can be unpickled."""
-    if method == "flow":
-        return partial(FlowDetector, FlowSettings(**config.detect.flow.model_dump()))
-    return partial(PyODDetector, method)
+    """detector(seed=...) makers from the registry and `detect.<method>`; partials (not lambdas) so
+    that saved detectors can be unpickled."""
+    return partial(detector_class(method), **getattr(config.detect, method).model_dump())
 
 
 def _mismatch_factories(config: ResolvedConfig, n_image: int) -> dict:
-    contrast = ContrastSettings(**config.detect.mismatch.model_dump())
-    return {"mismatch": partial(ContrastiveMismatch, n_image, contrast), "mismatch_residual": partial(PairResidual, n_image)}
+    return {"mismatch": partial(ContrastiveMismatch, n_image, **config.detect.mismatch.model_dump()),
+            "mismatch_residual": partial(PairResidual, n_image)}
 
 
 def score_new(config: ResolvedConfig, model: str, embeddings: Path, out: Path) -> Path:
     """Score objects of another embedding directory with this run's saved detectors (no refitting)."""
-    path = scores_dir(config) / model / "detectors.pt"
+    path = config.layout.scores.detectors(model)
     if not path.is_file():
         raise FmbError(f"no saved detectors at {path}; run `fmb detect` first")
     fitted: ModelDetectors = load(path)
@@ -110,3 +107,12 @@ def score_new(config: ResolvedConfig, model: str, embeddings: Path, out: Path) -
         for column, crossfit in fitted.mismatch.items():
             frame[column] = crossfit.score(np.hstack([reduced["image"], reduced["spectrum"]]), ids)
     return write_table(pa.Table.from_pandas(frame, preserve_index=False), out)
+
+
+def _embedding_manifests(config: ResolvedConfig) -> list[Path]:
+    return [config.layout.embeddings(model).manifest for model in config.run.models]
+
+
+#: Stage 3: every embedded model of run.models (or detect.models) scored.
+DETECT = Stage("detect", detect, ("detect", "seed", "run.models"), inputs=_embedding_manifests,
+               outputs=lambda config: [config.layout.scores.dir], after=("embed",))

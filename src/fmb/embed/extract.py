@@ -24,16 +24,13 @@ from fmb.data.index import read_index_table
 from fmb.data.loader import BatchStream, StreamItem, plan_units
 from fmb.data.scan import write_rejects
 from fmb.data.sources import open_source
-from fmb.data.tasks import data_dir
 from fmb.data.validate import Issue
-from fmb.embed.store import Manifest, part_name, write_part
+from fmb.embed.store import Manifest, write_part
 from fmb.models.base import Encoder, autocast_dtype, file_sha256, pick_device, state_sha256
 from fmb.models.registry import build_encoder
+from fmb.layout import EmbeddingFiles
 from fmb.progress import progress_bar
-
-
-def embeddings_dir(config: ResolvedConfig, model: str) -> Path:
-    return config.run_dir / "embeddings" / model
+from fmb.stage import ModelStage
 
 
 def embed(config: ResolvedConfig, model: str, *, unit_filter: Callable[[int], bool] | None = None) -> dict:
@@ -45,11 +42,11 @@ def embed(config: ResolvedConfig, model: str, *, unit_filter: Callable[[int], bo
     encoder = build_encoder(config, model, settings.weights)
     device = pick_device(getattr(config.models, model).device)
     encoder.to(device).eval()
-    index = read_index_table(data_dir(config))
-    index_path = data_dir(config) / "index.parquet"
+    data = config.layout.data
+    index = read_index_table(data.dir)
     units = plan_units(index, settings.rows_per_shard)
-    out = embeddings_dir(config, model)
-    manifest = Manifest.open(out, _signature(encoder, settings.rows_per_shard, index_path))
+    out = config.layout.embeddings(model).dir
+    manifest = Manifest.open(out, _signature(encoder, settings.rows_per_shard, data.index))
     todo = [u for u in units if not manifest.is_done(u.unit_id) and (unit_filter is None or unit_filter(u.unit_id))]
     total = sum(len(u.rows) for u in todo)
     written = _run(encoder, device, config, settings, todo, manifest, total)
@@ -96,12 +93,25 @@ def _write_unit(manifest: Manifest, unit_id: int, parts: list[tuple[int, StreamI
     ids = np.concatenate([np.asarray(item.object_ids, np.int64) for _, item, _ in parts])
     modalities = sorted({m for _, _, emb in parts for m in emb})
     matrices = {m: np.concatenate([emb[m] for _, _, emb in parts if m in emb]) for m in modalities}
-    write_part(manifest.directory / part_name(unit_id), ids, matrices)
+    write_part(EmbeddingFiles(manifest.directory).part(unit_id), ids, matrices)
     skipped = [asdict(issue) for _, item, _ in parts for issue in item.issues]
     manifest.add(unit_id, len(ids), skipped)
 
 
 def _record_rejects(config: ResolvedConfig, model: str, manifest: Manifest) -> None:
     issues = [Issue(**issue) for entry in manifest.data["parts"].values() for issue in entry["skipped"]]
-    write_rejects(data_dir(config) / "rejects.parquet", f"embed:{model}", issues)
+    write_rejects(config.layout.data.rejects, f"embed:{model}", issues)
 
+
+
+def _embed_inputs(config: ResolvedConfig, model: str) -> list[Path]:
+    return [config.layout.data.index, config.layout.model(model).dir]
+
+
+def _embed_outputs(config: ResolvedConfig, model: str) -> list[Path]:
+    return [config.layout.embeddings(model).dir]
+
+
+#: Stage 2, once per model of run.models.
+EMBED = ModelStage("embed", lambda config, log, model: embed(config, model), ("models.{model}", "data", "seed"),
+                   _embed_inputs, _embed_outputs, after=("adapt:{model}",))

@@ -20,19 +20,14 @@ import pyarrow.parquet as pq
 from fmb import __version__
 from fmb.errors import FmbError
 from fmb.io import write_json, write_table, write_torch
+from fmb.layout import EmbeddingFiles
 from fmb.models.base import MODALITIES, file_sha256
 
-MANIFEST = "manifest.json"
 
-
-def embedded_models(run_dir: Path) -> list[str]:
-    """Models with embeddings in this run (a manifest in runs/<name>/embeddings/<model>/)."""
-    root = run_dir / "embeddings"
-    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
-
-
-def part_name(unit_id: int) -> str:
-    return f"part-{unit_id:05d}.parquet"
+def embedded_models(config) -> list[str]:
+    """The run's models (`run.models`, in that order) that have finished embeddings, and no others:
+    a model dropped from the run is not analysed again because its old directory is still there."""
+    return [model for model in config.run.models if config.layout.embeddings(model).manifest.is_file()]
 
 
 @dataclass
@@ -43,7 +38,7 @@ class Manifest:
     @classmethod
     def open(cls, directory: Path, signature: dict) -> "Manifest":
         """The manifest of `directory`, new if absent; refuses to mix parts made differently."""
-        path = directory / MANIFEST
+        path = EmbeddingFiles(directory).manifest
         if path.is_file():
             data = json.loads(path.read_text())
             if data.get("signature") != signature:
@@ -58,14 +53,14 @@ class Manifest:
 
     def is_done(self, unit_id: int) -> bool:
         entry = self.data["parts"].get(str(unit_id))
-        path = self.directory / part_name(unit_id)
+        path = EmbeddingFiles(self.directory).part(unit_id)
         return entry is not None and path.is_file() and pq.read_metadata(path).num_rows == entry["rows"]
 
     def add(self, unit_id: int, rows: int, skipped: list[dict]) -> None:
-        path = self.directory / part_name(unit_id)
+        path = EmbeddingFiles(self.directory).part(unit_id)
         self.data["parts"][str(unit_id)] = {"file": path.name, "rows": rows, "sha256": file_sha256(path),
                                             "skipped": skipped}
-        write_json(self.data, self.directory / MANIFEST)
+        write_json(self.data, EmbeddingFiles(self.directory).manifest)
 
     @property
     def total_rows(self) -> int:
@@ -85,7 +80,7 @@ def write_part(path: Path, object_ids: np.ndarray, embeddings: dict[str, np.ndar
 
 def load_embeddings(directory: Path, modalities: tuple[str, ...] = MODALITIES) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(object ids, {modality: (N, D) float32}) from the parts listed in the manifest, in unit order."""
-    path = directory / MANIFEST
+    path = EmbeddingFiles(directory).manifest
     if not path.is_file():
         raise FmbError(f"no embeddings in {directory}; run `fmb embed` first")
     manifest = json.loads(path.read_text())
@@ -133,7 +128,7 @@ def import_pt(path: Path, directory: Path, signature: dict) -> int:
         raise FmbError(f"{path} is not a list of embedding records")
     ids, matrices = _records_to_matrices(records, path)
     manifest = Manifest.open(directory, signature)
-    write_part(directory / part_name(0), ids, matrices)
+    write_part(EmbeddingFiles(directory).part(0), ids, matrices)
     manifest.add(0, len(ids), [])
     return len(ids)
 

@@ -18,15 +18,25 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from fmb.config import AionSection
+from pydantic import Field
+
+from fmb.config import ModelSection
 from fmb.data.schema import BAND_NAMES, ZEROPOINT_NJY_PER_ADU
 from fmb.data.validate import Sample
 from fmb.models.base import Encoder, Preprocessor, WeightsError, load_strict
 from fmb.models.inputs import bands_batch, object_ids, spectrum_batch
+
+
+class AionSection(ModelSection):
+    adapter_hidden: int = Field(16, ge=4, description="width of the Euclid<->HSC U-Net adapters")
+    codec_grad: Literal["ste", "full"] = Field("ste", description="straight-through or full codec gradient")
+    image_size: int = Field(96, ge=96, description="Euclid bands are resized to this (the codec crops 96)")
+    max_abs: float = Field(100.0, gt=0, description="clamp of the nanomaggy fluxes")
 
 DEFAULT_WEIGHTS = "polymathic-ai/aion-base"
 HSC_BANDS = ["HSC-G", "HSC-R", "HSC-I", "HSC-Z", "HSC-Y"]
@@ -115,6 +125,9 @@ def _hsc_rescaler():
 
 class AionEncoder(Encoder):
     name = "aion"
+    label = "AION-1"
+    aligned = False
+    section = AionSection
 
     def __init__(self, aion, image_codec, spectrum_codec, settings: AionSection, source: str):
         super().__init__()

@@ -29,10 +29,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fmb.config import AstroCLIPSection
+from pydantic import Field
+
+from fmb.config import AdaptSettings, ModelSection
 from fmb.data.validate import Sample
 from fmb.models.base import Encoder, Preprocessor, WeightsError, check_keys
 from fmb.models.inputs import object_ids, rgb_batch, spectrum_batch
+
+
+class AstroCLIPSection(ModelSection):
+    image_size: int = Field(144, description="AstroDINO input size")
+    learnable_scale: bool = Field(True, description="learn the CLIP temperature (as exp of its log)")
+    finetune_spectrum: bool = Field(True, description="also adapt the spectrum head (backbones stay frozen)")
+    adapt: AdaptSettings = AdaptSettings(lr=3e-5, batch_size=64, weight_decay=0.05)
 
 DEFAULT_WEIGHTS = "polymathic-ai/astroclip"
 _CHECKPOINT_FILES = {"polymathic-ai/astroclip": "astroclip.ckpt", "polymathic-ai/astrodino": "astrodino.ckpt",
@@ -224,6 +233,9 @@ class AstroCLIPPreprocessor(Preprocessor):
 
 class AstroCLIPEncoder(Encoder):
     name = "astroclip"
+    label = "AstroCLIP"
+    aligned = True
+    section = AstroCLIPSection
 
     def __init__(self, settings: AstroCLIPSection, sizes: Sizes, source: str):
         super().__init__()

@@ -23,15 +23,24 @@ import contextlib
 import io
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import einops
 import torch
 import torch.nn.functional as F
 
-from fmb.config import AstroPTSection
+from pydantic import Field
+
+from fmb.config import AdaptSettings, ModelSection
 from fmb.data.validate import Sample
 from fmb.models.base import Encoder, Preprocessor, WeightsError, load_strict
 from fmb.models.inputs import object_ids, rgb_batch, spectrum_batch
+
+
+class AstroPTSection(ModelSection):
+    image_size: int = Field(224, ge=16, description="RGB resized to this (multiple of the 16 px patch)")
+    layer: Literal["middle", "last"] = Field("middle", description="read embeddings after the middle block or ln_f")
+    adapt: AdaptSettings = AdaptSettings(lr=3e-5, batch_size=8, grad_accum=4)
 
 IMAGE_PATCH = 16
 SPECTRUM_PATCH = 10
@@ -96,6 +105,9 @@ def _spectrum_modality():
 
 class AstroPTEncoder(Encoder):
     name = "astropt"
+    label = "AstroPT"
+    aligned = False
+    section = AstroPTSection
 
     def __init__(self, gpt, settings: AstroPTSection, source: str):
         super().__init__()

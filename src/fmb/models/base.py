@@ -6,7 +6,10 @@ An `Encoder` is a torch module that
   ``spectrum``) and how a list of samples becomes a CPU batch (run in DataLoader workers);
 * returns pooled per-object embeddings for ``image``, ``spectrum`` and ``joint`` (`embed`);
 * defines its adaptation objective (`training_loss`) and which parameters adapt;
-* describes itself for the embedding manifest (`describe`).
+* describes itself for the embedding manifest (`describe`), and for the registry (`fmb.plugins`):
+  ``name``, ``label`` (figures, report), ``aligned`` (image and spectrum spaces aligned by training,
+  so their cosine means something) and ``section`` (its config section class, ``models.<name>``);
+* adapts itself (`adapt`): by default the shared trainer; the pixel reference fits a PCA instead.
 
 Weight loading is strict everywhere: a missing or unexpected key is a `WeightsError` listing them,
 never a model silently left with random weights.
@@ -53,9 +56,16 @@ class Preprocessor(ABC):
 
 class Encoder(torch.nn.Module, ABC):
     name: ClassVar[str]
+    label: ClassVar[str]
+    aligned: ClassVar[bool] = False
+    section: ClassVar[type]  # a subclass of fmb.config.ModelSection
     modalities: ClassVar[tuple[str, ...]] = MODALITIES
     requires_adaptation: ClassVar[bool] = False  # True: unusable before `fmb adapt` (e.g. a fitted PCA)
     preprocessor: Preprocessor
+
+    def adapt(self, run) -> dict:
+        """Stage 1 for this model, given an `fmb.models.tasks.AdaptRun`: train with the shared trainer."""
+        return run.train()
 
     @classmethod
     @abstractmethod

@@ -29,9 +29,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fmb.config import PixelsSection
+from pydantic import Field
+
+from fmb.config import ModelSection
 from fmb.data.validate import Sample
 from fmb.models.base import Encoder, Preprocessor, load_strict
+
+
+class PixelsSection(ModelSection):
+    image_size: int = Field(32, ge=8, description="bands resized to this before PCA")
+    components: int = Field(64, ge=6, description="dimensions per modality: PCA components, then log fluxes "
+                            "(4 for the image bands, 1 for the spectrum)")
+    fit_objects: int = Field(5000, ge=10, description="objects sampled to fit the PCA")
 
 _SPECTRUM_BIN_PX = 4  # 3.2 A: noise halved, emission lines (a few pixels wide) still resolved
 _SPECTRUM_LENGTH = 7781
@@ -147,6 +156,9 @@ class _ShapeAndLevels(torch.nn.Module):
 
 class PixelsEncoder(Encoder):
     name = "pixels"
+    label = "pixel PCA"
+    aligned = False
+    section = PixelsSection
     requires_adaptation = True
 
     def __init__(self, settings: PixelsSection):
@@ -160,6 +172,14 @@ class PixelsEncoder(Encoder):
     @classmethod
     def load(cls, settings: PixelsSection) -> "PixelsEncoder":
         return cls(settings)  # no pretrained weights: the fitted PCA is this run's adapted state
+
+    def adapt(self, run) -> dict:
+        """The pixel reference is fitted, not trained: a PCA per modality on a sample of objects."""
+        batch = run.sample(self.settings.fit_objects)
+        self.fit(batch, seed=run.config.seed)
+        fitted_on = int(len(batch["object_id"]))
+        run.save_adapted(fitted_on=fitted_on)
+        return {"fitted_on": fitted_on}
 
     def fit(self, batch: Mapping[str, torch.Tensor], seed: int = 0) -> None:
         self.image_part.fit(batch["image"], batch["image_log_flux"], seed)

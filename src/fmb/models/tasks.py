@@ -8,6 +8,7 @@ epoch), and the shared `Trainer` does the rest. The pixel reference is fitted in
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,32 +18,64 @@ from fmb.config import AdaptSettings, ResolvedConfig
 from fmb.data.index import read_index_table
 from fmb.data.loader import BatchStream, WorkUnit, is_validation, plan_units
 from fmb.data.sources import open_source
-from fmb.data.tasks import data_dir
 from fmb.errors import FmbError
 from fmb.io import write_torch
+from fmb.layout import ModelFiles
 from fmb.models.base import Encoder, pick_device
-from fmb.models.registry import adapted_dir, build_encoder
-from fmb.models.trainer import BEST, History, Trainer
+from fmb.models.registry import build_encoder
+from fmb.models.trainer import History, Trainer
+from fmb.stage import ModelStage
 
 _UNIT_ROWS = 256  # training reads in runs of consecutive rows; units are shuffled each epoch
 
 
 def adapt(config: ResolvedConfig, model: str, log=print) -> dict:
-    section = getattr(config.models, model)
+    """Adapt `model` to the survey: the encoder's own `adapt` (train, or fit for the pixel reference)."""
+    section = config.section(f"models.{model}")
     encoder = build_encoder(config, model, weights="base")
-    units = _training_units(config, section.adapt)
-    out = adapted_dir(config, model)
-    if model == "pixels":
-        return _fit_reference(config, encoder, units, out)
-    device = pick_device(section.device)
-    encoder.to(device)
-    history = _train(config, encoder, units, section.adapt, out, device, log)
-    return {"model": model, "directory": out, "epochs": len(history.epochs), "best_val_loss": history.best_val_loss,
-            "stopped_early": history.stopped_early}
+    run = AdaptRun(config, encoder, section, _training_units(config, section.adapt), config.layout.model(model), log)
+    return {"model": model, "directory": run.files.dir, **encoder.adapt(run)}
+
+
+@dataclass
+class AdaptRun:
+    """What an encoder's `adapt` works with: the run's training objects, where to write, and the
+    two ways of adapting fmb has (train with the shared trainer, or fit on a sample)."""
+
+    config: ResolvedConfig
+    encoder: Encoder
+    section: object  # the model's config section
+    units: list[WorkUnit]
+    files: ModelFiles
+    log: object = print
+
+    def train(self) -> dict:
+        device = pick_device(self.section.device)
+        self.encoder.to(device)
+        history = _train(self.config, self.encoder, self.units, self.section.adapt, self.files.dir, device, self.log)
+        return {"epochs": len(history.epochs), "best_val_loss": history.best_val_loss,
+                "stopped_early": history.stopped_early}
+
+    def sample(self, count: int) -> dict[str, torch.Tensor]:
+        """One merged batch of up to `count` training objects, units in a seeded random order."""
+        order = np.random.default_rng(self.config.seed).permutation(len(self.units))
+        stream = _stream(self.config, self.encoder, [self.units[i] for i in order], self.section.adapt, False)
+        batches, seen = [], 0
+        for batch in _batches(stream, 0):
+            batches.append(batch)
+            seen += len(batch["object_id"])
+            if seen >= count:
+                break
+        if seen < 2:
+            raise FmbError(f"too few usable objects to fit {self.encoder.name}")
+        return {key: torch.cat([b[key] for b in batches])[:count] for key in batches[0]}
+
+    def save_adapted(self, **extra) -> None:
+        write_torch({"model": self.encoder.adapted_state(), **extra}, self.files.best)
 
 
 def _training_units(config: ResolvedConfig, settings: AdaptSettings) -> list[WorkUnit]:
-    index = read_index_table(data_dir(config))
+    index = read_index_table(config.layout.data.dir)
     if settings.max_objects is not None and index.num_rows > settings.max_objects:
         keep = np.sort(np.random.default_rng(config.seed).choice(index.num_rows, settings.max_objects, replace=False))
         index = index.take(keep)
@@ -79,18 +112,14 @@ def _train(config, encoder, units, settings: AdaptSettings, out, device, log) ->
     return trainer.fit(train_batches, val_batches, steps_per_epoch, log=log)
 
 
-def _fit_reference(config, encoder, units: list[WorkUnit], out) -> dict:
-    settings = config.models.pixels
-    order = np.random.default_rng(config.seed).permutation(len(units))
-    batches, count = [], 0
-    for batch in _batches(_stream(config, encoder, [units[i] for i in order], settings.adapt, False), 0):
-        batches.append(batch)
-        count += len(batch["object_id"])
-        if count >= settings.fit_objects:
-            break
-    if count < 2:
-        raise FmbError("too few usable objects to fit the pixel reference")
-    merged = {key: torch.cat([b[key] for b in batches])[: settings.fit_objects] for key in batches[0]}
-    encoder.fit(merged, seed=config.seed)
-    write_torch({"model": encoder.adapted_state(), "fitted_on": int(len(merged["object_id"]))}, out / BEST)
-    return {"model": "pixels", "directory": out, "fitted_on": int(len(merged["object_id"]))}
+def _adapt_inputs(config: ResolvedConfig, model: str) -> list:
+    return [config.layout.data.index]
+
+
+def _adapt_outputs(config: ResolvedConfig, model: str) -> list:
+    return [config.layout.model(model).dir]
+
+
+#: Stage 1, once per model of run.models.
+ADAPT = ModelStage("adapt", lambda config, log, model: adapt(config, model, log=log), ("models.{model}", "-models.{model}.embed", "data", "seed"),
+                   _adapt_inputs, _adapt_outputs, after=("index",))

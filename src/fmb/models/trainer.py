@@ -23,11 +23,8 @@ import torch
 
 from fmb.config import AdaptSettings
 from fmb.io import atomic_path, write_json, write_torch
+from fmb.layout import ModelFiles
 from fmb.models.base import autocast_dtype
-
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-HISTORY = "history.json"
 
 
 class Adaptable(Protocol):
@@ -55,6 +52,7 @@ class Trainer:
     def __init__(self, model: Adaptable, settings: AdaptSettings, out_dir: Path, device: torch.device | str = "cpu",
                  seed: int = 42):
         self.model, self.settings, self.out_dir, self.seed = model, settings, Path(out_dir), seed
+        self.files = ModelFiles(self.out_dir)
         self.device = torch.device(device)
         self.dtype = autocast_dtype(settings.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -160,7 +158,7 @@ class Trainer:
         self.save_checkpoint()
         if improved:
             write_torch({"model": self.model.adapted_state(), "epoch": self.epoch - 1, "val_loss": val_loss},
-                        self.out_dir / BEST)
+                        self.files.best)
 
     # -- persistence ----------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -175,11 +173,11 @@ class Trainer:
                 "settings": self.settings.model_dump(),
                 "rng": _rng_state(),
             },
-            self.out_dir / CHECKPOINT,
+            self.files.checkpoint,
         )
 
     def resume(self) -> bool:
-        path = self.out_dir / CHECKPOINT
+        path = self.files.checkpoint
         if not path.is_file():
             return False
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -192,8 +190,8 @@ class Trainer:
         return True
 
     def save_history(self) -> None:
-        write_json(asdict(self.history), self.out_dir / HISTORY)
-        plot_history(self.history, self.out_dir / "history.png")
+        write_json(asdict(self.history), self.files.history)
+        plot_history(self.history, self.files.history_plot)
 
 
 def plot_history(history: History, path: Path) -> None:

@@ -1,8 +1,12 @@
-"""`fmb run`: every stage in order from one config, each skipped when nothing it depends on changed.
+"""The stage engine: every stage, whether started by `fmb run` or by its own command, runs here, so
+state, timings, caching and resume behave the same whichever way a user starts it.
 
-A stage's *key* is a hash of the config sections it reads and of the state of the files it reads
-(path, size and modification time of each file, so a rewritten upstream output counts as changed).
-The key of each finished stage is kept in ``runs/<name>/run/state.json``:
+A stage's *key* is a hash of its parts: the stage's version and fmb's version, the values of the
+config sections it declares (without their `runtime_only` settings), a content fingerprint of each
+input (a Parquet file by its footer, a manifest or small file by its bytes, a large file by its
+size, mtime and its first and last MiB) and, where it has one, the identity of a non-file input
+(the revision a hub dataset resolved to). The parts of each stage's last run are kept in
+``runs/<name>/run/state.json``:
 
 * same key as the last finished run and outputs present  -> skipped;
 * same key as a run that was interrupted                  -> run again on top of its outputs, so the
@@ -10,7 +14,8 @@ The key of each finished stage is kept in ``runs/<name>/run/state.json``:
 * a different key, or forced by ``--from``/``--only``     -> its outputs are removed, then it runs.
 
 Keys are computed just before each stage runs, after its upstream stages, so changing one input
-reruns exactly the stages downstream of it.
+reruns exactly the stages downstream of it. `plan_report` says, without running anything, what
+would run and why (which config key or input changed, or which upstream stage reruns).
 """
 
 from __future__ import annotations
@@ -23,26 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmb.config import ResolvedConfig
-from fmb.errors import ConfigError
+from fmb import __version__
+from fmb.config import ResolvedConfig, result_values
+from fmb.errors import ConfigError, FmbError
 from fmb.io import write_json
+from fmb.stage import Stage, always_applies
 
-STATE_FILE = Path("run") / "state.json"
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str  # "embed:aion"; the part before ":" is its family ("embed")
-    action: Callable[[ResolvedConfig, Callable[[str], None]], object]  # (config, log) -> summary
-    config_keys: tuple[str, ...]  # dotted config sections whose values enter the key
-    inputs: Callable[[ResolvedConfig], list[Path]]  # files or directories it reads
-    outputs: Callable[[ResolvedConfig], list[Path]]  # what it writes (removed before a changed rerun)
-    after: tuple[str, ...] = ()  # upstream stages
-    applies: Callable[[ResolvedConfig], str | None] = lambda _config: None  # a reason to pass it by, or None
-
-    @property
-    def family(self) -> str:
-        return self.name.partition(":")[0]
+_WHOLE_FILE_BYTES = 64 << 20  # files up to this size are hashed whole
+_EDGE_BYTES = 1 << 20
 
 
 @dataclass
@@ -51,6 +44,7 @@ class Outcome:
     status: str  # ran | skipped | not applicable
     seconds: float = 0.0
     note: str = ""
+    result: object = None  # what the stage's action returned (None when it did not run)
 
 
 @dataclass
@@ -60,8 +54,9 @@ class Plan:
     selected: set[str] = field(default_factory=set)
 
 
-def select(stages: list[Stage], start: str | None = None, only: str | None = None) -> Plan:
-    """The stages to consider: all of them; `start` and everything downstream (forced); or `only`."""
+def select(stages: list[Stage], start: str | None = None, only: str | None = None, force: bool = True) -> Plan:
+    """The stages to consider: all of them; `start` and everything downstream (forced); or `only`
+    (forced unless `force` is False: a stage's own command skips it when nothing changed)."""
     if start and only:
         raise ConfigError("give --from or --only, not both")
     names = [stage.name for stage in stages]
@@ -69,7 +64,7 @@ def select(stages: list[Stage], start: str | None = None, only: str | None = Non
         return Plan(stages, set(), set(names))
     wanted = _matching(stages, start or only)
     if only:
-        return Plan(stages, wanted, wanted)
+        return Plan(stages, wanted if force else set(), wanted)
     downstream = _downstream(stages, wanted)
     return Plan(stages, downstream, downstream)
 
@@ -85,37 +80,83 @@ def _matching(stages: list[Stage], name: str) -> set[str]:
 def _downstream(stages: list[Stage], roots: set[str]) -> set[str]:
     reached = set(roots)
     for stage in stages:  # stages are listed upstream first
-        if reached.intersection(stage.after):
+        if upstream_in(stage, reached):
             reached.add(stage.name)
     return reached
 
 
+def upstream_in(stage: Stage, names: set[str]) -> list[str]:
+    """The stages among `names` that `stage` comes after (`after` lists stage names or families)."""
+    return sorted(name for name in names if name in stage.after or name.partition(":")[0] in stage.after)
+
+
+# -- keys ---------------------------------------------------------------------------------------------
+def key_parts(config: ResolvedConfig, stage: Stage) -> dict[str, object]:
+    """Everything a stage's outputs depend on, by part name ("config:detect", "input:<path>", ...)."""
+    parts: dict[str, object] = {"version": f"{stage.name}/{stage.version}, fmb {__version__}"}
+    included = [key for key in stage.config_keys if not key.startswith("-")]
+    parts.update({f"config:{key}": result_values(config.section(key)) for key in included})
+    for excluded in (key[1:] for key in stage.config_keys if key.startswith("-")):  # "-models.aion.embed"
+        owner = next(key for key in included if excluded.startswith(key + "."))
+        node = parts[f"config:{owner}"]
+        *path, leaf = excluded[len(owner) + 1:].split(".")
+        for name in path:
+            node = node[name]
+        node.pop(leaf, None)
+    parts.update({f"input:{_relative(config, path)}": fingerprint(path) for path in stage.inputs(config)})
+    if stage.fingerprint is not None:
+        parts["source"] = stage.fingerprint(config)
+    return parts
+
+
 def stage_key(config: ResolvedConfig, stage: Stage) -> str:
-    values = config.values.model_dump(mode="json")
-    sections = {key: _lookup(values, key) for key in stage.config_keys}
-    files = {str(path): _fingerprint(path) for path in stage.inputs(config)}
-    payload = json.dumps({"stage": stage.name, "config": sections, "inputs": files}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return _digest(key_parts(config, stage))
 
 
-def _lookup(values: dict, dotted: str):
-    for part in dotted.split("."):
-        values = values[part]
-    return values
+def _digest(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _fingerprint(path: Path) -> list | None:
-    """(relative path, size, mtime) of every file at or under `path`; None when it does not exist."""
+def _relative(config: ResolvedConfig, path: Path) -> str:
+    try:
+        return str(path.relative_to(config.root))
+    except ValueError:
+        return str(path)
+
+
+def fingerprint(path: Path) -> str | None:
+    """A content fingerprint of a file or of every file under a directory; None when absent."""
     if path.is_file():
-        return [[path.name, path.stat().st_size, path.stat().st_mtime_ns]]
+        return _file_fingerprint(path)
     if not path.is_dir():
         return None
-    return [[str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
-            for f in sorted(path.rglob("*")) if f.is_file() and not f.name.startswith(".tmp-")]
+    files = [f for f in sorted(path.rglob("*")) if f.is_file() and not f.name.startswith(".tmp-")]
+    return _digest({str(f.relative_to(path)): _file_fingerprint(f) for f in files})
 
 
+def _file_fingerprint(path: Path) -> str:
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if path.suffix == ".parquet" and size > 12:  # the footer holds the schema, row groups and statistics
+            handle.seek(size - 8)
+            footer_length = int.from_bytes(handle.read(4), "little")
+            handle.seek(max(0, size - 8 - footer_length))
+            digest.update(handle.read())
+        elif size <= _WHOLE_FILE_BYTES:
+            digest.update(handle.read())
+        else:
+            digest.update(handle.read(_EDGE_BYTES))
+            handle.seek(size - _EDGE_BYTES)
+            digest.update(handle.read())
+            digest.update(str(path.stat().st_mtime_ns).encode())
+    digest.update(str(size).encode())
+    return digest.hexdigest()
+
+
+# -- state --------------------------------------------------------------------------------------------
 class State:
-    """The key and status of each stage's last run, saved after every change."""
+    """The key, parts and status of each stage's last run, saved after every change."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -126,9 +167,10 @@ class State:
         write_json(self.entries, self.path)
 
 
+# -- running ------------------------------------------------------------------------------------------
 def execute(config: ResolvedConfig, plan: Plan, log: Callable[[str], None] = print) -> list[Outcome]:
     """Run the plan in order. A failing stage raises; its outputs stay, so the next run resumes it."""
-    state = State(config.run_dir / STATE_FILE)
+    state = State(config.layout.state)
     return [_run_stage(config, stage, stage.name in plan.forced, state, log)
             for stage in plan.stages if stage.name in plan.selected]
 
@@ -138,26 +180,31 @@ def _run_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State,
     if reason:
         log(f"[{stage.name}] not applicable: {reason}")
         return Outcome(stage.name, "not applicable", note=reason)
-    key = stage_key(config, stage)
+    parts = key_parts(config, stage)
+    key = _digest(parts)
     previous = state.entries.get(stage.name, {})
     outputs = stage.outputs(config)
-    if not forced and previous.get("key") == key and previous.get("status") == "done" and all(p.exists() for p in outputs):
+    if not forced and _is_current(previous, key, outputs):
         log(f"[{stage.name}] unchanged, skipped")
         return Outcome(stage.name, "skipped", note="inputs and config unchanged")
     if forced or previous.get("key") != key:
         _remove(outputs)
-    state.record(stage.name, key=key, status="running", started=time.time())
+    state.record(stage.name, key=key, parts=parts, status="running", started=time.time())
     log(f"[{stage.name}] running")
     started = time.perf_counter()
     try:
         result = stage.action(config, lambda line: log(f"  {line}"))
     except Exception as error:
-        state.record(stage.name, key=key, status="failed", error=str(error))
+        state.record(stage.name, key=key, parts=parts, status="failed", error=str(error))
         log(f"[{stage.name}] failed: {error}")
         raise
     seconds = time.perf_counter() - started
-    state.record(stage.name, key=key, status="done", seconds=round(seconds, 2), finished=time.time())
-    return Outcome(stage.name, "ran", seconds, _describe(result))
+    state.record(stage.name, key=key, parts=parts, status="done", seconds=round(seconds, 2), finished=time.time())
+    return Outcome(stage.name, "ran", seconds, _describe(result), result)
+
+
+def _is_current(previous: dict, key: str, outputs: list[Path]) -> bool:
+    return previous.get("key") == key and previous.get("status") == "done" and all(p.exists() for p in outputs)
 
 
 def _remove(paths: list[Path]) -> None:
@@ -175,3 +222,85 @@ def _describe(result) -> str:
     numbers = [f"{key}: {value}" for key, value in result.items()
                if isinstance(value, (int, float)) and not isinstance(value, bool)]
     return ", ".join(numbers[:3])
+
+
+# -- dry run ------------------------------------------------------------------------------------------
+@dataclass
+class Forecast:
+    stage: str
+    runs: bool
+    reason: str
+
+
+def plan_report(config: ResolvedConfig, plan: Plan) -> list[Forecast]:
+    """For every stage of the plan: would it run or be skipped, and why. Nothing is run or written.
+
+    A stage downstream of one that would run is reported as running because of it (its inputs
+    will change), without comparing inputs that do not exist yet.
+    """
+    state = State(config.layout.state)
+    rerunning: set[str] = set()
+    forecasts = []
+    for stage in plan.stages:
+        if stage.name not in plan.selected:
+            forecasts.append(Forecast(stage.name, False, "not selected"))
+            continue
+        forecast = _forecast(config, stage, stage.name in plan.forced, state.entries.get(stage.name, {}), rerunning)
+        if forecast.runs:
+            rerunning.add(stage.name)
+        forecasts.append(forecast)
+    return forecasts
+
+
+def _forecast(config, stage: Stage, forced: bool, previous: dict, rerunning: set[str]) -> Forecast:
+    upstream = upstream_in(stage, rerunning)
+    try:
+        reason = stage.applies(config)
+    except FmbError as error:  # what it needs is made upstream: decided when the stage's turn comes
+        reason = None if upstream else f"cannot tell yet ({error})"
+    if reason:
+        return Forecast(stage.name, False, f"not applicable: {reason}")
+    if forced:
+        return Forecast(stage.name, True, "forced (--from / --only)")
+    if upstream:
+        return Forecast(stage.name, True, f"upstream {', '.join(upstream)} reruns (applies if what it needs is made)"
+                        if stage.applies is not always_applies else f"upstream {', '.join(upstream)} reruns")
+    if not previous:
+        return Forecast(stage.name, True, "never ran")
+    parts = key_parts(config, stage)
+    if previous.get("key") != _digest(parts):
+        return Forecast(stage.name, True, "; ".join(changed_parts(previous.get("parts", {}), parts)))
+    if previous.get("status") != "done":
+        return Forecast(stage.name, True, f"resumes (last run {previous.get('status')})")
+    missing = [str(p) for p in stage.outputs(config) if not p.exists()]
+    if missing:
+        return Forecast(stage.name, True, f"outputs missing: {', '.join(missing)}")
+    return Forecast(stage.name, False, "unchanged, skipped")
+
+
+def changed_parts(before: dict, now: dict) -> list[str]:
+    """What differs between two key part sets, in words: changed config keys (dotted), inputs, versions."""
+    if not before:
+        return ["made by a version of fmb that did not record why"]
+    notes = []
+    for name in sorted(set(before) | set(now)):
+        old, new = before.get(name), now.get(name)
+        if old == new:
+            continue
+        kind, _, what = name.partition(":")
+        if kind == "config":
+            notes += [f"config {key} {a!r} -> {b!r}" for key, a, b in _leaf_changes(what, old, new)]
+        elif kind == "input":
+            notes.append(f"input {what} {'appeared' if old is None else 'is gone' if new is None else 'changed'}")
+        elif kind == "version":
+            notes.append(f"code changed ({old} -> {new})")
+        else:
+            notes.append(f"{name} changed")
+    return notes or ["key changed"]
+
+
+def _leaf_changes(prefix: str, old, new) -> list[tuple[str, object, object]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for key in sorted(set(old) | set(new))
+                for change in _leaf_changes(f"{prefix}.{key}", old.get(key), new.get(key)) if old.get(key) != new.get(key)]
+    return [(prefix, old, new)]

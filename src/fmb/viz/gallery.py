@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmb.data.validate import Sample
-from fmb.viz.object_view import draw_rgb, draw_spectrum
+from fmb.viz.object_view import Sample, draw_rgb, draw_spectrum
 from fmb.viz.style import fmb_style, save_figure
 
 

@@ -1,18 +1,23 @@
-"""Single-object view: RGB composite, the four Euclid bands, and the rest-frame spectrum."""
+"""Single-object view: RGB composite, the four Euclid bands, and the rest-frame spectrum.
+
+A `Sample` here is anything with the attributes of `fmb.data.validate.Sample` (object_id, redshift,
+rgb, bands, spectrum): viz is a leaf library and imports nothing of the stages.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fmb.data.schema import BAND_NAMES
-from fmb.data.validate import Sample
+Sample = Any  # duck-typed: fmb.data.validate.Sample or anything shaped like it
 from fmb.viz.spectrum import ABSORPTION_LINES, EMISSION_LINES, lines_in_range, rest_frame, smooth
 from fmb.viz.style import fmb_style, save_figure
 
 
-def draw_object(sample: Sample, path: Path, *, smooth_px: float = 2.0, title_extra: str = "") -> Path:
+def draw_object(sample: Sample, path: Path, band_names: tuple[str, ...], *, smooth_px: float = 2.0,
+                title_extra: str = "") -> Path:
     """Write the single-object figure to `path` (PNG) and return it."""
     with fmb_style():
         import matplotlib.pyplot as plt
@@ -20,7 +25,7 @@ def draw_object(sample: Sample, path: Path, *, smooth_px: float = 2.0, title_ext
         figure = plt.figure(figsize=(13, 6.2))
         grid = figure.add_gridspec(2, 5, height_ratios=[1, 1.15], hspace=0.3, wspace=0.08)
         draw_rgb(figure.add_subplot(grid[0, 0]), sample)
-        for column, name in enumerate(BAND_NAMES, start=1):
+        for column, name in enumerate(band_names, start=1):
             _draw_band(figure.add_subplot(grid[0, column]), sample, column - 1, name)
         draw_spectrum(figure.add_subplot(grid[1, :]), sample, smooth_px)
         redshift = f"z = {sample.redshift:.4f}" if np.isfinite(sample.redshift) else "z unknown"
