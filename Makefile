@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	# imports run downward only (the layers contract in pyproject.toml)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # The demo: `fmb run` on a small synthetic survey with tiny random-weight models adapted briefly:

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from fmb.cli import app
+from fmb.config import load_config
 from tests.conftest import tagged_row, write_rows
 
 runner = CliRunner()
@@ -32,9 +33,10 @@ def test_index_validate_show_on_a_parquet_directory(project: Path, monkeypatch):
 
     result = fmb(project, "data", "validate", "--source", "mydata", monkeypatch=monkeypatch)
     assert result.exit_code == 0
-    summary = json.loads((project / "runs/test/data/validation.json").read_text())
+    layout = load_config(root=project).layout
+    summary = json.loads(layout.data.validation.read_text())
     assert summary["usable_objects"] == 12 and summary["modalities_dropped"] == 1 and summary["repairs"] == 1
-    rejects = pq.read_table(project / "runs/test/data/rejects.parquet").to_pylist()
+    rejects = pq.read_table(layout.data.rejects).to_pylist()
     assert {(r["object_id"], r["field"], r["location"]) for r in rejects} == {
         (45, "spectrum.error", "part-0.parquet:5"),
         (47, "spectrum.flux", "part-0.parquet:7"),
@@ -42,7 +44,7 @@ def test_index_validate_show_on_a_parquet_directory(project: Path, monkeypatch):
 
     result = fmb(project, "data", "show", "44", "--source", "mydata", monkeypatch=monkeypatch)
     assert result.exit_code == 0
-    png = project / "runs/test/figures/object_44.png"
+    png = layout.object_figure(44)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 

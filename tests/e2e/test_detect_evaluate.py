@@ -24,6 +24,13 @@ def invoke(*args):
     return result
 
 
+def run_config(project: Path):
+    """The config of the test run in `project`: its layout knows every path of the run."""
+    from fmb.config import load_config
+
+    return load_config(root=project)
+
+
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     project = tmp_path_factory.mktemp("detect")
@@ -41,47 +48,52 @@ def scored(tmp_path_factory):
 
 
 def test_scores_follow_the_contract(scored: Path):
-    frame = pq.read_table(scored / "runs/test/scores/pixels.parquet").to_pandas()
+    layout = run_config(scored).layout
+    frame = pq.read_table(layout.scores.table("pixels")).to_pandas()
     assert len(frame) == 160 and frame.object_id.is_unique
     for column in ("score_image_flow", "pct_image_flow", "rank_image_flow", "score_joint_knn", "mismatch",
                    "fused_geo", "fused_min", "fused_avg", "uplift"):
         assert column in frame.columns
     assert frame.pct_image_flow.max() == 1.0 and frame.rank_image_flow.min() == 1
-    assert (scored / "runs/test/scores/pixels/detectors.pt").is_file()
+    assert layout.scores.detectors("pixels").is_file()
 
 
 def test_truth_never_reaches_the_detectors(scored: Path, tmp_path: Path, monkeypatch):
     """Detection without the truth file on disk gives identical scores, and never opens it."""
+    from fmb.analyze.evaluate import truth_path
+
     copy = tmp_path / "copy"
-    shutil.copytree(scored, copy, ignore=shutil.ignore_patterns("scores"))
-    (copy / "data/synth/truth.parquet").unlink()
+    shutil.copytree(scored, copy, ignore=shutil.ignore_patterns(run_config(scored).layout.scores.dir.name))
+    truth = truth_path(run_config(copy))
+    truth.unlink()
     monkeypatch.chdir(copy)
     opened = []
     original = pq.read_table
     monkeypatch.setattr(pq, "read_table", lambda path, *a, **k: (opened.append(str(path)), original(path, *a, **k))[1])
     invoke("detect")
-    assert opened and not any(path.endswith("truth.parquet") for path in opened)
-    a = pq.read_table(scored / "runs/test/scores/pixels.parquet").to_pandas()
-    b = original(copy / "runs/test/scores/pixels.parquet").to_pandas()
+    assert opened and not any(path.endswith(truth.name) for path in opened)
+    a = pq.read_table(run_config(scored).layout.scores.table("pixels")).to_pandas()
+    b = original(run_config(copy).layout.scores.table("pixels")).to_pandas()
     np.testing.assert_allclose(a.filter(like="score_").to_numpy(), b.filter(like="score_").to_numpy())
 
 
 def test_evaluate_writes_tables_and_figure(scored: Path, monkeypatch):
     monkeypatch.chdir(scored)
     invoke("analyze", "evaluate")
-    out = scored / "runs/test/analysis/evaluation"
-    metrics = __import__("pandas").read_csv(out / "metrics.csv")
+    out = run_config(scored).layout.evaluation
+    metrics = __import__("pandas").read_csv(out.metrics)
     assert {"model", "score", "class", "ap", "auroc", "recall_1pct", "recall_5pct"} <= set(metrics.columns)
     assert "mispaired" in set(metrics["class"]) and "all" in set(metrics["class"])
-    assert (out / "summary.md").read_text().startswith("# Detection quality")
-    assert (out / "ap_by_class.png").stat().st_size > 10_000
+    assert out.summary.read_text().startswith("# Detection quality")
+    assert out.heatmap.stat().st_size > 10_000
 
 
 def test_saved_detectors_score_new_objects_without_refitting(scored: Path, monkeypatch):
     monkeypatch.chdir(scored)
     out = scored / "rescored.parquet"
-    invoke("detect", "score", "pixels", "--embeddings", "runs/test/embeddings/pixels", "--out", str(out))
+    layout = run_config(scored).layout
+    invoke("detect", "score", "pixels", "--embeddings", str(layout.embeddings("pixels").dir), "--out", str(out))
     again = pq.read_table(out).to_pandas()
-    original = pq.read_table(scored / "runs/test/scores/pixels.parquet").to_pandas()
+    original = pq.read_table(layout.scores.table("pixels")).to_pandas()
     np.testing.assert_allclose(again.score_image_flow, original.score_image_flow)
     np.testing.assert_allclose(again.mismatch, original.mismatch)

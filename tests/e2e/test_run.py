@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fmb.cli import app
+from fmb.config import load_config
 
 runner = CliRunner()
 SMALL = ["--set", "run.synth=true", "--set", "run.models=[pixels]", "--set", "synth.n=120",
@@ -56,7 +57,7 @@ def test_run_then_rerun_then_change_one_setting(project: Path):
     first = invoke(project)
     assert set(first.values()) == {"ran"}
     assert {"synth", "index", "adapt:pixels", "embed:pixels", "probes", *DOWNSTREAM_OF_DETECT} <= set(first)
-    page = (project / "runs/test/report.html").read_text()
+    page = load_config(root=project).layout.report.read_text()
     for section in ("Data", "Models and embeddings", "Detection quality", "Top anomalies", "Agreement between systems",
                     "Physical-parameter probes", "Similarity search", "Embedding maps", "Timings"):
         assert f">{section}</h2>" in page

@@ -105,67 +105,73 @@ def test_displacement_subset_takes_each_models_headline_system_or_all_of_one_mod
 # ---- the task end to end ----
 
 N = 60
+#: The run's two models (`run.models`, in this order): registered names standing for any two encoders.
+ALPHA, BETA = "pixels", "aion"
+RUN = [f"run.models=[{ALPHA}, {BETA}]"]
 
 
 def write_scores(project, model: str, ids: np.ndarray, columns: dict) -> None:
     frame = pd.DataFrame({"object_id": ids, **columns})
-    write_table(pa.Table.from_pandas(frame, preserve_index=False), project / "runs" / "test" / "scores" / f"{model}.parquet")
+    write_table(pa.Table.from_pandas(frame, preserve_index=False), load_config(root=project).layout.scores.table(model))
 
 
 @pytest.fixture
 def two_models(project):
-    """alpha scores objects 0..59; beta lacks object 0 and has no mismatch for object 5. Object 30 is
-    alpha's top joint anomaly and beta's most ordinary."""
+    """ALPHA scores objects 0..59; BETA lacks object 0 and has no mismatch for object 5. Object 30 is
+    ALPHA's top joint anomaly and BETA's most ordinary."""
     rng = np.random.default_rng(1)
     ids = np.arange(N)
     shared = rng.normal(size=N)
-    for model, keep in [("alpha", ids), ("beta", ids[1:])]:
+    for model, keep in [(ALPHA, ids), (BETA, ids[1:])]:
         columns = {name: shared[keep] + rng.normal(size=len(keep)) for name in
                    ["score_image_flow", "score_joint_flow", "score_image_knn", "mismatch", "fused_geo"]}
-        columns["score_joint_flow"][keep == 30] = 1000.0 if model == "alpha" else -1000.0
-        if model == "beta":
+        columns["score_joint_flow"][keep == 30] = 1000.0 if model == ALPHA else -1000.0
+        if model == BETA:
             columns["mismatch"][keep == 5] = np.nan
         write_scores(project, model, keep, columns)
     return project
 
 
 def test_agreement_end_to_end(two_models):
-    config = load_config(root=two_models, sets=["analyze.agreement.top_pct=10", "analyze.agreement.retention_pcts=[10, 50]"])
+    config = load_config(root=two_models, sets=RUN + ["analyze.agreement.top_pct=10",
+                                                      "analyze.agreement.retention_pcts=[10, 50]"])
     summary = agreement(config, log=lambda _: None)
-    out = two_models / "runs" / "test" / "analysis" / "agreement"
-    for name in ["spearman.csv", "jaccard.csv", "retention_10.csv", "retention_50.csv", "disagreement.csv",
-                 "spearman.png", "jaccard.png", "retention.png", "displacement.png", "summary.json"]:
-        assert (out / name).stat().st_size > 0, name
-    assert json.loads((out / "summary.json").read_text()) == summary
+    out = config.layout.agreement
+    for path in [out.matrix("spearman"), out.matrix("jaccard"), out.matrix("retention_10"), out.matrix("retention_50"),
+                 out.disagreement, out.figure("spearman"), out.figure("jaccard"), out.figure("retention"),
+                 out.figure("displacement"), out.summary]:
+        assert path.stat().st_size > 0, path.name
+    assert json.loads(out.summary.read_text()) == summary
 
     assert summary["n_common"] == N - 2 and summary["top_count"] == 6
     dropped = {s["label"]: s["dropped"] for s in summary["systems"]}
-    assert dropped == {"alpha image flow": 2, "alpha joint flow": 2, "alpha mismatch": 2, "alpha fused_geo": 2,
-                       "beta image flow": 1, "beta joint flow": 1, "beta mismatch": 0, "beta fused_geo": 1}
+    assert dropped == {f"{ALPHA} image flow": 2, f"{ALPHA} joint flow": 2, f"{ALPHA} mismatch": 2,
+                       f"{ALPHA} fused_geo": 2, f"{BETA} image flow": 1, f"{BETA} joint flow": 1,
+                       f"{BETA} mismatch": 0, f"{BETA} fused_geo": 1}
 
     common = sorted(set(range(N)) - {0, 5})
-    scores = pd.concat([pd.read_parquet(two_models / "runs" / "test" / "scores" / f"{m}.parquet")
+    scores = pd.concat([pd.read_parquet(config.layout.scores.table(m))
                         .set_index("object_id").loc[common, ["score_image_flow", "score_joint_flow", "mismatch", "fused_geo"]]
-                        for m in ["alpha", "beta"]], axis=1)
-    spearman = pd.read_csv(out / "spearman.csv", index_col=0)
+                        for m in [ALPHA, BETA]], axis=1)
+    spearman = pd.read_csv(out.matrix("spearman"), index_col=0)
     assert list(spearman.index) == list(dropped)
     np.testing.assert_allclose(spearman.to_numpy(), spearmanr(scores.to_numpy()).statistic, atol=1e-5)
 
-    disagreement = pd.read_csv(out / "disagreement.csv")
-    planted = disagreement[(disagreement.system_a == "alpha joint flow") & (disagreement.system_b == "beta joint flow")
+    disagreement = pd.read_csv(out.disagreement)
+    planted = disagreement[(disagreement.system_a == f"{ALPHA} joint flow") & (disagreement.system_b == f"{BETA} joint flow")
                            & (disagreement.object_id == 30)]
     assert planted[["pct_a", "pct_b"]].to_numpy().tolist() == [[pytest.approx(100 / 58, abs=1e-5), 100.0]]
-    retention = pd.read_csv(out / "retention_50.csv", index_col=0)
-    assert retention.loc["alpha joint flow", "alpha joint flow"] == 1.0
-    assert retention.loc["alpha joint flow", "beta joint flow"] <= 5 / 6  # object 30 is not retained
+    retention = pd.read_csv(out.matrix("retention_50"), index_col=0)
+    assert retention.loc[f"{ALPHA} joint flow", f"{ALPHA} joint flow"] == 1.0
+    assert retention.loc[f"{ALPHA} joint flow", f"{BETA} joint flow"] <= 5 / 6  # object 30 is not retained
 
 
 def test_agreement_errors_say_what_is_missing(project):
-    config = load_config(root=project)
+    config = load_config(root=project, sets=RUN)
     with pytest.raises(FmbError, match="no scores"):
         agreement(config)
-    write_scores(project, "alpha", np.arange(10), {"score_image_flow": np.arange(10.0), "fused_geo": np.arange(10.0)})
+    write_scores(project, ALPHA, np.arange(10), {"score_image_flow": np.arange(10.0), "fused_geo": np.arange(10.0)})
     with pytest.raises(FmbError, match="at least 2 systems"):
-        agreement(load_config(root=project, sets=["analyze.agreement.methods=[fused_geo]"]))
+        agreement(load_config(root=project, sets=RUN + ["analyze.agreement.methods=[fused_geo]"]))
     with pytest.raises(FmbError, match="fused_typo"):
-        agreement(load_config(root=project, sets=["analyze.agreement.methods=[flow, fused_typo]"]))
+        agreement(load_config(root=project, sets=RUN + ["analyze.agreement.methods=[flow, fused_typo]"]))

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from fmb.config import AionSection, load_config
+from fmb.config import load_config
 from fmb.data.tasks import index
 from fmb.data.validate import RowChecker
 from fmb.embed import store
-from fmb.embed.extract import embed, embeddings_dir
+from fmb.embed.extract import embed
 from fmb.models import tasks as model_tasks
-from fmb.models.aion import AionEncoder, _random_parts
+from fmb.models.aion import AionEncoder, AionSection, _random_parts
 from fmb.models.base import WeightsError
 from tests.conftest import tagged_row, write_rows
 
@@ -113,11 +113,11 @@ def test_adapters_train_and_embed_end_to_end(project: Path):
     index(config)
     before = AionEncoder.load(config.models.aion).adapted_state()
     model_tasks.adapt(config, "aion", log=lambda _: None)
-    history = json.loads((config.run_dir / "models/aion/history.json").read_text())
+    history = json.loads(config.layout.model("aion").history.read_text())
     assert len(history["epochs"]) == 2 and np.isfinite(history["best_val_loss"])
-    after = torch.load(config.run_dir / "models/aion/best.pt", weights_only=False)["model"]
+    after = torch.load(config.layout.model("aion").best, weights_only=False)["model"]
     assert any(not torch.equal(before[k], after[k]) for k in before)
     embed(config, "aion")
-    ids, m = store.load_embeddings(embeddings_dir(config, "aion"))
+    ids, m = store.load_embeddings(config.layout.embeddings("aion").dir)
     assert sorted(ids) == list(range(700, 716)) and {k: v.shape for k, v in m.items()} == {
         "image": (16, 64), "spectrum": (16, 64), "joint": (16, 64)}

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from fmb.config import AstroCLIPSection, load_config
+from fmb.config import load_config
 from fmb.data.tasks import index
 from fmb.embed import store
-from fmb.embed.extract import embed, embeddings_dir
+from fmb.embed.extract import embed
 from fmb.models import tasks as model_tasks
-from fmb.models.astroclip import AstroCLIPEncoder, clip_loss, slice_spectrum
+from fmb.models.astroclip import AstroCLIPEncoder, AstroCLIPSection, clip_loss, slice_spectrum
 from fmb.models.base import WeightsError
 from tests.conftest import plant_hf_file, tagged_row, write_rows
 
@@ -131,9 +131,9 @@ def test_only_heads_and_temperature_adapt_and_embeddings_come_out(project: Path)
     config = load_config(root=project, sets=sets)
     index(config)
     model_tasks.adapt(config, "astroclip", log=lambda _: None)
-    history = json.loads((config.run_dir / "models/astroclip/history.json").read_text())
+    history = json.loads(config.layout.model("astroclip").history.read_text())
     assert len(history["epochs"]) == 2 and all(np.isfinite(e["train_loss"]) for e in history["epochs"])
     embed(config, "astroclip")
-    ids, m = store.load_embeddings(embeddings_dir(config, "astroclip"))
+    ids, m = store.load_embeddings(config.layout.embeddings("astroclip").dir)
     assert len(ids) == 20 and m["image"].shape == (20, 64) and m["spectrum"].shape == (20, 64)
     np.testing.assert_allclose(np.linalg.norm(m["joint"], axis=1), 1, rtol=1e-4)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from fmb.config import AstroPTSection, load_config
+from fmb.config import load_config
 from fmb.data.tasks import index
 from fmb.data.validate import RowChecker
 from fmb.embed import store
-from fmb.embed.extract import embed, embeddings_dir
+from fmb.embed.extract import embed
 from fmb.models import tasks as model_tasks
-from fmb.models.astropt import AstroPTEncoder
+from fmb.models.astropt import AstroPTEncoder, AstroPTSection
 from fmb.models.base import WeightsError
 from tests.conftest import plant_hf_file, tagged_row, write_rows
 
@@ -84,26 +84,26 @@ def test_adapt_a_few_steps_then_embed_deterministically(project: Path):
     config = load_config(root=project, sets=sets)
     index(config)
     summary = model_tasks.adapt(config, "astropt", log=lambda _: None)
-    history = json.loads((project / "runs/test/models/astropt/history.json").read_text())
+    history = json.loads(config.layout.model("astropt").history.read_text())
     assert summary["epochs"] == 2 and len(history["steps"]) >= 2 and np.isfinite(history["best_val_loss"])
-    assert embed(config, "astropt")["weights"].endswith("models/astropt/best.pt")
-    ids, first = store.load_embeddings(embeddings_dir(config, "astropt"))
+    assert embed(config, "astropt")["weights"] == str(config.layout.model("astropt").best)
+    ids, first = store.load_embeddings(config.layout.embeddings("astropt").dir)
     assert sorted(ids) == list(range(500, 524)) and first["image"].shape == (24, 64) and first["joint"].shape == (24, 64)
     again = load_config(root=project, sets=sets + ["name=again"])
-    (again.run_dir).mkdir(parents=True)
+    again.layout.root.mkdir(parents=True)
     import shutil
 
-    shutil.copytree(config.run_dir / "data", again.run_dir / "data")
-    shutil.copytree(config.run_dir / "models", again.run_dir / "models")
+    shutil.copytree(config.layout.data.dir, again.layout.data.dir)
+    shutil.copytree(config.layout.models_dir, again.layout.models_dir)
     embed(again, "astropt")
-    _, second = store.load_embeddings(embeddings_dir(again, "astropt"))
+    _, second = store.load_embeddings(again.layout.embeddings("astropt").dir)
     for modality in first:
         np.testing.assert_array_equal(first[modality], second[modality])
     # the adapted weights were used, not the base ones
     base = load_config(root=project, sets=sets + ["name=base", "models.astropt.embed.weights=base"])
-    shutil.copytree(config.run_dir / "data", base.run_dir / "data")
+    shutil.copytree(config.layout.data.dir, base.layout.data.dir)
     assert embed(base, "astropt")["weights"] == "base (random tiny)"
-    _, untrained = store.load_embeddings(embeddings_dir(base, "astropt"))
+    _, untrained = store.load_embeddings(base.layout.embeddings("astropt").dir)
     assert not np.allclose(untrained["image"], first["image"])
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from fmb.config import find_root, load_config
 from fmb.errors import ConfigError
+from fmb.layout import RunLayout
 
 
 def test_precedence_cli_over_task_over_project_over_defaults(project: Path):
@@ -49,8 +50,8 @@ def test_paths_resolve_under_root_and_loading_creates_nothing(project: Path):
     assert find_root(sub) == project
     config = load_config(root=sub)
     assert config.path("data/x") == project / "data/x"
-    assert config.run_dir == project / "runs" / "test"
-    assert not (project / "runs").exists()
+    assert config.layout == RunLayout.of(project, "test") and config.run_dir == config.layout.root
+    assert not config.layout.root.parent.exists()
     assert sorted(p.name for p in project.iterdir()) == ["deep", "fmb.yaml"]
 
 

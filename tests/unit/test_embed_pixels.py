@@ -16,7 +16,7 @@ import torch
 from fmb.config import load_config
 from fmb.data.tasks import index
 from fmb.embed import store
-from fmb.embed.extract import embed, embeddings_dir
+from fmb.embed.extract import embed
 from fmb.errors import FmbError
 from fmb.models import tasks as model_tasks
 from tests.conftest import tagged_row, write_rows
@@ -59,30 +59,32 @@ def test_unfitted_reference_is_a_clear_error(project: Path):
 
 def test_embed_writes_parts_manifest_and_records_skips(fitted):
     summary = embed(fitted, "pixels")
-    directory = embeddings_dir(fitted, "pixels")
+    files = fitted.layout.embeddings("pixels")
+    directory = files.dir
     assert summary["units"] == 6 and summary["objects"] == 38
     ids, matrices = store.load_embeddings(directory)
     assert sorted(ids) == sorted(set(range(1000, 1040)) - {1004, 1009})
     assert matrices["image"].shape == (38, 6) and matrices["joint"].shape == (38, 12)
-    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest = json.loads(files.manifest.read_text())
     assert manifest["signature"]["model"] == "pixels" and len(manifest["signature"]["weights_sha256"]) == 64
     assert all(len(entry["sha256"]) == 64 for entry in manifest["parts"].values())
-    rejects = pq.read_table(fitted.run_dir / "data/rejects.parquet").to_pandas()
+    rejects = pq.read_table(fitted.layout.data.rejects).to_pandas()
     mine = rejects[rejects.stage == "embed:pixels"]
     assert set(mine.object_id) == {1004, 1009} and set(mine.location) == {"part-0.parquet:4", "part-0.parquet:9"}
 
 
 def test_embeddings_are_deterministic_and_worker_count_does_not_matter(fitted, project: Path):
     embed(fitted, "pixels")
-    ids_a, a = store.load_embeddings(embeddings_dir(fitted, "pixels"))
+    ids_a, a = store.load_embeddings(fitted.layout.embeddings("pixels").dir)
     other = load_config(root=project, sets=SETTINGS + ["name=other", "models.pixels.embed.num_workers=2"])
-    (other.run_dir / "data").mkdir(parents=True)
-    for name in ("index.parquet", "index.json"):
-        (other.run_dir / "data" / name).write_bytes((fitted.run_dir / "data" / name).read_bytes())
-    (other.run_dir / "models").mkdir()
-    os.symlink(fitted.run_dir / "models" / "pixels", other.run_dir / "models" / "pixels")
+    other.layout.data.dir.mkdir(parents=True)
+    for source, target in ((fitted.layout.data.index, other.layout.data.index),
+                           (fitted.layout.data.index_meta, other.layout.data.index_meta)):
+        target.write_bytes(source.read_bytes())
+    other.layout.models_dir.mkdir()
+    os.symlink(fitted.layout.model("pixels").dir, other.layout.model("pixels").dir)
     embed(other, "pixels")
-    ids_b, b = store.load_embeddings(embeddings_dir(other, "pixels"))
+    ids_b, b = store.load_embeddings(other.layout.embeddings("pixels").dir)
     np.testing.assert_array_equal(ids_a, ids_b)
     for modality in a:
         np.testing.assert_array_equal(a[modality], b[modality])
@@ -95,12 +97,12 @@ class Interrupted(Exception):
 @pytest.mark.parametrize("where", ["after_part_before_manifest", "after_manifest"])
 def test_interrupted_then_resumed_equals_uninterrupted(fitted, project: Path, monkeypatch, where):
     embed(fitted, "pixels")
-    ids_ref, ref = store.load_embeddings(embeddings_dir(fitted, "pixels"))
+    ids_ref, ref = store.load_embeddings(fitted.layout.embeddings("pixels").dir)
 
     resumed = load_config(root=project, sets=SETTINGS + ["name=resumed"])
     index(resumed)
-    (resumed.run_dir / "models").mkdir()
-    os.symlink(fitted.run_dir / "models" / "pixels", resumed.run_dir / "models" / "pixels")
+    resumed.layout.models_dir.mkdir()
+    os.symlink(fitted.layout.model("pixels").dir, resumed.layout.model("pixels").dir)
     calls = {"n": 0}
     original_add = store.Manifest.add
 
@@ -118,7 +120,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(fitted, project: Path, mo
     monkeypatch.setattr(store.Manifest, "add", original_add)
     summary = embed(resumed, "pixels")
     assert summary["units_done_now"] == (4 if where == "after_part_before_manifest" else 3)
-    ids, got = store.load_embeddings(embeddings_dir(resumed, "pixels"))
+    ids, got = store.load_embeddings(resumed.layout.embeddings("pixels").dir)
     assert len(ids) == len(set(ids)) == len(ids_ref)
     np.testing.assert_array_equal(ids, ids_ref)
     for modality in ref:
@@ -134,7 +136,7 @@ def test_changed_weights_refuse_to_mix_with_old_parts(fitted, project: Path):
 
 def test_pt_export_import_round_trip(fitted, project: Path):
     embed(fitted, "pixels")
-    directory = embeddings_dir(fitted, "pixels")
+    directory = fitted.layout.embeddings("pixels").dir
     path = project / "legacy.pt"
     assert store.export_pt(directory, path) == 38
     records = torch.load(path, weights_only=False)
@@ -168,7 +170,7 @@ def test_reference_separates_an_odd_object(project: Path):
     index(config)
     model_tasks.adapt(config, "pixels")
     embed(config, "pixels")
-    ids, m = store.load_embeddings(embeddings_dir(config, "pixels"))
+    ids, m = store.load_embeddings(config.layout.embeddings("pixels").dir)
     distance = np.linalg.norm(m["image"] - np.median(m["image"], axis=0), axis=1)
     assert ids[np.argmax(distance)] == 2007
 
@@ -183,7 +185,8 @@ def test_real_kill_9_then_resume_loses_and_duplicates_nothing(project: Path):
     run("data", "index", *args)
     run("adapt", "pixels", *args)
     process = subprocess.Popen(cli + ["embed", "pixels", *args], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = project / "runs/test/embeddings/pixels/manifest.json"
+    embeddings = load_config(root=project, sets=sets).layout.embeddings("pixels")
+    manifest = embeddings.manifest
     deadline = time.time() + 120
     while time.time() < deadline and not (manifest.is_file() and len(json.loads(manifest.read_text())["parts"]) >= 3):
         time.sleep(0.02)
@@ -193,5 +196,5 @@ def test_real_kill_9_then_resume_loses_and_duplicates_nothing(project: Path):
     done_before = len(json.loads(manifest.read_text())["parts"])
     assert 3 <= done_before < 30
     run("embed", "pixels", *args)
-    ids, _ = store.load_embeddings(project / "runs/test/embeddings/pixels")
+    ids, _ = store.load_embeddings(embeddings.dir)
     assert len(ids) == 600 and len(set(ids)) == 600

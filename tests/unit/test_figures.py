@@ -9,14 +9,16 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from fmb.analyze import figures as figures_module
+from fmb.analyze.figures import colour_panels, figures, gallery_title
 from fmb.config import load_config
 from fmb.data.tasks import index
 from fmb.detect.fusion import fuse
+from fmb.detect.scores import frame_headline, load_score_tables, top
 from fmb.embed import store
 from fmb.io import write_table
-from fmb.viz import figures as figures_module
+from fmb.layout import EmbeddingFiles, SurveyLayout
 from fmb.viz import umap_map
-from fmb.viz.figures import colour_panels, figures, gallery_title, rank_objects, ranking_column
 from fmb.viz.umap_map import MapPanel, UmapSettings, mosaic_picks, umap_coordinates
 from tests.conftest import tagged_row, write_rows
 
@@ -57,18 +59,18 @@ def test_umap_cache_hits_on_same_inputs_and_misses_on_new_vectors_or_settings(tm
 def test_gallery_ranking_is_by_score_not_file_order():
     frame = pd.DataFrame({"object_id": [11, 12, 13, 14, 15, 16],
                           "fused_geo": [0.2, np.nan, 0.9, 0.5, 0.9, 0.7]})
-    top = rank_objects(frame, "fused_geo", 4)
-    assert top["object_id"].tolist() == [13, 15, 16, 14]  # tie at 0.9: lower id first; NaN never ranked
-    assert top["rank"].tolist() == [1, 2, 3, 4]
-    assert rank_objects(frame, "fused_geo", 10)["object_id"].tolist() == [13, 15, 16, 14, 11]
+    best = top(frame, "fused_geo", 4)
+    assert best["object_id"].tolist() == [13, 15, 16, 14]  # tie at 0.9: lower id first; NaN never ranked
+    assert best["rank"].tolist() == [1, 1, 3, 4]  # the ranking rule: tied scores share the best rank
+    assert top(frame, "fused_geo", 10)["object_id"].tolist() == [13, 15, 16, 14, 11]
 
 
-def test_ranking_column_falls_back_to_an_available_score():
+def test_the_headline_column_falls_back_to_an_available_score():
     frame = pd.DataFrame({"object_id": [1, 2], "fused_geo": [np.nan, np.nan], "score_image_flow": [1.0, 2.0],
                           "score_joint_flow": [3.0, 1.0]})
-    assert ranking_column(frame, "fused_geo", "flow") == "score_joint_flow"  # all-NaN fused scores are no ranking
-    assert ranking_column(frame, "score_image_flow", "flow") == "score_image_flow"
-    assert ranking_column(frame[["object_id"]], "fused_geo", "flow") is None
+    assert frame_headline(frame, "fused_geo", "flow") == "score_joint_flow"  # all-NaN fused scores are no ranking
+    assert frame_headline(frame, "score_image_flow", "flow") == "score_image_flow"
+    assert frame_headline(frame[["object_id"]], "fused_geo", "flow") is None
 
 
 def test_gallery_title_names_rank_id_redshift_and_percentiles():
@@ -96,11 +98,13 @@ def test_mosaic_picks_the_object_nearest_each_cell_centre():
 # -- the task on a tiny run -------------------------------------------------------------------------
 N = 40
 IDS = np.arange(1000, 1000 + N)
+#: Two registered models of the run (`run.models`): one embedded jointly and scored, one image-only and unscored.
+JOINT, IMAGE_ONLY = "pixels", "aion"
 
 
-def write_embeddings(directory: Path, matrices: dict[str, np.ndarray]) -> None:
-    store.write_part(directory / store.part_name(0), IDS, matrices)
-    store.Manifest.open(directory, {"model": directory.name}).add(0, N, [])
+def write_embeddings(files: EmbeddingFiles, matrices: dict[str, np.ndarray]) -> None:
+    store.write_part(files.part(0), IDS, matrices)
+    store.Manifest.open(files.dir, {"model": files.dir.name}).add(0, N, [])
 
 
 def write_scores(config, model: str, seed: int) -> pd.DataFrame:
@@ -108,7 +112,7 @@ def write_scores(config, model: str, seed: int) -> pd.DataFrame:
     frame = pd.DataFrame({"object_id": IDS, **{f"score_{m}_flow": rng.normal(size=N) for m in ("image", "spectrum", "joint")},
                           "mismatch": rng.normal(size=N)})
     frame = fuse(frame, "flow")
-    write_table(pa.Table.from_pandas(frame, preserve_index=False), config.run_dir / "scores" / f"{model}.parquet")
+    write_table(pa.Table.from_pandas(frame, preserve_index=False), config.layout.scores.table(model))
     return frame
 
 
@@ -117,23 +121,25 @@ def tiny_run(project: Path):
     """A 40-object survey with a catalog (Z = id / 10000), one joint-embedded model with scores and
     one image-only model without."""
     write_rows(project / "survey" / "part-0.parquet", [tagged_row(int(i), seed=int(i)) for i in IDS])
-    pd.DataFrame({"TARGETID": IDS, "Z": IDS / 10_000}).to_parquet(project / "survey" / "catalog.parquet")
+    pd.DataFrame({"TARGETID": IDS, "Z": IDS / 10_000}).to_parquet(SurveyLayout(project / "survey").catalog)
     config = load_config(root=project, sets=["data.source=survey", "analyze.figures.gallery_size=4",
-                                             "analyze.figures.mosaic_cells=4"])
+                                             "analyze.figures.mosaic_cells=4", f"run.models=[{JOINT}, {IMAGE_ONLY}]"])
     index(config)
     rng = np.random.default_rng(1)
-    write_embeddings(config.run_dir / "embeddings" / "toy", {"image": rng.normal(size=(N, 4)),
-                                                              "joint": rng.normal(size=(N, 8))})
-    write_embeddings(config.run_dir / "embeddings" / "imgonly", {"image": rng.normal(size=(N, 4))})
-    write_scores(config, "toy", seed=2)
+    write_embeddings(config.layout.embeddings(JOINT), {"image": rng.normal(size=(N, 4)),
+                                                       "joint": rng.normal(size=(N, 8))})
+    write_embeddings(config.layout.embeddings(IMAGE_ONLY), {"image": rng.normal(size=(N, 4))})
+    write_scores(config, JOINT, seed=2)
     return config
 
 
 def test_figures_end_to_end_draws_pngs_and_reuses_maps_until_vectors_change(tiny_run, umap_fits, monkeypatch):
     paths = figures(tiny_run, log=lambda message: None)
-    assert set(paths) == {"umap", "scores", "gallery_toy"}
+    assert set(paths) == {"umap", "scores", f"gallery_{JOINT}"}
+    assert paths == {"umap": tiny_run.layout.figures.umap, "scores": tiny_run.layout.figures.scores,
+                     f"gallery_{JOINT}": tiny_run.layout.figures.gallery(JOINT)}
     for path in paths.values():
-        assert path.parent == tiny_run.run_dir / "analysis" / "figures"
+        assert path.parent == tiny_run.layout.figures.dir
         with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) > 300
     assert umap_fits == [N, N]
@@ -143,38 +149,39 @@ def test_figures_end_to_end_draws_pngs_and_reuses_maps_until_vectors_change(tiny
     figures(tiny_run, log=lambda message: None)
     assert umap_fits == [N, N]  # unchanged inputs: both maps read from the cache
 
-    write_embeddings(tiny_run.run_dir / "embeddings" / "toy", {"joint": np.ones((N, 8)) + np.eye(N, 8)})
+    write_embeddings(tiny_run.layout.embeddings(JOINT), {"joint": np.ones((N, 8)) + np.eye(N, 8)})
     figures(tiny_run, log=lambda message: None)
     assert umap_fits == [N, N, N]  # only the re-embedded model is mapped again
 
 
 def test_maps_are_coloured_by_catalog_row_of_each_object_else_by_anomaly_percentile(tiny_run):
     shuffled = IDS[::-1].copy()
-    panel = MapPanel("toy", shuffled, np.zeros((N, 2)), None)
-    label = colour_panels(tiny_run, [panel], ["toy"], figures_module.load_scores(tiny_run))
+    panel = MapPanel(JOINT, shuffled, np.zeros((N, 2)), None)
+    label = colour_panels(tiny_run, [panel], [JOINT], load_score_tables(tiny_run))
     assert label == "redshift z"
     np.testing.assert_allclose(panel.values, shuffled / 10_000)
 
-    (tiny_run.root / "survey" / "catalog.parquet").unlink()
-    scores = figures_module.load_scores(tiny_run)
-    label = colour_panels(tiny_run, [panel], ["toy"], scores)
+    SurveyLayout(tiny_run.path("survey")).catalog.unlink()
+    scores = load_score_tables(tiny_run)
+    label = colour_panels(tiny_run, [panel], [JOINT], scores)
     assert label.startswith("anomaly percentile")
-    most_anomalous = scores["toy"].sort_values("fused_geo").object_id.iloc[-1]
+    most_anomalous = scores[JOINT].sort_values("fused_geo").object_id.iloc[-1]
     assert panel.values[shuffled == most_anomalous] == 100
 
-    unscored = [MapPanel("toy", IDS, np.zeros((N, 2)), None), MapPanel("imgonly", IDS, np.zeros((N, 2)), None)]
-    assert colour_panels(tiny_run, unscored, ["toy", "imgonly"], scores) == "log10 objects per cell"
+    unscored = [MapPanel(JOINT, IDS, np.zeros((N, 2)), None), MapPanel(IMAGE_ONLY, IDS, np.zeros((N, 2)), None)]
+    assert colour_panels(tiny_run, unscored, [JOINT, IMAGE_ONLY], scores) == "log10 objects per cell"
     assert all(p.values is None for p in unscored)  # density: no values
 
 
 def test_a_class_column_colours_the_maps_by_class_with_rare_classes_grouped(tiny_run, tmp_path):
     kinds = np.where(IDS % 10 == 0, "QSO", np.where(IDS % 7 == 0, "STAR", "GALAXY")).astype(object)
     kinds[3] = None
-    pd.DataFrame({"TARGETID": IDS, "SPECTYPE": kinds}).to_parquet(tiny_run.root / "survey" / "catalog.parquet")
-    config = load_config(root=tiny_run.root, sets=["data.source=survey", "analyze.figures.color_by=SPECTYPE"])
+    pd.DataFrame({"TARGETID": IDS, "SPECTYPE": kinds}).to_parquet(SurveyLayout(tiny_run.path("survey")).catalog)
+    config = load_config(root=tiny_run.root, sets=["data.source=survey", "analyze.figures.color_by=SPECTYPE",
+                                                   f"run.models=[{JOINT}, {IMAGE_ONLY}]"])
     shuffled = IDS[::-1].copy()
-    panel = MapPanel("toy", shuffled, np.random.default_rng(0).random((N, 2)), None)
-    assert colour_panels(config, [panel], ["toy"], figures_module.load_scores(config)) == "SPECTYPE"
+    panel = MapPanel(JOINT, shuffled, np.random.default_rng(0).random((N, 2)), None)
+    assert colour_panels(config, [panel], [JOINT], load_score_tables(config)) == "SPECTYPE"
     assert panel.values is None
     assert list(panel.categories) == [k if k is not None else "unknown" for k in kinds[::-1]]
 
@@ -183,7 +190,7 @@ def test_a_class_column_colours_the_maps_by_class_with_rare_classes_grouped(tiny
     many = np.array([f"class{i}" for i in range(12) for _ in range(12 - i)], dtype=object)  # class0 commonest
     assert set(umap_map._grouped(many)) == {f"class{i}" for i in range(9)} | {"other"}
 
-    path = umap_map.draw_umap_figure([panel], "SPECTYPE", 4, tmp_path / "umap.png")
+    path = umap_map.draw_umap_figure([panel], "SPECTYPE", 4, tmp_path / "spectype_map.png")
     assert Image.open(path).size[0] > 300
 
 

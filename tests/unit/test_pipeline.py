@@ -9,30 +9,39 @@ import pytest
 
 from fmb.config import load_config
 from fmb.errors import ConfigError
-from fmb.run.pipeline import Stage, execute, select
+from fmb.run.engine import execute, select
+from fmb.stage import Stage
+
+
+def toy_output(config, name: str, suffix: str = "txt") -> Path:
+    """<name>.<suffix> of a toy stage, in a directory of the run the layout gives these stages."""
+    return config.layout.cache("toy_stages") / f"{name}.{suffix}"
+
+
+def written(project: Path, name: str, suffix: str = "txt") -> Path:
+    return toy_output(load_config(root=project), name, suffix)
 
 
 def _writer(name: str, reads: str | None, runs: list[str], fail: set[str] | None = None):
-    """An action writing out/<name>.txt from its input (so downstream fingerprints really change)."""
+    """An action writing <name>.txt from its input (so downstream fingerprints really change)."""
     def action(config, log):
         runs.append(name)
-        out = config.run_dir / "out"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{name}.partial").write_text("started")
+        toy_output(config, name).parent.mkdir(parents=True, exist_ok=True)
+        toy_output(config, name, "partial").write_text("started")
         if fail and name in fail:
             raise RuntimeError(f"{name} broke")
-        upstream = (config.run_dir / "out" / f"{reads}.txt").read_text() if reads else config.path("source.txt").read_text()
-        (out / f"{name}.txt").write_text(f"{name}({upstream}, hidden={config.detect.flow.hidden})")
+        upstream = toy_output(config, reads).read_text() if reads else config.path("source.txt").read_text()
+        toy_output(config, name).write_text(f"{name}({upstream}, hidden={config.detect.flow.hidden})")
         return {"wrote": name}
     return action
 
 
 def graph(runs: list[str], fail: set[str] | None = None) -> list[Stage]:
     def made(name):
-        return lambda c: [c.run_dir / "out" / f"{name}.txt"]
+        return lambda c: [toy_output(c, name)]
 
     def read(name):
-        return lambda c: [c.run_dir / "out" / f"{name}.txt"]
+        return lambda c: [toy_output(c, name)]
 
     return [
         Stage("a", _writer("a", None, runs, fail), ("data",), lambda c: [c.path("source.txt")], made("a")),
@@ -64,7 +73,7 @@ def test_unchanged_stages_are_skipped(project: Path):
 def test_a_config_change_reruns_only_the_stages_downstream(project: Path):
     run(project)
     assert run(project, "detect.flow.hidden=17") == ["b", "c"]
-    assert (project / "runs/test/out/c.txt").read_text() == "c(b(a(v1, hidden=128), hidden=17), hidden=17)"
+    assert written(project, "c").read_text() == "c(b(a(v1, hidden=128), hidden=17), hidden=17)"
     assert run(project, "detect.flow.hidden=17") == []
 
 
@@ -72,13 +81,15 @@ def test_a_changed_input_file_reruns_its_readers(project: Path):
     run(project)
     (project / "source.txt").write_text("v2 longer")
     assert run(project) == ["a", "b", "c", "d"]
-    assert "v2 longer" in (project / "runs/test/out/c.txt").read_text()
+    assert "v2 longer" in written(project, "c").read_text()
 
 
 def test_a_deleted_output_reruns_its_stage(project: Path):
     run(project)
-    (project / "runs/test/out/b.txt").unlink()
-    assert run(project) == ["b", "c"]
+    written(project, "b").unlink()
+    # inputs are fingerprinted by content: b writes the same bytes again, so c's key is unchanged
+    assert run(project) == ["b"]
+    assert written(project, "b").read_text() == "b(a(v1, hidden=128), hidden=128)"
 
 
 def test_from_forces_a_stage_and_everything_downstream(project: Path):
@@ -93,12 +104,12 @@ def test_an_interrupted_stage_resumes_on_its_outputs_and_a_changed_one_starts_cl
     run(project)
     with pytest.raises(RuntimeError, match="b broke"):
         run(project, "detect.flow.hidden=9", fail={"b"})
-    partial = project / "runs/test/out/b.partial"
+    partial = written(project, "b", "partial")
     assert partial.is_file()
-    (project / "runs/test/out/b.txt").write_text("kept")  # what a resumable stage would build on
+    written(project, "b").write_text("kept")  # what a resumable stage would build on
     assert run(project, "detect.flow.hidden=9") == ["b", "c"]  # same key: outputs kept, stage reruns
     # a different key removes the stage's outputs first
-    (project / "runs/test/out/b.txt").write_text("stale")
+    written(project, "b").write_text("stale")
     runs: list[str] = []
     config = load_config(root=project, sets=["detect.flow.hidden=11"])
     stages = graph(runs)
@@ -106,7 +117,7 @@ def test_an_interrupted_stage_resumes_on_its_outputs_and_a_changed_one_starts_cl
     original = stages[1].action
 
     def check_clean(config, log):
-        seen["existed"] = (config.run_dir / "out" / "b.txt").exists()
+        seen["existed"] = toy_output(config, "b").exists()
         return original(config, log)
 
     stages[1] = Stage("b", check_clean, ("detect.flow",), stages[1].inputs, stages[1].outputs, after=("a",))

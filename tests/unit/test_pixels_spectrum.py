@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmb.config import PixelsSection
-from fmb.models.pixels import PixelsEncoder, _binned_shape
+from fmb.models.pixels import PixelsEncoder, PixelsSection, _binned_shape
 
 
 def _spectrum(rng: np.random.Generator, length: int = 7781) -> tuple[np.ndarray, np.ndarray]:

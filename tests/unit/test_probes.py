@@ -11,7 +11,7 @@ from fmb.analyze.probes import (assign_folds, bootstrap_errors, cross_validate, 
                                 fold_r2, importance_fraction, normalise_contributions, participation_ratio, probes,
                                 sample_objects)
 from fmb.config import load_config
-from fmb.embed.store import Manifest, part_name, write_part
+from fmb.embed.store import Manifest, write_part
 from fmb.errors import FmbError
 
 
@@ -108,31 +108,36 @@ def test_held_out_predictions_depend_on_no_other_held_out_object():
 N_OBJECTS = 150
 
 
-def write_embeddings(run_dir: Path, model: str, ids: np.ndarray, matrices: dict) -> None:
-    directory = run_dir / "embeddings" / model
-    directory.mkdir(parents=True)
-    write_part(directory / part_name(0), ids, matrices)
-    Manifest.open(directory, {"model": model}).add(0, len(ids), [])
+#: The run's two models (`run.models`, in this order): registered names standing for any two encoders.
+ALPHA, BETA = "pixels", "aion"
+
+
+def write_embeddings(config, model: str, ids: np.ndarray, matrices: dict) -> None:
+    files = config.layout.embeddings(model)
+    files.dir.mkdir(parents=True)
+    write_part(files.part(0), ids, matrices)
+    Manifest.open(files.dir, {"model": model}).add(0, len(ids), [])
 
 
 def tiny_project(root: Path, catalog_columns: dict | None = None) -> np.ndarray:
-    """Model 'alpha' (image, spectrum) encodes Z linearly in its image; 'beta' (image) misses 10 objects."""
+    """Model ALPHA (image, spectrum) encodes Z linearly in its image; BETA (image) misses 10 objects."""
     rng = np.random.default_rng(0)
     ids = np.arange(5000, 5000 + N_OBJECTS)
     image = rng.normal(size=(N_OBJECTS, 6)).astype(np.float32)
     z = 0.5 + 0.2 * image[:, 0] - 0.1 * image[:, 1]
     logm = 10 + rng.normal(size=N_OBJECTS)
     logm[:12] = np.nan  # no mass for some objects: the LOGM probe uses fewer
-    run_dir = root / "runs" / "test"
-    write_embeddings(run_dir, "alpha", ids, {"image": image, "spectrum": rng.normal(size=(N_OBJECTS, 5))})
-    write_embeddings(run_dir, "beta", ids[10:], {"image": rng.normal(size=(N_OBJECTS - 10, 4))})
+    config = tiny_config(root)
+    write_embeddings(config, ALPHA, ids, {"image": image, "spectrum": rng.normal(size=(N_OBJECTS, 5))})
+    write_embeddings(config, BETA, ids[10:], {"image": rng.normal(size=(N_OBJECTS - 10, 4))})
     columns = {"TARGETID": ids, "Z": z, "LOGM": logm, "SPECTYPE": ["GALAXY"] * N_OBJECTS, **(catalog_columns or {})}
-    pd.DataFrame(columns).to_parquet(root / "catalog.parquet")
+    pd.DataFrame(columns).to_parquet(config.path(config.data.catalog))
     return ids
 
 
 def tiny_config(project: Path, *extra: str):
-    return load_config(root=project, sets=["data.catalog=catalog.parquet", "analyze.probes.targets=[Z, LOGM]",
+    return load_config(root=project, sets=[f"run.models=[{ALPHA}, {BETA}]", "data.catalog=catalog.parquet",
+                                           "analyze.probes.targets=[Z, LOGM]",
                                            "analyze.probes.folds=3", "analyze.probes.bootstraps=5",
                                            "analyze.probes.shap_max=50", *extra])
 
@@ -140,49 +145,52 @@ def tiny_config(project: Path, *extra: str):
 def test_probes_task_end_to_end(project):
     ids = tiny_project(project)
     lines = []
-    summary = probes(tiny_config(project), log=lines.append)
-    out = project / "runs" / "test" / "analysis" / "probes"
-    for name in ("results.csv", "summary.md", "importances.parquet", "predictions.parquet", "r2.png", "pareto.png",
-                 "scatter_Z.png", "scatter_LOGM.png"):
-        assert (out / name).stat().st_size > 0, name
-    assert len(lines) == 6  # (alpha, beta, random) x (Z, LOGM)
+    config = tiny_config(project)
+    summary = probes(config, log=lines.append)
+    out = config.layout.probes
+    for path in (out.results, out.summary, out.importances, out.predictions, out.r2_plot, out.pareto_plot,
+                 out.scatter_plot("Z"), out.scatter_plot("LOGM")):
+        assert path.stat().st_size > 0, path.name
+    assert out.scatter_plots() == sorted([out.scatter_plot("Z"), out.scatter_plot("LOGM")])
+    assert len(lines) == 6  # (ALPHA, BETA, random) x (Z, LOGM)
 
-    results = pd.read_csv(out / "results.csv")
-    assert set(zip(results.model, results.modality)) == {("alpha", "image"), ("alpha", "spectrum"), ("beta", "image"),
+    results = pd.read_csv(out.results)
+    assert set(zip(results.model, results.modality)) == {(ALPHA, "image"), (ALPHA, "spectrum"), (BETA, "image"),
                                                          ("random", "gaussian")}
     n = results.groupby("target")["n"].unique()
     assert list(n["Z"]) == [N_OBJECTS - 10] and list(n["LOGM"]) == [N_OBJECTS - 12]  # intersection, finite target
     assert summary["objects"] == {"Z": N_OBJECTS - 10, "LOGM": N_OBJECTS - 12}
     z = results[results.target == "Z"].set_index(["model", "modality"])
-    assert z.loc[("alpha", "image"), "r2_ridge_mean"] > 0.99
+    assert z.loc[(ALPHA, "image"), "r2_ridge_mean"] > 0.99
     assert z.loc[("random", "gaussian"), "r2_ridge_mean"] < 0.1
-    assert summary["best"]["Z"]["model"] == "alpha" and summary["best"]["Z"]["modality"] == "image"
+    assert summary["best"]["Z"]["model"] == ALPHA and summary["best"]["Z"]["modality"] == "image"
     assert results[["pr", "pr90", "epd", "pr_err"]].notna().all().all()
     assert ((results.pr > 0) & (results.pr <= 1)).all()
     np.testing.assert_allclose(results.epd, results.pr * results.dim)
 
-    predictions = pd.read_parquet(out / "predictions.parquet")
+    predictions = pd.read_parquet(out.predictions)
     for _, table in predictions.groupby("target"):
         by_probe = table.pivot(index="object_id", columns=["model", "modality"], values="fold")
         assert by_probe.notna().all().all()  # the same objects in every probe ...
         assert (by_probe.nunique(axis=1) == 1).all()  # ... in the same fold
     assert set(predictions.object_id) <= set(ids[10:])
 
-    importances = pd.read_parquet(out / "importances.parquet")
+    importances = pd.read_parquet(out.importances)
     assert len(importances) == (6 + 5 + 4 + 5) * 2  # random features: the median model dimension of 6, 5, 4
-    assert "| alpha | image |" in (out / "summary.md").read_text()
+    assert f"| {ALPHA} | image |" in out.summary.read_text()
 
 
 def test_probes_without_lightgbm(project):
     tiny_project(project)
-    out = project / "runs" / "test" / "analysis" / "probes"
-    out.mkdir(parents=True)
-    for stale in ("pareto.png", "importances.parquet"):  # from an earlier run with LightGBM
-        (out / stale).write_bytes(b"old")
-    probes(tiny_config(project, "analyze.probes.lightgbm=false", "analyze.probes.targets=[Z]"), log=lambda line: None)
-    results = pd.read_csv(out / "results.csv")
+    config = tiny_config(project, "analyze.probes.lightgbm=false", "analyze.probes.targets=[Z]")
+    out = config.layout.probes
+    out.dir.mkdir(parents=True)
+    for stale in (out.pareto_plot, out.importances):  # from an earlier run with LightGBM
+        stale.write_bytes(b"old")
+    probes(config, log=lambda line: None)
+    results = pd.read_csv(out.results)
     assert results.r2_lgbm_mean.isna().all() and results.r2_ridge_mean.notna().all()
-    assert not (out / "pareto.png").exists() and not (out / "importances.parquet").exists()
+    assert not out.pareto_plot.exists() and not out.importances.exists()
 
 
 def test_clear_errors(project):
@@ -191,5 +199,5 @@ def test_clear_errors(project):
     tiny_project(project, {"LOGSFR": np.r_[np.ones(20), np.full(N_OBJECTS - 20, np.nan)]})
     with pytest.raises(FmbError, match=r"no column 'MASS'.*catalog\.parquet|catalog\.parquet.*no column 'MASS'"):
         probes(tiny_config(project, "analyze.probes.targets=[MASS]"), log=lambda line: None)
-    with pytest.raises(FmbError, match="too few objects to probe LOGSFR: 10 .*alpha 20, beta 10"):
+    with pytest.raises(FmbError, match=f"too few objects to probe LOGSFR: 10 .*{ALPHA} 20, {BETA} 10"):
         probes(tiny_config(project, "analyze.probes.targets=[LOGSFR]"), log=lambda line: None)

@@ -5,7 +5,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from fmb.viz.report import _inline_encoding
+from fmb.viz.html import _inline_encoding
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -7,18 +7,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from fmb.analyze.similarity import (
-    IDS_FILE,
-    META_FILE,
-    SimilarityIndex,
-    neighbour_ranks,
-    similarity,
-)
+from fmb.analyze.similarity import SimilarityIndex, neighbour_ranks, similarity
 from fmb.config import load_config
 from fmb.data.tasks import index as index_data
 from fmb.embed import store
 from fmb.errors import DataError, FmbError
 from fmb.io import write_table
+from fmb.layout import SimilarityFiles
 from tests.conftest import tagged_row, write_rows
 
 
@@ -124,11 +119,12 @@ def test_fingerprint_changes_with_ids_vectors_and_layout(object_ids):
 
 def test_mismatched_or_incomplete_files_are_detected(tmp_path, object_ids):
     directory = SimilarityIndex().build(object_ids, clustered(len(object_ids), 16, 20)).save(tmp_path / "index")
-    with (directory / IDS_FILE).open("wb") as handle:
+    _, ids_file, meta_file = SimilarityFiles.index_files(directory)
+    with ids_file.open("wb") as handle:
         np.save(handle, object_ids[::-1])  # same length, other order: would mis-pair every neighbour
     with pytest.raises(FmbError, match="not the id list"):
         SimilarityIndex.load(directory)
-    (directory / META_FILE).unlink()
+    meta_file.unlink()
     with pytest.raises(FmbError, match="no complete similarity index"):
         SimilarityIndex.load(directory)
 
@@ -152,7 +148,8 @@ def test_duplicate_ids_and_shape_mismatch_are_refused():
 
 # -- the tasks on a planted run ------------------------------------------------------------------------
 N, ODD = 300, [297, 298, 299]  # ten clusters of ~30 objects, and three odd objects together far away
-SETTINGS = ["data.source=survey", "analyze.similarity.k=2", "analyze.similarity.n_examples=2"]
+MODEL = "pixels"  # the run's one model (a registered name; the vectors are planted)
+SETTINGS = ["data.source=survey", f"run.models=[{MODEL}]", "analyze.similarity.k=2", "analyze.similarity.n_examples=2"]
 
 
 def cluster_of(object_id: int) -> int:
@@ -165,12 +162,12 @@ def planted_vectors(seed: int = 0) -> np.ndarray:
     return (centres[[cluster_of(i) for i in range(N)]] + 0.1 * rng.normal(size=(N, 8))).astype(np.float32)
 
 
-def write_embeddings(project: Path, vectors: np.ndarray) -> None:
-    directory = project / "runs" / "test" / "embeddings" / "toy"
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / store.MANIFEST).unlink(missing_ok=True)
-    store.write_part(directory / store.part_name(0), np.arange(N), {"image": vectors[:, ::-1], "joint": vectors})
-    store.Manifest.open(directory, {"model": "toy"}).add(0, N, [])
+def write_embeddings(config, vectors: np.ndarray) -> None:
+    files = config.layout.embeddings(MODEL)
+    files.dir.mkdir(parents=True, exist_ok=True)
+    files.manifest.unlink(missing_ok=True)
+    store.write_part(files.part(0), np.arange(N), {"image": vectors[:, ::-1], "joint": vectors})
+    store.Manifest.open(files.dir, {"model": MODEL}).add(0, N, [])
 
 
 @pytest.fixture
@@ -178,10 +175,10 @@ def planted(project: Path):
     write_rows(project / "survey" / "part-0.parquet", [tagged_row(i) for i in range(N)], row_group_size=50)
     config = load_config(root=project, sets=SETTINGS)
     index_data(config)
-    write_embeddings(project, planted_vectors())
+    write_embeddings(config, planted_vectors())
     fused = np.arange(N) / N  # the odd objects are the top anomalies; object 0 has no score
     fused[0] = np.nan
-    write_table(pa.table({"object_id": np.arange(N), "fused_geo": fused}), config.run_dir / "scores" / "toy.parquet")
+    write_table(pa.table({"object_id": np.arange(N), "fused_geo": fused}), config.layout.scores.table(MODEL))
     return config
 
 
@@ -189,11 +186,13 @@ def test_similarity_task_writes_neighbours_and_figures(planted):
     messages = []
     result = similarity(planted, modality="joint", log=messages.append)
     table = pd.read_csv(result["neighbours"])
-    assert result["queries"] == {"toy": [299, 298]}  # top fused_geo by default
+    assert result["queries"] == {MODEL: [299, 298]}  # top fused_geo by default
     assert list(table.columns) == ["query_id", "model", "modality", "rank", "neighbour_id", "similarity"]
     assert len(table) == 2 * 2 and (table["rank"] == [1, 2, 1, 2]).all()  # queries x k
     assert set(table.neighbour_id) <= set(ODD) and not (table.neighbour_id == table.query_id).any()
-    assert [p.name for p in result["figures"]] == ["toy_joint_299.png", "toy_joint_298.png"]
+    examples = planted.layout.similarity
+    assert result["neighbours"] == examples.neighbours
+    assert result["figures"] == [examples.example(MODEL, "joint", 299), examples.example(MODEL, "joint", 298)]
     assert all(p.stat().st_size > 10_000 for p in result["figures"])
     assert sum("building it" in m for m in messages) == 1
 
@@ -201,13 +200,13 @@ def test_similarity_task_writes_neighbours_and_figures(planted):
     table = pd.read_csv(explicit["neighbours"])
     assert list(table.modality) == ["image", "image", "joint", "joint"] and (table.neighbour_id // 30 == 3).all()
     assert sum("building it" in m for m in messages) == 2  # the joint index was reused, the image one built
-    assert [p.name for p in explicit["figures"]] == ["toy_image_100.png", "toy_joint_100.png"]
+    assert explicit["figures"] == [examples.example(MODEL, "image", 100), examples.example(MODEL, "joint", 100)]
 
 
-def test_saved_index_is_reused_until_the_embeddings_change(planted, project: Path):
-    (planted.run_dir / "data" / "index.parquet").unlink()  # no data index: neighbours without figures
+def test_saved_index_is_reused_until_the_embeddings_change(planted):
+    planted.layout.data.index.unlink()  # no data index: neighbours without figures
     assert similarity(planted, queries=[5], log=lambda _: None)["figures"] == []
-    meta = planted.run_dir / "analysis" / "similarity" / "index" / "toy" / "joint" / META_FILE
+    _, _, meta = SimilarityFiles.index_files(planted.layout.similarity.index_dir(MODEL, "joint"))
     stamp = meta.stat().st_mtime_ns
     messages = []
     similarity(planted, queries=[5], log=messages.append)
@@ -215,7 +214,7 @@ def test_saved_index_is_reused_until_the_embeddings_change(planted, project: Pat
 
     moved = planted_vectors()
     moved[5] = moved[65]  # object 5 now sits in cluster 2
-    write_embeddings(project, moved)
+    write_embeddings(planted, moved)
     messages.clear()
     table = pd.read_csv(similarity(planted, queries=[5], log=messages.append)["neighbours"])
     assert any("changed since the saved index; rebuilding" in m for m in messages)
@@ -226,17 +225,17 @@ def test_vector_query_needs_one_model_and_modality(planted):
     centre = planted_vectors()[30:60].mean(axis=0)
     with pytest.raises(FmbError, match="exactly one model and a modality"):
         similarity(planted, vector=centre)
-    result = similarity(planted, vector=centre, models=["toy"], modality="joint")
+    result = similarity(planted, vector=centre, models=[MODEL], modality="joint")
     table = pd.read_csv(result["neighbours"])
     assert table.query_id.isna().all() and (table.neighbour_id // 30 == 1).all()
-    assert [p.name for p in result["figures"]] == ["toy_joint_vector.png"]
+    assert result["figures"] == [planted.layout.similarity.example(MODEL, "joint", "vector")]
 
 
-def test_bad_embedding_is_reported_with_model_modality_and_object(planted, project: Path):
+def test_bad_embedding_is_reported_with_model_modality_and_object(planted):
     broken = planted_vectors()
     broken[77] = 0
-    write_embeddings(project, broken)
-    with pytest.raises(DataError, match="object 77, field toy joint embedding: .*zero"):
+    write_embeddings(planted, broken)
+    with pytest.raises(DataError, match=f"object 77, field {MODEL} joint embedding: .*zero"):
         similarity(planted, queries=[5], modality="joint")
 
 
@@ -252,6 +251,6 @@ def test_neighbour_ranks_of_planted_odd_group(planted):
 
 
 def test_neighbour_ranks_needs_scores(planted):
-    (planted.run_dir / "scores" / "toy.parquet").unlink()
+    planted.layout.scores.table(MODEL).unlink()
     with pytest.raises(FmbError, match="no model has both embeddings and scores"):
         neighbour_ranks(planted, log=lambda _: None)

@@ -13,6 +13,7 @@ from fmb.data.sources import ParquetSource, open_source
 from fmb.data.validate import SKIPPED, RowChecker
 from fmb.errors import ConfigError, DataError
 from fmb.io import write_table
+from fmb.layout import SurveyLayout
 from tests.conftest import row_tag, tagged_row, write_rows
 
 
@@ -23,8 +24,8 @@ def survey(project: Path) -> Path:
     write_rows(data / "sub" / "part-1.parquet", [tagged_row(i) for i in range(200, 207)])
     import pyarrow as pa
 
-    write_table(pa.table({"TARGETID": [100], "Z": [0.1]}), data / "catalog.parquet")
-    write_table(pa.table({"object_id": [100], "anomaly_class": ["none"]}), data / "truth.parquet")
+    write_table(pa.table({"TARGETID": [100], "Z": [0.1]}), SurveyLayout(data).catalog)
+    write_table(pa.table({"object_id": [100], "anomaly_class": ["none"]}), SurveyLayout(data).truth)
     return data
 
 
@@ -126,7 +127,7 @@ def test_full_pass_never_mispairs_image_and_spectrum(survey: Path):
 
 def test_rejects_table_replaces_only_its_own_stage(survey: Path, project: Path):
     (survey / "broken.parquet").write_bytes(b"junk")
-    path = project / "rejects.parquet"
+    path = load_config(root=project).layout.data.rejects
     write_rejects(path, "index", build_index(ParquetSource(survey)).issues)
     write_rejects(path, "validate", [])
     write_rejects(path, "validate", build_index(ParquetSource(survey)).issues)

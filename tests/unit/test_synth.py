@@ -19,6 +19,7 @@ from fmb.data.synth.anomalies import build, calibration_jump, dead_segment, sate
 from fmb.data.synth.generate import ChunkTask, generate_chunk, get_context, observe
 from fmb.data.synth.scene import Scene, render
 from fmb.data.synth.sed import galaxy_total_sed
+from fmb.layout import SurveyLayout
 
 N, SEED, RATE = 192, 3, 0.1  # a high anomaly rate so every class shows up in a small survey
 HALPHA, OIII = 6564.61, 5008.24
@@ -31,8 +32,8 @@ def survey(tmp_path_factory) -> dict:
     summary = synthesize(out, N, SEED, anomaly_rate=RATE, workers=1, shard_size=100, progress=finished.append)
     rows = pa.concat_tables([pq.read_table(path) for path in sorted(out.glob("part-*.parquet"))])
     return {"out": out, "summary": summary, "finished": finished, "rows": rows,
-            "truth": pq.read_table(out / "truth.parquet").to_pandas(),
-            "catalog": pq.read_table(out / "catalog.parquet").to_pandas()}
+            "truth": pq.read_table(SurveyLayout(out).truth).to_pandas(),
+            "catalog": pq.read_table(SurveyLayout(out).catalog).to_pandas()}
 
 
 def arrays(rows: pa.Table, column: str) -> np.ndarray:
@@ -60,14 +61,14 @@ def test_files_schemas_and_row_groups(survey):
         metadata = pq.ParquetFile(path).metadata
         assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == groups
         assert metadata.row_group(0).column(0).compression == "ZSTD"
-    catalog = pq.read_schema(out / "catalog.parquet")
+    catalog = pq.read_schema(SurveyLayout(out).catalog)
     assert catalog.names == ["TARGETID", "Z", "LOGM", "LOGSFR", "SPECTYPE"]
     assert catalog.field("TARGETID").type == pa.int64() and catalog.field("Z").type == pa.float64()
     truth = survey["truth"]
     for column in ("object_id", "anomaly_class", "galaxy_type", "z", "logm", "logsfr", "r_half_arcsec",
                    "ellipticity", "bulge_fraction", "depth_vis", "spec_depth", "anomaly_params"):
         assert column in truth.columns
-    info = json.loads((out / "synth.json").read_text())
+    info = json.loads(SurveyLayout(out).summary.read_text())
     assert info["n"] == N and sum(info["classes"].values()) == N and info["seed"] == SEED
     assert sum(survey["finished"]) == N
     assert not list(out.glob(".tmp-*")), "temporary files left behind"
@@ -111,13 +112,14 @@ def test_values_finite_errors_positive(survey):
 def test_same_seed_two_workers_identical_and_prefix_stable(survey, tmp_path):
     """Another run with the same seed, two worker processes, a different n and shard size: the
     objects it shares with the fixture are byte-identical; stale parts of the directory go."""
-    (tmp_path / "part-00009.parquet").write_bytes(b"stale")
+    layout = SurveyLayout(tmp_path)
+    layout.part(9).write_bytes(b"stale")
     summary = synthesize(tmp_path, 130, SEED, anomaly_rate=RATE, workers=2, shard_size=64)
     rows = pa.concat_tables([pq.read_table(path) for path in summary["parts"]])
-    assert sorted(p.name for p in tmp_path.glob("part-*.parquet")) == [f"part-0000{i}.parquet" for i in range(3)]
+    assert sorted(tmp_path.glob("part-*.parquet")) == [layout.part(i) for i in range(3)]
     assert rows.equals(survey["rows"].slice(0, 130))
-    truth = pq.read_table(tmp_path / "truth.parquet")
-    assert truth.equals(pq.read_table(survey["out"] / "truth.parquet").slice(0, 130))
+    truth = pq.read_table(layout.truth)
+    assert truth.equals(pq.read_table(SurveyLayout(survey["out"]).truth).slice(0, 130))
 
 
 def test_different_seed_differs(survey):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fmb.config import AdaptSettings
-from fmb.models.trainer import BEST, CHECKPOINT, Trainer
+from fmb.layout import ModelFiles
+from fmb.models.trainer import Trainer
 
 
 class LinearProblem(torch.nn.Module):
@@ -68,12 +69,14 @@ def run(out: Path, epochs: int, size=8, kill_at_epoch=None, **settings):
 
 
 def test_training_reduces_validation_loss_and_writes_history(tmp_path):
-    model, history, _ = run(tmp_path, epochs=8)
+    model, history, trainer = run(tmp_path, epochs=8)
+    files = ModelFiles(tmp_path)
+    assert trainer.files == files
     losses = [e["val_loss"] for e in history.epochs]
     assert losses[-1] < 0.01 * losses[0], losses
-    saved = json.loads((tmp_path / "history.json").read_text())
+    saved = json.loads(files.history.read_text())
     assert [e["val_loss"] for e in saved["epochs"]] == pytest.approx(losses)
-    assert (tmp_path / "history.png").stat().st_size > 5000 and (tmp_path / BEST).is_file()
+    assert files.history_plot.stat().st_size > 5000 and files.best.is_file()
 
 
 def test_schedule_warms_up_then_decays_by_cosine(tmp_path):
@@ -100,7 +103,7 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path):
     straight, _, _ = run(tmp_path / "straight", epochs=5)
     with pytest.raises(Killed):
         run(tmp_path / "split", epochs=5, kill_at_epoch=2)
-    assert (tmp_path / "split" / CHECKPOINT).is_file()
+    assert ModelFiles(tmp_path / "split").checkpoint.is_file()
     resumed, history, _ = run(tmp_path / "split", epochs=5)
     assert [e["epoch"] for e in history.epochs] == [0, 1, 2, 3, 4]
     for p, q in zip(straight.parameters(), resumed.parameters()):
