@@ -24,10 +24,10 @@ from pathlib import Path
 import pandas as pd
 
 from fmb.analyze.evaluate import evaluate, summary_table
-from fmb.config import DetectConfig, load_config
+from fmb.config import detect_config_class, load_config
 from fmb.data.tasks import index, synth
 from fmb.detect.tasks import detect
-from fmb.embed.extract import embed, embeddings_dir
+from fmb.embed.extract import embed
 from fmb.models import tasks as model_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def run_pipeline(out: Path, n: int, models: list[str], reuse_survey: bool = Fals
     config = load_config(tasks, root=out, sets=[f"synth.n={n}", "synth.out=data/quality", "data.source=data/quality",
                                                 "name=quality", "detect.folds=5"])
     if default_detect:  # fmb's own detection defaults instead of the demo's fast settings
-        config.values.detect = DetectConfig(folds=5)
+        config.values.detect = detect_config_class()(folds=5)
     steps = [] if reuse_survey else [("synth", lambda: synth(config)), ("index", lambda: index(config))]
     for model in models:
         steps += [(f"adapt {model}", lambda m=model: model_tasks.adapt(config, m, log=lambda _: None)),
@@ -53,11 +53,11 @@ def run_pipeline(out: Path, n: int, models: list[str], reuse_survey: bool = Fals
         started = time.perf_counter()
         step()
         print(f"  {name}: {time.perf_counter() - started:.0f} s", flush=True)
-    return config.run_dir / "analysis/evaluation/metrics.csv"
+    return config.layout.evaluation.metrics
 
 
 def embed_afresh(config, model: str) -> None:
-    shutil.rmtree(embeddings_dir(config, model), ignore_errors=True)  # made by other weights: start over
+    shutil.rmtree(config.layout.embeddings(model).dir, ignore_errors=True)  # made by other weights: start over
     embed(config, model)
 
 

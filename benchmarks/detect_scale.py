@@ -23,7 +23,8 @@ from functools import partial
 import numpy as np
 import torch
 
-from fmb.detect.density import CrossFitted, FlowDetector, FlowSettings, Reducer
+from fmb.detect.density import CrossFitted, Reducer
+from fmb.detect.methods.flow import FlowDetector
 
 DIM, LATENT, CHUNK = 768, 16, 50_000
 
@@ -47,13 +48,13 @@ def embeddings(start: int, stop: int, mapping) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def fmb_method(n: int, fit_size: int, folds: int, settings: FlowSettings, mapping) -> float:
+def fmb_method(n: int, fit_size: int, folds: int, settings: dict, mapping) -> float:
     """Seconds spent fitting and scoring (generating the embeddings, i.e. reading them, excluded)."""
     fit_ids = np.sort(np.random.default_rng(0).choice(n, min(fit_size, n), replace=False))
     fit_x = _rows(fit_ids, mapping)
     started = time.perf_counter()
     reducer = Reducer(64, seed=0).fit(fit_x)
-    detector = CrossFitted(partial(FlowDetector, settings), folds, seed=0).fit(reducer.transform(fit_x), fit_ids)
+    detector = CrossFitted(partial(FlowDetector, **settings), folds, seed=0).fit(reducer.transform(fit_x), fit_ids)
     elapsed = time.perf_counter() - started
     del fit_x
     for start in range(0, n, CHUNK):
@@ -121,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     mapping = _mapping()
-    settings = FlowSettings(min_steps=args.max_steps, max_steps=args.max_steps)
+    settings = {"min_steps": args.max_steps, "max_steps": args.max_steps}
     original = {n: original_method(n, mapping) for n in args.original_sizes}
     per_object = np.mean([t / n for n, t in original.items()])
     print("original method (normflows RealNVP, in-sample), measured:")

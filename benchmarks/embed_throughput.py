@@ -27,7 +27,7 @@ from fmb.config import load_config
 from fmb.data.index import ObjectIndex
 from fmb.data.sources import open_source
 from fmb.data.synth import synthesize
-from fmb.data.tasks import data_dir, index
+from fmb.data.tasks import index
 from fmb.data.validate import RowChecker
 from fmb.embed.extract import embed
 from fmb.models.base import pick_device
@@ -64,7 +64,7 @@ def original_loop(encoder, source, object_index: ObjectIndex, batch_size: int, d
 def measure(model: str, config, device: torch.device) -> tuple[float, float]:
     encoder = build_encoder(config, model, weights="base").to(device).eval()
     source = open_source(config)
-    object_index = ObjectIndex.load(data_dir(config))
+    object_index = ObjectIndex.load(config.layout.data.dir)
     original_loop(encoder, source, ObjectIndex(object_index_table(config, 8)), ORIGINAL_BATCH[model], device)  # warm-up
     started = time.perf_counter()
     n_original = original_loop(encoder, source, object_index, ORIGINAL_BATCH[model], device)
@@ -78,7 +78,7 @@ def measure(model: str, config, device: torch.device) -> tuple[float, float]:
 def object_index_table(config, n: int):
     import pyarrow.parquet as pq
 
-    return pq.read_table(data_dir(config) / "index.parquet").slice(0, n)
+    return pq.read_table(config.layout.data.index).slice(0, n)
 
 
 def main() -> None:
