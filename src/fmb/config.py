@@ -40,13 +40,12 @@ def runtime_only(default: Any, description: str = "", **constraints: Any):
 def result_values(section: Any) -> Any:
     """A section's values (JSON) without its `runtime_only` settings, at every depth."""
     if not isinstance(section, BaseModel):
-        return section.model_dump(mode="json") if hasattr(section, "model_dump") else section
+        return _json_value(section)
     values = {}
     for name, info in type(section).model_fields.items():
         if (info.json_schema_extra or {}).get(RUNTIME_ONLY):
             continue
-        value = getattr(section, name)
-        values[name] = result_values(value) if isinstance(value, BaseModel) else _json_value(value)
+        values[name] = result_values(getattr(section, name))
     return values
 
 
@@ -187,18 +186,15 @@ def detect_config_class() -> type[DetectSettings]:
 
 @cache
 def _detect_config(detectors: tuple) -> type[DetectSettings]:
-    import importlib
-
     from pydantic import create_model
 
-    from fmb.plugins import detector_class, signature_section
+    from fmb.plugins import detector_class, import_target, signature_section
 
     clashing = [name for name, _ in detectors if name in DetectSettings.model_fields or name == "mismatch"]
     if clashing:
         raise ConfigError(f"detector name(s) {', '.join(clashing)} clash with keys of the detect section")
-    module_name, class_name = MISMATCH_CRITIC.split(":")
     classes = {name: detector_class(name) for name, _ in detectors}
-    classes["mismatch"] = getattr(importlib.import_module(module_name), class_name)
+    classes["mismatch"] = import_target(MISMATCH_CRITIC)
     sections = {name: signature_section(cls, _Section) for name, cls in classes.items()}
     return create_model("DetectConfig", __base__=DetectSettings, __doc__=DetectSettings.__doc__,
                         **{name: (section, Field(default_factory=section)) for name, section in sections.items()})

@@ -6,6 +6,7 @@ that the next write replaces.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -68,3 +69,22 @@ def write_json(data, path: str | Path) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return Path(path)
+
+
+def parquet_footer_sha256(path: Path) -> str:
+    """sha256 of a Parquet file's footer (schema, row groups, statistics): a few KB that change with
+    the data; for an unreadable file, of its size and mtime."""
+    try:
+        size = path.stat().st_size
+        if size < 12:
+            raise OSError("too short for a Parquet file")
+        with open(path, "rb") as handle:
+            handle.seek(size - 8)
+            length, magic = int.from_bytes(handle.read(4), "little"), handle.read(4)
+            if magic != b"PAR1" or length > size - 12:
+                raise OSError("no Parquet footer")
+            handle.seek(size - 8 - length)
+            return hashlib.sha256(handle.read(length)).hexdigest()
+    except OSError:
+        stat = path.stat()
+        return hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()

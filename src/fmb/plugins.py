@@ -82,8 +82,13 @@ def load(kind: str, name: str):
     registry = _KINDS[kind]
     if name not in registry:
         raise ConfigError(f"unknown {kind} {name!r}; choose from {', '.join(registry)}")
-    module_name, class_name = registry[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return import_target(registry[name])
+
+
+def import_target(target: str):
+    """The object named by "package.module:Name" (imported now)."""
+    module_name, object_name = target.split(":")
+    return getattr(importlib.import_module(module_name), object_name)
 
 
 def check_names(kind: str, names, key: str) -> None:

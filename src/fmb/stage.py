@@ -22,11 +22,9 @@ This module is at the bottom of the import layers: it imports nothing of fmb.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-
-Log = Callable[[str], None]
 
 
 def always_applies(_config) -> str | None:
@@ -66,20 +64,15 @@ class ModelStage:
     outputs: Callable
     after: tuple[str, ...] = ()
     version: int = 1
-    extra: dict = field(default_factory=dict)
 
     def expand(self, models: list[str]) -> list[Stage]:
         return [self.for_model(model) for model in models]
 
     def for_model(self, model: str) -> Stage:
-        return Stage(f"{self.family}:{model}", _bind(self.action, model),
+        return Stage(f"{self.family}:{model}", partial(_call_action, self.action, model),
                      tuple(key.format(model=model) for key in self.config_keys),
                      partial(_call_with_model, self.inputs, model), partial(_call_with_model, self.outputs, model),
-                     tuple(name.format(model=model) for name in self.after), version=self.version, **self.extra)
-
-
-def _bind(action: Callable, model: str) -> Callable:
-    return partial(_call_action, action, model)
+                     tuple(name.format(model=model) for name in self.after), version=self.version)
 
 
 def _call_action(action: Callable, model: str, config, log):

@@ -29,7 +29,7 @@ from fmb.data.index import Fetcher
 from fmb.data.tasks import open_fetcher
 from fmb.detect.scores import (DEFAULT_RANKING, frame_headline, fusion_inputs, load_score_tables, parse_score_column,
                                pct_column, score_tables, top)
-from fmb.embed.store import embedded_models, load_embeddings
+from fmb.embed.store import embedded_models, embedding_manifests, load_embeddings
 from fmb.errors import FmbError
 from fmb.models.registry import model_label
 from fmb.stage import Stage
@@ -240,8 +240,8 @@ def _title_percentiles(method: str) -> dict[str, str]:
 
 def _figure_inputs(config: ResolvedConfig) -> list[Path]:
     catalog = catalog_path(config)
-    manifests = [config.layout.embeddings(model).manifest for model in config.run.models]
-    return manifests + list(score_tables(config).values()) + ([catalog] if catalog else []) + [config.layout.data.index]
+    scores = list(score_tables(config).values())
+    return embedding_manifests(config) + scores + ([catalog] if catalog else []) + [config.layout.data.index]
 
 
 FIGURES = Stage("figures", figures, ("analyze.figures", "seed", "run.models", "detect.fusion_method"),

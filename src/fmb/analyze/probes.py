@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from fmb.config import ResolvedConfig
 from fmb.data.catalog import catalog_path, load_catalog
-from fmb.embed.store import embedded_models, load_embeddings
+from fmb.embed.store import embedded_models, embedding_manifests, load_embeddings
 from fmb.errors import FmbError
 from fmb.io import atomic_path, write_csv, write_table
 from fmb.layout import ProbeFiles
@@ -514,13 +514,9 @@ def _plot_scatter(fitted: list[Probe], results: pd.DataFrame, path: Path) -> Non
     save_figure(figure, path)
 
 
-def _embedding_manifests(config: ResolvedConfig) -> list[Path]:
-    return [config.layout.embeddings(model).manifest for model in config.run.models]
-
-
 def _probe_inputs(config: ResolvedConfig) -> list[Path]:
     catalog = catalog_path(config)
-    return _embedding_manifests(config) + ([catalog] if catalog else [])
+    return embedding_manifests(config) + ([catalog] if catalog else [])
 
 
 def _no_catalog(config: ResolvedConfig) -> str | None:

@@ -18,6 +18,7 @@ from fmb import __version__
 from fmb.analyze.evaluate import summary_table
 from fmb.config import ResolvedConfig
 from fmb.detect.scores import DEFAULT_RANKING
+from fmb.embed.store import embedding_manifests
 from fmb.layout import RunLayout
 from fmb.models.registry import model_label
 from fmb.stage import Stage
@@ -177,8 +178,7 @@ def _timings_section(run: RunLayout):
 
 def _report_inputs(config: ResolvedConfig) -> list[Path]:
     run = config.layout
-    manifests = [run.embeddings(model).manifest for model in config.run.models]
-    return [run.analysis_dir, run.scores.dir, run.data.validation, *manifests]
+    return [run.analysis_dir, run.scores.dir, run.data.validation, *embedding_manifests(config)]
 
 
 #: Comes after every other stage: it shows what they wrote.

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from fmb.config import ResolvedConfig
 from fmb.detect.scores import frame_headline, ranks_by_id, score_tables
-from fmb.embed.store import embedded_models, load_embeddings
+from fmb.embed.store import embedded_models, embedding_manifests, load_embeddings
 from fmb.errors import DataError, FmbError
 from fmb.io import atomic_path, write_csv, write_json
 from fmb.layout import SimilarityFiles
@@ -444,8 +444,7 @@ def _similarity_action(config: ResolvedConfig, log: Callable[[str], None]) -> di
 
 
 def _similarity_inputs(config: ResolvedConfig) -> list[Path]:
-    manifests = [config.layout.embeddings(model).manifest for model in config.run.models]
-    return manifests + list(score_tables(config).values())
+    return embedding_manifests(config) + list(score_tables(config).values())
 
 
 SIMILARITY = Stage("similarity", _similarity_action, ("analyze.similarity", "run.models", "detect.fusion_method"),

@@ -17,7 +17,7 @@ from fmb.config import ResolvedConfig
 from fmb.detect.density import CrossFitted, Reducer, load, robust_z, save
 from fmb.detect.fusion import fuse
 from fmb.detect.mismatch import ContrastiveMismatch, PairResidual, cosine_mismatch
-from fmb.embed.store import embedded_models, load_embeddings
+from fmb.embed.store import embedded_models, embedding_manifests, load_embeddings
 from fmb.errors import FmbError
 from fmb.io import write_json, write_table
 from fmb.plugins import detector_class, encoder_class
@@ -109,10 +109,6 @@ def score_new(config: ResolvedConfig, model: str, embeddings: Path, out: Path) -
     return write_table(pa.Table.from_pandas(frame, preserve_index=False), out)
 
 
-def _embedding_manifests(config: ResolvedConfig) -> list[Path]:
-    return [config.layout.embeddings(model).manifest for model in config.run.models]
-
-
 #: Stage 3: every embedded model of run.models (or detect.models) scored.
-DETECT = Stage("detect", detect, ("detect", "seed", "run.models"), inputs=_embedding_manifests,
+DETECT = Stage("detect", detect, ("detect", "seed", "run.models"), inputs=embedding_manifests,
                outputs=lambda config: [config.layout.scores.dir], after=("embed",))

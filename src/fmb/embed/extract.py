@@ -27,8 +27,8 @@ from fmb.data.sources import open_source
 from fmb.data.validate import Issue
 from fmb.embed.store import Manifest, write_part
 from fmb.models.base import Encoder, autocast_dtype, file_sha256, pick_device, state_sha256
-from fmb.models.registry import build_encoder
 from fmb.layout import EmbeddingFiles
+from fmb.models.registry import build_encoder
 from fmb.progress import progress_bar
 from fmb.stage import ModelStage
 
@@ -101,7 +101,6 @@ def _write_unit(manifest: Manifest, unit_id: int, parts: list[tuple[int, StreamI
 def _record_rejects(config: ResolvedConfig, model: str, manifest: Manifest) -> None:
     issues = [Issue(**issue) for entry in manifest.data["parts"].values() for issue in entry["skipped"]]
     write_rejects(config.layout.data.rejects, f"embed:{model}", issues)
-
 
 
 def _embed_inputs(config: ResolvedConfig, model: str) -> list[Path]:

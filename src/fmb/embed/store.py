@@ -30,6 +30,12 @@ def embedded_models(config) -> list[str]:
     return [model for model in config.run.models if config.layout.embeddings(model).manifest.is_file()]
 
 
+def embedding_manifests(config) -> list[Path]:
+    """The manifest of every model of `run.models` (present or not): what stages reading embeddings
+    fingerprint, since a manifest holds each part's checksum."""
+    return [config.layout.embeddings(model).manifest for model in config.run.models]
+
+
 @dataclass
 class Manifest:
     directory: Path

@@ -121,5 +121,5 @@ def _adapt_outputs(config: ResolvedConfig, model: str) -> list:
 
 
 #: Stage 1, once per model of run.models.
-ADAPT = ModelStage("adapt", lambda config, log, model: adapt(config, model, log=log), ("models.{model}", "-models.{model}.embed", "data", "seed"),
-                   _adapt_inputs, _adapt_outputs, after=("index",))
+ADAPT = ModelStage("adapt", lambda config, log, model: adapt(config, model, log=log),
+                   ("models.{model}", "-models.{model}.embed", "data", "seed"), _adapt_inputs, _adapt_outputs, after=("index",))

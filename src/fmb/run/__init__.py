@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from fmb.config import ResolvedConfig
 from fmb.run.engine import Outcome, execute, select
-from fmb.stage import Stage
+from fmb.stage import Stage, always_applies
 
 
 def run_one(config: ResolvedConfig, stage: Stage, log, force: bool = False) -> Outcome:
@@ -14,5 +14,5 @@ def run_one(config: ResolvedConfig, stage: Stage, log, force: bool = False) -> O
     its key, timing and status recorded, so a later `fmb run` skips it too. Asked for by name, it
     runs even where `fmb run` would pass it by (`fmb data synth` without run.synth): its own checks
     then say what is missing."""
-    stage = replace(stage, applies=lambda _config: None)
+    stage = replace(stage, applies=always_applies)
     return execute(config, select([stage], only=stage.name, force=force), log=log)[0]

@@ -31,7 +31,7 @@ from pathlib import Path
 from fmb import __version__
 from fmb.config import ResolvedConfig, result_values
 from fmb.errors import ConfigError, FmbError
-from fmb.io import write_json
+from fmb.io import parquet_footer_sha256, write_json
 from fmb.stage import Stage, always_applies
 
 _WHOLE_FILE_BYTES = 64 << 20  # files up to this size are hashed whole
@@ -136,14 +136,11 @@ def fingerprint(path: Path) -> str | None:
 
 def _file_fingerprint(path: Path) -> str:
     size = path.stat().st_size
+    if path.suffix == ".parquet":  # the footer holds the schema, row groups and statistics
+        return parquet_footer_sha256(path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        if path.suffix == ".parquet" and size > 12:  # the footer holds the schema, row groups and statistics
-            handle.seek(size - 8)
-            footer_length = int.from_bytes(handle.read(4), "little")
-            handle.seek(max(0, size - 8 - footer_length))
-            digest.update(handle.read())
-        elif size <= _WHOLE_FILE_BYTES:
+        if size <= _WHOLE_FILE_BYTES:
             digest.update(handle.read())
         else:
             digest.update(handle.read(_EDGE_BYTES))

@@ -11,7 +11,6 @@ the Parquet and Hugging Face sources share.
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -56,23 +55,6 @@ class Source(ABC):
 
 
 MISSING_ID = np.iinfo(np.int64).min
-
-
-def parquet_footer_sha256(path: Path) -> str:
-    """sha256 of a Parquet file's footer (schema, row groups, statistics): a few KB that change with
-    the data; for an unreadable file, of its size and mtime."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            handle.seek(size - 8)
-            length, magic = int.from_bytes(handle.read(4), "little"), handle.read(4)
-            if magic != b"PAR1" or length > size - 12:
-                raise OSError("no Parquet footer")
-            handle.seek(size - 8 - length)
-            return hashlib.sha256(handle.read(length)).hexdigest()
-    except OSError:
-        stat = path.stat()
-        return hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
 
 
 def ids_from_table(table: pa.Table, shard: str) -> np.ndarray:

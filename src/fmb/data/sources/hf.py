@@ -19,8 +19,9 @@ import pyarrow as pa
 
 from fmb.config import DataConfig
 from fmb.data.schema import RGB_COLUMN
-from fmb.data.sources.base import ID_COLUMNS, Source, ids_from_table, parquet_footer_sha256, table_to_rows
+from fmb.data.sources.base import ID_COLUMNS, Source, ids_from_table, table_to_rows
 from fmb.errors import ConfigError, DataError
+from fmb.io import parquet_footer_sha256
 
 
 class HuggingFaceSource(Source):

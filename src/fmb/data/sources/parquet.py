@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fmb.config import DataConfig
-from fmb.data.sources.base import (ID_COLUMNS, MODALITY_COLUMNS, Source, ids_from_table, parquet_footer_sha256,
-                                   table_to_rows)
+from fmb.data.sources.base import ID_COLUMNS, MODALITY_COLUMNS, Source, ids_from_table, table_to_rows
 from fmb.errors import ConfigError, DataError
+from fmb.io import parquet_footer_sha256
 from fmb.layout import SurveyLayout
 
 
