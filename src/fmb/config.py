@@ -86,8 +86,31 @@ class SynthConfig(_Section):
     out: str = Field("data/synth", description="output directory (Parquet parts, catalog, truth)")
     cutout_px: int = Field(64, ge=32, description="cutout side in pixels (0.1 arcsec/px)")
     anomaly_rate: float = Field(0.0075, ge=0, le=0.12, description="fraction of objects in each anomaly class")
+    psf_scale: float = Field(1.0, gt=0, allow_inf_nan=False,
+                             description="multiplies the FWHM of the VIS and NISP PSFs (> 1: blurrier images)")
+    noise_scale: float = Field(1.0, gt=0, allow_inf_nan=False,
+                               description="multiplies the noise sigma of every image band and of the spectrum "
+                               "(> 1: a shallower survey)")
+    # the keys are fmb.data.synth.population.TRACERS, spelled out: config sits below fmb.data
+    population_mix: dict[Literal["BGS", "LRG", "ELG"], float] | None = Field(
+        None, description="relative weights of the BGS, LRG and ELG tracers (renormalised); default: the DESI-like mix"
+    )
     workers: int = runtime_only(2, "worker processes (the survey is the same for any number)", ge=1)
     shard_size: int = Field(1024, gt=0, description="objects per Parquet part")
+
+    @field_validator("population_mix")
+    @classmethod
+    def _normalise_mix(cls, mix: dict[str, float] | None) -> dict[str, float] | None:
+        """Fractions that sum to 1, so equal mixes written differently give the same stage key."""
+        if mix is None:
+            return None
+        for name, weight in mix.items():
+            if not 0 <= weight < float("inf"):
+                raise ValueError(f"the weight of {name} must be finite and >= 0, got {weight}")
+        total = sum(mix.values())
+        if total <= 0:
+            raise ValueError("the weights must have a positive sum")
+        return {name: weight / total for name, weight in mix.items()}
 
 
 class ShowConfig(_Section):
@@ -164,14 +187,26 @@ class DetectSettings(_Section):
     pca_components: int = Field(64, ge=2, description="PCA components before every detector")
     folds: int = Field(5, ge=2, description="cross-fitting folds: each object is scored by a model that never saw it")
     max_fit: int = Field(50_000, ge=100, description="objects sampled to fit the detectors")
-    fusion_method: str = Field("flow", description="which method's image/spectrum/joint percentiles are fused")
+    fusion_method: str = Field("ensemble", description="whose image/spectrum/joint percentiles the original's "
+                               "percentile fusions (fused_geo, ...) read: 'ensemble' (the calibrated combination of "
+                               "`methods`) or one of `methods`")
+    tail: float = Field(0.05, gt=0, lt=0.5, description="share of the reference scores whose exceedances fit the "
+                        "exponential tail of the calibrated tail probabilities")
 
-    @field_validator("methods", "fusion_method")
+    @field_validator("methods")
     @classmethod
-    def _registered(cls, value: list[str] | str, info: ValidationInfo) -> list[str] | str:
+    def _registered(cls, value: list[str]) -> list[str]:
         from fmb.plugins import check_names
 
-        check_names("detector", value if isinstance(value, list) else [value], f"detect.{info.field_name}")
+        check_names("detector", value, "detect.methods")
+        return value
+
+    @field_validator("fusion_method")
+    @classmethod
+    def _fusable(cls, value: str, info: ValidationInfo) -> str:
+        methods = info.data.get("methods") or []
+        if value != "ensemble" and value not in methods:
+            raise ValueError(f"detect.fusion_method {value!r} is neither 'ensemble' nor one of detect.methods {methods}")
         return value
 
 
@@ -207,7 +242,7 @@ class EvaluateConfig(_Section):
 class AgreementConfig(_Section):
     """How much the anomaly rankings of different (model, modality, method) systems agree."""
 
-    methods: list[str] = Field(["flow", "mismatch", "fused_geo"], description="score families compared: "
+    methods: list[str] = Field(["ensemble", "mismatch", "fused_cauchy"], description="score families compared: "
                                "a detect method (per modality), 'mismatch', or a fused_* column")
     top_pct: float = Field(1.0, gt=0, lt=100, description="top-k percent for Jaccard and disagreement")
     retention_pcts: list[float] = Field([1.0, 10.0], description="retention@k percent levels")
@@ -245,7 +280,8 @@ class FiguresConfig(_Section):
     umap_max_objects: int = Field(50_000, ge=100, description="objects sampled for UMAP")
     mosaic_cells: int = Field(12, ge=2, description="thumbnail mosaic: cells per side")
     gallery_size: int = Field(12, ge=1, description="top-ranked objects per outlier gallery")
-    gallery_score: str = Field("fused_geo", description="score column ranking the galleries")
+    gallery_score: str | None = Field(None, description="score column ranking the galleries; default: fmb's "
+                                      "default ranking (fused_cauchy, see fmb.detect.scores)")
 
 
 class AnalyzeConfig(_Section):

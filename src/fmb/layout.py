@@ -100,11 +100,21 @@ class ScoreFiles(_Directory):
     def summary(self) -> Path:
         return self._file("summary.json")
 
+    @property
+    def consensus(self) -> Path:
+        """The cross-model consensus ranking (one row per object of any embedded model)."""
+        return self._file("consensus.parquet")
+
 
 class EvaluationFiles(_Directory):
     @property
     def metrics(self) -> Path:
         return self._file("metrics.csv")
+
+    @property
+    def trivial(self) -> Path:
+        """Per-object trivial scores (spectrum median S/N, total flux) that every score is set beside."""
+        return self._file("trivial_scores.parquet")
 
     @property
     def summary(self) -> Path:

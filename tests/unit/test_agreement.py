@@ -98,8 +98,8 @@ def test_select_columns_per_modality_then_named_columns():
 def test_displacement_subset_takes_each_models_headline_system_or_all_of_one_model():
     one = [System("aion", c) for c in ["score_image_flow", "score_joint_flow", "mismatch"]]
     assert displacement_subset(one) == [0, 1, 2]
-    two = one + [System("pixels", c) for c in ["score_image_flow", "score_joint_flow", "fused_geo"]]
-    assert displacement_subset(two) == [1, 5]  # aion joint flow (no fused score), pixels fused_geo
+    two = one + [System("pixels", c) for c in ["score_image_flow", "score_joint_flow", "fused_geo", "fused_cauchy"]]
+    assert displacement_subset(two) == [1, 6]  # aion joint flow (no fused score), pixels' default fused_cauchy
 
 
 # ---- the task end to end ----
@@ -134,6 +134,7 @@ def two_models(project):
 
 def test_agreement_end_to_end(two_models):
     config = load_config(root=two_models, sets=RUN + ["analyze.agreement.top_pct=10",
+                                                      "analyze.agreement.methods=[flow, mismatch, fused_geo]",
                                                       "analyze.agreement.retention_pcts=[10, 50]"])
     summary = agreement(config, log=lambda _: None)
     out = config.layout.agreement

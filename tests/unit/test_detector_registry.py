@@ -52,8 +52,11 @@ def test_unknown_detector_names_are_rejected_with_the_choices(project):
     with pytest.raises(ConfigError, match=r"detect\.methods: .*unknown detector 'nope'; "
                                           r"choose from flow, iforest, lof, knn, ecod"):
         load_config(sets=["detect.methods=[flow, nope]"], root=project)
-    with pytest.raises(ConfigError, match=r"detect\.fusion_method: .*unknown detector 'nope'; choose from flow"):
+    with pytest.raises(ConfigError, match=r"detect\.fusion_method: .*'nope' is neither 'ensemble' nor one of "
+                                          r"detect.methods \['flow', 'iforest'"):
         load_config(sets=["detect.fusion_method=nope"], root=project)
+    with pytest.raises(ConfigError, match=r"detect\.fusion_method: .*'lof' is neither"):  # registered but not run
+        load_config(sets=["detect.methods=[flow]", "detect.fusion_method=lof"], root=project)
 
 
 def test_the_registration_ends_with_the_test(project):

@@ -15,8 +15,8 @@ def _spectrum(rng: np.random.Generator, length: int = 7781) -> tuple[np.ndarray,
 
 def test_features_keep_the_shape_and_drop_the_brightness():
     flux, ivar = _spectrum(np.random.default_rng(0))
-    features, level = _binned_shape(flux, ivar)
-    brighter, brighter_level = _binned_shape(10 * flux, ivar / 100)
+    features, level, _ = _binned_shape(flux, ivar)
+    brighter, brighter_level, _ = _binned_shape(10 * flux, ivar / 100)
     assert features.shape == (7781 // 4,)
     assert np.allclose(brighter, features, atol=1e-5) and brighter_level == pytest.approx(10 * level)
     assert abs(np.median(np.abs(features)) - 1) < 1e-3  # the median level is the unit
@@ -25,11 +25,11 @@ def test_features_keep_the_shape_and_drop_the_brightness():
 
 def test_bins_are_inverse_variance_weighted_and_masked_pixels_ignored():
     flux, ivar = _spectrum(np.random.default_rng(1))
-    reference, _ = _binned_shape(flux, ivar)
+    reference, _, _ = _binned_shape(flux, ivar)
     flux[:6] = 1e6  # garbage: masked (ivar 0) in the first bin, nearly zero weight in half the second
     ivar[:4] = 0
     ivar[4:6] = 1e-12
-    features, _ = _binned_shape(flux, ivar)
+    features, _, _ = _binned_shape(flux, ivar)
     assert features[0] == 0  # an empty bin is 0, not NaN
     assert abs(features[1] - reference[1]) < 0.1 * reference[1]
     assert np.allclose(features[2:], reference[2:], rtol=1e-3)
@@ -45,9 +45,10 @@ def test_the_last_spectrum_dimension_is_the_level_and_only_it_sees_brightness():
     encoder = PixelsEncoder(PixelsSection(image_size=8, components=6))
     spectra = [_spectrum(rng) for _ in range(40)]
     scales = 10 ** rng.uniform(-1, 1, len(spectra))
-    shapes, levels = zip(*(_binned_shape(f * k, iv / k**2) for (f, iv), k in zip(spectra, scales)))
+    shapes, levels, bin_ivars = zip(*(_binned_shape(f * k, iv / k**2) for (f, iv), k in zip(spectra, scales)))
     batch = {"image": torch.randn(len(spectra), 4 * 64), "image_log_flux": torch.randn(len(spectra), 4),
-             "spectrum": torch.from_numpy(np.stack(shapes)),
+             "image_noise_variance": torch.full((len(spectra),), 0.25),
+             "spectrum": torch.from_numpy(np.stack(shapes)), "spectrum_ivar": torch.from_numpy(np.stack(bin_ivars)),
              "spectrum_log_level": torch.tensor(np.log10(levels), dtype=torch.float32)[:, None]}
     encoder.fit(batch)
     spectrum = encoder.embed(batch)["spectrum"]
@@ -66,3 +67,26 @@ def test_image_photometry_follows_each_band_and_is_floored_at_the_noise():
     assert np.allclose(np.diff(log_flux[:3].numpy()), np.log10(2), atol=0.01)  # colours: x2 per band
     assert abs(log_flux[0].item() - np.log10(100 * galaxy.sum())) < 0.02  # nearly all light in the aperture
     assert np.isfinite(log_flux[3].item()) and log_flux[3] < log_flux[0] - 1  # empty band: the noise floor
+
+
+def test_spectrum_residual_is_a_chi2_per_bin_and_sees_what_the_components_miss():
+    """Spectra from three continuum shapes plus Gaussian noise of known ivar: what the PCA cannot
+    hold is the noise, so chi^2 per bin is ~1; a line the components never saw raises it."""
+    rng = np.random.default_rng(5)
+    wavelength = np.linspace(3600, 9824, 7781)
+    shapes = np.stack([2.0 + wavelength / 5000, 3.0 - wavelength / 8000, 1.0 + np.sin(wavelength / 700)])
+    sigma = 0.05
+    spectra = [(rng.uniform(0.5, 1.5, 3) @ shapes + rng.normal(0, sigma, 7781)).astype(np.float32) for _ in range(200)]
+    ivar = np.full(7781, 1 / sigma**2, dtype=np.float32)
+    spectra[0][3000:3012] += 2.0  # an emission line the population lacks
+    encoder = PixelsEncoder(PixelsSection(image_size=8, components=8))
+    binned = [_binned_shape(flux, ivar) for flux in spectra]
+    batch = {"image": torch.randn(len(spectra), 4 * 64), "image_log_flux": torch.randn(len(spectra), 4),
+             "image_noise_variance": torch.full((len(spectra),), 0.25),
+             "spectrum": torch.from_numpy(np.stack([b[0] for b in binned])),
+             "spectrum_ivar": torch.from_numpy(np.stack([b[2] for b in binned])),
+             "spectrum_log_level": torch.tensor(np.log10([b[1] for b in binned]), dtype=torch.float32)[:, None]}
+    encoder.fit(batch)
+    chi2 = encoder.embed(batch)["spectrum_residual"].numpy()
+    assert np.median(chi2[1:]) == pytest.approx(1.0, rel=0.1)
+    assert chi2[0] > 1.5 and chi2.argmax() == 0

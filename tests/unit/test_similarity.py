@@ -10,6 +10,7 @@ import pytest
 from fmb.analyze.similarity import SimilarityIndex, neighbour_ranks, similarity
 from fmb.config import load_config
 from fmb.data.tasks import index as index_data
+from fmb.detect.scores import DEFAULT_RANKING
 from fmb.embed import store
 from fmb.errors import DataError, FmbError
 from fmb.io import write_table
@@ -178,7 +179,7 @@ def planted(project: Path):
     write_embeddings(config, planted_vectors())
     fused = np.arange(N) / N  # the odd objects are the top anomalies; object 0 has no score
     fused[0] = np.nan
-    write_table(pa.table({"object_id": np.arange(N), "fused_geo": fused}), config.layout.scores.table(MODEL))
+    write_table(pa.table({"object_id": np.arange(N), DEFAULT_RANKING: fused}), config.layout.scores.table(MODEL))
     return config
 
 
@@ -186,7 +187,7 @@ def test_similarity_task_writes_neighbours_and_figures(planted):
     messages = []
     result = similarity(planted, modality="joint", log=messages.append)
     table = pd.read_csv(result["neighbours"])
-    assert result["queries"] == {MODEL: [299, 298]}  # top fused_geo by default
+    assert result["queries"] == {MODEL: [299, 298]}  # top of the default ranking
     assert list(table.columns) == ["query_id", "model", "modality", "rank", "neighbour_id", "similarity"]
     assert len(table) == 2 * 2 and (table["rank"] == [1, 2, 1, 2]).all()  # queries x k
     assert set(table.neighbour_id) <= set(ODD) and not (table.neighbour_id == table.query_id).any()

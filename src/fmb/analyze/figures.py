@@ -220,7 +220,7 @@ def gallery(config: ResolvedConfig, model: str, frame: pd.DataFrame, fetcher: Fe
     if column is None:
         log(f"{model}: no score to rank a gallery by")
         return None
-    if column != settings.gallery_score:
+    if settings.gallery_score and column != settings.gallery_score:
         log(f"{model}: no {settings.gallery_score} scores; gallery ranked by {column}")
     best = top(frame, column, settings.gallery_size)
     cells = [(record, sample) for record, sample in zip(best.to_dict("records"), fetcher.samples(best["object_id"]))

@@ -1,14 +1,22 @@
-"""Rank fusion within the common object set.
+"""Turning a model's scores into one ranking: calibrated tail probabilities, ensembles, fusions.
 
-Percentiles p = (N - rank + 1) / N (1 = most anomalous) are computed on the objects present in
-every input, so every p means the same thing. Inputs: image, spectrum and joint density scores (the
-joint embedding is an input of its own, never folded into "image") and the misalignment score.
+**Calibrated (the default ranking).** Every score gets its tail probability against the
+cross-fitted scores of the fit sample (`fmb.detect.calibrate.TailCalibrator`), ``p_<stem>``. Per
+modality, the detectors' probabilities are combined by the Cauchy rule and recalibrated: the
+``ensemble`` score, -log10 p, each method strong where others are weak. ``fused_cauchy`` combines
+the same way each modality's ensemble and reconstruction residual and the misalignment: an object
+odd in any one way rises, and the rule stays valid when the inputs are correlated (they are: the
+joint embedding holds both modalities). Every combination is recalibrated against the fit sample,
+so each p_ column is the share of ordinary objects at least that odd.
+
+**Percentile fusions (the original's).** Percentiles p = (N - rank + 1) / N (1 = most anomalous)
+on the objects present in every input, of each modality's `method` score and the misalignment:
 
 * fused_geo  = p_mis * sqrt(p_img * p_spec)      odd in both modalities and mismatched
 * fused_min  = p_mis * min(p_img, p_spec)
 * fused_avg  = p_mis * (p_img + p_spec) / 2
 * fused_all  = (p_img * p_spec * p_joint * p_mis) ** (1/4)   consensus of all four inputs
-* fused_max  = max(p_img, p_spec, p_joint, p_mis)             odd in any one way
+* fused_max  = max(p_img, p_spec, p_joint, p_mis)             odd in any one way (by percentile)
 * uplift     = percentile of fused_geo - max(p_img, p_spec): positive when fusion ranks an object
                higher than either modality alone does.
 """
@@ -18,14 +26,58 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fmb.detect.scores import percentile, rank_descending
+from fmb.detect.calibrate import TailCalibrator, cauchy_combine, significance
+from fmb.detect.scores import (CALIBRATED_FUSION, ENSEMBLE, MISMATCH_COLUMNS, MODALITIES, calibrated_inputs,
+                               p_column, percentile, rank_descending, ranked_columns, score_column)
 
 INPUTS = {"img": "image", "spec": "spectrum", "joint": "joint"}
-MISMATCH_COLUMNS = ("mismatch", "mismatch_residual", "mismatch_cosine")  # "mismatch" is the one fused
+
+
+class Calibration:
+    """The tail calibrators of one model's score columns, fitted on first use on the `reference`
+    rows (the fit sample) and reused as they are for objects scored later."""
+
+    def __init__(self, tail: float):
+        self.tail = tail
+        self.calibrators: dict[str, TailCalibrator] = {}
+
+    def log_p(self, column: str, values: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+        if column not in self.calibrators:
+            if reference is None:
+                raise ValueError(f"no calibration of {column} was fitted")
+            self.calibrators[column] = TailCalibrator(self.tail).fit(values[reference])
+        return self.calibrators[column].log_p_value(values)
+
+
+def calibrate(frame: pd.DataFrame, calibration: Calibration, methods, reference: np.ndarray | None) -> pd.DataFrame:
+    """Add p_* for every detector and misalignment score, each modality's ensemble, and fused_cauchy."""
+    log_p = {}
+    for column in ranked_columns(frame.columns):
+        log_p[column] = calibration.log_p(column, frame[column].to_numpy(dtype=float), reference)
+        frame[p_column(column)] = np.exp(log_p[column])
+    for modality in MODALITIES:
+        members = [log_p[c] for c in (score_column(modality, m) for m in methods) if c in log_p]
+        if members:
+            column = score_column(modality, ENSEMBLE)
+            log_p[column] = _combined(frame, column, members, calibration, reference)
+    inputs = [log_p[c] for c in calibrated_inputs(log_p)]
+    if inputs:
+        _combined(frame, CALIBRATED_FUSION, inputs, calibration, reference)
+    return frame
+
+
+def _combined(frame: pd.DataFrame, column: str, members: list[np.ndarray], calibration: Calibration,
+              reference: np.ndarray | None) -> np.ndarray:
+    """Cauchy-combine `members` (log p), recalibrate, write `column` (-log10 p) and its p_; the log p."""
+    statistic = significance(cauchy_combine(np.column_stack(members)))
+    log_p = calibration.log_p(column, statistic, reference)
+    frame[column] = significance(log_p)
+    frame[p_column(column)] = np.exp(log_p)
+    return log_p
 
 
 def fuse(scores: pd.DataFrame, method: str) -> pd.DataFrame:
-    """Add pct_*/rank_* for every score column and the fused scores, on the common set."""
+    """Add pct_*/rank_* for every score column and the percentile fusions, on the common set."""
     columns = [c for c in scores.columns if c.startswith("score_") or c in MISMATCH_COLUMNS]
     needed = [f"score_{m}_{method}" for m in INPUTS.values()] + ["mismatch"]
     missing = [c for c in needed if c not in scores.columns]

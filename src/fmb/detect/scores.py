@@ -4,10 +4,23 @@ A score table (`runs/<name>/scores/<model>.parquet`) has one row per object and
 
 * ``score_<modality>_<method>``  a detector's score (higher = more anomalous), with
   ``z_<modality>_<method>`` its robust z, ``pct_<modality>_<method>`` and ``rank_<modality>_<method>``;
+  the method ``residual`` is the reconstruction residual off the embedding's PCA (or the model's own
+  noise-weighted residual), the method ``ensemble`` the calibrated combination of every detector of
+  that modality, in -log10 p;
+* ``p_<stem>``: every score's calibrated tail probability (`fmb.detect.calibrate`);
 * ``mismatch`` (fused), ``mismatch_residual`` and, for aligned models, ``mismatch_cosine``, each
-  with ``pct_`` and ``rank_``;
-* the fused scores ``fused_geo``, ``fused_min``, ``fused_avg``, ``fused_all``, ``fused_max`` and ``uplift``;
-* ``in_common_set``: the object has every input of the fusion.
+  with ``pct_``, ``rank_`` and ``p_``;
+* ``fused_cauchy`` (the default ranking): -log10 of the Cauchy combination of the calibrated tail
+  probabilities of each modality's ensemble and residual and of the misalignment: an object odd in
+  any one way rises; ``p_fused_cauchy`` its tail probability;
+* the percentile fusions of the original, ``fused_geo`` ("odd in every way"), ``fused_min``,
+  ``fused_avg``, ``fused_all``, ``fused_max``, and ``uplift``;
+* ``in_common_set``: the object has every input of the percentile fusion; ``in_fit_sample``: it
+  was in the sample the detectors and calibrations were fitted on.
+
+The cross-model consensus table (`scores/consensus.parquet`) holds ``fused_consensus``: the Cauchy
+combination of every model's ``p_fused_cauchy``, recalibrated, with ``p_fused_consensus`` and
+``n_models``.
 
 **Ranking rule** (one for every ranked list in fmb): rank 1 is the highest score; tied scores
 share the best rank of their group (a tie carries nothing to order by), and where a list must put
@@ -24,11 +37,16 @@ import pandas as pd
 MODALITIES = ("image", "spectrum", "joint")
 MISMATCH = "mismatch"  # the misalignment score that is fused
 MISMATCH_COLUMNS = (MISMATCH, "mismatch_residual", "mismatch_cosine")
-FUSED = ("fused_geo", "fused_min", "fused_avg", "fused_all", "fused_max")
+ENSEMBLE, RESIDUAL = "ensemble", "residual"  # score methods that are not registered detectors
+CALIBRATED_FUSION = "fused_cauchy"
+CONSENSUS = "fused_consensus"
+FUSED = (CALIBRATED_FUSION, "fused_geo", "fused_min", "fused_avg", "fused_all", "fused_max")
 UPLIFT = "uplift"
 COMMON_SET = "in_common_set"
-#: The default ranking that galleries, similarity examples, agreement and the app show first.
-DEFAULT_RANKING = "fused_geo"
+FIT_SAMPLE = "in_fit_sample"
+#: The default ranking that galleries, similarity examples, agreement and the app show first: chosen
+#: by principle (calibrated, valid under dependence, odd in any one way), not by any survey's labels.
+DEFAULT_RANKING = CALIBRATED_FUSION
 
 
 def score_column(modality: str, method: str) -> str:
@@ -42,6 +60,10 @@ def z_column(modality: str, method: str) -> str:
 def _stem(column: str) -> str:
     """The name a score's pct_/rank_ columns carry: score_image_flow -> image_flow, mismatch -> mismatch."""
     return column.removeprefix("score_")
+
+
+def p_column(column: str) -> str:
+    return f"p_{_stem(column)}"
 
 
 def pct_column(column: str) -> str:
@@ -61,8 +83,15 @@ def parse_score_column(column: str) -> tuple[str, str] | None:
 
 
 def fusion_inputs(method: str) -> list[str]:
-    """The columns fusion combines: each modality's `method` score and the misalignment."""
+    """The columns the percentile fusion combines: each modality's `method` score and the misalignment."""
     return [score_column(modality, method) for modality in MODALITIES] + [MISMATCH]
+
+
+def calibrated_inputs(columns) -> list[str]:
+    """The columns `fused_cauchy` combines, those present: each modality's ensemble and residual,
+    and the misalignment."""
+    wanted = [score_column(m, method) for method in (ENSEMBLE, RESIDUAL) for m in MODALITIES] + [MISMATCH]
+    return [c for c in wanted if c in set(columns)]
 
 
 def is_score(column: str) -> bool:
@@ -141,7 +170,9 @@ def summary_columns(columns, method: str) -> list[str]:
     """The scores a summary view shows (figures, the evaluation heatmap): the fusion's inputs,
     the other misalignment scores, then the fused scores, in that order; baselines stay in tables."""
     columns = list(columns)
-    wanted = fusion_inputs(method) + [c for c in MISMATCH_COLUMNS if c != MISMATCH] + list(FUSED)
+    residuals = [score_column(modality, RESIDUAL) for modality in MODALITIES]
+    wanted = dict.fromkeys(fusion_inputs(method) + fusion_inputs(ENSEMBLE) + residuals
+                           + [c for c in MISMATCH_COLUMNS if c != MISMATCH] + list(FUSED))
     return [c for c in wanted if c in columns]
 
 

@@ -21,7 +21,7 @@ from fmb import __version__
 from fmb.errors import FmbError
 from fmb.io import write_json, write_table, write_torch
 from fmb.layout import EmbeddingFiles
-from fmb.models.base import MODALITIES, file_sha256
+from fmb.models.base import MODALITIES, file_sha256, residual_key
 
 
 def embedded_models(config) -> list[str]:
@@ -81,11 +81,21 @@ def write_part(path: Path, object_ids: np.ndarray, embeddings: dict[str, np.ndar
             flat = pa.array(matrix.reshape(-1))
             columns[modality] = pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]) if len(matrix) else \
                 pa.array([], type=pa.list_(pa.float32(), matrix.shape[1]))
+        if residual_key(modality) in embeddings:
+            columns[residual_key(modality)] = pa.array(np.asarray(embeddings[residual_key(modality)],
+                                                                  dtype=np.float32).reshape(-1))
     return write_table(pa.table(columns), path, compression="zstd")
 
 
 def load_embeddings(directory: Path, modalities: tuple[str, ...] = MODALITIES) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(object ids, {modality: (N, D) float32}) from the parts listed in the manifest, in unit order."""
+    ids, out, _ = load_embeddings_and_residuals(directory, modalities)
+    return ids, out
+
+
+def load_embeddings_and_residuals(directory: Path, modalities: tuple[str, ...] = MODALITIES
+                                  ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`load_embeddings` plus {modality: (N,) float64} of the residuals the model gave (`residual_key`)."""
     path = EmbeddingFiles(directory).manifest
     if not path.is_file():
         raise FmbError(f"no embeddings in {directory}; run `fmb embed` first")
@@ -93,15 +103,17 @@ def load_embeddings(directory: Path, modalities: tuple[str, ...] = MODALITIES) -
     files = [directory / entry["file"] for _, entry in sorted(manifest["parts"].items(), key=lambda kv: int(kv[0]))]
     tables = [pq.read_table(file) for file in files]
     if not tables:
-        return np.array([], np.int64), {}
+        return np.array([], np.int64), {}, {}
     table = pa.concat_tables(tables)
     ids = table.column("object_id").to_numpy()
-    out = {}
+    out, residuals = {}, {}
     for modality in modalities:
         if modality in table.column_names:
             column = table.column(modality).combine_chunks()
             out[modality] = column.values.to_numpy().reshape(len(column), -1)
-    return ids, out
+        if residual_key(modality) in table.column_names:
+            residuals[modality] = table.column(residual_key(modality)).to_numpy().astype(np.float64)
+    return ids, out, residuals
 
 
 # -- the original research code's .pt format: a list of dicts with object_id and embedding_* keys ----

@@ -31,6 +31,12 @@ from fmb.errors import FmbError
 MODALITIES = ("image", "spectrum", "joint")
 
 
+def residual_key(modality: str) -> str:
+    """The key under which `Encoder.embed` may return, beside a modality's embedding, one number per
+    object: its own noise-weighted reconstruction residual (the part its embedding cannot hold)."""
+    return f"{modality}_residual"
+
+
 class WeightsError(FmbError):
     """Weights do not fit the architecture (missing/unexpected keys, wrong shapes) or cannot be found."""
 

@@ -16,6 +16,12 @@ Every benchmark asks first whether a foundation model finds more than this does.
 * joint:    both projections side by side, each scaled to unit total variance so that neither
             modality dominates by its number of components or units.
 
+Beside each embedding the reference gives its noise-weighted reconstruction residual, what its
+components cannot hold (`residual_key`): for the spectrum the inverse-variance-weighted chi^2 per
+observed bin of the binned shape minus its PCA reconstruction; for the image the chi^2 per pixel of
+the stretched bands (in units of the pixel noise, after resizing) minus theirs, per band, averaged
+over the bands. Both are computed in the PCA's own (unreduced) feature space, which detect never sees.
+
 "Adaptation" for this model is fitting the PCA on a sample of objects; the fitted means, scales and
 components are buffers of the module and are saved like any other weights.
 """
@@ -33,7 +39,7 @@ from pydantic import Field
 
 from fmb.config import ModelSection
 from fmb.data.validate import Sample
-from fmb.models.base import Encoder, Preprocessor, load_strict
+from fmb.models.base import Encoder, Preprocessor, load_strict, residual_key
 
 
 class PixelsSection(ModelSection):
@@ -52,10 +58,14 @@ class PixelsPreprocessor(Preprocessor):
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         images, fluxes = zip(*(self._image(s.bands) for s in samples))
-        shapes, levels = zip(*(_binned_shape(s.spectrum.flux, s.spectrum.ivar) for s in samples))
+        shapes, levels, bin_ivars = zip(*(_binned_shape(s.spectrum.flux, s.spectrum.ivar) for s in samples))
         ids = torch.tensor([s.object_id for s in samples], dtype=torch.int64)
+        # area resizing averages (H W / size^2) pixels: the noise variance of a resized pixel, in noise units
+        resized_variance = [self.image_size**2 / (s.bands.shape[-2] * s.bands.shape[-1]) for s in samples]
         return {"object_id": ids, "image": torch.stack(images).flatten(1), "image_log_flux": torch.stack(fluxes),
+                "image_noise_variance": torch.tensor(resized_variance, dtype=torch.float32),
                 "spectrum": torch.from_numpy(np.stack(shapes)),
+                "spectrum_ivar": torch.from_numpy(np.stack(bin_ivars)),
                 "spectrum_log_level": torch.tensor(np.log10(levels), dtype=torch.float32)[:, None]}
 
     def _image(self, bands: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,9 +88,9 @@ def _central_aperture(height: int, width: int) -> torch.Tensor:
     return (x**2 + y**2 <= (min(height, width) / 4) ** 2).float()
 
 
-def _binned_shape(flux: np.ndarray, ivar: np.ndarray) -> tuple[np.ndarray, float]:
-    """(inverse-variance-weighted bin means over their median absolute level, that level); masked pixels
-    have ivar 0.
+def _binned_shape(flux: np.ndarray, ivar: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """(inverse-variance-weighted bin means over their median absolute level, that level, the bins'
+    inverse variance in those units); masked pixels have ivar 0.
 
     The median, not the mean, sets the level so that strong lines or spikes do not rescale the rest
     of the spectrum; a noise-only spectrum gets its noise level. Unlike a continuum-subtracted
@@ -93,10 +103,10 @@ def _binned_shape(flux: np.ndarray, ivar: np.ndarray) -> tuple[np.ndarray, float
     total = weights.sum(1)
     observed = total > 0
     if not observed.any():  # validation rejects such spectra; this only keeps the function total
-        return np.zeros(n_bins, dtype=np.float32), 1.0
+        return np.zeros(n_bins, dtype=np.float32), 1.0, np.zeros(n_bins, dtype=np.float32)
     binned = np.where(observed, (values * weights).sum(1) / np.where(observed, total, 1.0), 0.0)
     level = np.median(np.abs(binned[observed])) + 1e-12
-    return (binned / level).astype(np.float32), float(level)
+    return (binned / level).astype(np.float32), float(level), (total * level**2).astype(np.float32)
 
 
 class _FittedPCA(torch.nn.Module):
@@ -126,6 +136,11 @@ class _FittedPCA(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / self.scale) @ self.components.T
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """x minus its reconstruction from the components, in the units of x."""
+        standardised = (x - self.mean) / self.scale
+        return (standardised - (standardised @ self.components.T) @ self.components) * self.scale
 
 
 class _ShapeAndLevels(torch.nn.Module):
@@ -193,7 +208,21 @@ class PixelsEncoder(Encoder):
         spectrum = self.spectrum_part(batch["spectrum"], batch["spectrum_log_level"])
         joint = torch.cat([image / self.image_part.total_variance().sqrt(),
                            spectrum / self.spectrum_part.total_variance().sqrt()], dim=1)
-        return {"image": image, "spectrum": spectrum, "joint": joint}
+        return {"image": image, "spectrum": spectrum, "joint": joint,
+                residual_key("image"): self._image_chi2(batch), residual_key("spectrum"): self._spectrum_chi2(batch)}
+
+    def _image_chi2(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """chi^2 per pixel of each band's reconstruction residual, averaged over the bands."""
+        residual = self.image_part.pca.residual(batch["image"].float())
+        per_band = residual.reshape(len(residual), 4, -1).square().mean(2)
+        return (per_band / batch["image_noise_variance"][:, None]).mean(1)
+
+    def _spectrum_chi2(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Inverse-variance-weighted chi^2 per observed bin of the spectrum's reconstruction residual."""
+        residual = self.spectrum_part.pca.residual(batch["spectrum"].float())
+        ivar = batch["spectrum_ivar"]
+        observed = (ivar > 0).sum(1).clamp_min(1)
+        return (residual.square() * ivar).sum(1) / observed
 
     def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError("the pixel reference is fitted (PCA), not trained")

@@ -6,6 +6,7 @@ from normal."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from fmb.data.synth.components import arc_profile, galaxy_components, point_component
 from fmb.data.synth.library import C_KM_S, Library
-from fmb.data.synth.population import Galaxy, draw_galaxy
+from fmb.data.synth.population import DEFAULT_TRACER_FRACTIONS, Galaxy, draw_galaxy
 from fmb.data.synth.scene import BAND_PSF, GSPARAMS, NISP_FWHM, PIXEL_SCALE, VIS_FWHM, Component, Optics, Scene
 from fmb.data.synth.sed import (LINE_NAMES, LINES, LOG_HALPHA_PER_SFR, Sed, ab_mag, continuum_at, galaxy_total_sed,
                                 intrinsic_ratios, qso_sed, sfr_line_fluxes, star_sed)
@@ -33,6 +34,8 @@ SpectrumHook = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.rand
 class Context:
     lib: Library
     optics: Optics
+    noise_scale: float = 1.0  # times the pixel and spectrum noise sigma of the nominal survey
+    tracer_fractions: tuple[float, ...] = DEFAULT_TRACER_FRACTIONS  # of the base population's tracers
 
 
 @dataclass
@@ -60,7 +63,7 @@ def galaxy_catalog(galaxy: Galaxy, spectype: str = "GALAXY") -> dict:
 def galaxy_draft(ctx: Context, rng: np.random.Generator, galaxy: Galaxy | None = None,
                  line_fluxes: np.ndarray | None = None) -> Draft:
     """A galaxy (drawn from the population unless given), its lines from its SFR unless given."""
-    galaxy = galaxy or draw_galaxy(rng, ctx.lib)
+    galaxy = galaxy or draw_galaxy(rng, ctx.lib, tracer_fractions=ctx.tracer_fractions)
     lines = sfr_line_fluxes(ctx.lib, galaxy) if line_fluxes is None else line_fluxes
     scene = Scene(galaxy_components(ctx.lib, galaxy, rng, ctx.optics.size, line_fluxes=lines))
     return Draft(scene, galaxy, galaxy_catalog(galaxy), line_fluxes=lines)
@@ -82,7 +85,10 @@ def build_normal(ctx: Context, rng: np.random.Generator) -> Draft:
 # --- image artefacts (image only) ---------------------------------------------------------------
 
 def build_image_artefact(ctx: Context, rng: np.random.Generator) -> Draft:
-    return _artefact_draft(ctx, rng, IMAGE_ARTEFACTS, "image_hook")
+    draft = _artefact_draft(ctx, rng, IMAGE_ARTEFACTS, "image_hook")
+    if draft.image_hook is satellite_trail:  # as wide as this survey's PSFs, not the nominal ones
+        draft.image_hook = functools.partial(satellite_trail, fwhm=ctx.optics.fwhm)
+    return draft
 
 
 def _artefact_draft(ctx: Context, rng: np.random.Generator, kinds: dict, hook: str) -> Draft:
@@ -94,9 +100,10 @@ def _artefact_draft(ctx: Context, rng: np.random.Generator, kinds: dict, hook: s
     return draft
 
 
-def satellite_trail(images: np.ndarray, noise: np.ndarray, rng: np.random.Generator) -> dict:
-    """A straight streak across the stamp, PSF-wide (slightly defocused), in 1-4 bands: a satellite
-    crossing some of the exposures. Peak 3-100 sigma per pixel."""
+def satellite_trail(images: np.ndarray, noise: np.ndarray, rng: np.random.Generator,
+                    fwhm: tuple[float, float] = (VIS_FWHM, NISP_FWHM)) -> dict:
+    """A straight streak across the stamp, PSF-wide (slightly defocused; `fwhm` of the VIS and NISP
+    PSFs, arcsec), in 1-4 bands: a satellite crossing some of the exposures. Peak 3-100 sigma per pixel."""
     size = images.shape[-1]
     angle = rng.uniform(0, np.pi)
     anchor = rng.uniform(0.15, 0.85, 2) * size
@@ -105,7 +112,7 @@ def satellite_trail(images: np.ndarray, noise: np.ndarray, rng: np.random.Genera
     y, x = np.mgrid[0:size, 0:size]
     distance = np.abs((x - anchor[0]) * np.sin(angle) - (y - anchor[1]) * np.cos(angle))
     for band in bands:
-        sigma_px = (VIS_FWHM, NISP_FWHM)[BAND_PSF[band]] / 2.3548 / PIXEL_SCALE * rng.uniform(1.0, 1.6)
+        sigma_px = fwhm[BAND_PSF[band]] / 2.3548 / PIXEL_SCALE * rng.uniform(1.0, 1.6)
         images[band] += peak_snr * noise[band] * np.exp(-0.5 * (distance / sigma_px) ** 2)
     return {"angle_deg": float(np.degrees(angle)), "anchor_px": anchor.round(2).tolist(),
             "bands": bands.tolist(), "peak_snr": float(peak_snr)}

@@ -20,7 +20,7 @@ import pyarrow as pa
 from fmb.data.schema import BAND_NAMES, make_row, rows_to_table
 from fmb.data.synth.anomalies import CLASSES, Context, Draft, build
 from fmb.data.synth.library import FLUX_UNIT, get_library
-from fmb.data.synth.population import Galaxy
+from fmb.data.synth.population import DEFAULT_TRACER_FRACTIONS, Galaxy
 from fmb.data.synth.scene import (DEPTH_NISP, DEPTH_VIS, SEEING_FWHM, add_image_noise, add_spectrum_noise,
                                   fibre_fractions, fibre_spectrum, get_optics, render)
 from fmb.data.synth.sed import LINE_NAMES, ab_mag
@@ -50,12 +50,25 @@ TRUTH_SCHEMA = pa.schema([
 
 
 @dataclass(frozen=True)
+class Variant:
+    """How a survey departs from the nominal one (a shifted test survey); the defaults change no bit."""
+
+    psf_scale: float = 1.0  # times the FWHM of the VIS and NISP PSFs
+    noise_scale: float = 1.0  # times the pixel noise of every band and the spectrum noise
+    tracer_fractions: tuple[float, ...] = DEFAULT_TRACER_FRACTIONS  # base population, TRACERS order
+
+
+NOMINAL = Variant()
+
+
+@dataclass(frozen=True)
 class ChunkTask:
     seed: int
     index: int  # chunk number k
     count: int  # objects to keep (CHUNK_SIZE except in the last chunk)
     cutout_px: int
     anomaly_rate: float
+    variant: Variant = NOMINAL
 
 
 @dataclass
@@ -66,8 +79,9 @@ class ChunkResult:
 
 
 @functools.cache
-def get_context(cutout_px: int) -> Context:
-    return Context(get_library(), get_optics(cutout_px))
+def get_context(cutout_px: int, variant: Variant = NOMINAL) -> Context:
+    return Context(get_library(), get_optics(cutout_px, variant.psf_scale), variant.noise_scale,
+                   variant.tracer_fractions)
 
 
 def class_probabilities(anomaly_rate: float) -> np.ndarray:
@@ -101,7 +115,7 @@ def generate_chunk(task: ChunkTask) -> ChunkResult:
 
 
 def _generate_chunk(task: ChunkTask) -> ChunkResult:
-    ctx = get_context(task.cutout_px)
+    ctx = get_context(task.cutout_px, task.variant)
     rng = np.random.default_rng([task.seed, task.index])
     classes = rng.choice(len(CLASSES), size=CHUNK_SIZE, p=class_probabilities(task.anomaly_rate))
     seeds = rng.integers(0, 2**63 - 1, size=CHUNK_SIZE)
@@ -146,7 +160,8 @@ def observe(draft: Draft, ctx: Context, rng: np.random.Generator) -> Observation
     scene = draft.scene
     scene.offset = tuple(float(v) for v in rng.uniform(-0.5, 0.5, 2))
     scene.seeing = float(np.clip(rng.normal(SEEING_FWHM, 0.2), 0.7, 1.8))
-    depth_offsets = rng.normal(0.0, DEPTH_SCATTER_MAG, 2)  # VIS, NISP: + is deeper
+    # VIS, NISP: + is deeper; noise_scale x the noise is a survey 2.5 log10(noise_scale) mag shallower
+    depth_offsets = rng.normal(0.0, DEPTH_SCATTER_MAG, 2) - 2.5 * np.log10(ctx.noise_scale)
     noise = optics.noise_adu * 10 ** (-0.4 * depth_offsets[[0, 1, 1, 1]])
     rendering = render(scene, optics)
     images = add_image_noise(rendering.model, noise, rng)
@@ -155,7 +170,7 @@ def observe(draft: Draft, ctx: Context, rng: np.random.Generator) -> Observation
     fibre_scene.seeing = scene.seeing
     fractions = rendering.fibre_fractions if fibre_scene is scene else fibre_fractions(fibre_scene, optics)
     template = int(rng.integers(len(lib.noise_ivar)))
-    spec_depth = float(10 ** rng.normal(0.0, SPEC_DEPTH_SCATTER_DEX))
+    spec_depth = float(10 ** rng.normal(0.0, SPEC_DEPTH_SCATTER_DEX)) / ctx.noise_scale**2  # ivar factor
     flux, error = add_spectrum_noise(fibre_spectrum(fibre_scene, fractions), lib.noise_ivar[template] * spec_depth, rng)
 
     if draft.image_hook is not None:

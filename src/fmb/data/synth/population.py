@@ -14,6 +14,7 @@ The tracer mix and redshift/mass ranges follow the DESI BGS / LRG / ELG target c
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ TRACERS = {
     "LRG": (0.25, (0.90, 0.10, 0.00)),
     "ELG": (0.35, (0.00, 0.55, 0.45)),
 }
+DEFAULT_TRACER_FRACTIONS = tuple(fraction for fraction, _ in TRACERS.values())
 Z_MIN, Z_MAX = 0.02, 1.5
 LOGM_MIN, LOGM_MAX = 9.0, 11.8
 
@@ -65,6 +67,19 @@ class Galaxy:
         return asdict(self)
 
 
+def normalise_mix(mix: Mapping[str, float] | None) -> tuple[float, ...]:
+    """Probabilities of the TRACERS (in their order) from relative weights; None: the default mix."""
+    if mix is None:
+        return DEFAULT_TRACER_FRACTIONS
+    unknown = [name for name in mix if name not in TRACERS]
+    if unknown:
+        raise ValueError(f"population_mix: unknown tracer {unknown[0]!r} (known: {', '.join(TRACERS)})")
+    weights = np.array([float(mix.get(name, 0.0)) for name in TRACERS])
+    if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+        raise ValueError(f"population_mix weights must be finite, >= 0 and of positive sum, got {dict(mix)}")
+    return tuple(float(weight) for weight in weights / weights.sum())
+
+
 def main_sequence(logm: float, z: float, lib: Library) -> float:
     """Speagle et al. 2014 log SFR (Msun/yr) of the star-forming main sequence."""
     t = float(lib.interp_z(lib.age_gyr, z))
@@ -73,9 +88,11 @@ def main_sequence(logm: float, z: float, lib: Library) -> float:
 
 def draw_galaxy(rng: np.random.Generator, lib: Library, *, galaxy_type: str | None = None,
                 tracer: str | None = None, z: float | None = None, logm: float | None = None,
-                sfr_offset: float | None = None) -> Galaxy:
-    """One galaxy of the base population; keyword arguments pin a parameter (anomaly builders)."""
-    tracer = tracer or rng.choice(list(TRACERS), p=[p for p, _ in TRACERS.values()])
+                sfr_offset: float | None = None,
+                tracer_fractions: Sequence[float] = DEFAULT_TRACER_FRACTIONS) -> Galaxy:
+    """One galaxy of the base population; keyword arguments pin a parameter (anomaly builders).
+    `tracer_fractions` (TRACERS order) decides the tracer unless it is pinned."""
+    tracer = tracer or rng.choice(list(TRACERS), p=tracer_fractions)
     galaxy_type = galaxy_type or rng.choice(GALAXY_TYPES, p=TRACERS[tracer][1])
     z = _draw_redshift(rng, tracer) if z is None else z
     logm = _draw_mass(rng, tracer, galaxy_type, z) if logm is None else logm

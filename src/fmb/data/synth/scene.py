@@ -71,24 +71,34 @@ class Scene:
 class Optics:
     size: int
     psfs: tuple[galsim.GSObject, galsim.GSObject]  # VIS, NISP
+    fwhm: tuple[float, float]  # arcsec, VIS and NISP
     noise_adu: np.ndarray  # (4,) pixel sigma in ADU at the reference depths
 
 
 @functools.cache
-def get_optics(size: int) -> Optics:
-    """PSFs and reference pixel noise for a stamp size (once per process)."""
-    psfs = (euclid_psf(VIS_WAVELENGTH, VIS_GAUSSIAN_FWHM), euclid_psf(NISP_WAVELENGTH, NISP_GAUSSIAN_FWHM))
+def get_optics(size: int, psf_scale: float = 1.0) -> Optics:
+    """PSFs `psf_scale` times as wide as Euclid's and reference pixel noise for a stamp size (once
+    per process). The pixel noise is the sky's and the detector's, so it comes from the nominal PSFs:
+    a blurrier PSF alone leaves it as it is (and makes point sources shallower than the depths say)."""
+    nominal = euclid_psfs()
     depths = (DEPTH_VIS, DEPTH_NISP, DEPTH_NISP, DEPTH_NISP)
-    noise = [point_source_sigma(psfs[index], depth) for index, depth in zip(BAND_PSF, depths)]
-    return Optics(size=size, psfs=psfs, noise_adu=np.array(noise) * ADU_PER_NJY)
+    noise = [point_source_sigma(nominal[index], depth) for index, depth in zip(BAND_PSF, depths)]
+    return Optics(size=size, psfs=euclid_psfs(psf_scale), fwhm=(VIS_FWHM * psf_scale, NISP_FWHM * psf_scale),
+                  noise_adu=np.array(noise) * ADU_PER_NJY)
 
 
-def euclid_psf(wavelength_nm: float, gaussian_fwhm: float) -> galsim.GSObject:
+def euclid_psfs(scale: float = 1.0) -> tuple[galsim.GSObject, galsim.GSObject]:
+    """The VIS and NISP PSFs, `scale` times as wide as Euclid's."""
+    return (euclid_psf(VIS_WAVELENGTH, VIS_GAUSSIAN_FWHM, scale), euclid_psf(NISP_WAVELENGTH, NISP_GAUSSIAN_FWHM, scale))
+
+
+def euclid_psf(wavelength_nm: float, gaussian_fwhm: float, scale: float = 1.0) -> galsim.GSObject:
     """Airy pattern of the obscured 1.2 m pupil, blurred by a Gaussian (both analytic in Fourier
-    space, so drawing is ~2x faster than with a Moffat, whose transform is tabulated)."""
-    airy = galsim.Airy(lam=wavelength_nm, diam=TELESCOPE_DIAMETER, obscuration=OBSCURATION,
+    space, so drawing is ~2x faster than with a Moffat, whose transform is tabulated), both
+    `scale` times as wide: the Airy pattern through its lambda / D (exact; a 1.0 changes no bit)."""
+    airy = galsim.Airy(lam=wavelength_nm * scale, diam=TELESCOPE_DIAMETER, obscuration=OBSCURATION,
                        scale_unit=galsim.arcsec, gsparams=GSPARAMS)
-    return galsim.Convolve(airy, galsim.Gaussian(fwhm=gaussian_fwhm, gsparams=GSPARAMS), gsparams=GSPARAMS)
+    return galsim.Convolve(airy, galsim.Gaussian(fwhm=gaussian_fwhm * scale, gsparams=GSPARAMS), gsparams=GSPARAMS)
 
 
 def point_source_sigma(psf: galsim.GSObject, depth_ab: float) -> float:

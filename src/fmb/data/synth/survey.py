@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,10 +21,10 @@ from fmb.data.schema import ROW_SCHEMA
 from fmb.io import atomic_path, write_json
 from fmb.layout import SurveyLayout
 from fmb.data.synth.anomalies import CLASSES
-from fmb.data.synth.generate import (CATALOG_SCHEMA, CHUNK_SIZE, TRUTH_SCHEMA, ChunkResult, ChunkTask, class_probabilities,
-                                     generate_chunk, get_context, object_ids)
+from fmb.data.synth.generate import (CATALOG_SCHEMA, CHUNK_SIZE, TRUTH_SCHEMA, ChunkResult, ChunkTask, Variant,
+                                     class_probabilities, generate_chunk, get_context, object_ids)
 from fmb.data.synth.library import SOURCES
-from fmb.data.synth.population import GALAXY_TYPES, LOGM_MAX, LOGM_MIN, TRACERS, Z_MAX, Z_MIN
+from fmb.data.synth.population import GALAXY_TYPES, LOGM_MAX, LOGM_MIN, TRACERS, Z_MAX, Z_MIN, normalise_mix
 from fmb.data.synth.scene import (DEPTH_NISP, DEPTH_VIS, NISP_FWHM, OBSCURATION, PIXEL_SCALE, SEEING_FWHM,
                                   TELESCOPE_DIAMETER, VIS_FWHM)
 
@@ -33,6 +33,7 @@ DICTIONARY_COLUMNS = ("SPECTYPE", "anomaly_class", "spectype", "galaxy_type", "t
 
 
 def synthesize(out_dir: Path, n: int, seed: int = 42, *, cutout_px: int = 64, anomaly_rate: float = 0.0075,
+               psf_scale: float = 1.0, noise_scale: float = 1.0, population_mix: Mapping[str, float] | None = None,
                workers: int = 2, shard_size: int = 1024, progress: Callable[[int], None] | None = None) -> dict:
     """Write a synthetic Euclid x DESI survey of `n` objects into `out_dir`.
 
@@ -40,14 +41,19 @@ def synthesize(out_dir: Path, n: int, seed: int = 42, *, cutout_px: int = 64, an
     catalog.parquet (TARGETID, Z, LOGM, LOGSFR, SPECTYPE), truth.parquet (class and generating
     parameters per object) and synth.json (parameters, counts, timing). Deterministic for a seed,
     whatever `workers` is. Returns the summary that synth.json holds.
+
+    A shifted survey (another test set): `psf_scale` multiplies the FWHM of both PSFs, `noise_scale`
+    the image and spectrum noise sigma, and `population_mix` ({tracer: weight}, renormalised; None:
+    the default mix) weighs the base population's tracers (anomaly classes that pin one keep it).
     """
     _check_arguments(n, seed, cutout_px, workers, shard_size)
     class_probabilities(anomaly_rate)  # validates the rate
+    variant = _variant(psf_scale, noise_scale, population_mix)
     out_dir = Path(out_dir)
     files = SurveyLayout(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    tasks = [ChunkTask(seed, k, min(CHUNK_SIZE, n - k * CHUNK_SIZE), cutout_px, anomaly_rate)
+    tasks = [ChunkTask(seed, k, min(CHUNK_SIZE, n - k * CHUNK_SIZE), cutout_px, anomaly_rate, variant)
              for k in range((n + CHUNK_SIZE - 1) // CHUNK_SIZE)]
     counts = collections.Counter()
     with _ShardWriter(out_dir, shard_size) as shards, \
@@ -62,7 +68,7 @@ def synthesize(out_dir: Path, n: int, seed: int = 42, *, cutout_px: int = 64, an
                 progress(result.rows.num_rows)
     _remove_stale_parts(out_dir, shards.paths)
     summary = {
-        **_parameters(n, seed, cutout_px, anomaly_rate, workers, shard_size),
+        **_parameters(n, seed, cutout_px, anomaly_rate, variant, workers, shard_size),
         "classes": {name: counts.get(name, 0) for name in CLASSES},
         "first_object_id": int(object_ids(seed, 0, 1)[0]),
         "parts": [path.name for path in shards.paths], "catalog": files.catalog.name, "truth": files.truth.name,
@@ -74,10 +80,14 @@ def synthesize(out_dir: Path, n: int, seed: int = 42, *, cutout_px: int = 64, an
             "catalog": str(files.catalog), "truth": str(files.truth), "synth_json": str(files.summary)}
 
 
-def _parameters(n: int, seed: int, cutout_px: int, anomaly_rate: float, workers: int, shard_size: int) -> dict:
-    """Everything that decides the survey's content, for synth.json."""
+def _parameters(n: int, seed: int, cutout_px: int, anomaly_rate: float, variant: Variant, workers: int,
+                shard_size: int) -> dict:
+    """Everything that decides the survey's content, for synth.json. "instrument" and "population"
+    are the nominal ones; psf_scale, noise_scale and population_mix say how this survey departs."""
     return {
-        "n": n, "seed": seed, "cutout_px": cutout_px, "anomaly_rate": anomaly_rate, "workers": workers,
+        "n": n, "seed": seed, "cutout_px": cutout_px, "anomaly_rate": anomaly_rate,
+        "psf_scale": variant.psf_scale, "noise_scale": variant.noise_scale,
+        "population_mix": dict(zip(TRACERS, variant.tracer_fractions)), "workers": workers,
         "shard_size": shard_size, "chunk_size": CHUNK_SIZE, "row_group_size": ROW_GROUP_SIZE,
         "instrument": {"pixel_scale_arcsec": PIXEL_SCALE, "psf": "Airy x Gaussian",
                        "telescope_diameter_m": TELESCOPE_DIAMETER, "obscuration": OBSCURATION,
@@ -89,6 +99,13 @@ def _parameters(n: int, seed: int, cutout_px: int, anomaly_rate: float, workers:
                        "z_range": [Z_MIN, Z_MAX], "logm_range": [LOGM_MIN, LOGM_MAX]},
         "sources": SOURCES,
     }
+
+
+def _variant(psf_scale: float, noise_scale: float, population_mix: Mapping[str, float] | None) -> Variant:
+    for name, value in (("psf_scale", psf_scale), ("noise_scale", noise_scale)):
+        if not 0 < value < float("inf"):
+            raise ValueError(f"{name} must be positive and finite, got {value}")
+    return Variant(psf_scale, noise_scale, normalise_mix(population_mix))
 
 
 def _check_arguments(n: int, seed: int, cutout_px: int, workers: int, shard_size: int) -> None:
@@ -110,8 +127,8 @@ def _run(tasks: list[ChunkTask], workers: int) -> Iterator[ChunkResult]:
         return
     # forkserver: workers start clean (no inherited threads or OpenMP state of the caller)
     context = multiprocessing.get_context("forkserver")
-    cutout_px = tasks[0].cutout_px
-    with context.Pool(min(workers, len(tasks)), initializer=get_context, initargs=(cutout_px,)) as pool:
+    initargs = (tasks[0].cutout_px, tasks[0].variant)
+    with context.Pool(min(workers, len(tasks)), initializer=get_context, initargs=initargs) as pool:
         pending = collections.deque()
         queue = iter(tasks)
         for task in queue:
