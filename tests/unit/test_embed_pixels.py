@@ -65,6 +65,11 @@ def test_embed_writes_parts_manifest_and_records_skips(fitted):
     ids, matrices = store.load_embeddings(directory)
     assert sorted(ids) == sorted(set(range(1000, 1040)) - {1004, 1009})
     assert matrices["image"].shape == (38, 6) and matrices["joint"].shape == (38, 12)
+    same_ids, same, residuals = store.load_embeddings_and_residuals(directory)
+    np.testing.assert_array_equal(same_ids, ids)
+    np.testing.assert_array_equal(same["image"], matrices["image"])
+    assert set(residuals) == {"image", "spectrum"}  # the reference's own noise-weighted chi^2, one per object
+    assert all(r.shape == (38,) and np.isfinite(r).all() and (r >= 0).all() for r in residuals.values())
     manifest = json.loads(files.manifest.read_text())
     assert manifest["signature"]["model"] == "pixels" and len(manifest["signature"]["weights_sha256"]) == 64
     assert all(len(entry["sha256"]) == 64 for entry in manifest["parts"].values())

@@ -10,9 +10,11 @@ object this odd would be.
 * `TailCalibrator`: the empirical tail probability, interpolated between reference scores so that
   it is strictly monotone (no ties between objects the reference does not separate). Beyond the
   reference's upper `tail` quantile u the tail is an exponential fitted to the exceedances (peaks
-  over threshold with a generalised Pareto shape of 0, the usual choice when the shape is not
-  known): p(s) = p(u) exp(-(s - u) / beta), beta the mean excess. Objects beyond every reference
-  score stay apart instead of sharing p = 1/(n+2).
+  over threshold with a generalised Pareto shape of 0): p(s) = p(u) exp(-(s - u) / beta), beta the
+  mean excess. Objects beyond every reference score stay apart instead of sharing p = 1/(n+2).
+  The shape is not fitted: the reference holds the survey's anomalies too, and they live in its
+  upper tail, so a fitted (heavier) tail would learn them and call them ordinary. One parameter,
+  the mean excess, is what a few hundred exceedances pin down.
 * `cauchy_combine`: the Cauchy combination (Liu & Xie 2020, "ACAT"):
   T = sum_i w_i tan((1/2 - p_i) pi), p = 1/2 - arctan(T) / pi. Its tail is exactly Cauchy whatever
   the dependence between the inputs, so the combined p stays valid for correlated scores, and it

@@ -1,13 +1,21 @@
 """Turning a model's scores into one ranking: calibrated tail probabilities, ensembles, fusions.
 
 **Calibrated (the default ranking).** Every score gets its tail probability against the
-cross-fitted scores of the fit sample (`fmb.detect.calibrate.TailCalibrator`), ``p_<stem>``. Per
-modality, the detectors' probabilities are combined by the Cauchy rule and recalibrated: the
-``ensemble`` score, -log10 p, each method strong where others are weak. ``fused_cauchy`` combines
-the same way each modality's ensemble and reconstruction residual and the misalignment: an object
-odd in any one way rises, and the rule stays valid when the inputs are correlated (they are: the
-joint embedding holds both modalities). Every combination is recalibrated against the fit sample,
-so each p_ column is the share of ordinary objects at least that odd.
+cross-fitted scores of the fit sample (`fmb.detect.calibrate.TailCalibrator`), ``p_<stem>``. They
+are combined by the Cauchy rule, which stays valid when its inputs are correlated, in a tree in
+which every distinct way of being odd counts once, however many detectors look at it (detectors of
+one kind are redundant, and a rule that sums evidence would otherwise reward an object mildly
+odd to all of them over one extreme in a single way):
+
+* ``score_<modality>_ensemble``: the modality's density detectors (`detect.methods`), each strong
+  where others are weak;
+* ``score_<modality>_combined``: that ensemble and the modality's reconstruction residual (on the
+  manifold of ordinary objects and off it);
+* ``fused_cauchy``: each modality's combined score and the misalignment: an object odd in any
+  one way (image, spectrum, the joint embedding, the pairing) rises.
+
+Every combination is recalibrated against the fit sample, so each p_ column is the share of
+ordinary objects at least that odd, and -log10 of it is the score.
 
 **Percentile fusions (the original's).** Percentiles p = (N - rank + 1) / N (1 = most anomalous)
 on the objects present in every input, of each modality's `method` score and the misalignment:
@@ -27,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 from fmb.detect.calibrate import TailCalibrator, cauchy_combine, significance
-from fmb.detect.scores import (CALIBRATED_FUSION, ENSEMBLE, MISMATCH_COLUMNS, MODALITIES, calibrated_inputs,
-                               p_column, percentile, rank_descending, ranked_columns, score_column)
+from fmb.detect.scores import (CALIBRATED_FUSION, COMBINED, ENSEMBLE, MISMATCH_COLUMNS, MODALITIES, RESIDUAL,
+                               calibrated_inputs, p_column, percentile, rank_descending, ranked_columns, score_column)
 
 INPUTS = {"img": "image", "spec": "spectrum", "joint": "joint"}
 
@@ -50,20 +58,28 @@ class Calibration:
 
 
 def calibrate(frame: pd.DataFrame, calibration: Calibration, methods, reference: np.ndarray | None) -> pd.DataFrame:
-    """Add p_* for every detector and misalignment score, each modality's ensemble, and fused_cauchy."""
+    """Add p_* for every detector and misalignment score, each modality's ensemble and combined
+    scores, and fused_cauchy."""
     log_p = {}
     for column in ranked_columns(frame.columns):
         log_p[column] = calibration.log_p(column, frame[column].to_numpy(dtype=float), reference)
         frame[p_column(column)] = np.exp(log_p[column])
     for modality in MODALITIES:
-        members = [log_p[c] for c in (score_column(modality, m) for m in methods) if c in log_p]
-        if members:
-            column = score_column(modality, ENSEMBLE)
-            log_p[column] = _combined(frame, column, members, calibration, reference)
-    inputs = [log_p[c] for c in calibrated_inputs(log_p)]
-    if inputs:
-        _combined(frame, CALIBRATED_FUSION, inputs, calibration, reference)
+        _combine_into(frame, score_column(modality, ENSEMBLE), [score_column(modality, m) for m in methods],
+                      log_p, calibration, reference)
+        _combine_into(frame, score_column(modality, COMBINED),
+                      [score_column(modality, ENSEMBLE), score_column(modality, RESIDUAL)], log_p, calibration,
+                      reference)
+    _combine_into(frame, CALIBRATED_FUSION, calibrated_inputs(log_p), log_p, calibration, reference)
     return frame
+
+
+def _combine_into(frame: pd.DataFrame, column: str, members: list[str], log_p: dict, calibration: Calibration,
+                  reference: np.ndarray | None) -> None:
+    """`column` (-log10 p) and its p_ from the Cauchy combination of the `members` present, recalibrated."""
+    present = [log_p[c] for c in members if c in log_p]
+    if present:
+        log_p[column] = _combined(frame, column, present, calibration, reference)
 
 
 def _combined(frame: pd.DataFrame, column: str, members: list[np.ndarray], calibration: Calibration,

@@ -5,14 +5,14 @@ A score table (`runs/<name>/scores/<model>.parquet`) has one row per object and
 * ``score_<modality>_<method>``  a detector's score (higher = more anomalous), with
   ``z_<modality>_<method>`` its robust z, ``pct_<modality>_<method>`` and ``rank_<modality>_<method>``;
   the method ``residual`` is the reconstruction residual off the embedding's PCA (or the model's own
-  noise-weighted residual), the method ``ensemble`` the calibrated combination of every detector of
-  that modality, in -log10 p;
+  noise-weighted residual), the method ``ensemble`` the calibrated combination of the modality's
+  density detectors and ``combined`` that of its ensemble and residual, both in -log10 p;
 * ``p_<stem>``: every score's calibrated tail probability (`fmb.detect.calibrate`);
 * ``mismatch`` (fused), ``mismatch_residual`` and, for aligned models, ``mismatch_cosine``, each
   with ``pct_``, ``rank_`` and ``p_``;
 * ``fused_cauchy`` (the default ranking): -log10 of the Cauchy combination of the calibrated tail
-  probabilities of each modality's ensemble and residual and of the misalignment: an object odd in
-  any one way rises; ``p_fused_cauchy`` its tail probability;
+  probabilities of each modality's combined score and of the misalignment: an object odd in any
+  one way rises; ``p_fused_cauchy`` its tail probability (`fmb.detect.fusion`);
 * the percentile fusions of the original, ``fused_geo`` ("odd in every way"), ``fused_min``,
   ``fused_avg``, ``fused_all``, ``fused_max``, and ``uplift``;
 * ``in_common_set``: the object has every input of the percentile fusion; ``in_fit_sample``: it
@@ -37,7 +37,7 @@ import pandas as pd
 MODALITIES = ("image", "spectrum", "joint")
 MISMATCH = "mismatch"  # the misalignment score that is fused
 MISMATCH_COLUMNS = (MISMATCH, "mismatch_residual", "mismatch_cosine")
-ENSEMBLE, RESIDUAL = "ensemble", "residual"  # score methods that are not registered detectors
+ENSEMBLE, RESIDUAL, COMBINED = "ensemble", "residual", "combined"  # score methods that are not registered detectors
 CALIBRATED_FUSION = "fused_cauchy"
 CONSENSUS = "fused_consensus"
 FUSED = (CALIBRATED_FUSION, "fused_geo", "fused_min", "fused_avg", "fused_all", "fused_max")
@@ -88,9 +88,9 @@ def fusion_inputs(method: str) -> list[str]:
 
 
 def calibrated_inputs(columns) -> list[str]:
-    """The columns `fused_cauchy` combines, those present: each modality's ensemble and residual,
-    and the misalignment."""
-    wanted = [score_column(m, method) for method in (ENSEMBLE, RESIDUAL) for m in MODALITIES] + [MISMATCH]
+    """The columns `fused_cauchy` combines, those present: each modality's combined score (its
+    density ensemble and residual) and the misalignment."""
+    wanted = [score_column(m, COMBINED) for m in MODALITIES] + [MISMATCH]
     return [c for c in wanted if c in set(columns)]
 
 
@@ -171,7 +171,7 @@ def summary_columns(columns, method: str) -> list[str]:
     the other misalignment scores, then the fused scores, in that order; baselines stay in tables."""
     columns = list(columns)
     residuals = [score_column(modality, RESIDUAL) for modality in MODALITIES]
-    wanted = dict.fromkeys(fusion_inputs(method) + fusion_inputs(ENSEMBLE) + residuals
+    wanted = dict.fromkeys(fusion_inputs(method) + fusion_inputs(ENSEMBLE) + residuals + fusion_inputs(COMBINED)
                            + [c for c in MISMATCH_COLUMNS if c != MISMATCH] + list(FUSED))
     return [c for c in wanted if c in columns]
 
