@@ -1,7 +1,8 @@
 """Atomic file writes: write beside the target under a temporary name, then rename.
 
 A reader never sees a half-written file, and a killed run leaves at most a stray `.tmp-*` file
-that the next write replaces.
+that the next write replaces. `read_torch` is the reading side of `write_torch` that never runs
+code from the file.
 """
 
 from __future__ import annotations
@@ -55,6 +56,25 @@ def write_torch(obj, path: str | Path) -> Path:
     with atomic_path(path) as temporary:
         torch.save(obj, temporary)
     return Path(path)
+
+
+def read_torch(path: str | Path, what: str):
+    """`torch.load` restricted to tensors, containers and plain values (``weights_only``): a pickle
+    that would call anything on loading is refused with a clear error, before any of it runs."""
+    import pickle
+
+    import torch
+
+    from fmb.errors import FmbError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FmbError(f"{path}: refusing to load it as {what}: it holds more than tensors and plain values, "
+                       f"and unpickling it could run code ({reason[:200]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise FmbError(f"{path}: not a readable {what} ({type(error).__name__}: {str(error)[:200]})") from None
 
 
 def write_csv(frame, path: str | Path, **to_csv_options) -> Path:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from fmb import __version__
 from fmb.errors import FmbError
-from fmb.io import write_json, write_table, write_torch
+from fmb.io import read_torch, write_json, write_table, write_torch
 from fmb.layout import EmbeddingFiles
 from fmb.models.base import MODALITIES, file_sha256, residual_key
 
@@ -139,9 +139,7 @@ def export_pt(directory: Path, path: Path) -> int:
 
 def import_pt(path: Path, directory: Path, signature: dict) -> int:
     """Read an original `.pt` embedding file into parts + manifest under `directory`."""
-    import torch
-
-    records = torch.load(path, map_location="cpu", weights_only=False)
+    records = read_torch(path, "an embedding file (a list of dicts of ids and arrays)")
     if not isinstance(records, list) or not records or not isinstance(records[0], dict):
         raise FmbError(f"{path} is not a list of embedding records")
     ids, matrices = _records_to_matrices(records, path)

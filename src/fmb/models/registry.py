@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from fmb.config import ResolvedConfig
 from fmb.errors import FmbError
+from fmb.io import read_torch
 from fmb.models.base import Encoder
 from fmb.plugins import encoder_class
 
@@ -17,7 +16,7 @@ def build_encoder(config: ResolvedConfig, name: str, weights: str = "adapted") -
     adapted = config.layout.model(name).best
     encoder.adapted_from = None  # recorded in the embedding manifest: which weights made the vectors
     if weights == "adapted" and adapted.is_file():
-        encoder.load_adapted_state(torch.load(adapted, map_location="cpu", weights_only=False)["model"])
+        encoder.load_adapted_state(read_torch(adapted, f"adapted {name} weights")["model"])
         encoder.adapted_from = str(adapted)
     elif weights == "adapted" and cls.requires_adaptation:
         raise FmbError(f"{name} has no adapted weights in {adapted.parent}; run `fmb adapt {name}` first")

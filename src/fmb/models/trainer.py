@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fmb.config import AdaptSettings
-from fmb.io import atomic_path, write_json, write_torch
+from fmb.io import atomic_path, read_torch, write_json, write_torch
 from fmb.layout import ModelFiles
 from fmb.models.base import autocast_dtype
 
@@ -180,7 +180,7 @@ class Trainer:
         path = self.files.checkpoint
         if not path.is_file():
             return False
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_torch(path, "an adaptation checkpoint")
         self.model.load_adapted_state(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -231,7 +231,10 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's state as plain values, so that the checkpoint loads without unpickling numpy objects
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached)
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -239,7 +242,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
