@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,9 +71,11 @@ def read_torch(path: str | Path, what: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FmbError(f"{path}: refusing to load it as {what}: it holds more than tensors and plain values, "
-                       f"and unpickling it could run code ({reason[:200]})") from None
+        found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", str(error))
+        named = f" (it names {found.group(1) or found.group(2)})" if found else ""
+        raise FmbError(f"{path}: refusing to load it as {what}: it holds objects other than those fmb saves{named}, "
+                       "and unpickling them could run code; use a file fmb wrote, or one from a source you trust "
+                       "converted to plain tensors") from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise FmbError(f"{path}: not a readable {what} ({type(error).__name__}: {str(error)[:200]})") from None
 

@@ -1,21 +1,30 @@
 """Opening a file never runs code: malicious pickles handed to fmb's loaders through the CLI."""
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from fmb.cli import app
+from fmb.cli import main
 from fmb.config import load_config
 from fmb.errors import FmbError
 from fmb.io import read_torch
 from fmb.models.registry import build_encoder
 from fmb.models.trainer import _rng_state, _set_rng_state
 
-runner = CliRunner()
+
+
+def fmb(project: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """The real entry point (`fmb.cli.main`, as the `fmb` script runs it): (exit code, console text)."""
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "argv", ["fmb", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out + captured.err
 
 
 class WritesAFile:
@@ -33,15 +42,13 @@ def malicious(path: Path, marker: Path, wrap=lambda payload: payload) -> Path:
     return path
 
 
-def test_import_pt_refuses_a_pickle_that_would_run_code(project: Path, monkeypatch):
+def test_import_pt_refuses_a_pickle_that_would_run_code(project: Path, monkeypatch, capsys):
     marker = project / "code-ran"
     evil = malicious(project / "evil.pt", marker, wrap=lambda payload: [{"object_id": 1, "embedding_images": payload}])
-    monkeypatch.chdir(project)
-    result = runner.invoke(app, ["embed", "pixels", "--import-pt", str(evil)])
-    assert result.exit_code != 0
-    assert not marker.exists()
-    assert "refusing to load it as an embedding file" in result.output and "evil.pt" in result.output
-    assert "Traceback" not in result.output
+    code, output = fmb(project, monkeypatch, capsys, "embed", "pixels", "--import-pt", str(evil))
+    assert code != 0 and not marker.exists()
+    assert "refusing to load it as an embedding file" in output and "evil.pt" in output and "posix.system" in output
+    assert "Traceback" not in output
 
 
 def test_adapted_weights_and_checkpoints_are_loaded_without_running_code(project: Path):
@@ -64,3 +71,16 @@ def test_the_checkpoint_rng_state_is_plain_values_and_round_trips(tmp_path: Path
     expected = np.random.random(3)
     _set_rng_state(read_torch(tmp_path / "state.pt", "a checkpoint"))  # weights_only: no numpy objects inside
     np.testing.assert_array_equal(np.random.random(3), expected)
+
+
+def test_detect_score_refuses_planted_detectors(project: Path, monkeypatch, capsys):
+    config = load_config(root=project)
+    saved = config.layout.scores.detectors("pixels")
+    saved.parent.mkdir(parents=True)
+    marker = project / "code-ran"
+    malicious(saved, marker)
+    (project / "new").mkdir()
+    code, output = fmb(project, monkeypatch, capsys, "detect", "score", "pixels", "--embeddings", "new",
+                       "--out", "new.parquet")
+    assert code == 2 and not marker.exists()
+    assert "error:" in output and "refusing to load it as saved detectors" in output and "Traceback" not in output

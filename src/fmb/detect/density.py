@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fmb.data.loader import is_validation
-from fmb.io import write_torch
+from fmb.io import read_torch, write_torch
 
 
 def fold_of(object_ids: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -112,6 +112,39 @@ def robust_z(scores: np.ndarray) -> np.ndarray:
 
 save = write_torch  # detectors are saved like any other torch object
 
+#: Every class and constructor a saved `ModelDetectors` holds (fmb's, PyOD's, scikit-learn's, zuko's
+#: and torch's fitted-state containers, numpy's array rebuilders). Loading allows these and nothing
+#: else, so a planted file cannot name a callable that runs code (os.system, eval, ...).
+SAVED_GLOBALS = (
+    "fmb.detect.tasks:ModelDetectors", "fmb.detect.density:CrossFitted", "fmb.detect.density:Reducer",
+    "fmb.detect.calibrate:TailCalibrator", "fmb.detect.fusion:Calibration", "fmb.detect.residual:PCAResidual",
+    "fmb.detect.mismatch:ContrastiveMismatch", "fmb.detect.mismatch:PairResidual", "fmb.detect.mismatch:_Critic",
+    "functools:partial", "numpy._core.multiarray:_reconstruct", "numpy._core.multiarray:scalar", "numpy:dtype",
+    "numpy:ndarray", *(f"numpy.dtypes:{kind}DType" for kind in ("Float32", "Float64", "Int32", "Int64", "UInt8",
+                                                                 "UInt32", "Bool", "Void")),
+    "pyod.models.ecod:ECOD", "pyod.models.iforest:IForest", "pyod.models.knn:KNN",
+    "pyod.models.lof:LOF", "sklearn.ensemble._iforest:IsolationForest", "sklearn.linear_model._ridge:RidgeCV",
+    "sklearn.neighbors._lof:LocalOutlierFactor", "sklearn.neighbors._unsupervised:NearestNeighbors",
+    "sklearn.tree._classes:ExtraTreeRegressor", "sklearn.tree._tree:Tree",
+    *(f"sklearn.{module}:{name}" for module, names in (
+        ("neighbors._kd_tree", ("KDTree", "KDTree64", "newObj")),
+        ("neighbors._ball_tree", ("BallTree", "BallTree64", "newObj")),
+        ("metrics._dist_metrics", ("newObj", "EuclideanDistance64", "MinkowskiDistance64", "ManhattanDistance64")))
+      for name in names),
+    "torch.nn.modules.activation:GELU",
+    "torch.nn.modules.activation:ReLU", "torch.nn.modules.container:ModuleList",
+    "torch.nn.modules.container:Sequential", "torch.nn.modules.linear:Linear", "zuko.distributions:DiagNormal",
+    "zuko.flows.autoregressive:MAF", "zuko.flows.autoregressive:MaskedAutoregressiveTransform",
+    "zuko.lazy:LazyComposedTransform", "zuko.lazy:UnconditionalDistribution", "zuko.nn:MaskedLinear",
+    "zuko.nn:MaskedMLP", "zuko.transforms:MonotonicAffineTransform",
+)
+
 
 def load(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Saved detectors, unpickled with `SAVED_GLOBALS` and the registered detector classes allowed,
+    and nothing else: a file naming any other callable is refused before any of it runs."""
+    from fmb.plugins import DETECTORS, detector_class, import_target
+
+    allowed = [import_target(target) for target in SAVED_GLOBALS] + [detector_class(name) for name in DETECTORS]
+    with torch.serialization.safe_globals(allowed):
+        return read_torch(path, "saved detectors")

@@ -63,7 +63,8 @@ def detect(config: ResolvedConfig, log=print) -> dict:
         save(fitted, files.detectors(model))
         write_table(pa.Table.from_pandas(frame, preserve_index=False), files.table(model))
         frames[model] = frame
-        summary[model] = {"objects": len(ids), "common_set": int(frame.get("in_common_set", pd.Series([], dtype=bool)).sum()),
+        common = frame.get("in_common_set", pd.Series([], dtype=bool))
+        summary[model] = {"objects": len(ids), "common_set": int(common.sum()),
                           "seconds": {k: round(v, 2) for k, v in seconds.items()}, **_critic_agreement(frame)}
     consensus = consensus_frame(frames, config.detect.tail)
     if consensus is not None:
