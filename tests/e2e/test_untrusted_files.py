@@ -84,3 +84,17 @@ def test_detect_score_refuses_planted_detectors(project: Path, monkeypatch, caps
                        "--out", "new.parquet")
     assert code == 2 and not marker.exists()
     assert "error:" in output and "refusing to load it as saved detectors" in output and "Traceback" not in output
+
+
+def test_astroclip_checkpoint_reader_never_calls_what_a_file_names(tmp_path: Path):
+    """A Lightning-style checkpoint whose hyper-parameters hold a payload: the tensors are read, the
+    payload is a stub, nothing ran."""
+    from fmb.models.astroclip import read_checkpoint
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "planted.ckpt"
+    torch.save({"state_dict": {"image_encoder.weight": torch.ones(2, 2)}, "hyper_parameters": WritesAFile(marker)},
+               path)
+    checkpoint = read_checkpoint(str(path))
+    assert not marker.exists()
+    assert torch.equal(checkpoint["state_dict"]["image_encoder.weight"], torch.ones(2, 2))

@@ -18,6 +18,7 @@ adaptation trains the heads and the temperature.
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 import re
@@ -341,8 +342,10 @@ def _checkpoint_parts(checkpoint: Mapping, name: str) -> tuple[str, dict]:
 
 
 class _Stub(dict):
-    """Stands in for classes of packages we do not install (lightning, dinov2, astroclip) while
-    unpickling; we only read tensors from `state_dict`, never these objects."""
+    """Stands in, while unpickling, for every global a checkpoint names beyond torch's tensor
+    rebuilders (Lightning's, dinov2's and astroclip's classes, and anything a planted file names,
+    such as os.system): we only read tensors from `state_dict`, so none of them is ever imported
+    or called, and opening a checkpoint runs no code."""
 
     def __init__(self, *args, **kwargs):
         super().__init__()
@@ -351,19 +354,28 @@ class _Stub(dict):
         self.__dict__["_state"] = state
 
 
-class _TolerantUnpickler(pickle.Unpickler):
+class _TensorsOnlyUnpickler(pickle.Unpickler):
+    """Resolves only the globals torch's own `weights_only` loader allows (tensor and storage
+    rebuilders, dtypes, OrderedDict, ...); every other name becomes `_Stub`."""
+
     def find_class(self, module, name):
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return _Stub
+        allowed = _tensor_globals().get(f"{module}.{name}")
+        return allowed if allowed is not None else _Stub
 
 
-_PICKLE = types.SimpleNamespace(Unpickler=_TolerantUnpickler, load=pickle.load, __name__="fmb_tolerant_pickle")
+@functools.cache
+def _tensor_globals() -> dict:
+    from torch import _weights_only_unpickler  # torch's allow-list of the weights_only loader (torch pinned)
+
+    return _weights_only_unpickler._get_allowed_globals()
+
+
+_PICKLE = types.SimpleNamespace(Unpickler=_TensorsOnlyUnpickler, load=pickle.load, __name__="fmb_tensors_only_pickle")
 
 
 def read_checkpoint(weights: str) -> Mapping:
-    """A checkpoint from a local file or a hub repo (`polymathic-ai/astroclip` etc.), read tolerantly."""
+    """A checkpoint from a local file or a hub repo (`polymathic-ai/astroclip` etc.): its tensors, every
+    other object a stub (`_TensorsOnlyUnpickler`), so that reading it never runs code."""
     local = Path(weights).expanduser()
     if not local.is_file():
         from huggingface_hub import hf_hub_download
