@@ -308,7 +308,8 @@ class RunConfig(_Section):
 
 
 class FmbConfig(_Section):
-    name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$", description="run name: outputs go to runs/<name>/")
+    name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$",
+                      description="run name: outputs go to runs/<name>/ (letters, digits, . _ -; not . or ..)")
     seed: int = Field(42, description="seed for everything random")
     data: DataConfig = DataConfig()
     synth: SynthConfig = SynthConfig()
@@ -318,6 +319,13 @@ class FmbConfig(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
     run: RunConfig = RunConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _inside_runs(cls, value: str) -> str:
+        if value in (".", ".."):
+            raise ValueError(f"run name {value!r} would put outputs outside runs/; choose a name")
+        return value
 
 
 def build_schema() -> type[FmbConfig]:

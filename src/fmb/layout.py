@@ -23,6 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUNS_DIR = "runs"
+OWNER_MARKER = ".fmb-made"  # in every directory fmb makes outside runs/<name>/ (a synthetic survey)
+
+
+def owner_marker(directory: Path) -> Path:
+    """The file that says fmb made `directory` and may delete it and everything in it."""
+    return directory / OWNER_MARKER
+
+
+def made_by_fmb(path: Path, run_root: Path) -> bool:
+    """Whether fmb may delete `path`: it lies under the run directory, or is a directory fmb marked."""
+    resolved, run = path.resolve(), run_root.resolve()
+    inside_run = resolved.is_relative_to(run) and resolved != run
+    return inside_run or (path.is_dir() and owner_marker(path).is_file())
 
 
 @dataclass(frozen=True)

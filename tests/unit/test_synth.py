@@ -19,7 +19,7 @@ from fmb.data.synth.anomalies import build, calibration_jump, dead_segment, sate
 from fmb.data.synth.generate import ChunkTask, generate_chunk, get_context, observe
 from fmb.data.synth.scene import Scene, render
 from fmb.data.synth.sed import galaxy_total_sed
-from fmb.layout import SurveyLayout
+from fmb.layout import OWNER_MARKER, SurveyLayout, owner_marker
 
 N, SEED, RATE = 192, 3, 0.1  # a high anomaly rate so every class shows up in a small survey
 HALPHA, OIII = 6564.61, 5008.24
@@ -111,8 +111,10 @@ def test_values_finite_errors_positive(survey):
 
 def test_same_seed_two_workers_identical_and_prefix_stable(survey, tmp_path):
     """Another run with the same seed, two worker processes, a different n and shard size: the
-    objects it shares with the fixture are byte-identical; stale parts of the directory go."""
+    objects it shares with the fixture are byte-identical; stale parts of a survey directory fmb
+    made (its marker) go."""
     layout = SurveyLayout(tmp_path)
+    owner_marker(tmp_path).write_text("made by fmb")
     layout.part(9).write_bytes(b"stale")
     summary = synthesize(tmp_path, 130, SEED, anomaly_rate=RATE, workers=2, shard_size=64)
     rows = pa.concat_tables([pq.read_table(path) for path in summary["parts"]])
@@ -136,7 +138,7 @@ def test_failed_run_leaves_no_partial_files(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         synthesize(tmp_path, 100, SEED, workers=1, shard_size=1000, progress=stop)
-    assert sorted(path.name for path in tmp_path.iterdir()) == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == [OWNER_MARKER]  # the claim, no data
 
 
 # --- physics of the normal population ---------------------------------------------------------

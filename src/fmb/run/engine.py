@@ -32,6 +32,7 @@ from fmb import __version__
 from fmb.config import ResolvedConfig, result_values
 from fmb.errors import ConfigError, FmbError
 from fmb.io import parquet_footer_sha256, write_json
+from fmb.layout import OWNER_MARKER, made_by_fmb
 from fmb.stage import Stage, always_applies
 
 _WHOLE_FILE_BYTES = 64 << 20  # files up to this size are hashed whole
@@ -185,7 +186,7 @@ def _run_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State,
         log(f"[{stage.name}] unchanged, skipped")
         return Outcome(stage.name, "skipped", note="inputs and config unchanged")
     if forced or previous.get("key") != key:
-        _remove(outputs)
+        _remove(outputs, config.layout.root)
     state.record(stage.name, key=key, parts=parts, status="running", started=time.time())
     log(f"[{stage.name}] running")
     started = time.perf_counter()
@@ -204,7 +205,13 @@ def _is_current(previous: dict, key: str, outputs: list[Path]) -> bool:
     return previous.get("key") == key and previous.get("status") == "done" and all(p.exists() for p in outputs)
 
 
-def _remove(paths: list[Path]) -> None:
+def _remove(paths: list[Path], run_root: Path) -> None:
+    """Delete a stage's old outputs before it reruns: only what fmb made (`made_by_fmb`)."""
+    foreign = [path for path in paths if path.exists() and not made_by_fmb(path, run_root)]
+    if foreign:
+        raise FmbError(f"{foreign[0]} was not made by fmb (it is outside {run_root} and has no "
+                       f"{OWNER_MARKER} file), so fmb will not delete it to rerun this stage; move it away "
+                       "or point the setting that names it at a new directory")
     for path in paths:
         if path.is_dir():
             shutil.rmtree(path)

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 from fmb.data.schema import ROW_SCHEMA
 from fmb.io import atomic_path, write_json
-from fmb.layout import SurveyLayout
+from fmb.errors import FmbError
+from fmb.layout import SurveyLayout, owner_marker
 from fmb.data.synth.anomalies import CLASSES
 from fmb.data.synth.generate import (CATALOG_SCHEMA, CHUNK_SIZE, TRUTH_SCHEMA, ChunkResult, ChunkTask, Variant,
                                      class_probabilities, generate_chunk, get_context, object_ids)
@@ -51,7 +52,7 @@ def synthesize(out_dir: Path, n: int, seed: int = 42, *, cutout_px: int = 64, an
     variant = _variant(psf_scale, noise_scale, population_mix)
     out_dir = Path(out_dir)
     files = SurveyLayout(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _claim(out_dir)
     started = time.perf_counter()
     tasks = [ChunkTask(seed, k, min(CHUNK_SIZE, n - k * CHUNK_SIZE), cutout_px, anomaly_rate, variant)
              for k in range((n + CHUNK_SIZE - 1) // CHUNK_SIZE)]
@@ -227,6 +228,19 @@ class _ShardWriter:
             self._emit(self.pending.combine_chunks())
         if self.current is not None:
             self.current.close(ok=exc_type is None)
+
+
+def _claim(out_dir: Path) -> None:
+    """Make `out_dir` fmb's (marked), or reuse one fmb made; a non-empty directory that fmb did not
+    make is refused, since synth replaces its parts and a changed setting deletes it."""
+    marker = owner_marker(out_dir)
+    if out_dir.is_dir() and not marker.is_file() and any(out_dir.iterdir()):
+        raise FmbError(f"synth.out {out_dir} is not empty and was not made by fmb; the synthetic survey goes "
+                       "to a new or empty directory (fmb rewrites and may delete what it makes there)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FmbError(f"synth.out {out_dir} is a file; give a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text("made by fmb data synth: fmb may delete this directory and everything in it\n")
 
 
 def _remove_stale_parts(out_dir: Path, written: list[Path]) -> None:
