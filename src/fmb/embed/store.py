@@ -93,6 +93,14 @@ def load_embeddings(directory: Path, modalities: tuple[str, ...] = MODALITIES) -
     return ids, out
 
 
+def _read_part(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        raise FmbError(f"embedding part {path} is missing or unreadable ({str(error)[:120]}); embed this model "
+                       "again (finished parts are kept)") from None
+
+
 def load_embeddings_and_residuals(directory: Path, modalities: tuple[str, ...] = MODALITIES
                                   ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """`load_embeddings` plus {modality: (N,) float64} of the residuals the model gave (`residual_key`)."""
@@ -101,11 +109,17 @@ def load_embeddings_and_residuals(directory: Path, modalities: tuple[str, ...] =
         raise FmbError(f"no embeddings in {directory}; run `fmb embed` first")
     manifest = json.loads(path.read_text())
     files = [directory / entry["file"] for _, entry in sorted(manifest["parts"].items(), key=lambda kv: int(kv[0]))]
-    tables = [pq.read_table(file) for file in files]
+    # a unit in which no object was usable holds only object_id: it adds nothing, and its schema
+    # would not concatenate with the others
+    tables = [table for table in (_read_part(file) for file in files) if table.num_rows]
     if not tables:
         return np.array([], np.int64), {}, {}
     table = pa.concat_tables(tables)
     ids = table.column("object_id").to_numpy()
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise FmbError(f"{directory}: object id {int(unique[counts > 1][0])} appears {int(counts.max())} times in "
+                       "the embedding parts (two data versions mixed?); embed again into a new directory")
     out, residuals = {}, {}
     for modality in modalities:
         if modality in table.column_names:
