@@ -310,7 +310,7 @@ class RunConfig(_Section):
 class FmbConfig(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$",
                       description="run name: outputs go to runs/<name>/ (letters, digits, . _ -; not . or ..)")
-    seed: int = Field(42, description="seed for everything random")
+    seed: int = Field(42, ge=0, description="seed for everything random (numpy seeds are >= 0)")
     data: DataConfig = DataConfig()
     synth: SynthConfig = SynthConfig()
     show: ShowConfig = ShowConfig()

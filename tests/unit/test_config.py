@@ -62,3 +62,9 @@ def test_several_task_files_later_wins(project: Path):
     config = load_config([first, second], root=project)
     assert (config.seed, config.synth.n) == (2, 5)
     assert dict((k, o) for k, _, o in config.explain())["synth.n"] == f"task file {first}"
+
+
+@pytest.mark.parametrize(("setting", "key"), [("seed=-1", "seed"), ("models.astropt.image_size=100", "image_size")])
+def test_settings_that_used_to_end_in_a_traceback_are_one_line_config_errors(project: Path, setting: str, key: str):
+    with pytest.raises(ConfigError, match=key):
+        load_config(root=project, sets=[setting])

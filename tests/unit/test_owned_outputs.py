@@ -66,3 +66,4 @@ def test_synthesize_itself_claims_its_directory(tmp_path: Path):
     (tmp_path / "other.txt").write_text("x")
     with pytest.raises(FmbError, match="not made by fmb"):
         synthesize(tmp_path, 4, 1, cutout_px=32, workers=1)
+

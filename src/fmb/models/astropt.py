@@ -38,7 +38,7 @@ from fmb.models.inputs import object_ids, rgb_batch, spectrum_batch
 
 
 class AstroPTSection(ModelSection):
-    image_size: int = Field(224, ge=16, description="RGB resized to this (multiple of the 16 px patch)")
+    image_size: int = Field(224, ge=16, multiple_of=16, description="RGB resized to this (multiple of the 16 px patch)")
     layer: Literal["middle", "last"] = Field("middle", description="read embeddings after the middle block or ln_f")
     adapt: AdaptSettings = AdaptSettings(lr=3e-5, batch_size=8, grad_accum=4)
 
