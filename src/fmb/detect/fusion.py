@@ -35,8 +35,9 @@ import numpy as np
 import pandas as pd
 
 from fmb.detect.calibrate import TailCalibrator, cauchy_combine, significance
-from fmb.detect.scores import (CALIBRATED_FUSION, COMBINED, ENSEMBLE, MISMATCH_COLUMNS, MODALITIES, RESIDUAL,
-                               calibrated_inputs, p_column, percentile, rank_descending, ranked_columns, score_column)
+from fmb.detect.scores import (CALIBRATED_FUSION, COMBINED, COMMON_SET, ENSEMBLE, MISMATCH, MODALITIES, RESIDUAL,
+                               UPLIFT, calibrated_inputs, fusion_inputs, p_column, pct_column, percentile,
+                               rank_column, rank_descending, ranked_columns, score_column)
 
 INPUTS = {"img": "image", "spec": "spectrum", "joint": "joint"}
 
@@ -94,21 +95,20 @@ def _combined(frame: pd.DataFrame, column: str, members: list[np.ndarray], calib
 
 def fuse(scores: pd.DataFrame, method: str) -> pd.DataFrame:
     """Add pct_*/rank_* for every score column and the percentile fusions, on the common set."""
-    columns = [c for c in scores.columns if c.startswith("score_") or c in MISMATCH_COLUMNS]
-    needed = [f"score_{m}_{method}" for m in INPUTS.values()] + ["mismatch"]
-    missing = [c for c in needed if c not in scores.columns]
+    columns = ranked_columns(scores.columns)
+    missing = [c for c in fusion_inputs(method) if c not in scores.columns]
     if missing:
         raise ValueError(f"fusion needs {missing}")
     common = scores[columns].notna().all(axis=1).to_numpy() & np.isfinite(scores[columns].to_numpy()).all(axis=1)
     out = scores.copy()
     for column in columns:
-        name = column.removeprefix("score_")
-        out[f"pct_{name}"] = np.nan
-        out[f"rank_{name}"] = pd.array([pd.NA] * len(out), dtype="Int64")
-        out.loc[common, f"pct_{name}"] = percentile(out.loc[common, column].to_numpy())
-        out.loc[common, f"rank_{name}"] = rank_descending(out.loc[common, column].to_numpy())
-    p = {short: out.loc[common, f"pct_{modality}_{method}"].to_numpy() for short, modality in INPUTS.items()}
-    p_mis = out.loc[common, "pct_mismatch"].to_numpy()
+        out[pct_column(column)] = np.nan
+        out[rank_column(column)] = pd.array([pd.NA] * len(out), dtype="Int64")
+        out.loc[common, pct_column(column)] = percentile(out.loc[common, column].to_numpy())
+        out.loc[common, rank_column(column)] = rank_descending(out.loc[common, column].to_numpy())
+    p = {short: out.loc[common, pct_column(score_column(modality, method))].to_numpy()
+         for short, modality in INPUTS.items()}
+    p_mis = out.loc[common, pct_column(MISMATCH)].to_numpy()
     fused = {
         "fused_geo": p_mis * np.sqrt(p["img"] * p["spec"]),
         "fused_min": p_mis * np.minimum(p["img"], p["spec"]),
@@ -119,7 +119,7 @@ def fuse(scores: pd.DataFrame, method: str) -> pd.DataFrame:
     for name, values in fused.items():
         out[name] = np.nan
         out.loc[common, name] = values
-    out["uplift"] = np.nan
-    out.loc[common, "uplift"] = percentile(fused["fused_geo"]) - np.maximum(p["img"], p["spec"])
-    out["in_common_set"] = common
+    out[UPLIFT] = np.nan
+    out.loc[common, UPLIFT] = percentile(fused["fused_geo"]) - np.maximum(p["img"], p["spec"])
+    out[COMMON_SET] = common
     return out

@@ -24,8 +24,8 @@ from fmb.detect.density import CrossFitted, Reducer, load, robust_z, save
 from fmb.detect.fusion import Calibration, calibrate, fuse
 from fmb.detect.mismatch import ContrastiveMismatch, PairResidual, cosine_mismatch
 from fmb.detect.residual import PCAResidual
-from fmb.detect.scores import (CALIBRATED_FUSION, CONSENSUS, FIT_SAMPLE, MODALITIES, RESIDUAL, p_column, score_column,
-                               z_column)
+from fmb.detect.scores import (CALIBRATED_FUSION, COMMON_SET, CONSENSUS, FIT_SAMPLE, MODALITIES, RESIDUAL, p_column,
+                               score_column, z_column)
 from fmb.embed.store import embedded_models, embedding_manifests, load_embeddings_and_residuals
 from fmb.errors import FmbError
 from fmb.io import write_json, write_table
@@ -63,7 +63,7 @@ def detect(config: ResolvedConfig, log=print) -> dict:
         save(fitted, files.detectors(model))
         write_table(pa.Table.from_pandas(frame, preserve_index=False), files.table(model))
         frames[model] = frame
-        common = frame.get("in_common_set", pd.Series([], dtype=bool))
+        common = frame.get(COMMON_SET, pd.Series([], dtype=bool))
         summary[model] = {"objects": len(ids), "common_set": int(common.sum()),
                           "seconds": {k: round(v, 2) for k, v in seconds.items()}, **_critic_agreement(frame)}
     consensus = consensus_frame(frames, config.detect.tail)
@@ -152,7 +152,8 @@ def score_frame(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, residua
 def _critic_agreement(frame: pd.DataFrame) -> dict:
     if "mismatch_cosine" not in frame:
         return {}
-    return {"spearman_learned_vs_cosine_mismatch": float(frame["mismatch"].rank().corr(frame["mismatch_cosine"].rank()))}
+    learned, cosine = frame["mismatch"].rank(), frame["mismatch_cosine"].rank()
+    return {"spearman_learned_vs_cosine_mismatch": float(learned.corr(cosine))}
 
 
 def consensus_frame(frames: dict[str, pd.DataFrame], tail: float) -> pd.DataFrame | None:
