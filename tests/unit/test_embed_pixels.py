@@ -1,5 +1,6 @@
 """Adapt + embed through the real pipeline with the pixel-PCA reference (fast, no weights needed)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -180,26 +181,68 @@ def test_reference_separates_an_odd_object(project: Path):
     assert ids[np.argmax(distance)] == 2007
 
 
-def test_real_kill_9_then_resume_loses_and_duplicates_nothing(project: Path):
-    """A real SIGKILL of the CLI mid-run (not a simulated exception)."""
+def kill_embed_mid_run(project: Path):
+    """A real SIGKILL of `fmb embed` (the CLI, not a simulated exception) after a few parts;
+    returns the command runner and the run's arguments."""
     make_survey(project, n=600, broken=False)
     sets = [s for s in SETTINGS if "rows_per_shard" not in s] + ["models.pixels.embed.rows_per_shard=20"]
     args = [arg for s in sets for arg in ("--set", s)]
     cli = [sys.executable, "-c", "from fmb.cli import main; main()"]
-    run = lambda *a: subprocess.run(cli + list(a), cwd=project, capture_output=True, text=True, check=True)
-    run("data", "index", *args)
-    run("adapt", "pixels", *args)
+    run = lambda *a: subprocess.run(cli + list(a), cwd=project, capture_output=True, text=True)
+    for step in (("data", "index"), ("adapt", "pixels")):
+        assert run(*step, *args).returncode == 0
     process = subprocess.Popen(cli + ["embed", "pixels", *args], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    embeddings = load_config(root=project, sets=sets).layout.embeddings("pixels")
-    manifest = embeddings.manifest
+    manifest = load_config(root=project, sets=sets).layout.embeddings("pixels").manifest
     deadline = time.time() + 120
     while time.time() < deadline and not (manifest.is_file() and len(json.loads(manifest.read_text())["parts"]) >= 3):
         time.sleep(0.02)
     assert process.poll() is None, "the run finished before it could be killed; make the survey larger"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    done_before = len(json.loads(manifest.read_text())["parts"])
-    assert 3 <= done_before < 30
-    run("embed", "pixels", *args)
+    assert 3 <= len(json.loads(manifest.read_text())["parts"]) < 30
+    return run, args, load_config(root=project, sets=sets).layout.embeddings("pixels")
+
+
+def test_real_kill_9_then_resume_loses_and_duplicates_nothing(project: Path):
+    run, args, embeddings = kill_embed_mid_run(project)
+    assert run("embed", "pixels", *args).returncode == 0
     ids, _ = store.load_embeddings(embeddings.dir)
     assert len(ids) == 600 and len(set(ids)) == 600
+
+
+def test_data_changed_between_kill_and_resume_is_refused_not_mixed(project: Path):
+    run, args, embeddings = kill_embed_mid_run(project)
+    before = json.loads(embeddings.manifest.read_text())
+    rows = [tagged_row(1000 + i, size=32, seed=1000 + i) for i in range(300, 600)]  # same ids, other pixels
+    write_rows(project / "survey" / "part-1.parquet", rows, row_group_size=5)
+
+    resumed = run("embed", "pixels", *args)
+
+    assert resumed.returncode == 2
+    message = resumed.stderr.strip()
+    assert "changed since it was indexed" in message and "fmb data index" in message
+    assert "Traceback" not in resumed.stderr and len(message.splitlines()) == 1
+    assert json.loads(embeddings.manifest.read_text()) == before  # nothing added from the new data
+
+    assert run("data", "index", *args).returncode == 0  # indexed again: the embeddings start over
+    assert run("embed", "pixels", *args).returncode == 0
+    ids, _ = store.load_embeddings(embeddings.dir)
+    assert len(ids) == len(set(ids)) == 600
+    after = json.loads(embeddings.manifest.read_text())["signature"]["data_sha256"]
+    assert after != before["signature"]["data_sha256"]
+
+
+def test_a_stale_index_is_refused_row_by_row(fitted, project: Path):
+    """Rows read by index position must carry the indexed id (the second line of defence, for
+    sources whose fingerprint cannot see the change)."""
+    from fmb.data.index import read_index_table
+    from fmb.data.loader import BatchStream, plan_units
+    from fmb.data.sources import open_source
+    from fmb.errors import DataError
+    from fmb.models.pixels import PixelsPreprocessor
+
+    units = plan_units(read_index_table(fitted.layout.data.dir), 7)
+    shuffled = dataclasses.replace(units[1], object_ids=units[1].object_ids[::-1])
+    stream = BatchStream(open_source(fitted), [shuffled], PixelsPreprocessor(8), 3, fitted.data)
+    with pytest.raises(DataError, match=r"index is stale: part-0.parquet:7 now holds object 1007"):
+        list(stream)

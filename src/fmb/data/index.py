@@ -86,10 +86,37 @@ def save_index(result: IndexResult, directory: Path, source: Source) -> Path:
     resolved, and the sha256 of the source's content fingerprint (`Source.fingerprint`)."""
     files = DataFiles(directory)
     path = write_table(result.table, files.index)
-    content = hashlib.sha256(json.dumps(source.fingerprint(), sort_keys=True).encode()).hexdigest()
-    write_json({"source": source.description, "revision": source.revision(), "fingerprint": content,
+    write_json({"source": source.description, "revision": source.revision(), "fingerprint": content_sha256(source),
                 "objects": result.table.num_rows, "shards": result.shards}, files.index_meta)
     return path
+
+
+def content_sha256(source: Source) -> str:
+    """sha256 of what `source` serves now (its `fingerprint`)."""
+    return hashlib.sha256(json.dumps(source.fingerprint(), sort_keys=True).encode()).hexdigest()
+
+
+def indexed_content_sha256(directory: Path, source: Source) -> str:
+    """The content sha256 recorded with the index, after checking the source still serves that
+    content: rows read by index positions after the data changed would be other objects' rows."""
+    meta_path = DataFiles(directory).index_meta
+    try:
+        recorded = json.loads(meta_path.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        raise FmbError(f"{meta_path} is missing or corrupt; run `fmb data index` again") from None
+    if recorded != content_sha256(source):
+        raise FmbError(f"the data of {source.description} changed since it was indexed; run `fmb data index` "
+                       "again (stages that read it then start over on the new data)")
+    return recorded
+
+
+def verify_row_id(record: dict, expected: int, shard: str, row: int) -> None:
+    """A row read by its index position must still carry the id the index has for it."""
+    found = record.get("object_id")
+    found = record.get("targetid") if found is None else found
+    if found != expected:
+        raise DataError(f"index is stale: {shard}:{row} now holds object {found}; re-run `fmb data index`",
+                        object_id=expected)
 
 
 def read_index_table(directory: Path) -> pa.Table:
@@ -140,12 +167,7 @@ class Fetcher:
         out: list[dict | None] = [None] * len(object_ids)
         for shard, wanted in by_shard.items():
             for (position, row), record in zip(wanted, self.source.read_rows(shard, [row for _, row in wanted])):
-                found = record.get("object_id", record.get("targetid"))
-                if found != object_ids[position]:
-                    raise DataError(
-                        f"index is stale: {shard}:{row} now holds object {found}; re-run `fmb data index`",
-                        object_id=object_ids[position],
-                    )
+                verify_row_id(record, object_ids[position], shard, row)
                 out[position] = record
         return out
 

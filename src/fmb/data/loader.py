@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from fmb.config import DataConfig
+from fmb.data.index import verify_row_id
 from fmb.data.sources import Source
 from fmb.data.validate import SKIPPED, Issue, RowChecker, Sample
 
@@ -93,19 +94,22 @@ class BatchStream(IterableDataset):
                 yield from self._unit_items(unit)
 
     def _unit_items(self, unit: WorkUnit) -> Iterator[StreamItem]:
-        rows = unit.rows
+        rows, ids = unit.rows, unit.object_ids
         if self.keep_ids is not None:
-            rows = rows[self.keep_ids(unit.object_ids)]
+            kept = self.keep_ids(ids)
+            rows, ids = rows[kept], ids[kept]
         n_batches = max(1, -(-len(rows) // self.batch_size))
         for batch_no in range(n_batches):
-            chunk = rows[batch_no * self.batch_size : (batch_no + 1) * self.batch_size]
-            samples, issues = self._checked(unit.shard, chunk)
+            chunk = slice(batch_no * self.batch_size, (batch_no + 1) * self.batch_size)
+            samples, issues = self._checked(unit.shard, rows[chunk], ids[chunk])
             batch = self.preprocess(samples) if samples else None
             yield StreamItem(unit.unit_id, batch_no, n_batches, [s.object_id for s in samples], batch, issues)
 
-    def _checked(self, shard: str, rows: np.ndarray) -> tuple[list[Sample], list[Issue]]:
+    def _checked(self, shard: str, rows: np.ndarray, ids: np.ndarray) -> tuple[list[Sample], list[Issue]]:
         samples, issues = [], []
-        for row_number, row in zip(rows.tolist(), self.source.read_rows(shard, rows.tolist()) if len(rows) else []):
+        records = self.source.read_rows(shard, rows.tolist()) if len(rows) else []
+        for row_number, expected, row in zip(rows.tolist(), ids.tolist(), records):
+            verify_row_id(row, expected, shard, row_number)
             sample, found = self.checker.check(row)
             location = f"{shard}:{row_number}"
             issues += [dataclasses.replace(issue, location=location) for issue in found]
@@ -115,4 +119,3 @@ class BatchStream(IterableDataset):
             elif sample is not None:
                 issues.append(Issue(sample.object_id, "model input", reason, SKIPPED, location))
         return samples, issues
-

@@ -20,12 +20,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from fmb.config import ResolvedConfig
-from fmb.data.index import read_index_table
+from fmb.data.index import indexed_content_sha256, read_index_table
 from fmb.data.loader import BatchStream, StreamItem, plan_units
 from fmb.data.scan import write_rejects
 from fmb.data.sources import open_source
 from fmb.data.validate import Issue
-from fmb.embed.store import Manifest, write_part
+from fmb.embed.store import Manifest, part_schema, write_part
 from fmb.models.base import Encoder, autocast_dtype, file_sha256, pick_device, state_sha256
 from fmb.layout import EmbeddingFiles
 from fmb.models.registry import build_encoder
@@ -44,38 +44,43 @@ def embed(config: ResolvedConfig, model: str, *, unit_filter: Callable[[int], bo
     encoder.to(device).eval()
     data = config.layout.data
     index = read_index_table(data.dir)
+    source = open_source(config)
     units = plan_units(index, settings.rows_per_shard)
     out = config.layout.embeddings(model).dir
-    manifest = Manifest.open(out, _signature(encoder, settings.rows_per_shard, data.index))
+    signature = _signature(encoder, settings.rows_per_shard, data.index, indexed_content_sha256(data.dir, source))
+    manifest = Manifest.open(out, signature)
     todo = [u for u in units if not manifest.is_done(u.unit_id) and (unit_filter is None or unit_filter(u.unit_id))]
     total = sum(len(u.rows) for u in todo)
-    written = _run(encoder, device, config, settings, todo, manifest, total)
+    written = _run(encoder, device, source, config, settings, todo, manifest, total)
     _record_rejects(config, model, manifest)
     return {"model": model, "units": len(units), "units_done_now": written, "objects": manifest.total_rows,
             "directory": out, "weights": encoder.adapted_from or f"base ({encoder.describe()['weights']})"}
 
 
-def _signature(encoder: Encoder, rows_per_shard: int, index_path: Path) -> dict:
+def _signature(encoder: Encoder, rows_per_shard: int, index_path: Path, data_sha256: str) -> dict:
+    """What the parts of one directory must share; resuming with any of it changed is refused."""
     return {**encoder.describe(), "weights_sha256": state_sha256(encoder.state_dict()),
-            "rows_per_shard": rows_per_shard, "index_sha256": file_sha256(index_path)}
+            "rows_per_shard": rows_per_shard, "index_sha256": file_sha256(index_path), "data_sha256": data_sha256}
 
 
-def _run(encoder, device, config, settings, todo, manifest: Manifest, total: int) -> int:
+def _run(encoder, device, source, config, settings, todo, manifest: Manifest, total: int) -> int:
     if not todo:
         return 0
-    stream = BatchStream(open_source(config), todo, encoder.preprocessor, settings.batch_size, config.data)
+    stream = BatchStream(source, todo, encoder.preprocessor, settings.batch_size, config.data)
     workers = settings.num_workers
     loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=settings.prefetch if workers > 0 else None, persistent_workers=False)
     dtype = autocast_dtype(settings.amp, device)
     pending: dict[int, list[tuple[int, StreamItem, dict]]] = defaultdict(list)
+    dims = encoder.describe()["dims"]
+    schema = part_schema({m: dims[m] for m in encoder.modalities}, encoder.residual_modalities)
     written = 0
     with progress_bar(f"embedding {encoder.name}", total) as advance:
         for item in loader:
             pending[item.unit_id].append((item.batch_no, item, _embed_batch(encoder, item, device, dtype)))
             advance(len(item.object_ids) + sum(1 for i in item.issues if i.action == "skipped"))
             if len(pending[item.unit_id]) == item.n_batches:
-                _write_unit(manifest, item.unit_id, sorted(pending.pop(item.unit_id), key=lambda t: t[0]))
+                _write_unit(manifest, item.unit_id, sorted(pending.pop(item.unit_id), key=lambda t: t[0]), schema)
                 written += 1
     return written
 
@@ -89,11 +94,11 @@ def _embed_batch(encoder: Encoder, item: StreamItem, device: torch.device, dtype
     return {modality: tensor.float().cpu().numpy() for modality, tensor in out.items()}
 
 
-def _write_unit(manifest: Manifest, unit_id: int, parts: list[tuple[int, StreamItem, dict]]) -> None:
+def _write_unit(manifest: Manifest, unit_id: int, parts: list[tuple[int, StreamItem, dict]], schema) -> None:
     ids = np.concatenate([np.asarray(item.object_ids, np.int64) for _, item, _ in parts])
     modalities = sorted({m for _, _, emb in parts for m in emb})
     matrices = {m: np.concatenate([emb[m] for _, _, emb in parts if m in emb]) for m in modalities}
-    write_part(EmbeddingFiles(manifest.directory).part(unit_id), ids, matrices)
+    write_part(EmbeddingFiles(manifest.directory).part(unit_id), ids, matrices, schema)
     skipped = [asdict(issue) for _, item, _ in parts for issue in item.issues]
     manifest.add(unit_id, len(ids), skipped)
 
@@ -104,7 +109,8 @@ def _record_rejects(config: ResolvedConfig, model: str, manifest: Manifest) -> N
 
 
 def _embed_inputs(config: ResolvedConfig, model: str) -> list[Path]:
-    return [config.layout.data.index, config.layout.model(model).dir]
+    # index_meta holds the data's fingerprint: re-indexed changed data means embedding it afresh
+    return [config.layout.data.index, config.layout.data.index_meta, config.layout.model(model).dir]
 
 
 def _embed_outputs(config: ResolvedConfig, model: str) -> list[Path]:

@@ -45,17 +45,19 @@ class Manifest:
     def open(cls, directory: Path, signature: dict) -> "Manifest":
         """The manifest of `directory`, new if absent; refuses to mix parts made differently."""
         path = EmbeddingFiles(directory).manifest
-        if path.is_file():
-            data = json.loads(path.read_text())
-            if data.get("signature") != signature:
-                changed = sorted(k for k in set(signature) | set(data.get("signature", {}))
-                                 if signature.get(k) != data.get("signature", {}).get(k))
-                raise FmbError(
-                    f"{directory} holds embeddings made differently ({', '.join(changed)} changed); "
-                    "use another run name or delete that directory to start over"
-                )
-            return cls(directory, data)
-        return cls(directory, {"signature": signature, "fmb_version": __version__, "parts": {}})
+        if not path.is_file():
+            return cls(directory, {"signature": signature, "fmb_version": __version__, "parts": {}})
+        data = read_manifest(path)
+        recorded = data.get("signature", {})
+        changed = sorted(k for k in set(signature) | set(recorded) if signature.get(k) != recorded.get(k))
+        if "data_sha256" in changed:
+            raise FmbError(f"{directory} holds embeddings of other data: the input data changed after this run "
+                           "began, and resuming would mix two versions; use another run name, or --force to "
+                           "embed everything again")
+        if changed:
+            raise FmbError(f"{directory} holds embeddings made differently ({', '.join(changed)} changed); "
+                           "use another run name or delete that directory to start over")
+        return cls(directory, data)
 
     def is_done(self, unit_id: int) -> bool:
         entry = self.data["parts"].get(str(unit_id))
@@ -73,18 +75,54 @@ class Manifest:
         return sum(entry["rows"] for entry in self.data["parts"].values())
 
 
-def write_part(path: Path, object_ids: np.ndarray, embeddings: dict[str, np.ndarray]) -> Path:
-    columns = {"object_id": pa.array(np.asarray(object_ids, dtype=np.int64))}
+def part_schema(dims: dict[str, int], residuals: tuple[str, ...] = ()) -> pa.Schema:
+    """The columns of every part of one run: `object_id`, a fixed-size float32 list per modality of
+    `dims` ({modality: width}), and a float32 residual for each modality of `residuals`."""
+    fields = [pa.field("object_id", pa.int64())]
     for modality in MODALITIES:
-        if modality in embeddings:
-            matrix = np.ascontiguousarray(embeddings[modality], dtype=np.float32)
-            flat = pa.array(matrix.reshape(-1))
-            columns[modality] = pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]) if len(matrix) else \
-                pa.array([], type=pa.list_(pa.float32(), matrix.shape[1]))
-        if residual_key(modality) in embeddings:
-            columns[residual_key(modality)] = pa.array(np.asarray(embeddings[residual_key(modality)],
-                                                                  dtype=np.float32).reshape(-1))
-    return write_table(pa.table(columns), path, compression="zstd")
+        if modality in dims:
+            fields.append(pa.field(modality, pa.list_(pa.float32(), int(dims[modality]))))
+        if modality in residuals:
+            fields.append(pa.field(residual_key(modality), pa.float32()))
+    return pa.schema(fields)
+
+
+def read_manifest(path: Path) -> dict:
+    """A `manifest.json`, or a one-line error saying it is unreadable and what to do."""
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("parts"), dict):
+            raise ValueError("no parts table")
+        return data
+    except (OSError, ValueError) as error:
+        raise FmbError(f"{path} is corrupt ({str(error)[:120]}); embed this model again with --force") from None
+
+
+def write_part(path: Path, object_ids: np.ndarray, embeddings: dict[str, np.ndarray],
+               schema: pa.Schema | None = None) -> Path:
+    """One part in `schema` (default: the columns `embeddings` has). A unit in which no object was
+    usable still gets every column, empty, so parts of a run always concatenate."""
+    if schema is None:
+        schema = part_schema({m: v.shape[1] for m, v in embeddings.items() if m in MODALITIES},
+                             tuple(m for m in MODALITIES if residual_key(m) in embeddings))
+    ids = np.asarray(object_ids, dtype=np.int64)
+    columns = [pa.array(ids)]
+    for field in list(schema)[1:]:
+        values = embeddings.get(field.name)
+        if values is None and len(ids):
+            raise FmbError(f"{path}: the model gave no {field.name} for {len(ids)} objects")
+        columns.append(_column(values, field))
+    return write_table(pa.Table.from_arrays(columns, schema=schema), path, compression="zstd")
+
+
+def _column(values: np.ndarray | None, field: pa.Field) -> pa.Array:
+    if not pa.types.is_fixed_size_list(field.type):
+        return pa.array(np.asarray(values if values is not None else [], dtype=np.float32).reshape(-1))
+    width = field.type.list_size
+    matrix = np.ascontiguousarray(values if values is not None else np.zeros((0, width)), dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] != width:
+        raise FmbError(f"{field.name} embeddings have shape {matrix.shape}, expected (N, {width})")
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), width)
 
 
 def load_embeddings(directory: Path, modalities: tuple[str, ...] = MODALITIES) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -107,10 +145,10 @@ def load_embeddings_and_residuals(directory: Path, modalities: tuple[str, ...] =
     path = EmbeddingFiles(directory).manifest
     if not path.is_file():
         raise FmbError(f"no embeddings in {directory}; run `fmb embed` first")
-    manifest = json.loads(path.read_text())
+    manifest = read_manifest(path)
     files = [directory / entry["file"] for _, entry in sorted(manifest["parts"].items(), key=lambda kv: int(kv[0]))]
-    # a unit in which no object was usable holds only object_id: it adds nothing, and its schema
-    # would not concatenate with the others
+    # a unit in which no object was usable adds nothing (parts written before every part carried
+    # the full schema held only object_id, which would not concatenate)
     tables = [table for table in (_read_part(file) for file in files) if table.num_rows]
     if not tables:
         return np.array([], np.int64), {}, {}

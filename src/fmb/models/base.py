@@ -66,6 +66,7 @@ class Encoder(torch.nn.Module, ABC):
     aligned: ClassVar[bool] = False
     section: ClassVar[type]  # a subclass of fmb.config.ModelSection
     modalities: ClassVar[tuple[str, ...]] = MODALITIES
+    residual_modalities: ClassVar[tuple[str, ...]] = ()  # those `embed` gives a `residual_key` value for
     requires_adaptation: ClassVar[bool] = False  # True: unusable before `fmb adapt` (e.g. a fitted PCA)
     preprocessor: Preprocessor
 

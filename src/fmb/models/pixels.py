@@ -174,6 +174,7 @@ class PixelsEncoder(Encoder):
     label = "pixel PCA"
     aligned = False
     section = PixelsSection
+    residual_modalities = ("image", "spectrum")
     requires_adaptation = True
 
     def __init__(self, settings: PixelsSection):

@@ -113,7 +113,7 @@ def _train(config, encoder, units, settings: AdaptSettings, out, device, log) ->
 
 
 def _adapt_inputs(config: ResolvedConfig, model: str) -> list:
-    return [config.layout.data.index]
+    return [config.layout.data.index, config.layout.data.index_meta]  # index_meta: the data's fingerprint
 
 
 def _adapt_outputs(config: ResolvedConfig, model: str) -> list:

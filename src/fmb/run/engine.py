@@ -158,11 +158,24 @@ class State:
 
     def __init__(self, path: Path):
         self.path = path
-        self.entries: dict = json.loads(path.read_text()) if path.is_file() else {}
+        self.entries: dict = _read_state(path) if path.is_file() else {}
 
     def record(self, stage: str, **entry) -> None:
         self.entries[stage] = entry
         write_json(self.entries, self.path)
+
+
+def _read_state(path: Path) -> dict:
+    # a guess at what ran could delete finished work (a stage whose key looks changed is redone
+    # from scratch), so an unreadable state is the user's call
+    try:
+        entries = json.loads(path.read_text())
+        if not isinstance(entries, dict):
+            raise ValueError("not a table of stages")
+        return entries
+    except (OSError, ValueError) as error:
+        raise FmbError(f"{path} is corrupt ({str(error)[:120]}); delete it to rerun every stage from the "
+                       "start") from None
 
 
 # -- running ------------------------------------------------------------------------------------------

@@ -1,0 +1,57 @@
+"""A work unit in which no object is usable: its part is written with every column (empty), and
+detection and every analysis stage after it run through to the report."""
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from fmb.cli import app
+from fmb.config import load_config
+from tests.e2e.test_run import SMALL, statuses
+
+runner = CliRunner()
+UNIT = 20  # rows per work unit: the first unit is the first 20 rows of the first file
+
+
+def invoke(project: Path, *args: str):
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        result = runner.invoke(app, [*args, *SMALL, "--set", f"models.pixels.embed.rows_per_shard={UNIT}"])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def drop_spectra_of_first_unit(survey: Path) -> None:
+    first = sorted(survey.glob("part-*.parquet"))[0]
+    table = pq.read_table(first)
+    column = table.column("spectrum").combine_chunks()
+    blank = pa.array([position < UNIT for position in range(table.num_rows)])
+    table = table.set_column(table.schema.get_field_index("spectrum"), "spectrum",
+                             pc.if_else(blank, pa.scalar(None, column.type), column))
+    pq.write_table(table, first)
+
+
+def test_an_all_unusable_unit_runs_through_detect_and_analysis(tmp_path: Path):
+    (tmp_path / "fmb.yaml").write_text("name: test\ndata:\n  source: data/synth\nsynth:\n  out: data/synth\n")
+    invoke(tmp_path, "data", "synth")
+    drop_spectra_of_first_unit(tmp_path / "data" / "synth")
+
+    ran = statuses(invoke(tmp_path, "run", "--set", "run.synth=false").output)
+
+    assert {"embed:pixels", "detect", "evaluate", "agreement", "probes", "similarity", "figures", "report"} <= {
+        stage for stage, status in ran.items() if status == "ran"}
+    layout = load_config(root=tmp_path).layout
+    empty = pq.read_table(layout.embeddings("pixels").part(0))
+    assert empty.num_rows == 0
+    assert set(empty.column_names) == set(pq.read_table(layout.embeddings("pixels").part(1)).column_names) == {
+        "object_id", "image", "spectrum", "joint", "image_residual", "spectrum_residual"}
+    scores = pq.read_table(layout.scores.table("pixels")).to_pandas()
+    assert len(scores) == 120 - UNIT
+    assert layout.report.is_file()
