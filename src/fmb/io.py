@@ -1,17 +1,22 @@
-"""Atomic file writes: write beside the target under a temporary name, then rename.
+"""Atomic, durable file writes: write beside the target under a temporary name, flush it to disk,
+rename, and flush the directory.
 
-A reader never sees a half-written file, and a killed run leaves at most a stray `.tmp-*` file
-that the next write replaces. `read_torch` is the reading side of `write_torch` that never runs
-code from the file.
+A reader never sees a half-written file, a power loss never leaves a renamed but empty one, and a
+killed run leaves at most a stray `.tmp-*` file, which names the host and process that wrote it so
+the next run of the stage that owns it can tell it is stale and remove it (`remove_stale_temporaries`).
+`read_torch` is the reading side of `write_torch` that never runs code from the file.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,20 +25,82 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+#: A temporary file older than this is stale whoever wrote it (one write never takes this long).
+STALE_AFTER_S = 24 * 3600
+_TEMPORARY = re.compile(r"^\.tmp-.+?(?:\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+))?\.[^.]+$")
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it to `path`, on error remove it."""
+    """Yield a temporary path next to `path`; on success make it durable and rename it to `path`,
+    on error remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}.{_host()}-{os.getpid()}.", dir=path.parent)
     os.close(handle)
     os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes private files; outputs are ordinary files
     try:
         yield Path(temporary)
+        _fsync(temporary)  # the data is on disk before the name points at it
         os.replace(temporary, path)
+        _fsync(path.parent)  # and the new name survives a power loss too
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _fsync(path: str | Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
+
+
+def remove_stale_temporaries(paths: list[Path]) -> list[Path]:
+    """Remove the temporary files `atomic_path` left for `paths` (files: beside them; directories:
+    anywhere inside) whose writer is gone: a dead process of this host, or older than `STALE_AFTER_S`.
+    Returns what was removed. Only names of fmb's own temporary pattern are touched."""
+    removed = []
+    for candidate in _temporaries_of(paths):
+        if _is_stale(candidate):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _temporaries_of(paths: list[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from (p for p in path.rglob(".tmp-*") if p.is_file())
+        elif path.parent.is_dir():
+            yield from (p for p in path.parent.glob(f".tmp-{glob.escape(path.name)}.*") if p.is_file())
+
+
+def _is_stale(path: Path) -> bool:
+    found = _TEMPORARY.match(path.name)
+    if found is None:
+        return False
+    try:
+        if time.time() - path.stat().st_mtime > STALE_AFTER_S:
+            return True
+    except FileNotFoundError:
+        return False
+    return found.group("host") == _host() and not _alive(int(found.group("pid")))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 from fmb import __version__
 from fmb.config import ResolvedConfig, result_values
 from fmb.errors import ConfigError, FmbError
-from fmb.io import parquet_footer_sha256, write_json
+from fmb.io import parquet_footer_sha256, remove_stale_temporaries, write_json
 from fmb.layout import OWNER_MARKER, made_by_fmb
 from fmb.stage import Stage, always_applies
 
@@ -200,6 +200,9 @@ def _run_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State,
         return Outcome(stage.name, "skipped", note="inputs and config unchanged")
     if forced or previous.get("key") != key:
         _remove(outputs, config.layout.root)
+    stale = remove_stale_temporaries(outputs)
+    if stale:
+        log(f"[{stage.name}] removed {len(stale)} temporary files a killed run left (e.g. {stale[0].name})")
     state.record(stage.name, key=key, parts=parts, status="running", started=time.time())
     log(f"[{stage.name}] running")
     started = time.perf_counter()
