@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fmb import __version__
-from fmb.config import ResolvedConfig, load_config
+from fmb.config import ResolvedConfig, find_root, load_config
 from fmb.errors import FmbError
+from fmb.layout import crash_logs
 from fmb.plugins import detector_names, encoder_names
 
 app = typer.Typer(
     name="fmb",
     help="Foundation-models benchmark and anomaly discovery for Euclid x DESI (and surveys like it).\n\n"
     "Every command reads one configuration: CLI flags > task file (--config) > project file (fmb.yaml) > "
-    "defaults, and writes under runs/<name>/. See `fmb config show`.",
+    "defaults, and writes under runs/<name>/. See `fmb config show`.\n\n"
+    "A failure prints one line saying what to do; add --debug anywhere (or set FMB_DEBUG=1) to see the traceback.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -387,10 +394,44 @@ def run_command(
 
 
 def main() -> None:
-    """Entry point: user-facing errors print as one line and exit 2; bugs keep their traceback."""
+    """Entry point: every failure prints as one line. A user-facing error (`FmbError`) exits 2; anything
+    else is unexpected, exits 1 and says where its full traceback was written. ``--debug`` anywhere on
+    the command line, or ``FMB_DEBUG=1``, prints the traceback as well."""
+    debug = _take_flag(sys.argv, "--debug") or os.environ.get("FMB_DEBUG", "0") not in ("", "0")
     try:
         app()
     except FmbError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(exc), 2, debug)
+    except Exception as exc:  # a bug, or an input fmb does not check yet
+        log = _write_crash_log()
+        summary = (str(exc).splitlines() or [""])[0][:300]
+        _fail(f"unexpected {type(exc).__name__}: {summary} (the full traceback is in {log}; please report it "
+              "with that file)", 1, debug)
 
+
+def _take_flag(argv: list[str], flag: str) -> bool:
+    """Remove `flag` from `argv` (before any `--`) and say whether it was there."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    found = flag in argv[1:end]
+    argv[:end] = [argv[0], *(arg for arg in argv[1:end] if arg != flag)]
+    return found
+
+
+def _fail(message: str, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    Console(stderr=True).print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _write_crash_log() -> Path:
+    text = f"fmb {__version__}\ncommand: {' '.join(sys.argv)}\n\n{traceback.format_exc()}"
+    name = f"fmb-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for directory in (crash_logs(find_root(Path.cwd())), Path(tempfile.gettempdir())):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_text(text)
+            return directory / name
+        except OSError:
+            continue
+    return Path("(nowhere: no writable directory)")

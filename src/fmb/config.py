@@ -479,8 +479,8 @@ def _unflatten(flat: dict[str, Any]) -> dict:
 
 
 def _describe(exc: ValidationError, origins: dict[str, str]) -> str:
-    lines = ["invalid configuration:"]
+    problems = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
-        lines.append(f"  {key}: {error['msg']} (from {origins.get(key, 'defaults')})")
-    return "\n".join(lines)
+        problems.append(f"{key}: {error['msg']} (from {origins.get(key, 'defaults')})")
+    return f"invalid configuration: {'; '.join(problems)}"

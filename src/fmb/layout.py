@@ -241,6 +241,11 @@ class FigureFiles(_Directory):
         return sorted(self.dir.glob("gallery_*.png"))
 
 
+def crash_logs(project_root: Path) -> Path:
+    """Where the full traceback of an unexpected failure goes (a dot name: never a run's name)."""
+    return project_root / RUNS_DIR / ".crash-logs"
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """runs/<name>/ and everything under it (nothing is created until a stage writes)."""

@@ -22,9 +22,14 @@ import numpy as np
 import torch
 
 from fmb.config import AdaptSettings
+from fmb.errors import FmbError
 from fmb.io import atomic_path, read_torch, write_json, write_torch
 from fmb.layout import ModelFiles
 from fmb.models.base import autocast_dtype
+
+
+class TrainingDiverged(FmbError):
+    """The loss became NaN or infinite: a setting to change, not a crash."""
 
 
 class Adaptable(Protocol):
@@ -103,6 +108,11 @@ class Trainer:
         self.save_history()
         return self.history
 
+    def _diverged(self, what: str) -> None:
+        kept = f"the checkpoint of epoch {self.epoch} in {self.out_dir} is kept" if self.epoch else "nothing was saved"
+        raise TrainingDiverged(f"adaptation diverged: {what}; lower adapt.lr (now {self.settings.lr:g}) or keep "
+                               f"adapt.grad_clip on ({kept})")
+
     def _train_epoch(self, batches: Iterable[dict], total_steps: int) -> float:
         self.model.train(True)
         s = self.settings
@@ -112,7 +122,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                 loss = self.model.training_loss(_to_device(batch, self.device))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at step {self.step} (epoch {self.epoch})")
+                self._diverged(f"the training loss is {float(loss)} at step {self.step} (epoch {self.epoch})")
             self.scaler.scale(loss / s.grad_accum).backward()
             losses.append(float(loss.detach()))
             if micro % s.grad_accum == 0:
@@ -140,6 +150,8 @@ class Trainer:
         for batch in batches:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                 loss = self.model.training_loss(_to_device(batch, self.device))
+            if not torch.isfinite(loss):  # else no epoch would ever improve, and nothing be saved
+                self._diverged(f"the validation loss is {float(loss)} after epoch {self.epoch + 1}")
             size = _batch_size(batch)
             total += float(loss) * size
             count += size
