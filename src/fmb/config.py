@@ -71,7 +71,8 @@ class DataConfig(_Section):
     min_cutout_px: int = Field(16, gt=0, description="smallest accepted cutout side, pixels")
     max_cutout_px: int = Field(1024, gt=0, description="largest accepted cutout side, pixels")
     max_bad_pixel_fraction: float = Field(
-        0.25, ge=0, le=1, description="images with more non-finite pixels than this are dropped"
+        0.25, ge=0, le=1, description="a 4-band image is dropped when any one band has more bad pixels "
+        "(NaN, inf, beyond float32) than this fraction"
     )
     max_masked_spectrum_fraction: float = Field(
         0.5, ge=0, le=1, description="spectra with more masked pixels than this are dropped"

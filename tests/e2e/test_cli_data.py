@@ -83,3 +83,24 @@ def test_strict_validation_stops_at_the_first_bad_object(project: Path):
         cwd=project, capture_output=True, text=True,
     )
     assert result.returncode == 2 and "object 1, field NISP_Y_image: band image missing" in result.stderr
+
+
+def test_validate_skips_later_copies_of_an_id_as_the_index_does(project: Path, monkeypatch):
+    rows = [tagged_row(i) for i in range(60, 66)]
+    for key in ("VIS_image", "RGB_image", "spectrum"):
+        rows[1][key] = None  # 61 is unusable: its first row is still the one the index keeps
+    rows += [tagged_row(61, seed=1), tagged_row(63, seed=2)]
+    write_rows(project / "d" / "part-0.parquet", rows[:5])
+    write_rows(project / "d" / "part-1.parquet", rows[5:])
+
+    assert "indexed 6 objects" in fmb(project, "data", "index", "--source", "d", monkeypatch=monkeypatch).output
+    assert fmb(project, "data", "validate", "--source", "d", monkeypatch=monkeypatch).exit_code == 0
+    layout = load_config(root=project).layout
+    summary = json.loads(layout.data.validation.read_text())
+    assert summary["usable_objects"] == 5 and summary["skipped_objects"] == 3  # 6 indexed, 61 unusable
+    rejects = pq.read_table(layout.data.rejects).to_pylist()
+    duplicates = {stage: {(r["object_id"], r["location"]) for r in rejects
+                          if r["stage"] == stage and "duplicate" in r["reason"]} for stage in ("index", "validate")}
+    assert duplicates["validate"] == duplicates["index"] == {(61, "part-1.parquet:1"), (63, "part-1.parquet:2")}
+    reasons = {r["reason"] for r in rejects if r["stage"] == "validate" and r["field"] == "object_id"}
+    assert reasons == {"duplicate of the row at part-0.parquet:1", "duplicate of the row at part-0.parquet:3"}

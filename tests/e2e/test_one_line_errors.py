@@ -127,3 +127,33 @@ def test_an_unexpected_error_is_one_line_with_its_log(project: Path, monkeypatch
     assert len(logs) == 1 and str(logs[0]) in last
     assert "Traceback" in logs[0].read_text() and "in broken" in logs[0].read_text()
     assert ("Traceback" in err) == (debug != "none")
+
+
+def test_a_non_numeric_sed_and_a_decompression_bomb_are_noted_and_dropped(tmp_path: Path, monkeypatch, capsys):
+    """Two inputs that used to end in a traceback, read from a user's Parquet file through the CLI."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.conftest import tagged_row, write_rows
+    from tests.unit.test_validate import png_declaring
+
+    (tmp_path / "fmb.yaml").write_text("name: test\ndata:\n  source: survey\n")
+    path = write_rows(tmp_path / "survey" / "part-0.parquet", [tagged_row(100 + i, size=32) for i in range(3)])
+    table = pq.read_table(path)
+    sed = pa.array([{"flux_g": "abc"}, {"flux_g": "1.5"}, None], pa.struct([("flux_g", pa.string())]))
+    rgb = pa.array([None, {"bytes": png_declaring(100_000, 100_000), "path": None}, None],
+                   table.schema.field("RGB_image").type)
+    table = table.set_column(table.schema.get_field_index("sed_data"), "sed_data", sed)
+    table = table.set_column(table.schema.get_field_index("RGB_image"), "RGB_image", rgb)
+    pq.write_table(table, path)
+
+    for command in (["data", "index"], ["data", "validate"]):
+        code, err = fmb(tmp_path, monkeypatch, capsys, *command)
+        assert code == 0 and "Traceback" not in err, err
+
+    rejects = pq.read_table(load_config(root=tmp_path).layout.data.rejects).to_pandas()
+    found = {(row.object_id, row.field, row.action) for row in rejects.itertuples()}
+    assert (100, "sed_data.flux_g", "noted") in found
+    assert (101, "RGB_image", "modality dropped") in found
+    bomb = rejects[(rejects.object_id == 101) & (rejects.field == "RGB_image")].reason.iloc[0]
+    assert "not decoded" in bomb

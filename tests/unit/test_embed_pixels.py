@@ -133,6 +133,21 @@ def test_interrupted_then_resumed_equals_uninterrupted(fitted, project: Path, mo
         np.testing.assert_array_equal(got[modality], ref[modality])
 
 
+def test_an_object_the_model_overflows_on_is_skipped_not_stored(fitted, project: Path):
+    """3e38 is a finite float32 the checker lets through; the reference's preprocessing overflows on it."""
+    rows = [tagged_row(1000 + i, size=32, seed=i) for i in range(20)]
+    rows[3]["VIS_image"][5, 5] = 3e38
+    write_rows(project / "survey" / "part-0.parquet", rows, row_group_size=5)
+    index(fitted)  # the data changed: indexed again, and embedded from scratch
+    embed(fitted, "pixels")
+    ids, matrices = store.load_embeddings(fitted.layout.embeddings("pixels").dir)
+    assert 1003 not in ids and 1004 in ids
+    assert all(np.isfinite(m).all() for m in matrices.values())
+    rejects = pq.read_table(fitted.layout.data.rejects).to_pandas()
+    reason = rejects[(rejects.object_id == 1003) & (rejects.field == "embedding")].reason.tolist()
+    assert reason and reason[0].startswith("pixels gave NaN/inf in ")
+
+
 def test_changed_weights_refuse_to_mix_with_old_parts(fitted, project: Path):
     embed(fitted, "pixels")
     changed = load_config(root=project, sets=SETTINGS + ["models.pixels.embed.rows_per_shard=9"])

@@ -109,6 +109,20 @@ def test_rows_without_id_are_recorded(survey: Path):
     assert [(i.field, i.location) for i in result.issues] == [("object_id", "part-3.parquet:1")]
 
 
+def test_uint64_ids_beyond_int64_are_refused_never_wrapped(survey: Path):
+    """A uint64 id of 2**63 + 5 would wrap to a negative int64 — another object's id, possibly."""
+    import pyarrow as pa
+
+    table = pa.table({"object_id": pa.array([700, 2**63 + 5], pa.uint64()), "targetid": pa.array([700, 701], pa.int64()),
+                      "spectrum": pa.array([None, None], pa.struct([("flux", pa.list_(pa.float32()))]))})
+    write_table(table, survey / "part-3.parquet")
+    result = build_index(ParquetSource(survey))
+    indexed = set(result.table.column("object_id").to_pylist())
+    assert 700 in indexed and 701 not in indexed and not any(i < 0 for i in indexed)
+    assert [(i.field, i.reason, i.location) for i in result.issues] == [
+        ("object_id", "missing, or not an int64 id", "part-3.parquet:1")]
+
+
 def test_full_pass_never_mispairs_image_and_spectrum(survey: Path):
     rows = [tagged_row(700 + i) for i in range(30)]
     rows[3]["spectrum"] = None  # objects with a modality missing must not shift their neighbours

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fmb.data.sources import MISSING_ID, Source
-from fmb.data.validate import SKIPPED, Issue, RowChecker, Sample
+from fmb.data.validate import SKIPPED, Issue, RowChecker, Sample, row_id
 from fmb.errors import DataError, FmbError
 from fmb.io import write_json, write_table
 from fmb.layout import DataFiles
@@ -50,7 +50,8 @@ def build_index(source: Source, progress: Callable[[str], None] | None = None) -
                 progress(shard)
         shards[shard] = len(shard_ids)
         missing = np.flatnonzero(shard_ids == MISSING_ID)
-        issues += [Issue(None, "object_id", "missing", SKIPPED, location=f"{shard}:{row}") for row in missing]
+        issues += [Issue(None, "object_id", "missing, or not an int64 id", SKIPPED,
+                         location=f"{shard}:{row}") for row in missing]
         present = np.flatnonzero(shard_ids != MISSING_ID)
         ids.append(shard_ids[present])
         rows.append(present)
@@ -112,8 +113,7 @@ def indexed_content_sha256(directory: Path, source: Source) -> str:
 
 def verify_row_id(record: dict, expected: int, shard: str, row: int) -> None:
     """A row read by its index position must still carry the id the index has for it."""
-    found = record.get("object_id")
-    found = record.get("targetid") if found is None else found
+    found = row_id(record)
     if found != expected:
         raise DataError(f"index is stale: {shard}:{row} now holds object {found}; re-run `fmb data index`",
                         object_id=expected)

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fmb.data.sources import Source
-from fmb.data.validate import DROPPED, REPAIRED, SKIPPED, Issue, RowChecker, Sample
+from fmb.data.validate import DROPPED, REPAIRED, SKIPPED, Issue, RowChecker, Sample, row_id
 from fmb.errors import DataError
 from fmb.io import write_table
 
@@ -41,15 +41,18 @@ def iter_samples(
 ) -> Iterator[Sample]:
     """Every usable sample of every shard, in order; issues are appended to `issues`.
 
-    An unreadable shard is one skipped issue and the pass goes on.
+    An unreadable shard is one skipped issue and the pass goes on. As in the index
+    (`fmb.data.index`), the first row of an id is the object: later rows with that id are skipped,
+    even when the first one is itself unusable, so a pass yields only objects the index would fetch.
     """
+    first_rows: dict[int, str] = {}  # id -> location of its first row
     for shard in source.shards():
         row_number = 0
         try:
             for rows in source.iter_rows(shard, batch_size):
                 for row in rows:
-                    sample, found = checker.check(row)
                     location = f"{shard}:{row_number}"
+                    sample, found = _check_first(checker, row, location, first_rows)
                     issues.extend(dataclasses.replace(issue, location=location) for issue in found)
                     row_number += 1
                     if sample is not None:
@@ -62,6 +65,18 @@ def iter_samples(
             if checker.config.on_invalid == "error" or exc.field != shard:
                 raise
             issues.append(Issue(None, "file", str(exc), SKIPPED, shard))
+
+
+def _check_first(
+    checker: RowChecker, row: dict, location: str, first_rows: dict[int, str]
+) -> tuple[Sample | None, list[Issue]]:
+    """`checker.check(row)`, unless an earlier row carried the same id."""
+    object_id = row_id(row)
+    if object_id in first_rows:
+        return checker.skip(object_id, "object_id", f"duplicate of the row at {first_rows[object_id]}")
+    if object_id is not None:
+        first_rows[object_id] = location
+    return checker.check(row)
 
 
 def summarize(issues: list[Issue], n_samples: int) -> dict:

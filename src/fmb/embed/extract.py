@@ -10,6 +10,7 @@ Objects a model cannot use (failed validation, missing modality) are recorded, n
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict
@@ -24,7 +25,7 @@ from fmb.data.index import indexed_content_sha256, read_index_table
 from fmb.data.loader import BatchStream, StreamItem, plan_units
 from fmb.data.scan import write_rejects
 from fmb.data.sources import open_source
-from fmb.data.validate import Issue
+from fmb.data.validate import SKIPPED, Issue
 from fmb.embed.store import Manifest, part_schema, write_part
 from fmb.models.base import Encoder, autocast_dtype, file_sha256, pick_device, state_sha256
 from fmb.layout import EmbeddingFiles
@@ -77,7 +78,8 @@ def _run(encoder, device, source, config, settings, todo, manifest: Manifest, to
     written = 0
     with progress_bar(f"embedding {encoder.name}", total) as advance:
         for item in loader:
-            pending[item.unit_id].append((item.batch_no, item, _embed_batch(encoder, item, device, dtype)))
+            item, embedded = _finite_only(encoder.name, item, _embed_batch(encoder, item, device, dtype))
+            pending[item.unit_id].append((item.batch_no, item, embedded))
             advance(len(item.object_ids) + sum(1 for i in item.issues if i.action == "skipped"))
             if len(pending[item.unit_id]) == item.n_batches:
                 _write_unit(manifest, item.unit_id, sorted(pending.pop(item.unit_id), key=lambda t: t[0]), schema)
@@ -92,6 +94,22 @@ def _embed_batch(encoder: Encoder, item: StreamItem, device: torch.device, dtype
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         out = encoder.embed(batch)
     return {modality: tensor.float().cpu().numpy() for modality, tensor in out.items()}
+
+
+def _finite_only(model: str, item: StreamItem, embedded: dict[str, np.ndarray]) -> tuple[StreamItem, dict]:
+    """Objects whose outputs are all finite; the others skipped with a reason. Inputs are checked
+    finite, but a model can still overflow (fp16 autocast, extreme pixel values)."""
+    if not embedded:
+        return item, embedded
+    bad = {key: ~np.isfinite(values.reshape(len(values), -1)).all(1) for key, values in embedded.items()}
+    dropped = np.logical_or.reduce(list(bad.values()))
+    if not dropped.any():
+        return item, embedded
+    issues = [Issue(object_id, "embedding", f"{model} gave NaN/inf in {', '.join(k for k in bad if bad[k][i])}",
+                    SKIPPED) for i, object_id in enumerate(item.object_ids) if dropped[i]]
+    kept = [object_id for i, object_id in enumerate(item.object_ids) if not dropped[i]]
+    item = dataclasses.replace(item, object_ids=kept, issues=item.issues + issues)
+    return item, {key: values[~dropped] for key, values in embedded.items()}
 
 
 def _write_unit(manifest: Manifest, unit_id: int, parts: list[tuple[int, StreamItem, dict]], schema) -> None:

@@ -58,15 +58,28 @@ MISSING_ID = np.iinfo(np.int64).min
 
 
 def ids_from_table(table: pa.Table, shard: str) -> np.ndarray:
+    """Object ids in row order: object_id where present, else targetid; `MISSING_ID` where a row has
+    neither, or where the id it has does not fit int64 (it is then not replaced by targetid: the row
+    checker refuses such a row too, and both must file it the same way)."""
     ids = np.full(table.num_rows, MISSING_ID, dtype=np.int64)
     for name in reversed(ID_COLUMNS):  # object_id wins over targetid where both exist
         if name in table.column_names:
-            column = table.column(name).combine_chunks()
-            if not pa.types.is_integer(column.type):
-                raise DataError(f"id column {name} has type {column.type}, expected int64", field=f"{shard}:{name}")
-            valid = column.is_valid().to_numpy(zero_copy_only=False)
-            ids[valid] = column.filter(column.is_valid()).to_numpy()
+            present, values = _int64_ids(table.column(name).combine_chunks(), f"{shard}:{name}")
+            ids[present] = values[present]
     return ids
+
+
+def _int64_ids(column: pa.Array, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if not pa.types.is_integer(column.type):
+        raise DataError(f"id column has type {column.type}, expected int64", field=where)
+    present = column.is_valid().to_numpy(zero_copy_only=False)
+    raw = column.fill_null(0).to_numpy()
+    if raw.dtype != np.uint64:
+        return present, raw.astype(np.int64)
+    values = np.full(len(raw), MISSING_ID, dtype=np.int64)  # beyond int64 a uint64 would wrap to another id
+    fits = raw <= np.uint64(np.iinfo(np.int64).max)
+    values[fits] = raw[fits].astype(np.int64)
+    return present, values
 
 
 # -- Arrow -> row dicts with numpy arrays (no per-pixel Python objects) ------------------------------
