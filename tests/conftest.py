@@ -39,19 +39,20 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def plant_hf_file(hf_home: Path, repo_id: str, filename: str, write) -> Path:
+def plant_hf_file(hf_home: Path, repo_id: str, filename: str, write, commit: str = "0" * 40) -> Path:
     """Put a file into a Hugging Face hub cache exactly where `hf_hub_download` looks for it.
 
     The hub is unreachable from tests: with HF_HUB_OFFLINE=1 the real loading code then reads this
-    planted copy through its normal path. `write(path)` creates the file.
+    planted copy through its normal path. `write(path)` creates the file, in the snapshot of
+    `commit`, which `main` then points to (as after a push).
     """
     repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot = repo / "snapshots" / commit
     target = snapshot / filename
     target.parent.mkdir(parents=True, exist_ok=True)
     write(target)
     (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "refs" / "main").write_text(commit)
     return target
 
 

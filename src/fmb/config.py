@@ -157,6 +157,10 @@ class ModelSection(_Section):
         None, description="hub id or local file of pretrained weights; default: the released weights "
         "(full) or random (tiny); 'random' forces random initialisation"
     )
+    revision: str | None = Field(
+        None, description="hub revision (commit sha, tag or branch) of hub weights; default main. The commit it "
+        "resolves to is recorded with the embeddings (weights: repo@commit), so a moved branch is never mixed in"
+    )
     device: str = runtime_only("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
     adapt: AdaptSettings = AdaptSettings()
     embed: EmbedSettings = EmbedSettings()

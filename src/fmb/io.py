@@ -17,7 +17,7 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -126,9 +126,13 @@ def write_torch(obj, path: str | Path) -> Path:
     return Path(path)
 
 
-def read_torch(path: str | Path, what: str):
+def read_torch(path: str | Path, what: str, allowed: Sequence[type] = ()):
     """`torch.load` restricted to tensors, containers and plain values (``weights_only``): a pickle
-    that would call anything on loading is refused with a clear error, before any of it runs."""
+    that would call anything on loading is refused with a clear error, before any of it runs.
+
+    `allowed` adds classes the file may hold (`torch.serialization.safe_globals`, for this call
+    only); the caller vouches that restoring them (``__new__`` then a ``__dict__`` update, or their
+    constructor) runs nothing they do not define."""
     import pickle
 
     import torch
@@ -136,7 +140,8 @@ def read_torch(path: str | Path, what: str):
     from fmb.errors import FmbError
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", str(error))
         named = f" (it names {found.group(1) or found.group(2)})" if found else ""

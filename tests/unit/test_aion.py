@@ -1,5 +1,6 @@
-"""AION through the real `polymathic-aion` package: hub loading from a planted offline cache, a local
-snapshot, strict key errors, the true token count, adapter training and embedding (tiny configs)."""
+"""AION through the real `polymathic-aion` package: hub loading from a planted offline cache (pinned
+to a revision), a local snapshot, strict key errors, the true token count, adapter training and
+embedding (tiny configs)."""
 
 import json
 from pathlib import Path
@@ -16,16 +17,21 @@ from fmb.embed.extract import embed
 from fmb.models import tasks as model_tasks
 from fmb.models.aion import AionEncoder, AionSection, _random_parts
 from fmb.models.base import WeightsError
-from tests.conftest import tagged_row, write_rows
+from tests.conftest import plant_hf_file, tagged_row, write_rows
+
+REPO = "polymathic-ai/aion-base"
 
 
-def save_snapshot(directory: Path, break_codec: bool = False):
-    """Tiny AION + HSC image and DESI spectrum codecs saved the way the hub repository lays them out."""
+def save_snapshot(directory: Path, break_codec: bool = False, scale: float = 1.5):
+    """Tiny AION + HSC image and DESI spectrum codecs saved the way the hub repository lays them out;
+    one tensor of each part scaled by `scale` (distinguishable from a fresh random init, and from
+    snapshots saved with another scale). Returns the three parts."""
     from aion.modalities import DESISpectrum, HSCImage
 
-    model, image_codec, spectrum_codec = _random_parts()
+    model, image_codec, spectrum_codec = parts = _random_parts()
     with torch.no_grad():
-        model.encoder[0].norm1.weight.mul_(1.5)  # distinguishable from a fresh random init
+        for part in parts:
+            next(part.parameters()).mul_(scale)
     model.save_pretrained(directory)
     image_codec.save_pretrained(directory, modality=HSCImage)
     spectrum_codec.save_pretrained(directory, modality=DESISpectrum)
@@ -36,15 +42,20 @@ def save_snapshot(directory: Path, break_codec: bool = False):
         state = load_file(path)
         state.pop(next(iter(state)))
         save_file(state, path)
-    return model
+    return parts
 
 
-def plant(hf_home: Path, **kwargs):
-    snapshot = hf_home / "hub" / "models--polymathic-ai--aion-base" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    return save_snapshot(snapshot, **kwargs)
+def plant(hf_home: Path, commit: str = "0" * 40, **kwargs):
+    """A snapshot of the AION repo at `commit` in the offline hub cache (main then points to it)."""
+    saved = []
+    plant_hf_file(hf_home, REPO, "config.json", lambda path: saved.extend(save_snapshot(path.parent, **kwargs)),
+                  commit=commit)
+    return saved
+
+
+def same_weights(encoder: AionEncoder, saved) -> bool:
+    loaded = (encoder.aion, encoder.image_codec, encoder.spectrum_codec)
+    return all(torch.equal(next(a.parameters()), next(b.parameters())) for a, b in zip(loaded, saved))
 
 
 def samples(n=4):
@@ -55,10 +66,30 @@ def samples(n=4):
 def test_hub_weights_load_strictly_through_the_package(offline_hub):
     saved = plant(offline_hub)
     encoder = AionEncoder.load(AionSection())  # preset full -> polymathic-ai/aion-base
-    assert torch.equal(encoder.aion.encoder[0].norm1.weight, saved.encoder[0].norm1.weight)
+    assert same_weights(encoder, saved)
     assert not any(p.requires_grad for p in encoder.aion.parameters())
     assert {id(p) for p in encoder.trainable_parameters()} == {
         id(p) for m in (encoder.euclid_to_hsc, encoder.hsc_to_euclid) for p in m.parameters()}
+
+
+def test_hub_weights_come_from_one_commit_of_the_revision_and_record_it(offline_hub):
+    a, b = "a" * 40, "b" * 40
+    at_a = plant(offline_hub, commit=a)
+    encoder = AionEncoder.load(AionSection())  # no revision: main, which points to a
+    assert same_weights(encoder, at_a) and encoder.describe()["weights"] == f"{REPO}@{a}"
+    at_b = plant(offline_hub, commit=b, scale=2.0)  # a push: main now points to b
+    for revision, commit, saved in [(b, b, at_b), (a, a, at_a), (None, b, at_b)]:
+        encoder = AionEncoder.load(AionSection(revision=revision))
+        assert same_weights(encoder, saved), revision  # the model and both codecs
+        assert encoder.describe()["weights"] == f"{REPO}@{commit}"
+
+
+def test_an_unknown_revision_is_a_one_line_error_naming_it(offline_hub):
+    plant(offline_hub)
+    expected = f"cannot load aion weights: config.json of hub repo {REPO} at revision 'v9'"
+    with pytest.raises(WeightsError, match=expected) as error:
+        AionEncoder.load(AionSection(revision="v9"))
+    assert "\n" not in str(error.value)
 
 
 def test_broken_codec_weights_are_an_error_not_random_weights(offline_hub):
@@ -69,8 +100,8 @@ def test_broken_codec_weights_are_an_error_not_random_weights(offline_hub):
 
 def test_local_snapshot_directory(tmp_path: Path):
     saved = save_snapshot(tmp_path / "aion-local")
-    encoder = AionEncoder.load(AionSection(weights=str(tmp_path / "aion-local")))
-    assert torch.equal(encoder.aion.encoder[0].norm1.weight, saved.encoder[0].norm1.weight)
+    encoder = AionEncoder.load(AionSection(weights=str(tmp_path / "aion-local"), revision="ignored"))
+    assert same_weights(encoder, saved) and encoder.describe()["weights"] == str(tmp_path / "aion-local")
     save_snapshot(tmp_path / "broken", break_codec=True)
     with pytest.raises(WeightsError, match="missing"):
         AionEncoder.load(AionSection(weights=str(tmp_path / "broken")))

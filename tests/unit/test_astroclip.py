@@ -1,5 +1,6 @@
 """AstroCLIP re-implementation: loading the three released checkpoint formats through the explicit
-key mapping (planted offline, written in the upstream layouts), strict errors, CLIP loss, adapt + embed."""
+key mapping (planted offline, written in the upstream layouts, hub items recorded with their commit),
+strict errors, CLIP loss, adapt + embed."""
 
 import json
 import math
@@ -65,20 +66,30 @@ def test_astroclip_checkpoint_from_the_hub_cache(offline_hub, tmp_path: Path):
         if key != "log_scale":
             assert torch.equal(loaded.state_dict()[key], value), key
     assert loaded.log_scale.item() == pytest.approx(math.log(15.5))
+    assert loaded.describe()["weights"] == "polymathic-ai/astroclip@" + "0" * 40
 
 
-def test_astrodino_and_specformer_checkpoints_fill_the_backbones(tmp_path: Path):
+def test_astrodino_and_specformer_checkpoints_fill_the_backbones(offline_hub, tmp_path: Path):
+    """A local astrodino checkpoint and specformer from the hub (as repo:file): each hub item is
+    downloaded at the revision and recorded with its commit, local files as given."""
     source = perturbed_tiny()
     state = upstream_state(source)
     teacher = {k.replace("image_encoder.", "", 1): v for k, v in state.items() if k.startswith("image_encoder.backbone.")}
     teacher["dino_head.mlp.0.weight"] = torch.zeros(3, 3)
     torch.save({"teacher": teacher}, tmp_path / "astrodino.ckpt")
     spec = {k.replace("spectrum_encoder.backbone.", "", 1): v for k, v in state.items() if k.startswith("spectrum_encoder.backbone.")}
-    torch.save({"state_dict": spec, "hyper_parameters": {"embed_dim": 32}}, tmp_path / "specformer.ckpt")
-    loaded = AstroCLIPEncoder.load(AstroCLIPSection(preset="tiny", weights=f"{tmp_path}/astrodino.ckpt,{tmp_path}/specformer.ckpt"))
+    commit = "c" * 40
+    plant_hf_file(offline_hub, "polymathic-ai/specformer", "specformer.ckpt",
+                  lambda p: torch.save({"state_dict": spec, "hyper_parameters": {"embed_dim": 32}}, p), commit=commit)
+    weights = f"{tmp_path}/astrodino.ckpt, polymathic-ai/specformer:specformer.ckpt"
+    loaded = AstroCLIPEncoder.load(AstroCLIPSection(preset="tiny", weights=weights, revision=commit))
     for key, value in source.state_dict().items():
         same = torch.equal(loaded.state_dict()[key], value)
         assert same == (".backbone." in key), key  # backbones loaded, heads untouched
+    assert loaded.describe()["weights"] == (
+        f"{tmp_path}/astrodino.ckpt,polymathic-ai/specformer:specformer.ckpt@{commit}")
+    with pytest.raises(WeightsError, match="specformer.ckpt of hub repo polymathic-ai/specformer at revision 'v9'"):
+        AstroCLIPEncoder.load(AstroCLIPSection(preset="tiny", weights=weights, revision="v9"))
 
 
 def test_incomplete_or_foreign_checkpoints_are_errors(tmp_path: Path):

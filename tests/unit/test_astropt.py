@@ -1,5 +1,6 @@
-"""AstroPT through the real `astropt` package: released-weight loading (planted offline), spectra
-added strictly, adaptation steps and embeddings on tiny configurations."""
+"""AstroPT through the real `astropt` package: released-weight loading (planted offline, pinned to a
+revision, read without running code), spectra added strictly, adaptation steps and embeddings on
+tiny configurations."""
 
 import json
 from pathlib import Path
@@ -14,18 +15,21 @@ from fmb.data.validate import RowChecker
 from fmb.embed import store
 from fmb.embed.extract import embed
 from fmb.models import tasks as model_tasks
-from fmb.models.astropt import AstroPTEncoder, AstroPTSection
+from fmb.errors import FmbError
+from fmb.models.astropt import DEFAULT_WEIGHTS, AstroPTEncoder, AstroPTSection
 from fmb.models.base import WeightsError
 from tests.conftest import plant_hf_file, tagged_row, write_rows
+from tests.e2e.test_untrusted_files import malicious
 
 TINY = ["models.astropt.preset=tiny", "models.astropt.image_size=32"]
+REPO, FILE = "smith42/astropt_v2.0", "astropt/095M/ckpt.pt"  # DEFAULT_WEIGHTS
 
 
-def images_only_checkpoint(path: Path, extra_key: bool = False) -> dict:
+def images_only_checkpoint(path: Path, extra_key: bool = False, seed: int = 5) -> dict:
     """A tiny images-only AstroPT checkpoint in the format `load_astropt` reads."""
     from astropt.model import GPT, GPTConfig, ModalityConfig, ModalityRegistry
 
-    torch.manual_seed(5)
+    torch.manual_seed(seed)
     registry = ModalityRegistry([ModalityConfig("images", 768, 1, 16, True)])
     args = dict(block_size=1024, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False, attn_type="causal", tokeniser="aim")
     model = GPT(GPTConfig(**args), registry, master_process=False)
@@ -68,6 +72,64 @@ def test_local_checkpoint_and_strict_key_errors(tmp_path: Path):
     images_only_checkpoint(tmp_path / "bad.pt", extra_key=True)
     with pytest.raises(WeightsError, match="do not fit"):
         AstroPTEncoder.load(AstroPTSection(image_size=32, weights=str(tmp_path / "bad.pt")))
+
+
+def plant_release(hf_home: Path, commit: str, seed: int) -> torch.nn.Module:
+    """The default release at `commit` in the offline hub cache (main then points to it); its model."""
+    saved = {}
+    plant_hf_file(hf_home, REPO, FILE, lambda p: saved.update(images_only_checkpoint(p, seed=seed)), commit=commit)
+    return saved["model"]
+
+
+def loads(encoder: AstroPTEncoder, model: torch.nn.Module) -> bool:
+    state = encoder.gpt.state_dict()
+    return all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_hub_checkpoints_come_from_the_commit_of_the_revision_and_record_it(offline_hub):
+    a, b = "a" * 40, "b" * 40
+    at_a = plant_release(offline_hub, a, seed=5)
+    encoder = AstroPTEncoder.load(AstroPTSection(image_size=32))  # no revision: main, which points to a
+    assert loads(encoder, at_a) and encoder.describe()["weights"] == f"{DEFAULT_WEIGHTS}@{a}"
+    at_b = plant_release(offline_hub, b, seed=6)  # a push: main now points to b
+    encoder = AstroPTEncoder.load(AstroPTSection(image_size=32, revision=b))
+    assert loads(encoder, at_b) and not loads(encoder, at_a)
+    assert encoder.describe()["weights"] == f"{DEFAULT_WEIGHTS}@{b}"
+    assert loads(AstroPTEncoder.load(AstroPTSection(image_size=32, revision=a)), at_a)
+    expected = f"cannot load astropt weights: {FILE} of hub repo {REPO} at revision 'v9'"
+    with pytest.raises(WeightsError, match=expected) as error:
+        AstroPTEncoder.load(AstroPTSection(image_size=32, revision="v9"))
+    assert "\n" not in str(error.value)
+
+
+def test_a_moved_branch_is_not_mixed_into_a_resumed_embedding_run(project: Path, offline_hub):
+    write_rows(project / "survey" / "part-0.parquet", [tagged_row(300 + i, size=40, seed=i) for i in range(4)])
+    a, b = "a" * 40, "b" * 40
+    plant_release(offline_hub, a, seed=5)
+    sets = ["data.source=survey", "models.astropt.image_size=32", "models.astropt.embed.num_workers=0"]
+    config = load_config(root=project, sets=sets)
+    index(config)
+    assert embed(config, "astropt")["weights"] == f"base ({DEFAULT_WEIGHTS}@{a})"
+    plant_release(offline_hub, b, seed=6)
+    with pytest.raises(FmbError, match=r"made differently \(weights, weights_sha256 changed\)"):
+        embed(config, "astropt")
+    pinned = load_config(root=project, sets=sets + [f"models.astropt.revision={a}"])
+    assert embed(pinned, "astropt")["units_done_now"] == 0  # same commit: the finished run is resumed
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_from_the_hub_and_from_a_file(offline_hub, tmp_path: Path):
+    """A planted checkpoint `load_astropt` would open with weights_only=False, so its payload would run."""
+    from astropt.model import ModalityConfig, ModalityRegistry
+
+    marker = tmp_path / "code-ran"
+    registry = ModalityRegistry([ModalityConfig("images", 768, 1, 16, True)])
+    checkpoint = lambda payload: {"model": {}, "model_args": {}, "modality_registry": registry, "extra": payload}
+    local = malicious(tmp_path / "evil.pt", marker, wrap=checkpoint)
+    plant_hf_file(offline_hub, REPO, FILE, lambda p: malicious(p, marker, wrap=checkpoint))
+    for weights in (str(local), DEFAULT_WEIGHTS):
+        with pytest.raises(FmbError, match="refusing to load it as an astropt checkpoint.*posix.system"):
+            AstroPTEncoder.load(AstroPTSection(image_size=32, weights=weights))
+    assert not marker.exists()
 
 
 def test_missing_hub_weights_offline_is_a_clear_error(offline_hub):

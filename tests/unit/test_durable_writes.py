@@ -50,15 +50,15 @@ def plant(directory: Path, name: str, age_s: float = 0) -> Path:
 
 def test_only_temporaries_whose_writer_is_gone_are_removed(tmp_path: Path):
     host = fmb_io._host()
-    out = tmp_path / "embeddings"
+    out = tmp_path / "outputs"
     dead = plant(out, f".tmp-part-00003.parquet.{host}-{dead_pid()}.k2j3h4g5")
     live = plant(out, f".tmp-part-00004.parquet.{host}-{os.getpid()}.a1b2c3d4")
     elsewhere = plant(out, f".tmp-part-00005.parquet.othernode-{dead_pid()}.a1b2c3d4")
     old_elsewhere = plant(out / "sub", ".tmp-index.faiss.othernode-12.z9y8x7w6", age_s=fmb_io.STALE_AFTER_S + 60)
     old_unnamed = plant(out, ".tmp-part-00001.parquet.q1w2e3r4", age_s=fmb_io.STALE_AFTER_S + 60)
     users = plant(out, ".tmp-notes")  # not fmb's pattern: never touched
-    beside = tmp_path / "summary.json"
-    dead_beside = plant(tmp_path, f".tmp-summary.json.{host}-{dead_pid()}.m1n2b3v4")
+    beside = tmp_path / "totals.json"
+    dead_beside = plant(tmp_path, f".tmp-totals.json.{host}-{dead_pid()}.m1n2b3v4")
 
     removed = fmb_io.remove_stale_temporaries([out, beside])
 
@@ -72,7 +72,7 @@ def test_the_next_run_of_the_owning_stage_sweeps_them(project: Path):
     out = config.layout.cache("sweep")
 
     def killed(config, log):
-        plant(out, "part-00000.parquet")  # a finished part, to resume on
+        plant(out, "piece-0.bin")  # a finished part, to resume on
         raise KeyboardInterrupt
 
     def stage(action):
@@ -86,7 +86,7 @@ def test_the_next_run_of_the_owning_stage_sweeps_them(project: Path):
 
     execute(config, select([stage(lambda c, log: {"ok": 1})]), log=lines.append)
 
-    assert not stale.exists() and other_stage.exists() and (out / "part-00000.parquet").exists()
+    assert not stale.exists() and other_stage.exists() and (out / "piece-0.bin").exists()
     assert any("removed 1 temporary files a killed run left" in line for line in lines)
 
 

@@ -11,6 +11,9 @@ not exist), a per-instance attribute that leaves every other user of `aion` unto
 Spectra go through the DESI spectrum codec with the checked inverse variance (finite, 0 where
 masked). Embeddings are means over the encoder output of the image tokens, the spectrum tokens and
 both together, always passing the true token count (AION's default of 256 silently drops tokens).
+
+Hub weights (the model and both codecs) all come from the one commit `models.aion.revision` resolves
+to, recorded as ``repo@commit`` (`fmb.models.hub`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pydantic import Field
 from fmb.config import ModelSection
 from fmb.data.schema import BAND_NAMES, ZEROPOINT_NJY_PER_ADU
 from fmb.data.validate import Sample
+from fmb.models import hub
 from fmb.models.base import Encoder, Preprocessor, WeightsError, load_strict
 from fmb.models.inputs import bands_batch, object_ids, spectrum_batch
 
@@ -153,7 +157,8 @@ class AionEncoder(Encoder):
         weights = settings.weights or (DEFAULT_WEIGHTS if settings.preset == "full" else "random")
         if weights == "random":
             return cls(*_random_parts(), settings, "random tiny")
-        return cls(*_load_released(weights), settings, weights)
+        *parts, source = _load_released(weights, settings.revision)
+        return cls(*parts, settings, source)
 
     # -- tokens -------------------------------------------------------------------------------------
     def _image_tokens(self, hsc: torch.Tensor) -> torch.Tensor:
@@ -260,24 +265,39 @@ def _random_parts():
                 SpectrumCodec(**_TINY_SPECTRUM_CODEC))
 
 
-def _load_released(weights: str):
-    """AION and its image/spectrum codecs from a hub repo (through the package's loaders) or a local
-    snapshot directory; all strictly."""
-    from aion import AION
-    from aion.codecs import ImageCodec, SpectrumCodec
-    from aion.modalities import DESISpectrum, HSCImage
-
+def _load_released(weights: str, revision: str | None):
+    """(AION, image codec, spectrum codec, source) from a hub repo or a local snapshot directory; all strictly."""
     local = Path(weights).expanduser()
     try:
-        model = AION.from_pretrained(str(local) if local.is_dir() else weights, strict=True)
-        if local.is_dir():  # the package's codec loader cannot read nested local folders
-            return model, _local_codec(ImageCodec, local, "image"), _local_codec(SpectrumCodec, local, "spectrum")
-        return (model, ImageCodec.from_pretrained(weights, modality=HSCImage, strict=True),
-                SpectrumCodec.from_pretrained(weights, modality=DESISpectrum, strict=True))
+        return (*_local_parts(local), weights) if local.is_dir() else _hub_parts(weights, revision)
     except RuntimeError as exc:
         raise WeightsError(f"aion weights {weights} do not fit the architecture: {exc}") from None
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise WeightsError(f"cannot load aion weights {weights}: {exc}") from None
+
+
+def _hub_parts(repo_id: str, revision: str | None):
+    """Through the package's loaders, everything at the one commit `revision` resolves to (resolved
+    once, on config.json: a branch moving between two downloads cannot mix two commits)."""
+    from aion import AION
+    from aion.codecs import ImageCodec, SpectrumCodec
+    from aion.modalities import DESISpectrum, HSCImage
+
+    _, commit = hub.download(repo_id, "config.json", revision, "aion weights")
+    # the codecs' from_pretrained forwards `revision` to huggingface_hub's ModelHubMixin, like AION's
+    return (AION.from_pretrained(repo_id, revision=commit, strict=True),
+            ImageCodec.from_pretrained(repo_id, modality=HSCImage, revision=commit, strict=True),
+            SpectrumCodec.from_pretrained(repo_id, modality=DESISpectrum, revision=commit, strict=True),
+            hub.pinned(repo_id, commit))
+
+
+def _local_parts(directory: Path):
+    from aion import AION
+    from aion.codecs import ImageCodec, SpectrumCodec
+
+    # the package's codec loader cannot read nested local folders
+    return (AION.from_pretrained(str(directory), strict=True), _local_codec(ImageCodec, directory, "image"),
+            _local_codec(SpectrumCodec, directory, "spectrum"))
 
 
 def _local_codec(codec_class, directory: Path, name: str):

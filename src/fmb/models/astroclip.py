@@ -12,8 +12,9 @@ Architecture (docs/astroclip_checkpoints.md has the evidence for every detail):
 
 Module names mirror the released checkpoints (`polymathic-ai/astroclip` astroclip.ckpt,
 `polymathic-ai/astrodino` astrodino.ckpt, `polymathic-ai/specformer` specformer.ckpt); the only key
-renames are explicit in `_CHECKPOINT_KEYS`. Loading is strict per part; the backbones stay frozen,
-adaptation trains the heads and the temperature.
+renames are explicit in `_CHECKPOINT_KEYS`. Hub items are downloaded at `models.astroclip.revision`
+and recorded with their commit (`fmb.models.hub`). Loading is strict per part; the backbones stay
+frozen, adaptation trains the heads and the temperature.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pydantic import Field
 
 from fmb.config import AdaptSettings, ModelSection
 from fmb.data.validate import Sample
+from fmb.models import hub
 from fmb.models.base import Encoder, Preprocessor, WeightsError, check_keys
 from fmb.models.inputs import object_ids, rgb_batch, spectrum_batch
 
@@ -256,10 +258,11 @@ class AstroCLIPEncoder(Encoder):
         if settings.preset == "full" and settings.image_size != sizes.image_size:
             sizes = Sizes(image_size=settings.image_size)
         weights = settings.weights or (DEFAULT_WEIGHTS if settings.preset == "full" else "random")
-        encoder = cls(settings, sizes, weights)
-        if weights != "random":
-            for item in weights.split(","):
-                encoder.load_checkpoint(read_checkpoint(item.strip()), item.strip())
+        items = [] if weights == "random" else [i.strip() for i in weights.split(",")]
+        files = [checkpoint_file(item, settings.revision) for item in items]  # hub items: each at its commit
+        encoder = cls(settings, sizes, ",".join(source for _, source in files) if files else weights)
+        for path, source in files:
+            encoder.load_checkpoint(read_checkpoint(path), source)
         return encoder
 
     def load_checkpoint(self, checkpoint: Mapping, name: str) -> None:
@@ -373,19 +376,21 @@ def _tensor_globals() -> dict:
 _PICKLE = types.SimpleNamespace(Unpickler=_TensorsOnlyUnpickler, load=pickle.load, __name__="fmb_tensors_only_pickle")
 
 
-def read_checkpoint(weights: str) -> Mapping:
-    """A checkpoint from a local file or a hub repo (`polymathic-ai/astroclip` etc.): its tensors, every
-    other object a stub (`_TensorsOnlyUnpickler`), so that reading it never runs code."""
+def checkpoint_file(weights: str, revision: str | None) -> tuple[Path, str]:
+    """(path, source) of a local file, or of a hub item (`polymathic-ai/astroclip` etc., or
+    `repo:filename`) downloaded at `revision`, recorded as ``item@commit``."""
     local = Path(weights).expanduser()
-    if not local.is_file():
-        from huggingface_hub import hf_hub_download
+    if local.is_file():
+        return local, weights
+    repo, _, filename = weights.partition(":")
+    filename = filename or _CHECKPOINT_FILES.get(repo)
+    if filename is None:
+        raise WeightsError(f"astroclip weights {weights!r}: not a file; for other hub repos write repo:filename")
+    path, commit = hub.download(repo, filename, revision, "astroclip weights")
+    return path, hub.pinned(weights, commit)
 
-        repo, _, filename = weights.partition(":")
-        filename = filename or _CHECKPOINT_FILES.get(repo)
-        if filename is None:
-            raise WeightsError(f"astroclip weights {weights!r}: not a file; for other hub repos write repo:filename")
-        try:
-            local = Path(hf_hub_download(repo, filename))
-        except Exception as exc:  # hub errors come in many classes; all mean the same here
-            raise WeightsError(f"cannot load astroclip weights {weights}: {exc}") from None
-    return torch.load(local, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+
+def read_checkpoint(path: str | Path) -> Mapping:
+    """A checkpoint file's tensors, every other object a stub (`_TensorsOnlyUnpickler`), so that
+    reading it never runs code."""
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)

@@ -1,10 +1,13 @@
 """AstroPT (`astropt` package): an autoregressive GPT over image patches and spectrum patches.
 
-Loading: released weights come through the package's own loader (`load_astropt`, e.g.
-``smith42/astropt_v2.0/astropt/095M/ckpt.pt``), which loads strictly. Released models read images
-only, so the spectrum modality is added: a new GPT with both modalities receives every loaded
-tensor (each must exist with the same shape), and only the spectrum tokeniser, position encoder and
-decoder start random — anything else left unloaded is a `WeightsError`.
+Loading: released checkpoints (e.g. ``smith42/astropt_v2.0/astropt/095M/ckpt.pt``, at
+`models.astropt.revision`, see `fmb.models.hub`) are read as the package's `load_astropt` reads them
+(GPT from their ``model_args`` and pickled modality registry, ``_orig_mod.`` prefixes stripped,
+strict), but through fmb's restricted reader, not `load_astropt`'s ``torch.load(weights_only=False)``:
+a planted pickle cannot run code (`_checkpoint_classes`). Released models read images only, so
+the spectrum modality is added: a new GPT with both modalities receives every loaded tensor (each
+must exist with the same shape), and only the spectrum tokeniser, position encoder and decoder
+start random — anything else left unloaded is a `WeightsError`.
 
 Input: the RGB composite resized to `image_size` and cut into 16x16 patches (images first, so the
 spectrum tokens attend to the image of the same object); the spectrum divided by its standard
@@ -20,7 +23,6 @@ next-token Huber loss, both modalities weighted equally.
 from __future__ import annotations
 
 import contextlib
-import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -33,6 +35,8 @@ from pydantic import Field
 
 from fmb.config import AdaptSettings, ModelSection
 from fmb.data.validate import Sample
+from fmb.io import read_torch
+from fmb.models import hub
 from fmb.models.base import Encoder, Preprocessor, WeightsError, load_strict
 from fmb.models.inputs import object_ids, rgb_batch, spectrum_batch
 
@@ -123,7 +127,8 @@ class AstroPTEncoder(Encoder):
         weights = settings.weights or (DEFAULT_WEIGHTS if settings.preset == "full" else "random")
         if weights == "random":
             return cls(_random_gpt(settings), settings, f"random {settings.preset}")
-        return cls(_with_spectra(_load_released(weights)), settings, weights)
+        gpt, source = _load_released(weights, settings.revision)
+        return cls(_with_spectra(gpt), settings, source)
 
     # -- forward ----------------------------------------------------------------------------------
     def _hidden(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -171,30 +176,66 @@ def _random_gpt(settings: AstroPTSection):
     n_tokens = (settings.image_size // IMAGE_PATCH) ** 2 + -(-7781 // SPECTRUM_PATCH)
     config = GPTConfig(block_size=max(1024, n_tokens), dropout=0.0, bias=False, attn_type="causal", tokeniser="aim",
                        **_PRESETS[settings.preset])
-    with torch.random.fork_rng():  # random weights are still reproducible ones
-        torch.manual_seed(0)
+    with _seeded():
         return GPT(config, _registry(IMAGE_PATCH * IMAGE_PATCH * 3), master_process=False)
 
 
-def _load_released(weights: str):
-    """Through astropt's own loader: a hub id with path (``owner/repo/sub/dir/file.pt``) or a local file."""
-    from astropt.model_utils import load_astropt
+@contextlib.contextmanager
+def _seeded():
+    """Random weights that are still reproducible ones (the same in every process and load, so a
+    resumed embedding run finds the same weights)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        yield
 
+
+def _load_released(weights: str, revision: str | None):
+    """(GPT, source) from a local checkpoint file or a hub id with path (``owner/repo/[path/]file.pt``)."""
+    path, source = _checkpoint_file(weights, revision)
+    checkpoint = read_torch(path, "an astropt checkpoint", allowed=_checkpoint_classes())
+    return _gpt_from(checkpoint, source), source
+
+
+def _checkpoint_file(weights: str, revision: str | None) -> tuple[Path, str]:
+    """The checkpoint's local path and how it is recorded (hub files: ``weights@commit``)."""
     local = Path(weights).expanduser()
     if local.is_file():
-        repo_id, path, filename = None, str(local.parent) + "/", local.name
-    else:
-        parts = weights.split("/")
-        if len(parts) < 3:
-            raise WeightsError(f"astropt weights {weights!r}: expected a local file or owner/repo/[path/]file.pt")
-        repo_id, path, filename = "/".join(parts[:2]), "/".join(parts[2:-1]), parts[-1]
+        return local, weights
+    parts = weights.split("/")
+    if len(parts) < 3:
+        raise WeightsError(f"astropt weights {weights!r}: expected a local file or owner/repo/[path/]file.pt")
+    path, commit = hub.download("/".join(parts[:2]), "/".join(parts[2:]), revision, "astropt weights")
+    return path, hub.pinned(weights, commit)
+
+
+def _checkpoint_classes() -> tuple[type, ...]:
+    """The only classes an astropt checkpoint may hold besides tensors and plain values: its pickled
+    modality registry. Restoring them under ``weights_only`` runs no code of the file's choosing:
+    neither defines ``__new__``, ``__setstate__``, ``__setattr__`` or ``__reduce__``, so the unpickler
+    makes them with ``object.__new__`` and updates their ``__dict__`` with values it vetted itself; the
+    one other call a pickle could make, their constructors, only stores its arguments (the registry
+    keys them by ``.name``). Anything else the file names is still refused."""
+    from astropt.model import ModalityConfig, ModalityRegistry
+
+    return ModalityRegistry, ModalityConfig
+
+
+def _gpt_from(checkpoint, source: str):
+    """The GPT a checkpoint declares, with its tensors loaded strictly (as `load_astropt` builds it)."""
+    from astropt.model import GPT, GPTConfig
+
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the loader prints its arguments
-            return load_astropt(repo_id=repo_id, path=path, weights_filename=filename)
-    except RuntimeError as exc:  # strict load_state_dict of the package
-        raise WeightsError(f"astropt weights {weights} do not fit their declared architecture: {exc}") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise WeightsError(f"cannot load astropt weights {weights}: {exc}") from None
+        gpt = GPT(GPTConfig(**checkpoint["model_args"]), checkpoint["modality_registry"], master_process=False)
+        # torch.compile'd models save their keys prefixed; load_astropt strips the prefix too
+        state = {k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()}
+    except (KeyError, TypeError, AttributeError, ValueError, AssertionError) as exc:
+        raise WeightsError(f"cannot load astropt weights {source}: not an astropt checkpoint "
+                           f"({type(exc).__name__}: {exc})") from None
+    try:
+        load_strict(gpt, state, "their tensors")
+    except WeightsError as exc:
+        raise WeightsError(f"astropt weights {source} do not fit their declared architecture: {exc}") from None
+    return gpt
 
 
 def _with_spectra(loaded):
@@ -209,7 +250,8 @@ def _with_spectra(loaded):
     if "spectra" in modalities:
         return loaded
     registry = ModalityRegistry([*modalities.values(), _spectrum_modality()])
-    extended = GPT(loaded.config, registry, master_process=False)
+    with _seeded():  # the new spectrum parts
+        extended = GPT(loaded.config, registry, master_process=False)
     state = extended.state_dict()
     loaded_state = loaded.state_dict()
     new_keys = [k for k in state if k not in loaded_state]

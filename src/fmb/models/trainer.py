@@ -122,7 +122,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                 loss = self.model.training_loss(_to_device(batch, self.device))
             if not torch.isfinite(loss):
-                self._diverged(f"the training loss is {float(loss)} at step {self.step} (epoch {self.epoch})")
+                self._diverged(f"the training loss is {float(loss.detach())} at step {self.step} (epoch {self.epoch})")
             self.scaler.scale(loss / s.grad_accum).backward()
             losses.append(float(loss.detach()))
             if micro % s.grad_accum == 0:
