@@ -159,6 +159,19 @@ def write_csv(frame, path: str | Path, **to_csv_options) -> Path:
     return Path(path)
 
 
+def read_json_object(path: Path, remedy: str) -> dict:
+    """A JSON object fmb wrote (a manifest, a state file), or one line saying it is corrupt and `remedy`."""
+    from fmb.errors import FmbError
+
+    try:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except (OSError, ValueError) as error:
+        raise FmbError(f"{path} is corrupt ({str(error)[:120]}); {remedy}") from None
+
+
 def write_json(data, path: str | Path) -> Path:
     """Write pretty JSON atomically."""
     with atomic_path(path) as temporary:

@@ -87,14 +87,25 @@ class ModelFiles(_Directory):
 
 
 class EmbeddingFiles(_Directory):
-    """runs/<name>/embeddings/<model>: Parquet parts and their manifest."""
+    """runs/<name>/embeddings/<model>: Parquet parts, a small record beside each, what made them
+    (signature.json), and the manifest merging the records once every part is there."""
 
     @property
     def manifest(self) -> Path:
         return self._file("manifest.json")
 
+    @property
+    def signature(self) -> Path:
+        return self._file("signature.json")
+
     def part(self, unit_id: int) -> Path:
         return self._file(f"part-{unit_id:05d}.parquet")
+
+    def unit_record(self, unit_id: int) -> Path:
+        return self._file(f"part-{unit_id:05d}.json")
+
+    def unit_records(self) -> list[Path]:
+        return sorted(self.dir.glob("part-*.json"))
 
     def parts(self) -> list[Path]:
         return sorted(self.dir.glob("part-*.parquet"))

@@ -103,8 +103,7 @@ def test_importing_the_config_or_a_detector_module_imports_no_detection_code_or_
 
 def _embedded_run(project: Path, n: int = 240) -> None:
     """The run's pixels embeddings written directly: three modalities of a toy embedding."""
-    from fmb.embed.store import Manifest, write_part
-    from fmb.layout import EmbeddingFiles
+    from fmb.embed.store import write_embeddings
 
     rng = np.random.default_rng(0)
     latent = rng.normal(size=(n, 3))
@@ -114,9 +113,7 @@ def _embedded_run(project: Path, n: int = 240) -> None:
     from fmb.config import load_config
 
     directory = load_config(root=project).layout.embeddings("pixels").dir
-    manifest = Manifest.open(directory, {"model": "pixels"})
-    write_part(EmbeddingFiles(directory).part(0), np.arange(1000, 1000 + n), matrices)
-    manifest.add(0, n, [])
+    write_embeddings(directory, {"model": "pixels"}, np.arange(1000, 1000 + n), matrices)
 
 
 def test_a_registered_detector_runs_through_fmb_detect(toy, project, monkeypatch):

@@ -207,15 +207,15 @@ def kill_embed_mid_run(project: Path):
     for step in (("data", "index"), ("adapt", "pixels")):
         assert run(*step, *args).returncode == 0
     process = subprocess.Popen(cli + ["embed", "pixels", *args], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = load_config(root=project, sets=sets).layout.embeddings("pixels").manifest
+    files = load_config(root=project, sets=sets).layout.embeddings("pixels")
     deadline = time.time() + 120
-    while time.time() < deadline and not (manifest.is_file() and len(json.loads(manifest.read_text())["parts"]) >= 3):
+    while time.time() < deadline and len(files.unit_records()) < 3:
         time.sleep(0.02)
     assert process.poll() is None, "the run finished before it could be killed; make the survey larger"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert 3 <= len(json.loads(manifest.read_text())["parts"]) < 30
-    return run, args, load_config(root=project, sets=sets).layout.embeddings("pixels")
+    assert 3 <= len(files.unit_records()) < 30 and not files.manifest.is_file()  # incomplete: no manifest yet
+    return run, args, files
 
 
 def test_real_kill_9_then_resume_loses_and_duplicates_nothing(project: Path):
@@ -227,7 +227,8 @@ def test_real_kill_9_then_resume_loses_and_duplicates_nothing(project: Path):
 
 def test_data_changed_between_kill_and_resume_is_refused_not_mixed(project: Path):
     run, args, embeddings = kill_embed_mid_run(project)
-    before = json.loads(embeddings.manifest.read_text())
+    before = {path.name: path.read_text() for path in embeddings.unit_records()}
+    started_on = json.loads(embeddings.signature.read_text())["data_sha256"]
     rows = [tagged_row(1000 + i, size=32, seed=1000 + i) for i in range(300, 600)]  # same ids, other pixels
     write_rows(project / "survey" / "part-1.parquet", rows, row_group_size=5)
 
@@ -237,14 +238,13 @@ def test_data_changed_between_kill_and_resume_is_refused_not_mixed(project: Path
     message = resumed.stderr.strip()
     assert "changed since it was indexed" in message and "fmb data index" in message
     assert "Traceback" not in resumed.stderr and len(message.splitlines()) == 1
-    assert json.loads(embeddings.manifest.read_text()) == before  # nothing added from the new data
+    assert {path.name: path.read_text() for path in embeddings.unit_records()} == before  # nothing added
 
     assert run("data", "index", *args).returncode == 0  # indexed again: the embeddings start over
     assert run("embed", "pixels", *args).returncode == 0
     ids, _ = store.load_embeddings(embeddings.dir)
     assert len(ids) == len(set(ids)) == 600
-    after = json.loads(embeddings.manifest.read_text())["signature"]["data_sha256"]
-    assert after != before["signature"]["data_sha256"]
+    assert json.loads(embeddings.manifest.read_text())["signature"]["data_sha256"] != started_on
 
 
 def test_a_stale_index_is_refused_row_by_row(fitted, project: Path):
@@ -261,3 +261,18 @@ def test_a_stale_index_is_refused_row_by_row(fitted, project: Path):
     stream = BatchStream(open_source(fitted), [shuffled], PixelsPreprocessor(8), 3, fitted.data)
     with pytest.raises(DataError, match=r"index is stale: part-0.parquet:7 now holds object 1007"):
         list(stream)
+
+
+def test_workers_embedding_different_units_at_once_lose_nothing(fitted, project: Path):
+    """Two processes, each given half the units (as two array tasks would be), run at the same time:
+    each unit keeps its own record, and whichever finishes last writes the complete manifest."""
+    code = ("import sys; from fmb.config import load_config; from fmb.embed.extract import embed; "
+            "config = load_config(sets=sys.argv[2:]); "
+            "embed(config, 'pixels', unit_filter=lambda unit: unit % 2 == int(sys.argv[1]))")
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(half), *SETTINGS], cwd=project) for half in (0, 1)]
+    assert [worker.wait(timeout=300) for worker in workers] == [0, 0]
+    files = fitted.layout.embeddings("pixels")
+    assert len(files.unit_records()) == 6 and files.manifest.is_file()
+    assert len(json.loads(files.manifest.read_text())["parts"]) == 6
+    ids, _ = store.load_embeddings(files.dir)
+    assert len(ids) == len(set(ids)) == 38 and embed(fitted, "pixels")["units_done_now"] == 0

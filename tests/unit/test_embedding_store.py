@@ -16,6 +16,7 @@ def parts(directory: Path, units: list[tuple[np.ndarray, dict]]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         store.write_part(EmbeddingFiles(directory).part(unit_id), ids, matrices)
         manifest.add(unit_id, len(ids), [])
+    manifest.merge()
 
 
 def test_a_unit_with_no_usable_object_is_skipped_when_loading(tmp_path: Path):

@@ -103,8 +103,7 @@ JOINT, IMAGE_ONLY = "pixels", "aion"
 
 
 def write_embeddings(files: EmbeddingFiles, matrices: dict[str, np.ndarray]) -> None:
-    store.write_part(files.part(0), IDS, matrices)
-    store.Manifest.open(files.dir, {"model": files.dir.name}).add(0, N, [])
+    store.write_embeddings(files.dir, {"model": files.dir.name}, IDS, matrices)
 
 
 def write_scores(config, model: str, seed: int) -> pd.DataFrame:

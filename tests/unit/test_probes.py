@@ -11,7 +11,7 @@ from fmb.analyze.probes import (assign_folds, bootstrap_errors, cross_validate, 
                                 fold_r2, importance_fraction, normalise_contributions, participation_ratio, probes,
                                 sample_objects)
 from fmb.config import load_config
-from fmb.embed.store import Manifest, write_part
+from fmb.embed.store import write_embeddings as store_embeddings
 from fmb.errors import FmbError
 
 
@@ -115,8 +115,7 @@ ALPHA, BETA = "pixels", "aion"
 def write_embeddings(config, model: str, ids: np.ndarray, matrices: dict) -> None:
     files = config.layout.embeddings(model)
     files.dir.mkdir(parents=True)
-    write_part(files.part(0), ids, matrices)
-    Manifest.open(files.dir, {"model": model}).add(0, len(ids), [])
+    store_embeddings(files.dir, {"model": model}, ids, matrices)
 
 
 def tiny_project(root: Path, catalog_columns: dict | None = None) -> np.ndarray:

@@ -167,8 +167,7 @@ def write_embeddings(config, vectors: np.ndarray) -> None:
     files = config.layout.embeddings(MODEL)
     files.dir.mkdir(parents=True, exist_ok=True)
     files.manifest.unlink(missing_ok=True)
-    store.write_part(files.part(0), np.arange(N), {"image": vectors[:, ::-1], "joint": vectors})
-    store.Manifest.open(files.dir, {"model": MODEL}).add(0, N, [])
+    store.write_embeddings(files.dir, {"model": MODEL}, np.arange(N), {"image": vectors[:, ::-1], "joint": vectors})
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 The index is cut into work units (one output part each). A DataLoader streams row batches of the
 units still to do (reading, checking and preprocessing in worker processes while the model runs);
 the model embeds each batch under `inference_mode` (bf16 autocast on GPU); when every batch of a
-unit has arrived its part is written atomically and the manifest updated. Killed and restarted, the
-run skips the units the manifest lists and redoes the rest: no object is lost or duplicated.
+unit has arrived its part and its record are written atomically, and once every unit is done the
+manifest. Killed and restarted — or run as several workers, each given its units — the run skips
+the units already recorded and redoes the rest: no object is lost or duplicated.
 Objects a model cannot use (failed validation, missing modality) are recorded, never mis-paired.
 """
 
@@ -53,9 +54,13 @@ def embed(config: ResolvedConfig, model: str, *, unit_filter: Callable[[int], bo
     todo = [u for u in units if not manifest.is_done(u.unit_id) and (unit_filter is None or unit_filter(u.unit_id))]
     total = sum(len(u.rows) for u in todo)
     written = _run(encoder, device, source, config, settings, todo, manifest, total)
-    _record_rejects(config, model, manifest)
-    return {"model": model, "units": len(units), "units_done_now": written, "objects": manifest.total_rows,
-            "directory": out, "weights": encoder.adapted_from or f"base ({encoder.describe()['weights']})"}
+    manifest = Manifest.open(out, signature)  # again: other workers may have finished units meanwhile
+    complete = all(manifest.is_done(u.unit_id) for u in units)
+    if complete:  # the last worker to finish writes the manifest every reader waits for
+        manifest.merge()
+        _record_rejects(config, model, manifest)
+    return {"model": model, "units": len(units), "units_done_now": written, "complete": complete,
+            "objects": manifest.total_rows, "directory": out, "weights": encoder.adapted_from or f"base ({encoder.describe()['weights']})"}
 
 
 def _signature(encoder: Encoder, rows_per_shard: int, index_path: Path, data_sha256: str) -> dict:
@@ -122,7 +127,7 @@ def _write_unit(manifest: Manifest, unit_id: int, parts: list[tuple[int, StreamI
 
 
 def _record_rejects(config: ResolvedConfig, model: str, manifest: Manifest) -> None:
-    issues = [Issue(**issue) for entry in manifest.data["parts"].values() for issue in entry["skipped"]]
+    issues = [Issue(**issue) for entry in manifest.parts.values() for issue in entry["skipped"]]
     write_rejects(config.layout.data.rejects, f"embed:{model}", issues)
 
 

@@ -1,15 +1,16 @@
 """Embedding storage (design §3): Parquet parts + a manifest, and the original `.pt` format.
 
 `runs/<name>/embeddings/<model>/part-NNNNN.parquet` holds `object_id` and one fixed-size float32
-list column per modality. `manifest.json` records what made them (model, weights sha256,
-preprocessing, pooling, layer, dims, fmb version, the work-unit plan) and, per part, its row
-count and sha256. A part is written under a temporary name and renamed, then the manifest is
-updated (also atomically): a run killed in between redoes that unit, never duplicates or drops it.
+list column per modality. `signature.json` records what made them (model, weights sha256 and hub
+commit, preprocessing, pooling, layer, dims, the work-unit plan, the data's fingerprint); beside
+each part, `part-NNNNN.json` records its row count, sha256 and the objects skipped. A part is
+written under a temporary name and renamed, then its record: a run killed in between redoes that
+unit, never duplicates or drops it, and workers embedding other units at the same time never touch
+it. `manifest.json` merges the records once every unit is done; it is what readers load.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 
 from fmb import __version__
 from fmb.errors import FmbError
-from fmb.io import read_torch, write_json, write_table, write_torch
+from fmb.io import read_json_object, read_torch, write_json, write_table, write_torch
 from fmb.layout import EmbeddingFiles
 from fmb.models.base import MODALITIES, file_sha256, residual_key
 
@@ -38,41 +39,69 @@ def embedding_manifests(config) -> list[Path]:
 
 @dataclass
 class Manifest:
+    """The parts of one embedding directory and what made them.
+
+    Each finished unit writes its own small record (`part-NNNNN.json`) beside its part, so workers
+    embedding different units at once (processes, SLURM array tasks) never overwrite each other's
+    bookkeeping. `merge` writes `manifest.json` from the records once every unit is done: readers
+    take that file as "these embeddings are complete", and downstream stages fingerprint it.
+    """
+
     directory: Path
-    data: dict
+    signature: dict
+    parts: dict[str, dict]
 
     @classmethod
     def open(cls, directory: Path, signature: dict) -> "Manifest":
         """The manifest of `directory`, new if absent; refuses to mix parts made differently."""
-        path = EmbeddingFiles(directory).manifest
-        if not path.is_file():
-            return cls(directory, {"signature": signature, "fmb_version": __version__, "parts": {}})
-        data = read_manifest(path)
-        recorded = data.get("signature", {})
-        changed = sorted(k for k in set(signature) | set(recorded) if signature.get(k) != recorded.get(k))
-        if "data_sha256" in changed:
-            raise FmbError(f"{directory} holds embeddings of other data: the input data changed after this run "
-                           "began, and resuming would mix two versions; use another run name, or --force to "
-                           "embed everything again")
-        if changed:
-            raise FmbError(f"{directory} holds embeddings made differently ({', '.join(changed)} changed); "
-                           "use another run name or delete that directory to start over")
-        return cls(directory, data)
+        files = EmbeddingFiles(directory)
+        merged = read_manifest(files.manifest) if files.manifest.is_file() else None
+        recorded = _read_json(files.signature) if files.signature.is_file() else (merged or {}).get("signature")
+        if recorded is not None:
+            _refuse_changes(directory, recorded, signature)
+        else:
+            write_json(signature, files.signature)
+        parts = dict((merged or {}).get("parts", {}))
+        parts.update({str(record["unit"]): record for record in map(_read_json, files.unit_records())})
+        return cls(directory, signature, parts)
 
     def is_done(self, unit_id: int) -> bool:
-        entry = self.data["parts"].get(str(unit_id))
+        entry = self.parts.get(str(unit_id))
         path = EmbeddingFiles(self.directory).part(unit_id)
         return entry is not None and path.is_file() and pq.read_metadata(path).num_rows == entry["rows"]
 
     def add(self, unit_id: int, rows: int, skipped: list[dict]) -> None:
-        path = EmbeddingFiles(self.directory).part(unit_id)
-        self.data["parts"][str(unit_id)] = {"file": path.name, "rows": rows, "sha256": file_sha256(path),
-                                            "skipped": skipped}
-        write_json(self.data, EmbeddingFiles(self.directory).manifest)
+        """Record a unit whose part is written (the part first: a kill in between redoes the unit)."""
+        files = EmbeddingFiles(self.directory)
+        entry = {"unit": unit_id, "file": files.part(unit_id).name, "rows": rows, "sha256": file_sha256(files.part(unit_id)),
+                 "skipped": skipped}
+        write_json(entry, files.unit_record(unit_id))
+        self.parts[str(unit_id)] = entry
+
+    def merge(self) -> Path:
+        """Write `manifest.json`: the signature and every unit's record."""
+        ordered = dict(sorted(self.parts.items(), key=lambda item: int(item[0])))
+        return write_json({"signature": self.signature, "fmb_version": __version__, "parts": ordered},
+                          EmbeddingFiles(self.directory).manifest)
 
     @property
     def total_rows(self) -> int:
-        return sum(entry["rows"] for entry in self.data["parts"].values())
+        return sum(entry["rows"] for entry in self.parts.values())
+
+
+def _refuse_changes(directory: Path, recorded: dict, signature: dict) -> None:
+    changed = sorted(k for k in set(signature) | set(recorded) if signature.get(k) != recorded.get(k))
+    if "data_sha256" in changed:
+        raise FmbError(f"{directory} holds embeddings of other data: the input data changed after this run "
+                       "began, and resuming would mix two versions; use another run name, or --force to "
+                       "embed everything again")
+    if changed:
+        raise FmbError(f"{directory} holds embeddings made differently ({', '.join(changed)} changed); "
+                       "use another run name or delete that directory to start over")
+
+
+def _read_json(path: Path) -> dict:
+    return read_json_object(path, "embed this model again with --force")
 
 
 def part_schema(dims: dict[str, int], residuals: tuple[str, ...] = ()) -> pa.Schema:
@@ -89,13 +118,10 @@ def part_schema(dims: dict[str, int], residuals: tuple[str, ...] = ()) -> pa.Sch
 
 def read_manifest(path: Path) -> dict:
     """A `manifest.json`, or a one-line error saying it is unreadable and what to do."""
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("parts"), dict):
-            raise ValueError("no parts table")
-        return data
-    except (OSError, ValueError) as error:
-        raise FmbError(f"{path} is corrupt ({str(error)[:120]}); embed this model again with --force") from None
+    data = _read_json(path)
+    if not isinstance(data.get("parts"), dict):
+        raise FmbError(f"{path} is corrupt (no parts table); embed this model again with --force")
+    return data
 
 
 def write_part(path: Path, object_ids: np.ndarray, embeddings: dict[str, np.ndarray],
@@ -123,6 +149,15 @@ def _column(values: np.ndarray | None, field: pa.Field) -> pa.Array:
     if matrix.ndim != 2 or matrix.shape[1] != width:
         raise FmbError(f"{field.name} embeddings have shape {matrix.shape}, expected (N, {width})")
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), width)
+
+
+def write_embeddings(directory: Path, signature: dict, object_ids: np.ndarray, embeddings: dict[str, np.ndarray]) -> int:
+    """Embeddings made elsewhere (an import, a test's own vectors) as one complete part; the count."""
+    manifest = Manifest.open(directory, signature)
+    write_part(EmbeddingFiles(directory).part(0), object_ids, embeddings)
+    manifest.add(0, len(object_ids), [])
+    manifest.merge()
+    return len(object_ids)
 
 
 def load_embeddings(directory: Path, modalities: tuple[str, ...] = MODALITIES) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -195,10 +230,7 @@ def import_pt(path: Path, directory: Path, signature: dict) -> int:
     if not isinstance(records, list) or not records or not isinstance(records[0], dict):
         raise FmbError(f"{path} is not a list of embedding records")
     ids, matrices = _records_to_matrices(records, path)
-    manifest = Manifest.open(directory, signature)
-    write_part(EmbeddingFiles(directory).part(0), ids, matrices)
-    manifest.add(0, len(ids), [])
-    return len(ids)
+    return write_embeddings(directory, signature, ids, matrices)
 
 
 def _records_to_matrices(records: list[dict], path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:

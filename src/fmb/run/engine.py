@@ -31,7 +31,7 @@ from pathlib import Path
 from fmb import __version__
 from fmb.config import ResolvedConfig, result_values
 from fmb.errors import ConfigError, FmbError
-from fmb.io import parquet_footer_sha256, remove_stale_temporaries, write_json
+from fmb.io import parquet_footer_sha256, read_json_object, remove_stale_temporaries, write_json
 from fmb.layout import OWNER_MARKER, made_by_fmb
 from fmb.stage import Stage, always_applies
 
@@ -168,14 +168,7 @@ class State:
 def _read_state(path: Path) -> dict:
     # a guess at what ran could delete finished work (a stage whose key looks changed is redone
     # from scratch), so an unreadable state is the user's call
-    try:
-        entries = json.loads(path.read_text())
-        if not isinstance(entries, dict):
-            raise ValueError("not a table of stages")
-        return entries
-    except (OSError, ValueError) as error:
-        raise FmbError(f"{path} is corrupt ({str(error)[:120]}); delete it to rerun every stage from the "
-                       "start") from None
+    return read_json_object(path, "delete it to rerun every stage from the start")
 
 
 # -- running ------------------------------------------------------------------------------------------
