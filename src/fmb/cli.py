@@ -51,6 +51,14 @@ Sets = Annotated[
 SourceOption = Annotated[Optional[str], typer.Option("--source", help="Parquet dir, hf:<dataset id> or desi:<dir>.")]
 RunName = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: outputs go to runs/<name>/.")]
 Force = Annotated[bool, typer.Option("--force", help="Redo the stage even when its config and inputs are unchanged.")]
+ExecutorKind = Annotated[Optional[str], typer.Option(
+    "--executor", help="Where shards run: local (executor.workers processes here) or slurm (job arrays, "
+    "executor.slurm.*); sets executor.kind.")]
+SlurmFlag = Annotated[bool, typer.Option("--slurm", help="The original code's spelling of --executor slurm.")]
+
+
+def _executor(kind: str | None, slurm: bool) -> dict:
+    return {"executor.kind": "slurm" if slurm else kind}
 
 
 def _config(task: list[Path] | None, sets: list[str] | None, name: str | None, **flags: Any) -> ResolvedConfig:
@@ -206,6 +214,8 @@ def embed_command(
     export_pt: Annotated[Optional[Path], typer.Option(help="Also write the original research code's .pt format here.")] = None,
     import_pt: Annotated[Optional[Path], typer.Option(help="Import a .pt embedding file instead of extracting.", exists=True)] = None,
     force: Force = False,
+    executor: ExecutorKind = None,
+    slurm: SlurmFlag = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
@@ -213,11 +223,13 @@ def embed_command(
     """Stage 2: per-object image, spectrum and joint embeddings -> runs/<name>/embeddings/<model>/.
 
     Sharded Parquet parts + manifest.json; a killed run resumes where it stopped, objects that fail
-    validation are skipped and recorded in the rejects table.
+    validation are skipped and recorded in the rejects table. With --executor slurm (or
+    executor.workers > 1) the work units are cut into shards run as SLURM array tasks (or local
+    processes); rerunning the same command runs only the shards not done.
     """
     from fmb.embed import store  # torch and the model packages load only when needed
 
-    resolved = _config(config, set_, name, **{f"models.{model}.preset": preset})
+    resolved = _config(config, set_, name, **{f"models.{model}.preset": preset}, **_executor(executor, slurm))
     directory = resolved.layout.embeddings(model).dir
     if import_pt is not None:  # the embed stage, done by importing: recorded like any other run of it
         def imported(_config, _log):
@@ -362,6 +374,8 @@ def run_command(
     only: Annotated[Optional[str], typer.Option("--only", help="Run just this stage (or family, e.g. embed).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say for every stage whether it would run or be "
                                           "skipped, and why; run nothing.")] = False,
+    executor: ExecutorKind = None,
+    slurm: SlurmFlag = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
@@ -375,7 +389,7 @@ def run_command(
     from fmb.run.engine import execute, plan_report, select
     from fmb.run.stages import build_stages
 
-    resolved = _config(config, set_, name)
+    resolved = _config(config, set_, name, **_executor(executor, slurm))
     plan = select(build_stages(resolved), from_, only)
     if dry_run:
         for forecast in plan_report(resolved, plan):

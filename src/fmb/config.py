@@ -312,6 +312,38 @@ class RunConfig(_Section):
         return models
 
 
+class SlurmSettings(_Section):
+    """SLURM job arrays through submitit (`--executor slurm`): one array task per shard."""
+
+    partition: str | None = Field(None, description="partition (-p); default: the cluster's default")
+    account: str | None = Field(None, description="account to charge (-A)")
+    qos: str | None = Field(None, description="quality of service (--qos)")
+    gpus_per_task: int = Field(0, ge=0, description="GPUs per array task (one shard uses them in turn)")
+    cpus_per_task: int = Field(4, ge=1, description="CPUs per array task (data-loading workers + 1)")
+    mem_gb: float = Field(16, gt=0, description="memory per array task, GB")
+    timeout_min: int = Field(240, ge=1, description="wall time per task; a task that runs out is requeued and "
+                             "resumes its shard")
+    max_requeues: int = Field(3, ge=0, description="times a timed-out or preempted task is requeued")
+    array_parallelism: int = Field(64, ge=1, description="tasks of one array running at once (%N)")
+    max_array_size: int | None = Field(None, ge=1, description="largest array the cluster accepts; default: "
+                                       "MaxArraySize from `scontrol show config`")
+    additional: dict[str, str | int] = Field({}, description="extra #SBATCH options, e.g. {constraint: a100}")
+    setup: list[str] = Field([], description="shell lines run before each task (module load ..., source "
+                             ".venv/bin/activate)")
+    poll_s: float = Field(15, gt=0, description="seconds between checks of running jobs")
+
+
+class ExecutorConfig(_Section):
+    """Where the shards of a stage run. Never part of a stage's key: the outputs are the same."""
+
+    kind: Literal["local", "slurm"] = Field("local", description="local: this machine; slurm: job arrays")
+    workers: int = Field(1, ge=1, description="local: shards run at once, each in its own process "
+                         "(one per GPU on a multi-GPU node)")
+    shards: int | None = Field(None, ge=1, description="shards per stage; default: local, one per worker; "
+                               "slurm, one per work unit")
+    slurm: SlurmSettings = SlurmSettings()
+
+
 class FmbConfig(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$",
                       description="run name: outputs go to runs/<name>/ (letters, digits, . _ -; not . or ..)")
@@ -324,6 +356,7 @@ class FmbConfig(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
     run: RunConfig = RunConfig()
+    executor: ExecutorConfig = ExecutorConfig()
 
     @field_validator("name")
     @classmethod
@@ -360,7 +393,15 @@ class ResolvedConfig:
         self.origins = origins
 
     def __getattr__(self, name: str) -> Any:
+        if name == "values":  # not set yet (a copy being unpickled): no recursion through __getattr__
+            raise AttributeError(name)
         return getattr(self.values, name)
+
+    def __reduce__(self):
+        # the root model class is built at run time from the registries (`build_schema`), so it cannot
+        # be pickled by name: a copy (for a worker process, a SLURM task) travels as its JSON values
+        # and is validated again on arrival, against the same registries
+        return (_rebuilt, (self.values.model_dump(mode="json"), self.root, self.origins))
 
     def path(self, relative: str | Path) -> Path:
         """A configured path, resolved under the project root."""
@@ -386,6 +427,10 @@ class ResolvedConfig:
     def explain(self) -> list[tuple[str, Any, str]]:
         """(dotted key, value, origin) for every leaf value, in schema order."""
         return [(key, value, self.origins.get(key, "default")) for key, value in _flatten(self.values.model_dump())]
+
+
+def _rebuilt(values: dict, root: Path, origins: dict[str, str]) -> "ResolvedConfig":
+    return ResolvedConfig(build_schema().model_validate(values), root, origins)
 
 
 def find_root(start: Path | None = None) -> Path:

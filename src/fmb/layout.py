@@ -327,6 +327,10 @@ class RunLayout:
     def cache(self, name: str) -> Path:
         return self.root / "cache" / name
 
+    def shards(self, stage: str) -> ShardFiles:
+        """Per-shard records of a stage run through an executor (`fmb.run.executors`)."""
+        return ShardFiles(self.root / "shards" / stage.replace(":", "-"))
+
     @property
     def report(self) -> Path:
         return self.root / "report.html"
@@ -334,6 +338,22 @@ class RunLayout:
     @property
     def state(self) -> Path:
         return self.root / "run" / "state.json"
+
+
+class ShardFiles(_Directory):
+    """runs/<name>/shards/<stage>: one status record per shard, and the executor's job files and
+    logs (submitit's folder: <job>_<task>_log.out/.err)."""
+
+    def status(self, shard: int) -> Path:
+        return self._file(f"shard-{shard:05d}.json")
+
+    def statuses(self) -> list[Path]:
+        return sorted(self.dir.glob("shard-*.json"))
+
+    @property
+    def job_logs(self) -> Path:
+        """submitit's folder per job (it fills in %j): submission, logs and results of each task."""
+        return self.dir / "jobs" / "%j"
 
 
 @dataclass(frozen=True)

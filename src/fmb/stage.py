@@ -14,7 +14,9 @@ A stage says:
 * ``after``: the stages upstream of it; ``version``: bumped when the code changes what it writes,
   so outputs of older code are never taken for current ones;
 * ``fingerprint``: an extra identity of what it reads that is not a local file (a hub revision);
-* ``applies``: a reason to pass it by (no truth table, no catalog), or None.
+* ``applies``: a reason to pass it by (no truth table, no catalog), or None;
+* ``sharding``: how it splits into shards that an executor can run anywhere (`Sharding`), or None
+  for a stage that runs in one process.
 
 This module is at the bottom of the import layers: it imports nothing of fmb.
 """
@@ -36,6 +38,17 @@ def _nothing(_config) -> list[Path]:
 
 
 @dataclass(frozen=True)
+class Sharding:
+    """A stage as shards: ``units(config)`` its work units (ids in plan order), ``run(config, shard)``
+    one shard's work (skipping units already done, so a requeued shard resumes), ``finish(config,
+    log)`` what runs once every shard is done (merging their outputs), returning the stage's summary."""
+
+    units: Callable
+    run: Callable
+    finish: Callable
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     action: Callable  # (config, log) -> summary
@@ -46,6 +59,7 @@ class Stage:
     applies: Callable = always_applies  # config -> reason to pass it by, or None
     version: int = 1
     fingerprint: Callable | None = None  # config -> JSON-able identity of a non-file input
+    sharding: Sharding | None = None
 
     @property
     def family(self) -> str:
@@ -64,6 +78,7 @@ class ModelStage:
     outputs: Callable
     after: tuple[str, ...] = ()
     version: int = 1
+    sharding: Sharding | None = None  # units(config, model), run(config, shard), finish(config, log, model)
 
     def expand(self, models: list[str]) -> list[Stage]:
         return [self.for_model(model) for model in models]
@@ -72,7 +87,14 @@ class ModelStage:
         return Stage(f"{self.family}:{model}", partial(_call_action, self.action, model),
                      tuple(key.format(model=model) for key in self.config_keys),
                      partial(_call_with_model, self.inputs, model), partial(_call_with_model, self.outputs, model),
-                     tuple(name.format(model=model) for name in self.after), version=self.version)
+                     tuple(name.format(model=model) for name in self.after), version=self.version,
+                     sharding=self._sharding_for(model))
+
+    def _sharding_for(self, model: str) -> Sharding | None:
+        if self.sharding is None:
+            return None
+        return Sharding(partial(_call_with_model, self.sharding.units, model), self.sharding.run,
+                        partial(_call_action, self.sharding.finish, model))
 
 
 def _call_action(action: Callable, model: str, config, log):
@@ -84,5 +106,6 @@ def _call_with_model(function: Callable, model: str, config):
 
 
 def with_action(stage: Stage, action: Callable) -> Stage:
-    """The same stage (same key, inputs and outputs) done another way, e.g. embeddings imported from a file."""
-    return replace(stage, action=action)
+    """The same stage (same key, inputs and outputs) done another way, e.g. embeddings imported from a
+    file: in one process, so without the stage's shards."""
+    return replace(stage, action=action, sharding=None)

@@ -276,3 +276,27 @@ def test_workers_embedding_different_units_at_once_lose_nothing(fitted, project:
     assert len(json.loads(files.manifest.read_text())["parts"]) == 6
     ids, _ = store.load_embeddings(files.dir)
     assert len(ids) == len(set(ids)) == 38 and embed(fitted, "pixels")["units_done_now"] == 0
+
+
+def test_sharded_over_two_local_processes_equals_one_process(fitted, project: Path):
+    """`executor.workers=2`: the engine runs embed:pixels as two shards in two processes, then merges;
+    the result is the single-process one, object for object."""
+    from fmb.run import run_one
+    from fmb.run.stages import stage_named
+
+    embed(fitted, "pixels")
+    ids_ref, ref = store.load_embeddings(fitted.layout.embeddings("pixels").dir)
+    sharded = load_config(root=project, sets=SETTINGS + ["name=sharded", "executor.workers=2"])
+    index(sharded)
+    sharded.layout.models_dir.mkdir()
+    os.symlink(fitted.layout.model("pixels").dir, sharded.layout.model("pixels").dir)
+    lines = []
+    run_one(sharded, stage_named(sharded, "embed:pixels"), lines.append)
+    assert any("2 shards (0 done before), 2 to run on local" in line for line in lines)
+    statuses = [json.loads(p.read_text()) for p in sharded.layout.shards("embed:pixels").statuses()]
+    assert [s["status"] for s in statuses] == ["done", "done"]
+    assert sum(s["result"]["units_done_now"] for s in statuses) == 6
+    ids, got = store.load_embeddings(sharded.layout.embeddings("pixels").dir)
+    np.testing.assert_array_equal(ids, ids_ref)
+    for modality in ref:
+        np.testing.assert_array_equal(got[modality], ref[modality])

@@ -32,7 +32,8 @@ from fmb.models.base import Encoder, autocast_dtype, file_sha256, pick_device, s
 from fmb.layout import EmbeddingFiles
 from fmb.models.registry import build_encoder
 from fmb.progress import progress_bar
-from fmb.stage import ModelStage
+from fmb.errors import FmbError
+from fmb.stage import ModelStage, Sharding
 
 
 def embed(config: ResolvedConfig, model: str, *, unit_filter: Callable[[int], bool] | None = None) -> dict:
@@ -140,6 +141,26 @@ def _embed_outputs(config: ResolvedConfig, model: str) -> list[Path]:
     return [config.layout.embeddings(model).dir]
 
 
-#: Stage 2, once per model of run.models.
+def _embed_units(config: ResolvedConfig, model: str) -> list[int]:
+    settings = getattr(config.models, model).embed
+    return [unit.unit_id for unit in plan_units(read_index_table(config.layout.data.dir), settings.rows_per_shard)]
+
+
+def embed_shard(config: ResolvedConfig, shard) -> dict:
+    """One shard of `embed:<model>` (an `fmb.run.executors.Shard`): its work units, those not yet done."""
+    units = set(shard.units)
+    return embed(config, shard.stage.partition(":")[2], unit_filter=units.__contains__)
+
+
+def _finish_embedding(config: ResolvedConfig, log, model: str) -> dict:
+    """After every shard: nothing is left to embed; this writes the manifest and the rejects."""
+    summary = embed(config, model)
+    if not summary["complete"]:
+        raise FmbError(f"embeddings of {model} are incomplete after every shard finished; rerun `fmb embed {model}`")
+    return summary
+
+
+#: Stage 2, once per model of run.models; as shards of work units under an executor.
 EMBED = ModelStage("embed", lambda config, log, model: embed(config, model), ("models.{model}", "data", "seed"),
-                   _embed_inputs, _embed_outputs, after=("adapt:{model}",))
+                   _embed_inputs, _embed_outputs, after=("adapt:{model}",),
+                   sharding=Sharding(_embed_units, embed_shard, _finish_embedding))

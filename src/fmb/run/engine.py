@@ -33,6 +33,7 @@ from fmb.config import ResolvedConfig, result_values
 from fmb.errors import ConfigError, FmbError
 from fmb.io import parquet_footer_sha256, read_json_object, remove_stale_temporaries, write_json
 from fmb.layout import OWNER_MARKER, made_by_fmb
+from fmb.run.sharded import run_sharded, uses_shards
 from fmb.stage import Stage, always_applies
 
 _WHOLE_FILE_BYTES = 64 << 20  # files up to this size are hashed whole
@@ -200,7 +201,7 @@ def _run_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State,
     log(f"[{stage.name}] running")
     started = time.perf_counter()
     try:
-        result = stage.action(config, lambda line: log(f"  {line}"))
+        result = _act(config, stage, key, lambda line: log(f"  {line}"))
     except Exception as error:
         state.record(stage.name, key=key, parts=parts, status="failed", error=str(error))
         log(f"[{stage.name}] failed: {error}")
@@ -208,6 +209,12 @@ def _run_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State,
     seconds = time.perf_counter() - started
     state.record(stage.name, key=key, parts=parts, status="done", seconds=round(seconds, 2), finished=time.time())
     return Outcome(stage.name, "ran", seconds, _describe(result), result)
+
+
+def _act(config: ResolvedConfig, stage: Stage, key: str, log):
+    if uses_shards(config, stage):
+        return run_sharded(config, stage, key, log)
+    return stage.action(config, log)
 
 
 def _is_current(previous: dict, key: str, outputs: list[Path]) -> bool:

@@ -1,0 +1,199 @@
+"""Where the shards of a stage run: this process, a pool of local processes, or SLURM job arrays.
+
+Every executor takes the same thing: a `ShardJob` (a stage's shard function bound to the full
+resolved config) and the `Shard`s still to do, and gives back one `ShardOutcome` per shard. A
+shard that fails is an outcome with its error and log, never an exception that stops the others;
+rerunning the same command plans the same shards and runs only those not done.
+
+`slurm` goes through submitit: one array task per shard, arrays cut to the cluster's
+`MaxArraySize`, at most `array_parallelism` running at once, the resources and setup lines of
+`executor.slurm`, one log per task under `runs/<name>/shards/<stage>/jobs/`. A task that times out
+or is preempted is requeued by submitit (`ShardJob` is checkpointable) and resumes its shard,
+since every shard function skips the work units it already finished.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fmb.config import ExecutorConfig, ResolvedConfig, SlurmSettings
+from fmb.errors import FmbError
+from fmb.io import read_json_object, write_json
+from fmb.layout import ShardFiles
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard of a stage: fixed work units of the plan, and the key of the plan they belong to."""
+
+    stage: str
+    index: int
+    units: tuple[int, ...]
+    plan_key: str
+
+
+@dataclass
+class ShardOutcome:
+    shard: Shard
+    status: str  # done | failed
+    error: str = ""
+    log: str = ""
+    result: dict | None = None
+
+
+def plan_shards(stage: str, units: list[int], n_shards: int, plan_key: str) -> list[Shard]:
+    """`units` cut into `n_shards` contiguous, near-equal shards (fewer when there are fewer units).
+    Deterministic: the same units, count and key always give the same shards."""
+    n_shards = max(1, min(n_shards, len(units)))
+    size, extra = divmod(len(units), n_shards)
+    shards, start = [], 0
+    for index in range(n_shards):
+        stop = start + size + (index < extra)
+        shards.append(Shard(stage, index, tuple(units[start:stop]), plan_key))
+        start = stop
+    return shards
+
+
+class ShardJob:
+    """A stage's shard function with the config, callable in any process: what executors pickle.
+    Writes the shard's status record (done, or failed with the error) whatever happens."""
+
+    def __init__(self, run: Callable[[ResolvedConfig, Shard], dict], config: ResolvedConfig, files: ShardFiles):
+        self.run, self.config, self.files = run, config, files
+
+    def __call__(self, shard: Shard) -> ShardOutcome:
+        try:
+            result = self.run(self.config, shard)
+        except Exception as error:  # a failed shard is data for `fmb status`, not the end of the run
+            outcome = ShardOutcome(shard, "failed", error=_one_line(error), log=traceback.format_exc())
+        else:
+            outcome = ShardOutcome(shard, "done", result=_plain(result))
+        write_json(asdict(outcome), self.files.status(shard.index))
+        return outcome
+
+    def checkpoint(self, shard: Shard):
+        """submitit calls this on timeout or preemption: requeue the same shard (it resumes)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, shard)
+
+
+def shard_status(files: ShardFiles, shard: Shard) -> dict | None:
+    """The shard's last status record, if it is of this plan."""
+    path = files.status(shard.index)
+    if not path.is_file():
+        return None
+    record = read_json_object(path, "delete it to run that shard again")
+    return record if record.get("shard", {}).get("plan_key") == shard.plan_key else None
+
+
+class Executor(ABC):
+    @abstractmethod
+    def run(self, job: ShardJob, shards: list[Shard]) -> list[ShardOutcome]:
+        """Run every shard; one outcome each, in the order given."""
+
+
+class LocalExecutor(Executor):
+    """Shards in this process (one worker) or in a pool of `workers` processes."""
+
+    def __init__(self, workers: int = 1):
+        self.workers = workers
+
+    def run(self, job: ShardJob, shards: list[Shard]) -> list[ShardOutcome]:
+        if self.workers == 1 or len(shards) <= 1:
+            return [job(shard) for shard in shards]
+        import multiprocessing
+
+        # spawn: a forked child would inherit this process's torch threads and open files
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return list(pool.map(job, shards))
+
+
+class SlurmExecutor(Executor):
+    """Job arrays through submitit. `cluster` is submitit's: None (auto: slurm when sbatch is there),
+    "slurm", or "local"/"debug" to run the same submissions without a cluster (tests)."""
+
+    def __init__(self, settings: SlurmSettings, folder: Path, cluster: str | None = "slurm"):
+        """`folder`: where submitit keeps each job's files and logs (`ShardFiles.job_logs`)."""
+        self.settings, self.folder, self.cluster = settings, folder, cluster
+
+    def executor(self, n_tasks: int):
+        """A submitit executor with every setting of `executor.slurm`."""
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster,
+                                         slurm_max_num_timeout=self.settings.max_requeues)
+        executor.update_parameters(**self.parameters(n_tasks))
+        return executor
+
+    def parameters(self, n_tasks: int) -> dict:
+        s = self.settings
+        parameters = dict(timeout_min=s.timeout_min, cpus_per_task=s.cpus_per_task, mem_gb=s.mem_gb,
+                          tasks_per_node=1, nodes=1, name="fmb")
+        if self.cluster not in ("slurm", None):
+            return parameters
+        slurm = dict(slurm_array_parallelism=min(s.array_parallelism, n_tasks), slurm_setup=list(s.setup),
+                     slurm_additional_parameters=dict(s.additional))
+        if s.gpus_per_task:
+            slurm["slurm_gpus_per_task"] = s.gpus_per_task
+        for key in ("partition", "account", "qos"):
+            if getattr(s, key):
+                slurm[f"slurm_{key}"] = getattr(s, key)
+        return parameters | slurm
+
+    def run(self, job: ShardJob, shards: list[Shard]) -> list[ShardOutcome]:
+        limit = self.settings.max_array_size or max_array_size()
+        jobs = []
+        for start in range(0, len(shards), limit):  # submitit does not split arrays itself
+            chunk = shards[start : start + limit]
+            jobs += self.executor(len(chunk)).map_array(job, chunk)
+        return [self._outcome(shard, submitted) for shard, submitted in zip(shards, jobs)]
+
+    def _outcome(self, shard: Shard, submitted) -> ShardOutcome:
+        while not submitted.done():
+            time.sleep(self.settings.poll_s)
+        log = str(submitted.paths.stderr)
+        try:
+            outcome = submitted.result()
+        except Exception as error:  # killed, out of time for good, or the task crashed before its record
+            return ShardOutcome(shard, "failed", error=_one_line(error), log=log)
+        outcome.log = log
+        return outcome
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (`scontrol show config`); SLURM's default 1001 when unreadable.
+    The largest index is MaxArraySize - 1, so that many tasks fit in one array."""
+    try:
+        text = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 1001
+    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", text, re.MULTILINE)
+    return int(found.group(1)) if found else 1001
+
+
+def executor_for(settings: ExecutorConfig, folder: Path) -> Executor:
+    if settings.kind == "slurm":
+        return SlurmExecutor(settings.slurm, folder)
+    return LocalExecutor(settings.workers)
+
+
+def _one_line(error: BaseException) -> str:
+    text = (str(error).splitlines() or [""])[0][:300]
+    return text if isinstance(error, FmbError) else f"{type(error).__name__}: {text}"
+
+
+def _plain(result) -> dict | None:
+    """A stage summary as JSON values (paths as strings) for the status record."""
+    if not isinstance(result, dict):
+        return None
+    return {key: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+            for key, value in result.items()}

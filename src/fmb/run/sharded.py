@@ -1,0 +1,44 @@
+"""A stage run as shards through an executor (`executor.*` settings): plan the shards, run those
+not done, then finish (merge). Used by the engine for stages that declare a `Sharding`, whenever
+the executor is not a single local process."""
+
+from __future__ import annotations
+
+import hashlib
+
+from fmb.config import ResolvedConfig
+from fmb.errors import FmbError
+from fmb.run.executors import ShardJob, executor_for, plan_shards, shard_status
+from fmb.stage import Stage
+
+
+def uses_shards(config: ResolvedConfig, stage: Stage) -> bool:
+    settings = config.executor
+    return stage.sharding is not None and (settings.kind == "slurm" or settings.workers > 1
+                                           or settings.shards is not None)
+
+
+def run_sharded(config: ResolvedConfig, stage: Stage, key: str, log) -> dict:
+    """Run `stage`'s shards not yet done under this plan; the stage's summary once all are done.
+    Failed shards are collected, then reported together (rerunning retries only them)."""
+    files = config.layout.shards(stage.name)
+    units = list(stage.sharding.units(config))
+    count = _shard_count(config, len(units))
+    shards = plan_shards(stage.name, units, count, hashlib.sha256(f"{key}:{count}".encode()).hexdigest()[:16])
+    todo = [shard for shard in shards if (shard_status(files, shard) or {}).get("status") != "done"]
+    log(f"{len(shards)} shards ({len(shards) - len(todo)} done before), {len(todo)} to run on {config.executor.kind}")
+    outcomes = executor_for(config.executor, files.job_logs).run(ShardJob(stage.sharding.run, config, files), todo)
+    failed = [outcome for outcome in outcomes if outcome.status != "done"]
+    if failed:
+        first = failed[0]
+        raise FmbError(f"{len(failed)} of {len(shards)} shards of {stage.name} failed (shard {first.shard.index}: "
+                       f"{first.error}; log {first.log or files.status(first.shard.index)}); `fmb status` lists "
+                       "them, and rerunning the same command runs only those")
+    return stage.sharding.finish(config, log)
+
+
+def _shard_count(config: ResolvedConfig, n_units: int) -> int:
+    settings = config.executor
+    if settings.shards is not None:
+        return settings.shards
+    return settings.workers if settings.kind == "local" else n_units
