@@ -1,87 +1,111 @@
-"""Density scoring at survey scale: fmb's cross-fitted flow vs the original method, side by side.
+"""The real `fmb detect` stage at survey scale, against the original method, side by side.
 
-Synthetic 768-d embeddings (a 16-d Gaussian mixture pushed through a fixed random non-linear map,
-plus noise) are generated in chunks, so nothing ever holds all N x 768 values at once.
+Embeddings are written as a run's embedding parts (3 modalities x 768-d, 50k rows a part), the way
+`fmb embed` leaves them; the stage then runs as users run it (`fmb detect`, every configured method
+on every modality, the residuals, the misalignment critic, calibration, fusion, the merge), each
+measurement in its own process so that its peak memory is its own.
 
-* fmb: PCA + flow fitted on a 100k sample with k-fold cross-fitting, then every object scored
-  in streaming chunks (`fmb.detect.density`).
-* original (reference_fmb.md §6.1): normflows RealNVP, 4 affine couplings with hidden 16, PCA 100,
-  standardise, clip 8 sigma, batch 24, Adam 1e-4, 5 epochs over *all* rows, scored in-sample. Its
-  time is measured at the sizes given by --original-sizes; beyond them it is extrapolated linearly
-  (its cost is exactly proportional to N: 5 N / 24 optimiser steps) and marked as such.
+* fmb: the detect stage with its defaults (5 detectors, 5-fold cross-fitting, fit on a 50k sample,
+  parts scored one at a time, then merged), in one process (`executor.workers=1`).
+* original (reference_fmb.md §6.1 and §6.2): every embedding loaded into memory, per modality PCA
+  100 + standardise + clip, a normflows RealNVP trained in-sample (batch 24, 5 epochs, Adam 1e-4),
+  then the cosine misalignment. Its cost is exactly proportional to N (5 N / 24 optimiser steps per
+  modality) and its memory holds all N x 3 x 768 floats.
 
-    python benchmarks/detect_scale.py                       # N = 100k, 300k, 1M
+Both run at --compare-n (the largest N the original finishes in reasonable time here); fmb alone
+runs at --n as well, and the original's time there is extrapolated from its measured per-object
+cost and printed as such.
+
+    python benchmarks/detect_scale.py --n 1000000 --compare-n 100000 --workdir /tmp/fmb-detect-scale
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import time
-from functools import partial
+from pathlib import Path
 
 import numpy as np
-import torch
 
-from fmb.detect.density import CrossFitted, Reducer
-from fmb.detect.methods.flow import FlowDetector
-
-DIM, LATENT, CHUNK = 768, 16, 50_000
+DIM, LATENT, PART_ROWS = 768, 16, 50_000
+MODALITIES = ("image", "spectrum", "joint")
+MODEL = "aion"  # any registered encoder: detect reads only its embeddings (AION-base is 768-d)
 
 
-def _mapping(seed: int = 0):
+def _mappings(seed: int = 0) -> dict:
+    """One fixed non-linear map per modality from a shared 16-d latent: image and spectrum of an
+    object are paired (the critic has something to learn), the joint mixes both."""
     rng = np.random.default_rng(seed)
-    return rng.normal(size=(8, LATENT)) * 3, rng.normal(size=(LATENT, DIM)) / np.sqrt(LATENT)
+    centres = rng.normal(size=(8, LATENT)) * 3
+    return {"centres": centres, **{m: rng.normal(size=(LATENT, DIM)) / np.sqrt(LATENT) for m in MODALITIES}}
 
 
-def embeddings(start: int, stop: int, mapping) -> np.ndarray:
-    """Rows [start, stop) of the synthetic survey, each chunk from its own seed (any chunking agrees)."""
-    centres, project = mapping
-    rows = []
-    for chunk in range(start // CHUNK, (stop - 1) // CHUNK + 1):
-        rng = np.random.default_rng([7, chunk])
-        z = centres[rng.integers(0, len(centres), CHUNK)] + rng.normal(size=(CHUNK, LATENT))
-        h = z @ project
-        x = np.tanh(h) + 0.3 * h**2 + 0.05 * rng.normal(size=(CHUNK, DIM))
-        lo, hi = max(start, chunk * CHUNK) - chunk * CHUNK, min(stop, (chunk + 1) * CHUNK) - chunk * CHUNK
-        rows.append(x[lo:hi].astype(np.float32))
-    return np.concatenate(rows)
+def part_rows(part: int, rows: int, mappings: dict) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([7, part])
+    z = mappings["centres"][rng.integers(0, len(mappings["centres"]), rows)] + rng.normal(size=(rows, LATENT))
+    out = {}
+    for modality in MODALITIES:
+        h = z @ mappings[modality]
+        out[modality] = (np.tanh(h) + 0.3 * h**2 + 0.05 * rng.normal(size=(rows, DIM))).astype(np.float32)
+    return out
 
 
-def fmb_method(n: int, fit_size: int, folds: int, settings: dict, mapping) -> float:
-    """Seconds spent fitting and scoring (generating the embeddings, i.e. reading them, excluded)."""
-    fit_ids = np.sort(np.random.default_rng(0).choice(n, min(fit_size, n), replace=False))
-    fit_x = _rows(fit_ids, mapping)
+def write_survey(project: Path, n: int) -> None:
+    """A project whose run `bench` holds n objects' embeddings as parts + manifest."""
+    from fmb.config import load_config
+    from fmb.embed.store import Manifest, write_part
+    from fmb.layout import EmbeddingFiles
+
+    (project / "fmb.yaml").write_text(f"name: bench\nrun:\n  models: [{MODEL}]\n")
+    directory = load_config(root=project).layout.embeddings(MODEL).dir
+    if EmbeddingFiles(directory).manifest.is_file():
+        return
+    manifest = Manifest.open(directory, {"model": MODEL, "synthetic": "benchmarks/detect_scale.py", "n": n})
+    mappings = _mappings()
+    for part, start in enumerate(range(0, n, PART_ROWS)):
+        rows = min(PART_ROWS, n - start)
+        write_part(EmbeddingFiles(directory).part(part), np.arange(start, start + rows), part_rows(part, rows, mappings))
+        manifest.add(part, rows, [])
+    manifest.merge()
+
+
+def run_fmb(project: Path) -> dict:
+    """Child process: the detect stage through the engine, as `fmb detect` runs it."""
+    from fmb.config import load_config
+    from fmb.run import run_one
+    from fmb.run.stages import stage_named
+
+    config = load_config(root=project, sets=["executor.workers=1"])
     started = time.perf_counter()
-    reducer = Reducer(64, seed=0).fit(fit_x)
-    detector = CrossFitted(partial(FlowDetector, **settings), folds, seed=0).fit(reducer.transform(fit_x), fit_ids)
-    elapsed = time.perf_counter() - started
-    del fit_x
-    for start in range(0, n, CHUNK):
-        ids = np.arange(start, min(n, start + CHUNK))
-        chunk = embeddings(start, ids[-1] + 1, mapping)
-        started = time.perf_counter()
-        detector.score(reducer.transform(chunk), ids)
-        elapsed += time.perf_counter() - started
-    return elapsed
+    outcome = run_one(config, stage_named(config, "detect"), lambda line: None, True)
+    seconds = time.perf_counter() - started
+    summary = outcome.result[MODEL]
+    return {"seconds": seconds, "objects": summary["objects"], "stage_seconds": summary["seconds"]}
 
 
-def _rows(ids: np.ndarray, mapping) -> np.ndarray:
-    """The rows with the given sorted ids, read chunk by chunk."""
-    out = []
-    for chunk in np.unique(ids // CHUNK):
-        block = embeddings(chunk * CHUNK, (chunk + 1) * CHUNK, mapping)
-        out.append(block[ids[ids // CHUNK == chunk] - chunk * CHUNK])
-    return np.concatenate(out)
+def run_original(project: Path) -> dict:
+    """Child process: reference_fmb.md §6.1 (in-sample RealNVP per modality) and §6.2 (cosine)."""
+    from fmb.config import load_config
+    from fmb.embed.store import load_embeddings
+
+    ids, matrices = load_embeddings(load_config(root=project).layout.embeddings(MODEL).dir)  # all in memory
+    started = time.perf_counter()
+    for modality in MODALITIES:
+        _realnvp_in_sample(matrices[modality])
+    image, spectrum = matrices["image"], matrices["spectrum"]
+    _ = 1 - (image * spectrum).sum(1) / (np.linalg.norm(image, axis=1) * np.linalg.norm(spectrum, axis=1))
+    return {"seconds": time.perf_counter() - started, "objects": len(ids)}
 
 
-def original_method(n: int, mapping) -> float:
-    """reference_fmb.md §6.1, in-sample, as written there."""
+def _realnvp_in_sample(x: np.ndarray) -> np.ndarray:
     import normflows as nf
+    import torch
     from sklearn.decomposition import PCA
 
-    x = embeddings(0, n, mapping)
-    started = time.perf_counter()
     x = PCA(100, random_state=42).fit_transform(x)
     x = (x - x.mean(0)) / np.maximum(x.std(0, ddof=1), 1e-6)
     x = np.clip(x, -8, 8).astype(np.float32)
@@ -90,12 +114,13 @@ def original_method(n: int, mapping) -> float:
     layers = []
     for _ in range(4):
         layers += [nf.flows.AffineCouplingBlock(nf.nets.MLP([dim // 2, 16, 16, 2 * (dim - dim // 2)], init_zeros=True),
-                                                scale_map="sigmoid"), nf.flows.Permute(dim, mode="swap"), nf.flows.ActNorm(dim)]
+                                                scale_map="sigmoid"), nf.flows.Permute(dim, mode="swap"),
+                   nf.flows.ActNorm(dim)]
     model = nf.NormalizingFlow(nf.distributions.DiagGaussian(dim), layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
     data = torch.from_numpy(x)
     for _ in range(5):
-        for batch in torch.randperm(n).split(24):
+        for batch in torch.randperm(len(x)).split(24):
             loss = -model.log_prob(data[batch]).mean()
             if torch.isfinite(loss):
                 optimizer.zero_grad()
@@ -103,38 +128,59 @@ def original_method(n: int, mapping) -> float:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 optimizer.step()
     with torch.no_grad():
-        for batch in data.split(2048):
-            model.log_prob(batch)
-    return time.perf_counter() - started
+        return torch.cat([model.log_prob(batch) for batch in data.split(2048)]).numpy()
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+def measure(kind: str, project: Path) -> dict:
+    """Run one measurement in a fresh process; its result and its own peak RSS."""
+    command = [sys.executable, __file__, "--child", kind, "--workdir", str(project)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def child(kind: str, project: Path) -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    result = (run_fmb if kind == "fmb" else run_original)(project)
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(json.dumps(result))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
-    parser.add_argument("--original-sizes", type=int, nargs="+", default=[20_000, 60_000])
-    parser.add_argument("--fit-size", type=int, default=100_000)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--max-steps", type=int, default=600, help="optimiser steps per fold flow")
+    parser.add_argument("--n", type=int, default=1_000_000, help="objects for fmb alone")
+    parser.add_argument("--compare-n", type=int, default=100_000, help="objects for both, side by side")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/fmb-detect-scale"))
+    parser.add_argument("--child", choices=["fmb", "original"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    mapping = _mapping()
-    settings = {"min_steps": args.max_steps, "max_steps": args.max_steps}
-    original = {n: original_method(n, mapping) for n in args.original_sizes}
-    per_object = np.mean([t / n for n, t in original.items()])
-    print("original method (normflows RealNVP, in-sample), measured:")
-    for n, seconds in original.items():
-        print(f"  N={n:>9,d}  {seconds:8.1f} s   ({1e6 * seconds / n:.0f} us/object)")
-    print(f"\nfmb (fit on {args.fit_size:,d}, {args.folds}-fold cross-fitted MAF, {args.max_steps} steps/fold, streamed scoring)")
-    print(f"{'N':>11s} {'fmb s':>8s} {'original s':>12s} {'speed-up':>9s} {'peak RSS GB':>12s}")
-    for n in args.sizes:
-        seconds = fmb_method(n, args.fit_size, args.folds, settings, mapping)
-        reference = original.get(n, per_object * n)
-        label = "" if n in original else " (extrapolated)"
-        print(f"{n:>11,d} {seconds:8.1f} {reference:12.1f} {reference / seconds:8.1f}x {peak_rss_gb():12.2f}{label}", flush=True)
+    if args.child:
+        return child(args.child, args.workdir)
+    rows = []
+    for n in sorted({args.compare_n, args.n}):
+        project = args.workdir / f"n{n}"
+        project.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        write_survey(project, n)
+        print(f"N={n:,d}: embeddings written in {time.perf_counter() - started:.0f} s "
+              f"({n * 3 * DIM * 4 / 1e9:.1f} GB of float32)", flush=True)
+        fmb = measure("fmb", project)
+        original = measure("original", project) if n == args.compare_n else None
+        rows.append((n, fmb, original))
+        print(f"  fmb detect: {fmb['seconds']:.0f} s, peak RSS {fmb['peak_rss_gb']:.2f} GB; stage seconds "
+              f"{json.dumps({k: round(v) for k, v in fmb['stage_seconds'].items()})}", flush=True)
+        if original:
+            print(f"  original:   {original['seconds']:.0f} s, peak RSS {original['peak_rss_gb']:.2f} GB", flush=True)
+    per_object = next(o["seconds"] / n for n, _, o in rows if o)
+    print(f"\n{'N':>10s} {'fmb s':>8s} {'fmb GB':>7s} {'original s':>22s} {'original GB':>12s} {'ratio':>20s}")
+    for n, fmb, original in rows:
+        if original:
+            print(f"{n:>10,d} {fmb['seconds']:8.0f} {fmb['peak_rss_gb']:7.2f} {original['seconds']:22.0f} "
+                  f"{original['peak_rss_gb']:12.2f} {original['seconds'] / fmb['seconds']:19.2f}x")
+        else:
+            guess = per_object * n
+            print(f"{n:>10,d} {fmb['seconds']:8.0f} {fmb['peak_rss_gb']:7.2f} {guess:10.0f} (extrapolated) "
+                  f"{'not run':>12s} {guess / fmb['seconds']:8.2f}x (extrapolated)")
 
 
 if __name__ == "__main__":

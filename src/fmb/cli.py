@@ -254,6 +254,8 @@ def detect_command(
     methods: Annotated[Optional[list[str]], typer.Option("--method", help="A registered detector (repeatable): "
                                                          + ", ".join(detector_names()) + ".")] = None,
     force: Force = False,
+    executor: ExecutorKind = None,
+    slurm: SlurmFlag = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
@@ -261,11 +263,14 @@ def detect_command(
     """Score every embedded object: per-modality density (cross-fitted flow) and PyOD baselines,
     learned image/spectrum misalignment, and rank fusion -> runs/<name>/scores/<model>.parquet.
 
-    Detectors are saved beside the scores; `fmb detect score` applies them to new objects.
+    Detectors are saved beside the scores; `fmb detect score` applies them to new objects. With
+    --executor slurm (or executor.workers > 1) the detectors are fitted on a sample as one job, then
+    every embedding part is scored as shards (SLURM array tasks or local processes), then merged.
     """
     if ctx.invoked_subcommand is not None:
         return
-    resolved = _config(config, set_, name, **{"detect.models": models, "detect.methods": methods})
+    resolved = _config(config, set_, name, **{"detect.models": models, "detect.methods": methods},
+                       **_executor(executor, slurm))
     for model, summary in (_stage(resolved, "detect", force) or {}).items():
         console.print(f"{model}: {summary}")
 
@@ -405,6 +410,31 @@ def run_command(
     report = resolved.layout.report
     if report.is_file():
         console.print(f"report: {report}")
+
+
+@app.command("status")
+def status_command(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
+    """Where the run stands: each stage's last run, and for stages run as shards (--executor slurm
+    or local workers) the shards done, running, failed (with the task's log) and not started.
+    Rerunning the same stage command runs only the shards that are not done."""
+    from fmb.run.status import shard_counts, stage_states
+
+    resolved = _config(config, set_, name)
+    states = stage_states(resolved)
+    if not states:
+        console.print(f"run {resolved.name}: nothing has run yet ({resolved.layout.root})")
+    table = Table(title=f"fmb status {resolved.name}")
+    for column in ("stage", "status", "seconds", "note"):
+        table.add_column(column)
+    for stage, entry in states.items():
+        table.add_row(stage, entry.get("status", "?"), str(entry.get("seconds", "")), (entry.get("error") or "")[:120])
+    if states:
+        console.print(table)
+    for counts in shard_counts(resolved):
+        _log(f"{counts.stage}: {counts.shards} shards on {counts.executor}: {counts.done} done, {counts.running} "
+             f"running, {len(counts.failed)} failed, {counts.not_started} not started")
+        for index, error, log in counts.failed:
+            _log(f"  shard {index} failed: {error} (log {log})")
 
 
 def main() -> None:

@@ -120,6 +120,18 @@ class ScoreFiles(_Directory):
     def detectors(self, model: str) -> Path:
         return self.dir / model / "detectors.pt"
 
+    def fit_record(self, model: str) -> Path:
+        """What fitting the detectors took: objects, the fit sample, seconds per method."""
+        return self.dir / model / "fit.json"
+
+    def part(self, model: str, unit: int) -> Path:
+        """The scores of one embedding part (a shard's output), before the merge into `table`."""
+        return self.dir / model / "parts" / f"part-{unit:05d}.parquet"
+
+    def part_record(self, model: str, unit: int) -> Path:
+        """Written after its part: row count and seconds; a part without it is redone."""
+        return self.dir / model / "parts" / f"part-{unit:05d}.json"
+
     @property
     def summary(self) -> Path:
         return self._file("summary.json")
@@ -252,6 +264,23 @@ class FigureFiles(_Directory):
         return sorted(self.dir.glob("gallery_*.png"))
 
 
+class AppFiles(_Directory):
+    """runs/<name>/app: the discovery app's label log, its cache of drawn images and plots, and the
+    re-ranked lists (`fmb rerank`)."""
+
+    @property
+    def labels_db(self) -> Path:
+        """The append-only label event log (SQLite, WAL: a -wal and -shm file beside it)."""
+        return self._file("labels.sqlite")
+
+    @property
+    def cache(self) -> Path:
+        return self.dir / "cache"
+
+    def reranked(self, name: str) -> Path:
+        return self.dir / "rerank" / f"{name}.parquet"
+
+
 def crash_logs(project_root: Path) -> Path:
     """Where the full traceback of an unexpected failure goes (a dot name: never a run's name)."""
     return project_root / RUNS_DIR / ".crash-logs"
@@ -329,7 +358,16 @@ class RunLayout:
 
     def shards(self, stage: str) -> ShardFiles:
         """Per-shard records of a stage run through an executor (`fmb.run.executors`)."""
-        return ShardFiles(self.root / "shards" / stage.replace(":", "-"))
+        return ShardFiles(self.shards_dir / stage.replace(":", "-"))
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def app(self) -> AppFiles:
+        """The discovery app (`fmb app`, `fmb rerank`)."""
+        return AppFiles(self.root / "app")
 
     @property
     def report(self) -> Path:
@@ -349,6 +387,11 @@ class ShardFiles(_Directory):
 
     def statuses(self) -> list[Path]:
         return sorted(self.dir.glob("shard-*.json"))
+
+    @property
+    def plan(self) -> Path:
+        """The last plan submitted: its key, shard count and executor."""
+        return self._file("plan.json")
 
     @property
     def job_logs(self) -> Path:

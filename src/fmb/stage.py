@@ -41,11 +41,14 @@ def _nothing(_config) -> list[Path]:
 class Sharding:
     """A stage as shards: ``units(config)`` its work units (ids in plan order), ``run(config, shard)``
     one shard's work (skipping units already done, so a requeued shard resumes), ``finish(config,
-    log)`` what runs once every shard is done (merging their outputs), returning the stage's summary."""
+    log)`` what runs once every shard is done (merging their outputs), returning the stage's summary;
+    ``prepare(config)``, when given, runs once before any shard, as one job (fitting what every
+    shard applies), and skips what it already did."""
 
     units: Callable
     run: Callable
     finish: Callable
+    prepare: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,10 @@ class ModelStage:
     def _sharding_for(self, model: str) -> Sharding | None:
         if self.sharding is None:
             return None
+        prepare = self.sharding.prepare
         return Sharding(partial(_call_with_model, self.sharding.units, model), self.sharding.run,
-                        partial(_call_action, self.sharding.finish, model))
+                        partial(_call_action, self.sharding.finish, model),
+                        prepare and partial(_call_with_model, prepare, model))
 
 
 def _call_action(action: Callable, model: str, config, log):

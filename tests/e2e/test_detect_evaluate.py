@@ -15,7 +15,8 @@ FAST = ["--set", "synth.n=160", "--set", "synth.anomaly_rate=0.05", "--set", "sy
         "--set", "detect.folds=2", "--set", "detect.pca_components=8", "--set", "detect.flow.hidden=16",
         "--set", "detect.flow.min_steps=60", "--set", "detect.flow.max_steps=60",
         "--set", "models.pixels.components=8", "--set", "models.pixels.image_size=8",
-        "--set", "models.pixels.embed.num_workers=0", "--set", "models.pixels.adapt.num_workers=0"]
+        "--set", "models.pixels.embed.num_workers=0", "--set", "models.pixels.adapt.num_workers=0",
+        "--set", "models.pixels.embed.rows_per_shard=40"]
 
 
 def invoke(*args):
@@ -75,6 +76,23 @@ def test_truth_never_reaches_the_detectors(scored: Path, tmp_path: Path, monkeyp
     a = pq.read_table(run_config(scored).layout.scores.table("pixels")).to_pandas()
     b = original(run_config(copy).layout.scores.table("pixels")).to_pandas()
     np.testing.assert_allclose(a.filter(like="score_").to_numpy(), b.filter(like="score_").to_numpy())
+
+
+def test_detect_as_shards_in_two_processes_equals_one_process(scored: Path, tmp_path: Path, monkeypatch):
+    """executor.workers=2, three shards: the fit is one job, the four embedding parts are scored in
+    two other processes, the merge gives the single-process table exactly; `fmb status` counts them."""
+    import pandas as pd
+
+    copy = tmp_path / "copy"
+    shutil.copytree(scored, copy, ignore=shutil.ignore_patterns(run_config(scored).layout.scores.dir.name))
+    monkeypatch.chdir(copy)
+    result = invoke("detect", "--set", "executor.workers=2", "--set", "executor.shards=3")
+    assert "3 shards (0 done before), 3 to run on local" in result.output
+    layout = run_config(copy).layout
+    assert len(list(layout.scores.part("pixels", 0).parent.glob("part-*.parquet"))) == 4
+    pd.testing.assert_frame_equal(pq.read_table(layout.scores.table("pixels")).to_pandas(),
+                                  pq.read_table(run_config(scored).layout.scores.table("pixels")).to_pandas())
+    assert "detect: 3 shards on local: 3 done, 0 running, 0 failed, 0 not started" in invoke("status").output
 
 
 def test_evaluate_writes_tables_and_figure(scored: Path, monkeypatch):

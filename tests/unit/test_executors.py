@@ -51,6 +51,22 @@ def test_local_pool_runs_shards_in_other_processes_and_collects_failures(job: Sh
     assert shard_status(job.files, plan_shards("toy", list(range(6)), 3, "another plan")[0]) is None
 
 
+def report_gpu(config, shard: Shard) -> dict:
+    return {"pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def test_local_pool_gives_each_worker_its_own_gpu(project: Path):
+    """One worker per GPU: the device list is handed out one entry per worker process (no GPU is
+    here, so the two 'GPUs' are names; what is checked is that each worker sees only its own)."""
+    config = load_config(root=project)
+    shards = plan_shards("toy", list(range(8)), 8, "k")
+    outcomes = LocalExecutor(workers=2, gpus=["0", "1"]).run(ShardJob(report_gpu, config, config.layout.shards("toy")),
+                                                              shards)
+    seen = {(o.result["pid"], o.result["gpu"]) for o in outcomes}
+    assert {gpu for _, gpu in seen} <= {"0", "1"}
+    assert len({pid for pid, _ in seen}) == len(seen) == len({gpu for _, gpu in seen})  # one GPU per worker, its own
+
+
 def test_submitit_local_cluster_runs_the_same_job(job: ShardJob, tmp_path: Path, monkeypatch):
     # the task process imports this test module, by the name pytest gave it
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(Path(__file__).parent)]))
@@ -99,8 +115,11 @@ class Done:
     """A finished submitit job (the cluster is out of reach in a unit test; the real one is in
     tests/e2e/test_slurm.py)."""
 
+    job_id = "1_0"
+
     def __init__(self, outcome):
-        self.outcome, self.paths = outcome, type("Paths", (), {"stderr": "task.err"})()
+        # an existing file stands for the result pickle submitit would have written
+        self.outcome, self.paths = outcome, type("Paths", (), {"stderr": "task.err", "result_pickle": Path(__file__)})()
 
     def done(self):
         return True

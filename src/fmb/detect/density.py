@@ -103,11 +103,16 @@ class CrossFitted:
         return scores
 
 
+def robust_location_scale(scores: np.ndarray) -> tuple[float, float]:
+    """The median and 1.4826 MAD (a sigma for Gaussian scores) of `scores`."""
+    median = float(np.median(scores))
+    return median, max(1.4826 * float(np.median(np.abs(scores - median))), 1e-12)
+
+
 def robust_z(scores: np.ndarray) -> np.ndarray:
     """(score - median) / (1.4826 MAD): how many robust sigmas above the typical object."""
-    median = np.median(scores)
-    mad = 1.4826 * np.median(np.abs(scores - median))
-    return (scores - median) / max(mad, 1e-12)
+    median, scale = robust_location_scale(scores)
+    return (scores - median) / scale
 
 
 save = write_torch  # detectors are saved like any other torch object

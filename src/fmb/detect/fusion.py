@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from fmb.detect.calibrate import TailCalibrator, cauchy_combine, significance
+from fmb.detect.density import robust_location_scale
 from fmb.detect.scores import (CALIBRATED_FUSION, COMBINED, COMMON_SET, ENSEMBLE, MISMATCH, MODALITIES, RESIDUAL,
                                UPLIFT, calibrated_inputs, fusion_inputs, p_column, pct_column, percentile,
                                rank_column, rank_descending, ranked_columns, score_column)
@@ -43,12 +44,24 @@ INPUTS = {"img": "image", "spec": "spectrum", "joint": "joint"}
 
 
 class Calibration:
-    """The tail calibrators of one model's score columns, fitted on first use on the `reference`
-    rows (the fit sample) and reused as they are for objects scored later."""
+    """The tail calibrators and robust-z references of one model's score columns, fitted on first
+    use on the `reference` rows (the fit sample) and reused as they are for every object scored
+    later: an object's calibrated scores never depend on which others are scored with it (a shard,
+    a batch of new objects)."""
 
     def __init__(self, tail: float):
         self.tail = tail
         self.calibrators: dict[str, TailCalibrator] = {}
+        self.z_references: dict[str, tuple[float, float]] = {}
+
+    def z(self, column: str, values: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+        """Robust sigmas above the fit sample's median: (score - median) / (1.4826 MAD)."""
+        if column not in self.z_references:
+            if reference is None:
+                raise ValueError(f"no robust-z reference of {column} was fitted")
+            self.z_references[column] = robust_location_scale(values[reference])
+        median, scale = self.z_references[column]
+        return (values - median) / scale
 
     def log_p(self, column: str, values: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
         if column not in self.calibrators:

@@ -17,20 +17,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from fmb.config import ResolvedConfig
 from fmb.detect.calibrate import TailCalibrator, cauchy_combine, significance
-from fmb.detect.density import CrossFitted, Reducer, load, robust_z, save
+from fmb.detect.density import CrossFitted, Reducer, load, save
 from fmb.detect.fusion import Calibration, calibrate, fuse
 from fmb.detect.mismatch import ContrastiveMismatch, PairResidual, cosine_mismatch
 from fmb.detect.residual import PCAResidual
 from fmb.detect.scores import (CALIBRATED_FUSION, COMMON_SET, CONSENSUS, FIT_SAMPLE, MODALITIES, RESIDUAL, p_column,
-                               score_column, z_column)
-from fmb.embed.store import embedded_models, embedding_manifests, load_embeddings_and_residuals
+                               ranked_columns, score_column, z_column)
+from fmb.embed.store import (embedded_models, embedding_manifests, embedding_parts, load_embeddings_and_residuals,
+                             part_arrays, read_part, refuse_duplicates)
 from fmb.errors import FmbError
-from fmb.io import write_json, write_table
+from fmb.io import atomic_path, read_json_object, write_json, write_table
 from fmb.plugins import detector_class, encoder_class
-from fmb.stage import Stage
+from fmb.stage import Sharding, Stage
 
 
 @dataclass
@@ -45,32 +47,68 @@ class ModelDetectors:
     fusion_method: str
     calibration: Calibration
     aligned: bool
+    fit_ids: np.ndarray | None = None  # the objects of the fit sample
+
+    @property
+    def fuses(self) -> bool:
+        """Whether the percentile fusions apply: the misalignment and the joint embedding exist."""
+        return bool(self.mismatch) and "joint" in self.reducers
 
 
 def detect(config: ResolvedConfig, log=print) -> dict:
+    """The detect stage in this process: the same three steps an executor runs as jobs (fit on a
+    sample, score every embedding part, merge), so both give the same table object for object."""
+    fit_detectors(config, log)
+    score_units(config, detect_units(config))
+    return finish_detect(config, log)
+
+
+def detect_models(config: ResolvedConfig) -> list[str]:
     models = config.detect.models or embedded_models(config)
     if not models:
         raise FmbError("no embeddings to score; run `fmb embed MODEL` first")
-    summary, frames = {}, {}
-    for model in models:
-        ids, matrices, residuals = load_embeddings_and_residuals(config.layout.embeddings(model).dir)
-        log(f"{model}: scoring {len(ids)} objects ({', '.join(matrices)})")
-        seconds: dict[str, float] = defaultdict(float)
-        fit = _fit_sample(config, len(ids))
-        fitted = _fit(config, model, ids, matrices, residuals, fit, seconds)
-        frame = score_frame(fitted, ids, matrices, residuals, fit, seconds)
+    return models
+
+
+# -- 1. fit, on one node: a sample of each model's embeddings, read part by part ----------------------
+def fit_detectors(config: ResolvedConfig, log=print) -> None:
+    """Fit and save every model's detectors and calibrations; a model already fitted under this
+    stage's key (the engine clears the outputs when the key changes) is kept."""
+    for model in detect_models(config):
         files = config.layout.scores
+        if files.detectors(model).is_file():
+            continue
+        parts = _parts(config, model)
+        total = sum(part.rows for part in parts)
+        if total < 2:
+            raise FmbError(f"{model} has {total} usable embedded objects: nothing to fit detectors on (see "
+                           f"{config.layout.data.rejects} for why objects were skipped)")
+        ids, matrices, residuals = _read_rows(parts, np.flatnonzero(_fit_sample(config, total)))
+        log(f"{model}: fitting on {len(ids)} of {total} objects ({', '.join(matrices)})")
+        seconds: dict[str, float] = defaultdict(float)
+        every = np.ones(len(ids), dtype=bool)
+        fitted = _fit(config, model, ids, matrices, residuals, every, seconds)
+        fitted.fit_ids = np.asarray(ids, dtype=np.int64)
+        score_objects(fitted, ids, matrices, residuals, every, seconds)  # fits the calibrations
+        write_json({"objects": total, "fit_objects": len(ids), "seconds": dict(seconds)}, files.fit_record(model))
         save(fitted, files.detectors(model))
-        write_table(pa.Table.from_pandas(frame, preserve_index=False), files.table(model))
-        frames[model] = frame
-        common = frame.get(COMMON_SET, pd.Series([], dtype=bool))
-        summary[model] = {"objects": len(ids), "common_set": int(common.sum()),
-                          "seconds": {k: round(v, 2) for k, v in seconds.items()}, **_critic_agreement(frame)}
-    consensus = consensus_frame(frames, config.detect.tail)
-    if consensus is not None:
-        write_table(pa.Table.from_pandas(consensus, preserve_index=False), config.layout.scores.consensus)
-    write_json(summary, config.layout.scores.summary)
-    return summary
+
+
+def _parts(config: ResolvedConfig, model: str) -> list:
+    """The model's embedding parts that hold objects (a unit in which none was usable holds none)."""
+    return [part for part in embedding_parts(config.layout.embeddings(model).dir) if part.rows]
+
+
+def _read_rows(parts: list, positions: np.ndarray) -> tuple[np.ndarray, dict, dict]:
+    """The objects at these global row positions (sorted) of the parts, one part in memory at a time."""
+    tables, offset = [], 0
+    for part in parts:
+        inside = positions[(positions >= offset) & (positions < offset + part.rows)] - offset
+        if len(inside):
+            tables.append(read_part(part.path).take(inside))
+        offset += part.rows
+    ids, matrices, residuals = part_arrays(pa.concat_tables(tables))
+    return ids, matrices, residuals
 
 
 def _fit_sample(config: ResolvedConfig, n: int) -> np.ndarray:
@@ -79,6 +117,91 @@ def _fit_sample(config: ResolvedConfig, n: int) -> np.ndarray:
     mask = np.zeros(n, dtype=bool)
     mask[rng.choice(n, min(config.detect.max_fit, n), replace=False)] = True
     return mask
+
+
+# -- 2. score, in shards: one embedding part at a time -------------------------------------------------
+def _work(config: ResolvedConfig) -> list[tuple[str, object]]:
+    """Every (model, embedding part) to score, in a fixed order: the work units of the shard plan."""
+    return [(model, part) for model in detect_models(config) for part in _parts(config, model)]
+
+
+def detect_units(config: ResolvedConfig) -> list[int]:
+    return list(range(len(_work(config))))
+
+
+def detect_shard(config: ResolvedConfig, shard) -> dict:
+    """One shard of `detect` (an `fmb.run.executors.Shard`): its parts, those not scored yet."""
+    return score_units(config, shard.units)
+
+
+def score_units(config: ResolvedConfig, units) -> dict:
+    work, fitted, scored = _work(config), {}, 0
+    for unit in units:
+        model, part = work[unit]
+        files = config.layout.scores
+        record = files.part_record(model, part.unit)
+        if record.is_file() and files.part(model, part.unit).is_file() and \
+                read_json_object(record, "delete it to score that part again").get("rows") == part.rows:
+            continue
+        if model not in fitted:
+            fitted[model] = load(files.detectors(model))
+        seconds: dict[str, float] = defaultdict(float)
+        ids, matrices, residuals = part_arrays(read_part(part.path))
+        frame = score_objects(fitted[model], ids, matrices, residuals, None, seconds)
+        write_table(pa.Table.from_pandas(frame, preserve_index=False), files.part(model, part.unit))
+        write_json({"rows": len(ids), "seconds": dict(seconds)}, record)
+        scored += 1
+    return {"parts_scored": scored, "parts": len(units)}
+
+
+# -- 3. merge: the columns that rank objects against each other, then every model's table -------------
+def finish_detect(config: ResolvedConfig, log=print) -> dict:
+    summary, headlines = {}, {}
+    for model in detect_models(config):
+        summary[model] = _merge(config, model)
+        headlines[model] = pq.read_table(config.layout.scores.table(model), columns=_CONSENSUS_INPUTS).to_pandas() \
+            if CALIBRATED_FUSION in pq.read_schema(config.layout.scores.table(model)).names else pd.DataFrame()
+        log(f"{model}: {summary[model]['objects']} objects scored")
+    consensus = consensus_frame(headlines, config.detect.tail)
+    if consensus is not None:
+        write_table(pa.Table.from_pandas(consensus, preserve_index=False), config.layout.scores.consensus)
+    write_json(summary, config.layout.scores.summary)
+    return summary
+
+
+_CONSENSUS_INPUTS = ["object_id", CALIBRATED_FUSION, FIT_SAMPLE]
+
+
+def _merge(config: ResolvedConfig, model: str) -> dict:
+    """scores/<model>.parquet: every part's columns and the population columns (percentiles, ranks,
+    percentile fusions), written part by part; memory holds the ranked columns, not the embeddings."""
+    files = config.layout.scores
+    fitted: ModelDetectors = load(files.detectors(model))
+    units = [part.unit for part in _parts(config, model)]
+    paths = [files.part(model, unit) for unit in units]
+    names = pq.read_schema(paths[0]).names
+    ranked = ["object_id", *ranked_columns(names), *[c for c in ("mismatch_cosine",) if c in names]]
+    frame = pa.concat_tables([pq.read_table(path, columns=ranked) for path in paths]).to_pandas()
+    refuse_duplicates(config.layout.embeddings(model).dir, frame["object_id"].to_numpy())
+    population = population_columns(fitted, frame.copy())
+    added = [column for column in population.columns if column not in frame.columns]
+    seconds = defaultdict(float, read_json_object(files.fit_record(model), "rerun `fmb detect --force`")["seconds"])
+    with atomic_path(files.table(model)) as temporary:
+        writer, offset = None, 0
+        for unit, path in zip(units, paths):
+            table = pq.read_table(path)
+            for column in added:
+                table = table.append_column(column, pa.array(population[column].iloc[offset:offset + len(table)],
+                                                             from_pandas=True))
+            writer = writer or pq.ParquetWriter(temporary, table.schema, compression="zstd")
+            writer.write_table(table)
+            offset += len(table)
+            for key, value in read_json_object(files.part_record(model, unit), "").get("seconds", {}).items():
+                seconds[key] += value
+        writer.close()
+    common = population.get(COMMON_SET, pd.Series([], dtype=bool))
+    return {"objects": len(frame), "common_set": int(common.sum()),
+            "seconds": {k: round(v, 2) for k, v in seconds.items()}, **_critic_agreement(frame)}
 
 
 def _fit(config: ResolvedConfig, model: str, ids: np.ndarray, matrices: dict, residuals: dict, fit: np.ndarray,
@@ -115,8 +238,22 @@ def _crossfit(config: ResolvedConfig, make, x: np.ndarray, ids: np.ndarray) -> C
 
 def score_frame(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, residuals: dict,
                 reference: np.ndarray | None, seconds: dict | None = None) -> pd.DataFrame:
-    """Every score of the contract (`fmb.detect.scores`) for these objects. `reference` marks the fit
-    sample, on which calibrations not fitted yet are fitted (None: all must be fitted already)."""
+    """Every score of the contract (`fmb.detect.scores`) for these objects, ranked among them."""
+    return population_columns(fitted, score_objects(fitted, ids, matrices, residuals, reference, seconds))
+
+
+def population_columns(fitted: ModelDetectors, frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns that place an object among the others scored with it: percentiles, ranks, the
+    original's percentile fusions."""
+    return fuse(frame, fitted.fusion_method) if fitted.fuses else frame
+
+
+def score_objects(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, residuals: dict,
+                  reference: np.ndarray | None, seconds: dict | None = None) -> pd.DataFrame:
+    """The scores of the contract that each object has on its own, whatever else is scored with
+    it: detector scores, robust z and tail probabilities against the fit sample, the calibrated
+    combinations. `reference` marks the fit sample, on which calibrations not fitted yet are
+    fitted (None: all must be fitted already)."""
     seconds = defaultdict(float) if seconds is None else seconds
     frame = pd.DataFrame({"object_id": ids})
     reduced = {m: fitted.reducers[m].transform(x) for m, x in matrices.items() if m in fitted.reducers}
@@ -124,7 +261,8 @@ def score_frame(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, residua
         if modality in reduced:
             started = time.perf_counter()
             frame[score_column(modality, method)] = crossfit.score(reduced[modality], ids)
-            frame[z_column(modality, method)] = robust_z(frame[score_column(modality, method)].to_numpy())
+            frame[z_column(modality, method)] = fitted.calibration.z(
+                score_column(modality, method), frame[score_column(modality, method)].to_numpy(), reference)
             seconds[method] += time.perf_counter() - started
     for modality in MODALITIES:
         if modality in residuals:
@@ -142,10 +280,8 @@ def score_frame(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, residua
     started = time.perf_counter()
     frame = calibrate(frame, fitted.calibration, fitted.methods, reference)
     seconds["calibration"] += time.perf_counter() - started
-    if reference is not None:
-        frame[FIT_SAMPLE] = reference
-    if fitted.mismatch and "joint" in reduced:
-        frame = fuse(frame, fitted.fusion_method)
+    if fitted.fit_ids is not None:
+        frame[FIT_SAMPLE] = np.isin(ids, fitted.fit_ids)
     return frame
 
 
@@ -201,6 +337,8 @@ def score_new(config: ResolvedConfig, model: str, embeddings: Path, out: Path) -
     return write_table(pa.Table.from_pandas(frame, preserve_index=False), out)
 
 
-#: Stage 3: every embedded model of run.models (or detect.models) scored.
+#: Stage 3: every embedded model of run.models (or detect.models) scored; under an executor, the fit
+#: is one job and the scoring one array task per shard of embedding parts.
 DETECT = Stage("detect", detect, ("detect", "seed", "run.models"), inputs=embedding_manifests,
-               outputs=lambda config: [config.layout.scores.dir], after=("embed",))
+               outputs=lambda config: [config.layout.scores.dir], after=("embed",), version=2,
+               sharding=Sharding(detect_units, detect_shard, finish_detect, fit_detectors))

@@ -166,7 +166,38 @@ def load_embeddings(directory: Path, modalities: tuple[str, ...] = MODALITIES) -
     return ids, out
 
 
-def _read_part(path: Path) -> pa.Table:
+def load_embeddings_and_residuals(directory: Path, modalities: tuple[str, ...] = MODALITIES
+                                  ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`load_embeddings` plus {modality: (N,) float64} of the residuals the model gave (`residual_key`)."""
+    # a unit in which no object was usable adds nothing (parts written before every part carried
+    # the full schema held only object_id, which would not concatenate)
+    tables = [table for table in (read_part(part.path) for part in embedding_parts(directory)) if table.num_rows]
+    if not tables:
+        return np.array([], np.int64), {}, {}
+    ids, out, residuals = part_arrays(pa.concat_tables(tables), modalities)
+    refuse_duplicates(directory, ids)
+    return ids, out, residuals
+
+
+@dataclass(frozen=True)
+class Part:
+    unit: int
+    path: Path
+    rows: int
+
+
+def embedding_parts(directory: Path) -> list[Part]:
+    """The parts of a finished embedding directory, in unit order, from its manifest: what readers
+    stream one at a time, so that memory holds one part, not every embedding."""
+    path = EmbeddingFiles(directory).manifest
+    if not path.is_file():
+        raise FmbError(f"no embeddings in {directory}; run `fmb embed` first")
+    manifest = read_manifest(path)
+    return [Part(int(unit), directory / entry["file"], int(entry["rows"]))
+            for unit, entry in sorted(manifest["parts"].items(), key=lambda kv: int(kv[0]))]
+
+
+def read_part(path: Path) -> pa.Table:
     try:
         return pq.read_table(path)
     except (OSError, pa.ArrowException) as error:
@@ -174,33 +205,25 @@ def _read_part(path: Path) -> pa.Table:
                        "again (finished parts are kept)") from None
 
 
-def load_embeddings_and_residuals(directory: Path, modalities: tuple[str, ...] = MODALITIES
-                                  ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """`load_embeddings` plus {modality: (N,) float64} of the residuals the model gave (`residual_key`)."""
-    path = EmbeddingFiles(directory).manifest
-    if not path.is_file():
-        raise FmbError(f"no embeddings in {directory}; run `fmb embed` first")
-    manifest = read_manifest(path)
-    files = [directory / entry["file"] for _, entry in sorted(manifest["parts"].items(), key=lambda kv: int(kv[0]))]
-    # a unit in which no object was usable adds nothing (parts written before every part carried
-    # the full schema held only object_id, which would not concatenate)
-    tables = [table for table in (_read_part(file) for file in files) if table.num_rows]
-    if not tables:
-        return np.array([], np.int64), {}, {}
-    table = pa.concat_tables(tables)
+def part_arrays(table: pa.Table, modalities: tuple[str, ...] = MODALITIES
+                ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(ids, {modality: (N, D) float32}, {modality: (N,) float64 residual}) of a table of parts."""
     ids = table.column("object_id").to_numpy()
-    unique, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        raise FmbError(f"{directory}: object id {int(unique[counts > 1][0])} appears {int(counts.max())} times in "
-                       "the embedding parts (two data versions mixed?); embed again into a new directory")
     out, residuals = {}, {}
     for modality in modalities:
         if modality in table.column_names:
             column = table.column(modality).combine_chunks()
-            out[modality] = column.values.to_numpy().reshape(len(column), -1)
+            out[modality] = column.values.to_numpy().reshape(len(column), column.type.list_size)
         if residual_key(modality) in table.column_names:
             residuals[modality] = table.column(residual_key(modality)).to_numpy().astype(np.float64)
     return ids, out, residuals
+
+
+def refuse_duplicates(directory: Path, ids: np.ndarray) -> None:
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise FmbError(f"{directory}: object id {int(unique[counts > 1][0])} appears {int(counts.max())} times in "
+                       "the embedding parts (two data versions mixed?); embed again into a new directory")
 
 
 # -- the original research code's .pt format: a list of dicts with object_id and embedding_* keys ----

@@ -9,12 +9,16 @@ rerunning the same command plans the same shards and runs only those not done.
 `MaxArraySize`, at most `array_parallelism` running at once, the resources and setup lines of
 `executor.slurm`, one log per task under `runs/<name>/shards/<stage>/jobs/`. A task that times out
 or is preempted is requeued by submitit (`ShardJob` is checkpointable) and resumes its shard,
-since every shard function skips the work units it already finished.
+since every shard function skips the work units it already finished. Whether a task is over is
+read from its result file, else from `squeue`: submitit asks `sacct`, which clusters without
+accounting storage cannot answer, and a cancelled task would otherwise be waited on for ever.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import subprocess
 import time
 import traceback
@@ -70,13 +74,15 @@ class ShardJob:
         self.run, self.config, self.files = run, config, files
 
     def __call__(self, shard: Shard) -> ShardOutcome:
+        write_json({"shard": asdict(shard), "status": "running", "host": socket.gethostname(), "pid": os.getpid(),
+                    "job": _slurm_task_id(), "started": time.time()}, self.files.status(shard.index))
         try:
             result = self.run(self.config, shard)
         except Exception as error:  # a failed shard is data for `fmb status`, not the end of the run
             outcome = ShardOutcome(shard, "failed", error=_one_line(error), log=traceback.format_exc())
         else:
             outcome = ShardOutcome(shard, "done", result=_plain(result))
-        write_json(asdict(outcome), self.files.status(shard.index))
+        record_outcome(self.files, outcome)
         return outcome
 
     def checkpoint(self, shard: Shard):
@@ -84,6 +90,10 @@ class ShardJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, shard)
+
+
+def record_outcome(files: ShardFiles, outcome: ShardOutcome) -> None:
+    write_json(asdict(outcome) | {"finished": time.time()}, files.status(outcome.shard.index))
 
 
 def shard_status(files: ShardFiles, shard: Shard) -> dict | None:
@@ -100,12 +110,19 @@ class Executor(ABC):
     def run(self, job: ShardJob, shards: list[Shard]) -> list[ShardOutcome]:
         """Run every shard; one outcome each, in the order given."""
 
+    @abstractmethod
+    def call(self, function: Callable, *args):
+        """`function(*args)` once, where the shards would run (a fit that every shard then uses);
+        its result, or an FmbError naming the log when it failed."""
+
 
 class LocalExecutor(Executor):
-    """Shards in this process (one worker) or in a pool of `workers` processes."""
+    """Shards in this process (one worker) or in a pool of `workers` processes. On a node with
+    GPUs each worker process sees one of them (CUDA_VISIBLE_DEVICES), in turn: one worker per GPU."""
 
-    def __init__(self, workers: int = 1):
-        self.workers = workers
+    def __init__(self, workers: int = 1, gpus: list[str] | None = None):
+        """`gpus`: the devices to hand out (default: every GPU this process sees)."""
+        self.workers, self.gpus = workers, gpus
 
     def run(self, job: ShardJob, shards: list[Shard]) -> list[ShardOutcome]:
         if self.workers == 1 or len(shards) <= 1:
@@ -113,8 +130,17 @@ class LocalExecutor(Executor):
         import multiprocessing
 
         # spawn: a forked child would inherit this process's torch threads and open files
-        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        context = multiprocessing.get_context("spawn")
+        devices = context.Queue()
+        gpus = visible_gpus() if self.gpus is None else self.gpus
+        for worker in range(self.workers):
+            devices.put(gpus[worker % len(gpus)] if gpus else None)
+        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_take_gpu,
+                                 initargs=(devices,)) as pool:
             return list(pool.map(job, shards))
+
+    def call(self, function: Callable, *args):
+        return function(*args)
 
 
 class SlurmExecutor(Executor):
@@ -155,18 +181,81 @@ class SlurmExecutor(Executor):
         for start in range(0, len(shards), limit):  # submitit does not split arrays itself
             chunk = shards[start : start + limit]
             jobs += self.executor(len(chunk)).map_array(job, chunk)
+        self._wait(jobs)
         return [self._outcome(shard, submitted) for shard, submitted in zip(shards, jobs)]
 
-    def _outcome(self, shard: Shard, submitted) -> ShardOutcome:
-        while not submitted.done():
+    def call(self, function: Callable, *args):
+        submitted = self.executor(1).submit(function, *args)
+        self._wait([submitted])
+        if not self._finished(submitted):
+            raise FmbError(f"the SLURM job {submitted.job_id} ended without a result (cancelled or killed); "
+                           f"log {submitted.paths.stderr}")
+        try:
+            return submitted.result()
+        except Exception as error:
+            raise FmbError(f"the SLURM job {submitted.job_id} failed: {_one_line(error)}; log "
+                           f"{submitted.paths.stderr}") from None
+
+    def _wait(self, jobs: list) -> None:
+        """Until every job has a result or has left the queue (twice in a row: a result file may lag)."""
+        absent: dict[str, int] = {}
+        while True:
+            waiting = [j for j in jobs if not self._finished(j) and absent.get(j.job_id, 0) < 2]
+            if not waiting:
+                return
+            queued = queued_tasks() if self.cluster in ("slurm", None) else None
+            for submitted in waiting:
+                if queued is not None and submitted.job_id not in queued:
+                    absent[submitted.job_id] = absent.get(submitted.job_id, 0) + 1
+                elif queued is None and submitted.done():
+                    absent[submitted.job_id] = 2
             time.sleep(self.settings.poll_s)
+
+    @staticmethod
+    def _finished(submitted) -> bool:
+        return submitted.paths.result_pickle.exists()
+
+    def _outcome(self, shard: Shard, submitted) -> ShardOutcome:
         log = str(submitted.paths.stderr)
+        if not self._finished(submitted):
+            return ShardOutcome(shard, "failed", error=f"task {submitted.job_id} ended without a result "
+                                "(cancelled, killed or out of requeues)", log=log)
         try:
             outcome = submitted.result()
-        except Exception as error:  # killed, out of time for good, or the task crashed before its record
+        except Exception as error:  # the task crashed outside the shard function
             return ShardOutcome(shard, "failed", error=_one_line(error), log=log)
         outcome.log = log
         return outcome
+
+
+def queued_tasks() -> set[str] | None:
+    """Ids of every job and array task in the SLURM queue (pending, running, requeued), array tasks
+    one by one as `<job>_<task>`; None when squeue cannot be asked."""
+    try:
+        listing = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(listing.stdout.split()) if listing.returncode == 0 else None
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (none without CUDA)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [gpu for gpu in listed.split(",") if gpu.strip()]
+    try:
+        import torch
+
+        return [str(index) for index in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
+
+
+def _take_gpu(devices) -> None:
+    """Pool initializer: this worker's GPU, set before anything in it can start CUDA."""
+    gpu = devices.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def max_array_size() -> int:
@@ -184,6 +273,11 @@ def executor_for(settings: ExecutorConfig, folder: Path) -> Executor:
     if settings.kind == "slurm":
         return SlurmExecutor(settings.slurm, folder)
     return LocalExecutor(settings.workers)
+
+
+def _slurm_task_id() -> str | None:
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{job}_{task}" if job and task else os.environ.get("SLURM_JOB_ID")
 
 
 def _one_line(error: BaseException) -> str:

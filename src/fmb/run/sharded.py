@@ -1,14 +1,21 @@
 """A stage run as shards through an executor (`executor.*` settings): plan the shards, run those
 not done, then finish (merge). Used by the engine for stages that declare a `Sharding`, whenever
-the executor is not a single local process."""
+the executor is not a single local process.
+
+`runs/<name>/shards/<stage>/plan.json` records the plan (its key and shard count), and each shard
+its status record (running, done, failed with the error and the task's log): what `fmb status`
+reads.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import time
 
 from fmb.config import ResolvedConfig
 from fmb.errors import FmbError
-from fmb.run.executors import ShardJob, executor_for, plan_shards, shard_status
+from fmb.io import write_json
+from fmb.run.executors import ShardJob, executor_for, plan_shards, record_outcome, shard_status
 from fmb.stage import Stage
 
 
@@ -22,13 +29,22 @@ def run_sharded(config: ResolvedConfig, stage: Stage, key: str, log) -> dict:
     """Run `stage`'s shards not yet done under this plan; the stage's summary once all are done.
     Failed shards are collected, then reported together (rerunning retries only them)."""
     files = config.layout.shards(stage.name)
+    executor = executor_for(config.executor, files.job_logs)
+    if stage.sharding.prepare is not None:  # one job (a fit on a sample) that every shard then reads
+        log(f"preparing {stage.name} on {config.executor.kind} (one job)")
+        executor.call(stage.sharding.prepare, config)
     units = list(stage.sharding.units(config))
     count = _shard_count(config, len(units))
     shards = plan_shards(stage.name, units, count, hashlib.sha256(f"{key}:{count}".encode()).hexdigest()[:16])
+    write_json({"stage": stage.name, "plan_key": shards[0].plan_key if shards else "", "shards": len(shards),
+                "units": len(units), "executor": config.executor.kind, "submitted": time.time()}, files.plan)
     todo = [shard for shard in shards if (shard_status(files, shard) or {}).get("status") != "done"]
     log(f"{len(shards)} shards ({len(shards) - len(todo)} done before), {len(todo)} to run on {config.executor.kind}")
-    outcomes = executor_for(config.executor, files.job_logs).run(ShardJob(stage.sharding.run, config, files), todo)
+    outcomes = executor.run(ShardJob(stage.sharding.run, config, files), todo)
     failed = [outcome for outcome in outcomes if outcome.status != "done"]
+    for outcome in failed:  # a task killed from outside never wrote its own record
+        if (shard_status(files, outcome.shard) or {}).get("status") != "failed":
+            record_outcome(files, outcome)
     if failed:
         first = failed[0]
         raise FmbError(f"{len(failed)} of {len(shards)} shards of {stage.name} failed (shard {first.shard.index}: "
