@@ -5,8 +5,12 @@ Embeddings are written as a run's embedding parts (3 modalities x 768-d, 50k row
 on every modality, the residuals, the misalignment critic, calibration, fusion, the merge), each
 measurement in its own process so that its peak memory is its own.
 
-* fmb: the detect stage with its defaults (5 detectors, 5-fold cross-fitting, fit on a 50k sample,
-  parts scored one at a time, then merged), in one process (`executor.workers=1`).
+* fmb: the detect stage with every default detector (flow, iforest, lof, knn, ecod) on every
+  modality, the PCA residuals, the misalignment critic, fit on a 50k sample, parts scored one at a
+  time, then merged, in one process (`executor.workers=1`). The training lengths are the demo's
+  (--set, default: 3 folds, flows of 200-400 steps, critic of at most 600 steps), since the
+  defaults' fixed fitting cost (15 flows of up to 2000 steps) takes over 15 minutes on two cores
+  and says nothing about how the stage scales with N.
 * original (reference_fmb.md §6.1 and §6.2): every embedding loaded into memory, per modality PCA
   100 + standardise + clip, a normflows RealNVP trained in-sample (batch 24, 5 epochs, Adam 1e-4),
   then the cosine misalignment. Its cost is exactly proportional to N (5 N / 24 optimiser steps per
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -79,7 +84,7 @@ def run_fmb(project: Path) -> dict:
     from fmb.run import run_one
     from fmb.run.stages import stage_named
 
-    config = load_config(root=project, sets=["executor.workers=1"])
+    config = load_config(root=project, sets=["executor.workers=1", *json.loads(os.environ["FMB_BENCH_SETS"])])
     started = time.perf_counter()
     outcome = run_one(config, stage_named(config, "detect"), lambda line: None, True)
     seconds = time.perf_counter() - started
@@ -131,10 +136,11 @@ def _realnvp_in_sample(x: np.ndarray) -> np.ndarray:
         return torch.cat([model.log_prob(batch) for batch in data.split(2048)]).numpy()
 
 
-def measure(kind: str, project: Path) -> dict:
+def measure(kind: str, project: Path, sets: list[str]) -> dict:
     """Run one measurement in a fresh process; its result and its own peak RSS."""
     command = [sys.executable, __file__, "--child", kind, "--workdir", str(project)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    environment = os.environ | {"FMB_BENCH_SETS": json.dumps(sets)}
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -152,10 +158,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="objects for fmb alone")
     parser.add_argument("--compare-n", type=int, default=100_000, help="objects for both, side by side")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fmb-detect-scale"))
+    parser.add_argument("--set", nargs="*", default=["detect.folds=3", "detect.flow.min_steps=200",
+                                                      "detect.flow.max_steps=400", "detect.flow.hidden=32",
+                                                      "detect.mismatch.max_steps=600"],
+                        help="detect settings (key=value) for fmb's run")
     parser.add_argument("--child", choices=["fmb", "original"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.workdir)
+    print(f"fmb detect settings: {' '.join(args.set)}", flush=True)
     rows = []
     for n in sorted({args.compare_n, args.n}):
         project = args.workdir / f"n{n}"
@@ -164,8 +175,8 @@ def main() -> None:
         write_survey(project, n)
         print(f"N={n:,d}: embeddings written in {time.perf_counter() - started:.0f} s "
               f"({n * 3 * DIM * 4 / 1e9:.1f} GB of float32)", flush=True)
-        fmb = measure("fmb", project)
-        original = measure("original", project) if n == args.compare_n else None
+        fmb = measure("fmb", project, args.set)
+        original = measure("original", project, args.set) if n == args.compare_n else None
         rows.append((n, fmb, original))
         print(f"  fmb detect: {fmb['seconds']:.0f} s, peak RSS {fmb['peak_rss_gb']:.2f} GB; stage seconds "
               f"{json.dumps({k: round(v) for k, v in fmb['stage_seconds'].items()})}", flush=True)

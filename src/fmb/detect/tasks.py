@@ -32,6 +32,7 @@ from fmb.embed.store import (embedded_models, embedding_manifests, embedding_par
 from fmb.errors import FmbError
 from fmb.io import atomic_path, read_json_object, write_json, write_table
 from fmb.plugins import detector_class, encoder_class
+from fmb.progress import progress_bar
 from fmb.stage import Sharding, Stage
 
 
@@ -136,22 +137,32 @@ def detect_shard(config: ResolvedConfig, shard) -> dict:
 
 def score_units(config: ResolvedConfig, units) -> dict:
     work, fitted, scored = _work(config), {}, 0
-    for unit in units:
-        model, part = work[unit]
-        files = config.layout.scores
-        record = files.part_record(model, part.unit)
-        if record.is_file() and files.part(model, part.unit).is_file() and \
-                read_json_object(record, "delete it to score that part again").get("rows") == part.rows:
-            continue
-        if model not in fitted:
-            fitted[model] = load(files.detectors(model))
-        seconds: dict[str, float] = defaultdict(float)
-        ids, matrices, residuals = part_arrays(read_part(part.path))
-        frame = score_objects(fitted[model], ids, matrices, residuals, None, seconds)
-        write_table(pa.Table.from_pandas(frame, preserve_index=False), files.part(model, part.unit))
-        write_json({"rows": len(ids), "seconds": dict(seconds)}, record)
-        scored += 1
+    todo = [work[unit] for unit in units if not _is_scored(config, *work[unit])]
+    with progress_bar("scoring", sum(part.rows for _, part in todo)) as advance:
+        for model, part in todo:
+            if model not in fitted:
+                fitted[model] = load(config.layout.scores.detectors(model))
+            _score_part(config, model, part, fitted[model])
+            advance(part.rows)
+            scored += 1
     return {"parts_scored": scored, "parts": len(units)}
+
+
+def _is_scored(config: ResolvedConfig, model: str, part) -> bool:
+    files = config.layout.scores
+    record = files.part_record(model, part.unit)
+    return record.is_file() and files.part(model, part.unit).is_file() and \
+        read_json_object(record, "delete it to score that part again").get("rows") == part.rows
+
+
+def _score_part(config: ResolvedConfig, model: str, part, fitted: "ModelDetectors") -> None:
+    """One embedding part's scores, then its record (a kill in between rescores the part)."""
+    files = config.layout.scores
+    seconds: dict[str, float] = defaultdict(float)
+    ids, matrices, residuals = part_arrays(read_part(part.path))
+    frame = score_objects(fitted, ids, matrices, residuals, None, seconds)
+    write_table(pa.Table.from_pandas(frame, preserve_index=False), files.part(model, part.unit))
+    write_json({"rows": len(ids), "seconds": dict(seconds)}, files.part_record(model, part.unit))
 
 
 # -- 3. merge: the columns that rank objects against each other, then every model's table -------------
