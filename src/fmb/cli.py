@@ -437,6 +437,53 @@ def status_command(config: TaskFile = None, set_: Sets = None, name: RunName = N
             _log(f"  shard {index} failed: {error} (log {log})")
 
 
+@app.command("rerank")
+def rerank_command(
+    model: Annotated[Optional[str], typer.Option("--model", help="Model whose scores and joint embedding are "
+                                                 "re-ranked; default: the run's first scored model.")] = None,
+    ranking: Annotated[Optional[str], typer.Option("--ranking", help="Score column to start from; default: the "
+                                                   "headline ranking (fused_cauchy).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Re-ranker: astronomaly (Astronomaly's neighbour "
+                                                  "score, the default), gp_ei (Gaussian process, expected improvement) "
+                                                  "or propagation (label propagation over the nearest-neighbour "
+                                                  "graph).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Parquet file to write; default: "
+                                                "runs/<name>/app/rerank/<model>-<ranking>-<method>.parquet.",
+                                                dir_okay=False)] = None,
+    at: Annotated[Optional[float], typer.Option("--at", help="Use the labels as they stood at this unix time "
+                                                "(replay); default: now.")] = None,
+    config: TaskFile = None,
+    set_: Sets = None,
+    name: RunName = None,
+) -> None:
+    """Re-rank a run's objects from the labels given in its discovery app (`fmb app`): the same list
+    the app shows for that re-ranker (object_id, score, rank; seeded by the config's seed)."""
+    from fmb.app.rerank import rerank_run
+
+    resolved = _config(config, set_, name)
+    done = rerank_run(resolved, model, ranking, method, out, at)
+    _log(f"wrote {done['path']}: {done['objects']} objects ranked by {done['method']} from {done['labels']} labels "
+         f"({done['model']}, {done['ranking']})")
+
+
+@app.command("app")
+def app_command(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; any other than 127.0.0.1 needs "
+                                      "--token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 8765,
+    token: Annotated[Optional[str], typer.Option("--token", help="Secret every request must carry (required "
+                                                 "off 127.0.0.1).")] = None,
+    config: TaskFile = None,
+    set_: Sets = None,
+    name: RunName = None,
+) -> None:
+    """The discovery app: a local web page to browse a run's ranked objects, label them (interest 0-5,
+    tags, keyboard shortcuts) and re-rank from the labels; labels go to runs/<name>/app/labels.sqlite."""
+    from fmb.app.server import serve
+
+    serve(_config(config, set_, name), host=host, port=port, token=token)
+
+
 def main() -> None:
     """Entry point: every failure prints as one line. A user-facing error (`FmbError`) exits 2; anything
     else is unexpected, exits 1 and says where its full traceback was written. ``--debug`` anywhere on

@@ -77,13 +77,9 @@ def draw_spectrum(axis, sample: Sample, smooth_px: float, *, compact: bool = Fal
     smoothed = smooth(spectrum.flux, spectrum.ivar, smooth_px)
     axis.plot(wave, raw, color="0.78", lw=0.4, label="observed")
     axis.plot(wave, smoothed, color="k", lw=0.8, label=f"smoothed ({smooth_px:g} px)")
-    finite = smoothed[np.isfinite(smoothed)]
-    if finite.size:
-        low, high = np.percentile(finite, [0.5, 99.8])
-        pad = 0.15 * (high - low + 1e-12)
-        axis.set_ylim(low - pad, high + 3 * pad)
+    limit_flux_axis(axis, smoothed)
     if known_z:
-        _mark_lines(axis, wave.min(), wave.max(), labels=not compact)
+        mark_lines(axis, wave.min(), wave.max(), labels=not compact)
     axis.set_xlim(wave.min(), wave.max())
     axis.set_xlabel("rest-frame wavelength (A)" if known_z else "observed wavelength (A)")
     if compact:
@@ -94,7 +90,17 @@ def draw_spectrum(axis, sample: Sample, smooth_px: float, *, compact: bool = Fal
     axis.legend(loc="upper right")
 
 
-def _mark_lines(axis, low: float, high: float, *, labels: bool = True) -> None:
+def limit_flux_axis(axis, smoothed: np.ndarray) -> None:
+    """Room for the line labels above the smoothed flux; spikes of single pixels do not set the scale."""
+    finite = smoothed[np.isfinite(smoothed)]
+    if finite.size:
+        low, high = np.percentile(finite, [0.5, 99.8])
+        pad = 0.15 * (high - low + 1e-12)
+        axis.set_ylim(low - pad, high + 3 * pad)
+
+
+def mark_lines(axis, low: float, high: float, *, labels: bool = True) -> None:
+    """Emission lines (blue, dashed) and absorption lines (red, dotted) between `low` and `high` (A)."""
     top = axis.get_ylim()[1]
     labelled: list[float] = []
     for name, wave in lines_in_range(EMISSION_LINES, low, high):

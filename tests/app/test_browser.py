@@ -1,0 +1,110 @@
+"""The app end to end in headless Chromium (Debian's, driven by Playwright): open the list, open an
+object, label it with the keyboard, reload and see the label, re-rank and see the order change.
+
+With FMB_SCREENSHOT=1 the object view is saved as docs/app_object_view.png (the README's screenshot)."""
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import run_config
+
+from tests.app.live import LiveServer, private_copy
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: Nothing may reach the network or the disk beyond the test's profile: there is no network here.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "app_object_view.png"
+WAIT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no {CHROMIUM} (Debian's chromium package): apt-get install chromium")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    playwright = playwright_api.sync_playwright().start()
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=WAIT_MS)
+    yield browser
+    browser.close()
+    playwright.stop()
+
+
+@pytest.fixture(scope="module")
+def server(scored_run: Path, tmp_path_factory):
+    project = private_copy(scored_run, tmp_path_factory.mktemp("browser") / "project",
+                           run_config(scored_run).layout.app.dir)
+    with LiveServer(project) as live:
+        yield live
+
+
+def shown_ids(page) -> list[str]:
+    return page.eval_on_selector_all(".card", "cards => cards.map(card => card.dataset.id)")
+
+
+def chosen(page, selector: str) -> list[str]:
+    return page.eval_on_selector_all(f"{selector} button.chosen", "buttons => buttons.map(b => b.textContent.trim())")
+
+
+def wait_for_status(page, text: str) -> None:
+    page.wait_for_function(f"document.getElementById('status').textContent.includes({text!r})", timeout=WAIT_MS)
+
+
+def save_screenshot(page) -> None:
+    """The whole object view once every image has loaded, in 256 colours (a fifth of the bytes)."""
+    from PIL import Image
+
+    page.wait_for_selector(".neighbour img")
+    page.wait_for_function("[...document.images].every(image => image.complete && image.naturalWidth > 0)")
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    Image.open(SCREENSHOT).convert("RGB").quantize(256).save(SCREENSHOT, optimize=True)
+
+
+def test_list_object_keyboard_label_reload_and_rerank(browser, server: LiveServer):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(WAIT_MS)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    page.goto(f"{server.url}/")
+    page.wait_for_selector(".card")
+    plain = shown_ids(page)
+    assert len(plain) == 48 and page.inner_text("#page-info") == "page 1 of 7"
+
+    page.click(f".card[data-id='{plain[0]}']")
+    page.wait_for_url(f"**/object/{plain[0]}?pos=0")
+    page.wait_for_selector("#interest-buttons button")
+    page.wait_for_function("document.getElementById('position').textContent.startsWith('#1 ')")
+    for key in ("0", "t", "a"):  # the top object is a satellite trail: dull, an artefact
+        page.keyboard.press(key)
+        if key != "t":
+            wait_for_status(page, "artefact" if key == "a" else "saved")
+    page.reload()
+    page.wait_for_selector("#interest-buttons button.chosen")
+    assert chosen(page, "#interest-buttons") == ["0"] and chosen(page, "#tag-buttons") == ["a artefact"]
+    if os.environ.get("FMB_SCREENSHOT") == "1":
+        save_screenshot(page)
+
+    for position in range(1, 6):  # next, and dull again: the plain top of the list is dull
+        page.keyboard.press("n")
+        page.wait_for_url(f"**/object/{plain[position]}?pos={position}")
+        page.wait_for_function(f"document.getElementById('position').textContent.startsWith('#{position + 1} ')")
+        page.keyboard.press("0")
+        wait_for_status(page, "saved")
+    page.keyboard.press("u")  # the last label is undone
+    wait_for_status(page, "undone")
+    assert chosen(page, "#interest-buttons") == []
+
+    page.keyboard.press("b")
+    page.wait_for_selector(".card")
+    page.select_option("select[name=rerank]", "astronomaly")
+    page.wait_for_selector("#random-note:not([hidden])")
+    page.click("#rerank-button")
+    wait_for_status(page, "re-ranked")
+    page.wait_for_function(f"document.querySelector('.card').dataset.id !== {plain[0]!r}")
+    reranked = shown_ids(page)
+    assert reranked != plain and not set(plain[:5]) & set(reranked[:5])
+    assert page.locator(".card.random .badge").count() == 5 and "at random" in page.inner_text("#random-note")
+    assert errors == []
+
