@@ -95,6 +95,26 @@ def test_detect_as_shards_in_two_processes_equals_one_process(scored: Path, tmp_
     assert "detect: 3 shards on local: 3 done, 0 running, 0 failed, 0 not started" in invoke("status").output
 
 
+def test_the_merge_reads_the_scored_parts_and_the_fit_record_not_the_detectors(scored: Path, tmp_path: Path,
+                                                                              monkeypatch):
+    """The saved detectors (hundreds of MB at survey scale) are for scoring; the merge needs only the
+    parts and fit.json, so it runs with detectors.pt made unreadable and writes the same table."""
+    import pandas as pd
+
+    from fmb.detect.tasks import finish_detect
+
+    copy = tmp_path / "copy"
+    shutil.copytree(scored, copy)
+    monkeypatch.chdir(copy)
+    config = run_config(copy)
+    files = config.layout.scores
+    files.table("pixels").unlink()
+    files.detectors("pixels").write_bytes(b"not a torch file")
+    finish_detect(config, log=lambda line: None)
+    pd.testing.assert_frame_equal(pq.read_table(files.table("pixels")).to_pandas(),
+                                  pq.read_table(run_config(scored).layout.scores.table("pixels")).to_pandas())
+
+
 def test_evaluate_writes_tables_and_figure(scored: Path, monkeypatch):
     monkeypatch.chdir(scored)
     invoke("analyze", "evaluate")

@@ -44,10 +44,12 @@ def make_detector(method):
     return partial(detector_class(method), **(FAST_FLOW if method == "flow" else {}))
 
 
-@pytest.mark.parametrize("method, worst_rank", [("flow", 1), ("knn", 1), ("lof", 1), ("ecod", 1), ("iforest", 30)])
+@pytest.mark.parametrize("method, worst_rank", [("flow", 1), ("knn", 1), ("lof", 1), ("ecod", 2), ("iforest", 30)])
 def test_planted_outlier_in_a_gaussian_mixture_gets_the_top_score(method, worst_rank):
     """12 sigma off the data manifold (along its least-variance direction) from an ordinary member.
-    Isolation Forest's axis-aligned random splits only bring it into the top 1 % (a known weakness)."""
+    Isolation Forest's axis-aligned random splits only bring it into the top 1 % (a known weakness).
+    ECOD caps each feature's tail at -log(1 / (n + 1)), so one feature beyond every fit object ties
+    with objects far out in several (here 26.43 against 26.52 for the runner-up)."""
     x, ids = mixture()
     direction = np.linalg.svd(x - x.mean(0), full_matrices=False)[2][-1]
     x[123] = x[0] + 12 * direction

@@ -127,7 +127,7 @@ SAVED_GLOBALS = (
     "functools:partial", "numpy._core.multiarray:_reconstruct", "numpy._core.multiarray:scalar", "numpy:dtype",
     "numpy:ndarray", *(f"numpy.dtypes:{kind}DType" for kind in ("Float32", "Float64", "Int32", "Int64", "UInt8",
                                                                  "UInt32", "Bool", "Void")),
-    "pyod.models.ecod:ECOD", "pyod.models.iforest:IForest", "pyod.models.knn:KNN",
+    "pyod.models.iforest:IForest", "pyod.models.knn:KNN",
     "pyod.models.lof:LOF", "sklearn.ensemble._iforest:IsolationForest", "sklearn.linear_model._ridge:RidgeCV",
     "sklearn.neighbors._lof:LocalOutlierFactor", "sklearn.neighbors._unsupervised:NearestNeighbors",
     "sklearn.tree._classes:ExtraTreeRegressor", "sklearn.tree._tree:Tree",

@@ -51,9 +51,10 @@ class ModelDetectors:
     fit_ids: np.ndarray | None = None  # the objects of the fit sample
 
     @property
-    def fuses(self) -> bool:
-        """Whether the percentile fusions apply: the misalignment and the joint embedding exist."""
-        return bool(self.mismatch) and "joint" in self.reducers
+    def population_fusion(self) -> str | None:
+        """Whose percentiles the original's percentile fusions read (`detect.fusion_method`), or None
+        where they do not apply (no misalignment or no joint embedding)."""
+        return self.fusion_method if self.mismatch and "joint" in self.reducers else None
 
 
 def detect(config: ResolvedConfig, log=print) -> dict:
@@ -77,7 +78,7 @@ def fit_detectors(config: ResolvedConfig, log=print) -> None:
     stage's key (the engine clears the outputs when the key changes) is kept."""
     for model in detect_models(config):
         files = config.layout.scores
-        if files.detectors(model).is_file():
+        if files.detectors(model).is_file() and files.fit_record(model).is_file():
             continue
         parts = _parts(config, model)
         total = sum(part.rows for part in parts)
@@ -91,8 +92,9 @@ def fit_detectors(config: ResolvedConfig, log=print) -> None:
         fitted = _fit(config, model, ids, matrices, residuals, every, seconds)
         fitted.fit_ids = np.asarray(ids, dtype=np.int64)
         score_objects(fitted, ids, matrices, residuals, every, seconds)  # fits the calibrations
-        write_json({"objects": total, "fit_objects": len(ids), "seconds": dict(seconds)}, files.fit_record(model))
-        save(fitted, files.detectors(model))
+        save(fitted, files.detectors(model))  # the record last: it says the fit is complete
+        write_json({"objects": total, "fit_objects": len(ids), "population_fusion": fitted.population_fusion,
+                    "seconds": dict(seconds)}, files.fit_record(model))
 
 
 def _parts(config: ResolvedConfig, model: str) -> list:
@@ -185,18 +187,19 @@ _CONSENSUS_INPUTS = ["object_id", CALIBRATED_FUSION, FIT_SAMPLE]
 
 def _merge(config: ResolvedConfig, model: str) -> dict:
     """scores/<model>.parquet: every part's columns and the population columns (percentiles, ranks,
-    percentile fusions), written part by part; memory holds the ranked columns, not the embeddings."""
+    percentile fusions), written part by part; memory holds the ranked columns, not the embeddings
+    nor the detectors (the fit record says which fusion applies)."""
     files = config.layout.scores
-    fitted: ModelDetectors = load(files.detectors(model))
+    fit_record = read_json_object(files.fit_record(model), "rerun `fmb detect --force`")
     units = [part.unit for part in _parts(config, model)]
     paths = [files.part(model, unit) for unit in units]
     names = pq.read_schema(paths[0]).names
     ranked = ["object_id", *ranked_columns(names), *[c for c in ("mismatch_cosine",) if c in names]]
     frame = pa.concat_tables([pq.read_table(path, columns=ranked) for path in paths]).to_pandas()
     refuse_duplicates(config.layout.embeddings(model).dir, frame["object_id"].to_numpy())
-    population = population_columns(fitted, frame.copy())
+    population = population_columns(frame, fit_record.get("population_fusion"))
     added = [column for column in population.columns if column not in frame.columns]
-    seconds = defaultdict(float, read_json_object(files.fit_record(model), "rerun `fmb detect --force`")["seconds"])
+    seconds = defaultdict(float, fit_record["seconds"])
     with atomic_path(files.table(model)) as temporary:
         writer, offset = None, 0
         for unit, path in zip(units, paths):
@@ -250,13 +253,14 @@ def _crossfit(config: ResolvedConfig, make, x: np.ndarray, ids: np.ndarray) -> C
 def score_frame(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, residuals: dict,
                 reference: np.ndarray | None, seconds: dict | None = None) -> pd.DataFrame:
     """Every score of the contract (`fmb.detect.scores`) for these objects, ranked among them."""
-    return population_columns(fitted, score_objects(fitted, ids, matrices, residuals, reference, seconds))
+    return population_columns(score_objects(fitted, ids, matrices, residuals, reference, seconds),
+                              fitted.population_fusion)
 
 
-def population_columns(fitted: ModelDetectors, frame: pd.DataFrame) -> pd.DataFrame:
+def population_columns(frame: pd.DataFrame, fusion: str | None) -> pd.DataFrame:
     """The columns that place an object among the others scored with it: percentiles, ranks, the
-    original's percentile fusions."""
-    return fuse(frame, fitted.fusion_method) if fitted.fuses else frame
+    original's percentile fusions (`ModelDetectors.population_fusion`; None: none apply)."""
+    return frame if fusion is None else fuse(frame, fusion)
 
 
 def score_objects(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, residuals: dict,
@@ -351,5 +355,5 @@ def score_new(config: ResolvedConfig, model: str, embeddings: Path, out: Path) -
 #: Stage 3: every embedded model of run.models (or detect.models) scored; under an executor, the fit
 #: is one job and the scoring one array task per shard of embedding parts.
 DETECT = Stage("detect", detect, ("detect", "seed", "run.models"), inputs=embedding_manifests,
-               outputs=lambda config: [config.layout.scores.dir], after=("embed",), version=2,
+               outputs=lambda config: [config.layout.scores.dir], after=("embed",), version=3,
                sharding=Sharding(detect_units, detect_shard, finish_detect, fit_detectors))
