@@ -14,6 +14,7 @@ table, when one exists, is evaluated as pseudo-model "consensus".
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from fmb.config import ResolvedConfig
 from fmb.data.scan import iter_samples
 from fmb.data.sources import open_source
 from fmb.data.validate import RowChecker, Spectrum
-from fmb.detect.scores import is_score, load_score_tables, score_tables, summary_columns, top_fraction
+from fmb.detect.scores import is_score, score_tables, summary_columns, top_fraction
 from fmb.errors import FmbError
 from fmb.io import atomic_path, parquet_footer_sha256, write_csv, write_table
 from fmb.layout import EvaluationFiles, SurveyLayout
@@ -39,10 +40,10 @@ TRIVIAL_SCORES = ("spectrum_median_snr", "total_flux")
 _FINGERPRINT_KEY = b"fmb.data_fingerprint"  # Parquet schema metadata of the cached trivial scores
 
 
-def score_columns(frame: pd.DataFrame) -> list[str]:
+def score_columns(columns: Iterable[str]) -> list[str]:
     """The contract's scores, and here also the trivial ones: they rank objects only as the floor that
     a detector must beat, so no other stage takes them for scores."""
-    return [c for c in frame.columns if is_score(c) or c in TRIVIAL_SCORES]
+    return [c for c in columns if is_score(c) or c in TRIVIAL_SCORES]
 
 
 def recall_at(labels: np.ndarray, scores: np.ndarray, fraction: float) -> float:
@@ -62,12 +63,25 @@ def metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
 
 def evaluate_frame(scores: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """Long table: one row per (score column, class) with the metrics; class 'all' = any anomaly."""
-    merged = scores.merge(truth[["object_id", "anomaly_class"]], on="object_id", how="inner")
+    return evaluate_columns((scores[["object_id", column]] for column in score_columns(scores.columns)), truth)
+
+
+def evaluate_table(path: Path, truth: pd.DataFrame) -> pd.DataFrame:
+    """`evaluate_frame` of a score table on disk, read one score column at a time: memory holds the
+    ids and one column, whatever the number of score columns."""
+    columns = score_columns(pq.read_schema(path).names)
+    return evaluate_columns((pq.read_table(path, columns=["object_id", c]).to_pandas() for c in columns), truth)
+
+
+def evaluate_columns(frames: Iterable[pd.DataFrame], truth: pd.DataFrame) -> pd.DataFrame:
+    """The metrics rows of each (object_id, score) frame against the truth, per class."""
+    classes = sorted(c for c in truth["anomaly_class"].unique() if c != NORMAL)
     rows = []
-    classes = sorted(c for c in merged["anomaly_class"].unique() if c != NORMAL)
-    for column in score_columns(merged):
+    for frame in frames:
+        column = frame.columns[1]
+        merged = frame.merge(truth[["object_id", "anomaly_class"]], on="object_id", how="inner")
         valid = merged[np.isfinite(merged[column].to_numpy(dtype=float))]
-        for name in ["all", *classes]:
+        for name in ["all", *[c for c in classes if (merged.anomaly_class == c).any()]]:
             subset = valid if name == "all" else valid[valid.anomaly_class.isin([NORMAL, name])]
             labels = (subset.anomaly_class != NORMAL).to_numpy()
             rows.append({"score": column, "class": name, **metrics(labels, subset[column].to_numpy(dtype=float))})
@@ -139,14 +153,14 @@ def _cached_fingerprint(path: Path) -> str | None:
 
 
 # -- the evaluation --------------------------------------------------------------------------------
-def evaluated_tables(config: ResolvedConfig) -> dict[str, pd.DataFrame]:
-    """{model: score table}: the models' by name (whatever the order of run.models), then the consensus
-    when one was made, then the trivial scores."""
+def evaluated_tables(config: ResolvedConfig) -> dict[str, Path | pd.DataFrame]:
+    """{model: score table}: the models' files by name (whatever the order of run.models), then the
+    consensus file when one was made, then the trivial scores (a small frame)."""
     if not score_tables(config):
         raise FmbError("no scores to evaluate; run `fmb detect` first")
-    tables = dict(sorted(load_score_tables(config).items()))
+    tables: dict[str, Path | pd.DataFrame] = dict(sorted(score_tables(config).items()))
     if config.layout.scores.consensus.is_file():
-        tables[CONSENSUS] = pd.read_parquet(config.layout.scores.consensus)
+        tables[CONSENSUS] = config.layout.scores.consensus
     tables[TRIVIAL] = trivial_scores(config)
     return tables
 
@@ -158,7 +172,7 @@ def evaluate(config: ResolvedConfig) -> Path:
     truth = pq.read_table(truth_file, columns=["object_id", "anomaly_class"]).to_pandas()
     tables = []
     for model, scores in evaluated_tables(config).items():
-        table = evaluate_frame(scores, truth)
+        table = evaluate_table(scores, truth) if isinstance(scores, Path) else evaluate_frame(scores, truth)
         table.insert(0, "model", model)
         tables.append(table)
     result = pd.concat(tables, ignore_index=True)
