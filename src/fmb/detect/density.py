@@ -117,7 +117,7 @@ def robust_z(scores: np.ndarray) -> np.ndarray:
 
 save = write_torch  # detectors are saved like any other torch object
 
-#: Every class and constructor a saved `ModelDetectors` holds (fmb's, PyOD's, scikit-learn's, zuko's
+#: Every class and constructor a saved `ModelDetectors` holds (fmb's, PyOD's Isolation Forest, scikit-learn's, zuko's
 #: and torch's fitted-state containers, numpy's array rebuilders). Loading allows these and nothing
 #: else, so a planted file cannot name a callable that runs code (os.system, eval, ...).
 SAVED_GLOBALS = (
@@ -127,15 +127,8 @@ SAVED_GLOBALS = (
     "functools:partial", "numpy._core.multiarray:_reconstruct", "numpy._core.multiarray:scalar", "numpy:dtype",
     "numpy:ndarray", *(f"numpy.dtypes:{kind}DType" for kind in ("Float32", "Float64", "Int32", "Int64", "UInt8",
                                                                  "UInt32", "Bool", "Void")),
-    "pyod.models.iforest:IForest", "pyod.models.knn:KNN",
-    "pyod.models.lof:LOF", "sklearn.ensemble._iforest:IsolationForest", "sklearn.linear_model._ridge:RidgeCV",
-    "sklearn.neighbors._lof:LocalOutlierFactor", "sklearn.neighbors._unsupervised:NearestNeighbors",
-    "sklearn.tree._classes:ExtraTreeRegressor", "sklearn.tree._tree:Tree",
-    *(f"sklearn.{module}:{name}" for module, names in (
-        ("neighbors._kd_tree", ("KDTree", "KDTree64", "newObj")),
-        ("neighbors._ball_tree", ("BallTree", "BallTree64", "newObj")),
-        ("metrics._dist_metrics", ("newObj", "EuclideanDistance64", "MinkowskiDistance64", "ManhattanDistance64")))
-      for name in names),
+    "pyod.models.iforest:IForest", "sklearn.ensemble._iforest:IsolationForest",
+    "sklearn.linear_model._ridge:RidgeCV", "sklearn.tree._classes:ExtraTreeRegressor", "sklearn.tree._tree:Tree",
     "torch.nn.modules.activation:GELU",
     "torch.nn.modules.activation:ReLU", "torch.nn.modules.container:ModuleList",
     "torch.nn.modules.container:Sequential", "torch.nn.modules.linear:Linear", "zuko.distributions:DiagNormal",

@@ -1,16 +1,21 @@
-"""k nearest neighbours (PyOD): distance to the neighbours of the fit sample."""
+"""k nearest neighbours: distance to the neighbours of the fit sample (PyOD's KNN scores, found by
+brute force with faiss: see `_neighbours`)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import Field
 
-from fmb.detect.methods._pyod import PyODBaseline
+from fmb.detect.base import Detector
+from fmb.detect.methods._neighbours import fit_matrix, nearest
+
+_REDUCE = {"mean": np.mean, "largest": lambda d, axis: d[:, -1], "median": np.median}
 
 
-class KNNDetector(PyODBaseline):
-    """k nearest neighbours (PyOD): score = distance to the fit sample's nearest neighbours."""
+class KNNDetector(Detector):
+    """k nearest neighbours: score = distance to the fit sample's nearest neighbours."""
 
     name = "knn"
 
@@ -24,7 +29,10 @@ class KNNDetector(PyODBaseline):
     ):
         self.n_neighbors, self.method, self.seed = n_neighbors, method, seed
 
-    def _model(self):
-        from pyod.models.knn import KNN
+    def fit(self, x: np.ndarray) -> "KNNDetector":
+        self.fit_x_ = fit_matrix(x)
+        return self
 
-        return KNN(n_neighbors=self.n_neighbors, method=self.method)
+    def score(self, x: np.ndarray) -> np.ndarray:
+        distances, _ = nearest(self.fit_x_, x, min(self.n_neighbors, len(self.fit_x_)))
+        return _REDUCE[self.method](distances, axis=1)
