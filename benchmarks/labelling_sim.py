@@ -11,27 +11,36 @@ shown, per re-ranker against the plain ranking.
 
 Honest protocol: every re-ranker parameter is the default of `fmb.app.rerank`, fixed from the
 literature and first principles before any run. The surveys are those of
-`benchmarks/detect_quality.py`: `dev` (seed 1101, 10,000 objects), on which one choice was made (the
-features: the embedding alone, or beside the detector's evidence profile), and `test` (seed 2202,
-12,000 objects), run once after that choice was frozen, to report.
+`benchmarks/detect_quality.py`: `dev` (seed 1101, 10,000 objects), on which choices are made looking
+at the seen classes only (`--survey dev` reports nothing else), and `test` (seed 2202, 12,000
+objects), run once after every choice was frozen, to report every class.
+
+The test run also times one propagation refit as it was before the graph cache (the module of commit
+`BEFORE`, read from git) and as it is now, on the same survey and labels.
 
     python benchmarks/labelling_sim.py --survey test            # synth + pipeline + simulation
     python benchmarks/labelling_sim.py --survey dev --workdir bench/labelling
+    python benchmarks/labelling_sim.py --survey test --as-is    # on the detection outputs already there
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
+import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from detect_quality import ROOT, SURVEYS, Survey
+from detect_quality import ROOT, SEEN, SURVEYS, Survey
 from fmb.analyze.evaluate import truth_path
-from fmb.app.rerank import DEFAULT_RANDOM_FRACTION, RERANKERS, RerankInputs, interleave_random, load_inputs, rerank_loaded
+from fmb.app.rerank import DEFAULT_RANDOM_FRACTION, RERANKERS, GraphCache, RerankInputs, load_inputs, page_positions
+from fmb.app.rerank import rerank_loaded
 from fmb.config import load_config
 from fmb.data.synth import ANOMALY_CLASSES
 from fmb.data.tasks import INDEX, SYNTH
@@ -44,6 +53,9 @@ from fmb.run.engine import execute, select
 MODEL = "pixels"
 PAGE, ROUNDS = 10, 10  # 10 objects a round, 10 rounds: the first 100 shown
 INTERESTING, DULL = 5, 0
+#: The last commit whose label propagation built its graph and solved its system directly on every refit.
+BEFORE = "6dd59a7"
+REPEATS = 3
 
 
 def survey_config(workdir: Path, name: str, survey: Survey):
@@ -77,32 +89,40 @@ def plain_first(inputs: RerankInputs, count: int) -> np.ndarray:
     return frame.object_id.to_numpy()[:count]
 
 
-def labelling_loop(inputs: RerankInputs, interesting: np.ndarray, method: str, seed: int) -> np.ndarray:
-    """The ids shown in ROUNDS pages of PAGE: each page the re-ranked order of what is not shown yet
-    with its random slice; the oracle labels the page, the re-ranker is refitted on every label."""
+def labelling_loop(inputs: RerankInputs, interesting: np.ndarray, method: str, seed: int,
+                   graphs: GraphCache) -> tuple[np.ndarray, np.ndarray]:
+    """The ids shown in ROUNDS pages of PAGE, and which were drawn at random: each page the first page
+    of the re-ranked order of what is not shown yet, with its random slice; the oracle labels it, the
+    re-ranker is refitted on every label."""
     position = pd.Index(inputs.object_ids)
-    shown = np.array([], dtype=np.int64)
+    shown, random = np.array([], dtype=np.int64), np.array([], dtype=bool)
     for round_ in range(ROUNDS):
         positions = position.get_indexer(shown)
         labels = pd.DataFrame({"object_id": shown, "interest": np.where(interesting[positions], INTERESTING, DULL)})
-        order = rerank_loaded(inputs, method, labels, seed).object_id.to_numpy()
-        page, _ = interleave_random(order[~np.isin(order, shown)], PAGE, DEFAULT_RANDOM_FRACTION, seed + round_)
-        shown = np.concatenate([shown, page[:PAGE]])
-    return shown
+        order = rerank_loaded(inputs, method, labels, seed, graphs).object_id.to_numpy()
+        unseen = order[~np.isin(order, shown)]
+        page, drawn = page_positions(len(unseen), 0, PAGE, DEFAULT_RANDOM_FRACTION, seed + round_)
+        shown, random = np.concatenate([shown, unseen[page]]), np.concatenate([random, drawn])
+    return shown, random
 
 
-def simulate(config, inputs: RerankInputs) -> pd.DataFrame:
-    """One row per anomaly class: its objects, and how many of them each ranking shows in the first 100."""
+def simulate(config, inputs: RerankInputs, names: tuple[str, ...]) -> pd.DataFrame:
+    """One row per anomaly class of `names`: its objects, how many of them each ranking shows in the
+    first 100, where the first of them came (-1: none) and how many came in the random slice."""
     classes = classes_of(config, inputs.object_ids)
     plain = pd.Index(inputs.object_ids).get_indexer(plain_first(inputs, PAGE * ROUNDS))
+    graphs = GraphCache()
     rows = []
-    for name in ANOMALY_CLASSES:
+    for name in names:
         interesting = classes == name
         row = {"class": name, "objects": int(interesting.sum()), "plain": int(interesting[plain].sum())}
         for method in RERANKERS:
             started = time.perf_counter()
-            shown = pd.Index(inputs.object_ids).get_indexer(labelling_loop(inputs, interesting, method, config.seed))
-            row[method] = int(interesting[shown].sum())
+            ids, random = labelling_loop(inputs, interesting, method, config.seed, graphs)
+            found = interesting[pd.Index(inputs.object_ids).get_indexer(ids)]
+            row[method] = int(found.sum())
+            row[f"{method}_first"] = int(np.argmax(found)) if found.any() else -1
+            row[f"{method}_random"] = int(found[random].sum())
             row[f"{method}_s"] = time.perf_counter() - started
         rows.append(row)
         print("  " + ", ".join(f"{key} {value:.0f}" if isinstance(value, float) else f"{key} {value}"
@@ -111,17 +131,72 @@ def simulate(config, inputs: RerankInputs) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """The per-class table with the average over classes and each re-ranker's multiple of the plain ranking."""
-    header = "| class | objects | plain | " + " | ".join(RERANKERS) + " |"
-    lines = [header, "|---" + "|---:" * (2 + len(RERANKERS)) + "|"]
-    for row in table.itertuples(index=False):
+    """The per-class table (with each class's half: seen, the development classes, or unseen), the
+    average over all classes and over each half, and each re-ranker's multiple of the plain ranking;
+    then where each re-ranker showed the class first and how many it found in the random slice."""
+    header = "| class | half | objects | plain | " + " | ".join(RERANKERS) + " |"
+    lines = [header, "|---|---" + "|---:" * (2 + len(RERANKERS)) + "|"]
+    half = np.where(table["class"].isin(SEEN), "seen", "unseen")
+    for row, where in zip(table.itertuples(index=False), half):
         cells = [f"{getattr(row, m)} ({getattr(row, m) / row.plain:.1f}x)" if row.plain else f"{getattr(row, m)} (-)"
                  for m in RERANKERS]
-        lines.append(f"| {row[0]} | {row.objects} | {row.plain} | " + " | ".join(cells) + " |")
-    mean = table[["objects", "plain", *RERANKERS]].mean()
-    cells = [f"**{mean[m]:.1f} ({mean[m] / mean.plain:.2f}x)**" for m in RERANKERS]
-    lines.append(f"| **mean over classes** | {mean.objects:.1f} | **{mean.plain:.1f}** | " + " | ".join(cells) + " |")
+        lines.append(f"| {row[0]} | {where} | {row.objects} | {row.plain} | " + " | ".join(cells) + " |")
+    for name, rows in (("mean over classes", table), ("mean, seen half", table[half == "seen"]),
+                       ("mean, unseen half", table[half == "unseen"])):
+        if len(rows) and (rows is table or len(rows) < len(table)):
+            mean = rows[["objects", "plain", *RERANKERS]].mean()
+            cells = [f"**{mean[m]:.1f} ({mean[m] / mean.plain:.2f}x)**" for m in RERANKERS]
+            lines.append(f"| **{name}** | | {mean.objects:.1f} | **{mean.plain:.1f}** | " + " | ".join(cells) + " |")
+    lines += ["", "| class | " + " | ".join(f"{m}: first shown at / in the random slice" for m in RERANKERS) + " |",
+              "|---" + "|---:" * len(RERANKERS) + "|"]
+    for row in table.itertuples(index=False):
+        cells = [f"{getattr(row, f'{m}_first') + 1 if getattr(row, f'{m}_first') >= 0 else '-'} / "
+                 f"{getattr(row, f'{m}_random')}" for m in RERANKERS]
+        lines.append(f"| {row[0]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def module_at(commit: str, path: str) -> types.ModuleType:
+    """The module at `path` as it was at `commit` (read with `git show`; nothing is checked out)."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True, text=True,
+                            check=True).stdout
+    module = types.ModuleType(f"before_{commit}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, f"{commit}:{path}", "exec"), module.__dict__)
+    return module
+
+
+def seconds(action, repeats: int = REPEATS) -> float:
+    """The median wall time of `repeats` calls."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def refit_timing(config, inputs: RerankInputs) -> dict:
+    """Seconds of one propagation refit on the survey (the plain top 50 labelled, the first of them 5):
+    as at `BEFORE`; now with the graph built (and saved in the run's app directory), read back by a
+    fresh cache (a restarted app, or `fmb rerank`), and held in memory; and whether the lists agree."""
+    labels = pd.DataFrame({"object_id": plain_first(inputs, 50), "interest": [INTERESTING] + [DULL] * 49})
+    before = module_at(BEFORE, "src/fmb/app/rerank.py")
+    old = before.rerank_loaded(inputs, "propagation", labels, config.seed)
+    timing = {"before": seconds(lambda: before.rerank_loaded(inputs, "propagation", labels, config.seed))}
+    for stale in config.layout.app.graph("x").parent.glob("knn-*.npz"):
+        stale.unlink()
+    started = time.perf_counter()
+    new = rerank_loaded(inputs, "propagation", labels, config.seed, GraphCache(config.layout.app.graph))
+    timing["built"] = time.perf_counter() - started
+    timing["from file"] = seconds(lambda: rerank_loaded(inputs, "propagation", labels, config.seed,
+                                                        GraphCache(config.layout.app.graph, kept=0)))
+    held = GraphCache()
+    rerank_loaded(inputs, "propagation", labels, config.seed, held)
+    timing["in memory"] = seconds(lambda: rerank_loaded(inputs, "propagation", labels, config.seed, held))
+    timing["same list"] = bool(old.object_id.equals(new.object_id))
+    timing["largest score difference"] = float(np.abs(old.score.to_numpy() - new.score.to_numpy()).max())
+    return timing
 
 
 def main() -> None:
@@ -129,19 +204,29 @@ def main() -> None:
     parser.add_argument("--survey", choices=["dev", "test"], default="test")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "labelling")
     parser.add_argument("--prepare", action="store_true", help="run the pipeline only")
+    parser.add_argument("--timing-only", action="store_true", help="time one propagation refit, no simulation")
+    parser.add_argument("--as-is", action="store_true",
+                        help="simulate on the run's detection outputs as they are, without bringing the pipeline up "
+                             "to date (say so when reporting: a stage's code may have changed since)")
     args = parser.parse_args()
     survey = SURVEYS[args.survey]
     config = survey_config(args.workdir, args.survey, survey)
     print(f"== {args.survey} survey: seed {survey.seed}, {survey.n} objects", flush=True)
-    run_pipeline(config)
+    if not args.as_is:
+        run_pipeline(config)
     if args.prepare:
         return
     inputs = load_inputs(config, MODEL, DEFAULT_RANKING)
     print(f"{len(inputs.object_ids)} objects, {MODEL} {inputs.ranking}; {ROUNDS} rounds of {PAGE}, "
           f"random slice {DEFAULT_RANDOM_FRACTION:g}", flush=True)
-    table = simulate(config, inputs)
-    table.to_csv(args.workdir / f"{args.survey}.csv", index=False)
-    print(markdown(table))
+    if not args.timing_only:
+        table = simulate(config, inputs, SEEN if args.survey == "dev" else ANOMALY_CLASSES)
+        table.to_csv(args.workdir / f"{args.survey}.csv", index=False)
+        print(markdown(table))
+    if args.survey == "test":
+        print(f"one propagation refit, {len(inputs.object_ids)} objects, median of {REPEATS}:")
+        print("  " + ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}"
+                               for key, value in refit_timing(config, inputs).items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUNS_DIR = "runs"
+LOCK_FILE = "fmb.lock.json"  # beside fmb.yaml: the hub commits and file hashes `fmb setup download` fetched
 OWNER_MARKER = ".fmb-made"  # in every directory fmb makes outside runs/<name>/ (a synthetic survey)
 
 
@@ -265,8 +266,8 @@ class FigureFiles(_Directory):
 
 
 class AppFiles(_Directory):
-    """runs/<name>/app: the discovery app's label log, its cache of drawn images and plots, and the
-    re-ranked lists (`fmb rerank`)."""
+    """runs/<name>/app: the discovery app's label log, its cache of drawn images and plots, the
+    re-ranked lists (the app's and `fmb rerank`'s) and the nearest-neighbour graphs they learn on."""
 
     @property
     def labels_db(self) -> Path:
@@ -279,6 +280,16 @@ class AppFiles(_Directory):
 
     def reranked(self, name: str) -> Path:
         return self.dir / "rerank" / f"{name}.parquet"
+
+    def graph(self, key: str) -> Path:
+        """A re-ranker's k-nearest-neighbour graph, by the key of what it was built from."""
+        return self.dir / "graphs" / f"knn-{key}.npz"
+
+
+def lock_file(project_root: Path) -> Path:
+    """The project's lock of hub revisions and file hashes (`fmb setup download` writes it, `fmb setup
+    check` verifies the cache against it)."""
+    return project_root / LOCK_FILE
 
 
 def crash_logs(project_root: Path) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fmb.app import labels as labels_module
 from fmb.app.labels import LabelStore
 from fmb.errors import FmbError
 
@@ -56,6 +57,7 @@ def test_eight_concurrent_writers_lose_nothing(store: LabelStore):
 
 CRASHING_WRITER = """
 import os, signal, sys
+from fmb.app import labels as labels_module
 from fmb.app.labels import LabelStore
 store = LabelStore(sys.argv[1])
 for object_id in range(25):
@@ -87,6 +89,27 @@ def test_replay_gives_the_labels_as_they_stood(store: LabelStore):
     assert later.set_index("object_id").loc[1, ["interest", "ranking", "rank"]].tolist() == [4, "astronomaly", 3]
     assert store.current().interest.tolist() == [1, 0]  # the relabel undone: the first label is back
     assert store.current(first - 60).empty
+
+
+def test_a_snapshot_names_its_last_event_and_one_objects_label_is_a_lookup(store: LabelStore):
+    assert store.snapshot()[1] == 0 and store.label(1) is None
+    first = store.add(1, 2, ["lens"], note="arc", user="ann")
+    between = _tick()
+    second = store.add(1, 5, user="bob")
+    store.add(2, 0, user="bob")
+    labels, event = store.snapshot()
+    assert event == second + 1 and labels.interest.tolist() == [5, 0]
+    then, event_then = store.snapshot(between)
+    assert event_then == first and then.interest.tolist() == [2] and then.tags[0] == ["lens"]
+    state = store.label(1)
+    assert state == {"event": second, "interest": 5, "tags": [], "note": "", "user": "bob", "time": state["time"]}
+    undo = store.undo("bob")  # bob's latest: object 2
+    assert store.object_of(undo) == 2 and store.label(2) is None
+    assert store.object_of(store.undo("bob")) == 1 and store.label(1)["event"] == first  # ann's label is back
+    assert store.object_of(10**6) is None
+    with sqlite3.connect(store.path) as other:  # found through the index, not by reading the log
+        plan = " ".join(row[-1] for row in other.execute("EXPLAIN QUERY PLAN " + labels_module._LABEL_OF, (1,)))
+    assert "USING COVERING INDEX events_object" in plan or "USING INDEX events_object" in plan
 
 
 def test_undo_cancels_the_users_own_latest_labels_only(store: LabelStore, tmp_path: Path):

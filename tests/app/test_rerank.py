@@ -1,5 +1,7 @@
-"""The re-rankers on a planted survey and on a real scored run, the random slice of every page, the
-discovery curve, and `fmb rerank`."""
+"""The re-rankers on a planted survey and on a real scored run, the nearest-neighbour graph built once,
+the random slice of every page, the discovery curve, and `fmb rerank` with what it records."""
+
+import time
 
 from pathlib import Path
 
@@ -9,9 +11,10 @@ import pytest
 from conftest import run_config
 from typer.testing import CliRunner
 
+from fmb.app import rerank as rerank_module
 from fmb.app.labels import LabelStore
-from fmb.app.rerank import (DEFAULT_RANDOM_FRACTION, RERANKERS, discovery_curve, interleave_random, load_inputs,
-                            rerank, rerank_loaded)
+from fmb.app.rerank import (DEFAULT_RANDOM_FRACTION, RERANKERS, GraphCache, LabelPropagation, discovery_curve, harmonic,
+                            load_inputs, page_count, page_positions, read_reranked, rerank, rerank_loaded)
 from fmb.cli import app
 from fmb.detect.scores import rank_descending
 from fmb.errors import FmbError
@@ -77,27 +80,90 @@ def test_bad_inputs_are_refused():
         RERANKERS["astronomaly"]().fit(X, anomaly, [600], [1])
 
 
-@pytest.mark.parametrize(("size", "fraction", "drawn"), [(10, 0.1, 1), (10, 0.3, 3), (10, 0.01, 1), (7, 0.0, 0)])
-def test_every_page_has_its_random_slice(size: int, fraction: float, drawn: int):
-    order = np.arange(1000, 1095)[::-1]
-    shown, is_random = interleave_random(order, size, fraction, seed=1)
-    assert sorted(shown) == sorted(order)  # every object once
-    for start in range(0, len(order) - size, size):  # every full page
-        assert is_random[start:start + size].sum() == drawn
-        assert not is_random[start:start + size - drawn].any()  # the random ones end the page
-    ranked_part = shown[~is_random]
-    assert (np.diff(ranked_part) < 0).all()  # the rest keeps the given order
-    again = interleave_random(order, size, fraction, seed=1)
-    np.testing.assert_array_equal(again[0], shown)
+# -- label propagation: its graph, its solver, its cold start ------------------------------------------
+def test_the_graph_is_built_once_per_matrix_and_read_back_after_a_restart(tmp_path: Path, monkeypatch):
+    X, anomaly, labelled, interest, _ = planted()
+    built = []
+    knn = rerank_module._knn_graph
+    monkeypatch.setattr(rerank_module, "_knn_graph", lambda Z, k: built.append(len(Z)) or knn(Z, k))
+    locate = lambda key: tmp_path / f"g-{key}.npz"  # noqa: E731
+    cache = GraphCache(locate)
+    first = LabelPropagation(graphs=cache).fit(X, anomaly, labelled, interest).scores_
+    again = LabelPropagation(graphs=cache).fit(X, anomaly, labelled[:4], interest[:4]).scores_
+    assert built == [600] and len(list(tmp_path.glob("g-*.npz"))) == 1 and not np.array_equal(first, again)
+    restarted = LabelPropagation(graphs=GraphCache(locate)).fit(X, anomaly, labelled, interest).scores_
+    np.testing.assert_array_equal(restarted, first)  # read from the file, not built
+    assert built == [600]
+    np.testing.assert_array_equal(LabelPropagation().fit(X, anomaly, labelled, interest).scores_, first)
+    assert built == [600, 600]  # no cache: built on every fit
+    LabelPropagation(graphs=cache).fit(X[:500], anomaly[:500], labelled, interest)  # other features, other graph
+    assert built == [600, 600, 500] and len(list(tmp_path.glob("g-*.npz"))) == 2
+    for saved in tmp_path.glob("g-*.npz"):
+        saved.write_bytes(b"damaged")
+    rebuilt = LabelPropagation(graphs=GraphCache(locate)).fit(X, anomaly, labelled, interest).scores_
+    np.testing.assert_array_equal(rebuilt, first)
+    assert built == [600, 600, 500, 600]  # a damaged file is built again
+
+
+def test_propagation_solves_the_harmonic_system_exactly():
+    from scipy.sparse import diags
+    from scipy.sparse.linalg import spsolve
+
+    X, _, labelled, interest, _ = planted()
+    graph = rerank_module._knn_graph(X, 10)
+    values = interest / 2.5 - 1
+    free = np.setdiff1d(np.arange(len(X)), labelled)
+    system = diags(np.asarray(graph[free].sum(axis=1)).ravel() + 1.0) - graph[free][:, free]
+    direct = spsolve(system.tocsc(), graph[free][:, labelled] @ values)
+    spread = harmonic(graph, labelled, values, 1.0)
+    np.testing.assert_allclose(spread[free], direct, rtol=0, atol=1e-8)
+    np.testing.assert_array_equal(spread[labelled], values)
+
+
+def test_without_an_interesting_label_a_page_asks_each_neighbourhood_once():
+    X, anomaly, labelled, interest, _ = planted()
+    dull = labelled[interest == 0]
+    graph = rerank_module._knn_graph(rerank_module._reduced(X, 16, 0), 10)
+
+    def neighbours_among_first(estimator, labelled, interest, count=10) -> int:
+        scores = estimator.fit(X, anomaly, labelled, interest).scores_
+        first = top_unlabelled(scores, labelled, count)
+        return graph[first][:, first].nnz
+
+    assert neighbours_among_first(LabelPropagation(diverse_cold_start=False), dull, np.zeros(5)) > 0  # the B cluster
+    assert neighbours_among_first(LabelPropagation(), dull, np.zeros(5)) == 0
+    # once something is interesting, its neighbours are what to show next
+    with_gem = LabelPropagation().fit(X, anomaly, labelled, interest).scores_
+    np.testing.assert_array_equal(with_gem, LabelPropagation(diverse_cold_start=False).fit(
+        X, anomaly, labelled, interest).scores_)
+
+
+# -- pages ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("size", "fraction", "drawn"), [(10, 0.1, 1), (10, 0.3, 3), (10, 0.01, 1), (7, 0.0, 0),
+                                                         (1, 0.5, 0)])
+def test_every_page_has_its_random_slice_drawn_from_below_it(size: int, fraction: float, drawn: int):
+    count, ranked = 95, size - drawn
+    pages = [page_positions(count, page, size, fraction, seed=1) for page in range(page_count(count, size, fraction))]
+    assert len(pages) == -(-count // ranked)
+    in_order = np.concatenate([positions[~random] for positions, random in pages])
+    np.testing.assert_array_equal(in_order, np.arange(count))  # the ranking, in order, each object once
+    for page, (positions, random) in enumerate(pages):
+        end = min((page + 1) * ranked, count)
+        assert random.sum() == min(drawn, count - end) and not random[:len(positions) - random.sum()].any()
+        assert (positions[random] >= end).all() and len(set(positions)) == len(positions)  # from below the page
+    again = page_positions(count, 4, size, fraction, seed=1)  # a page alone, as in the whole
+    np.testing.assert_array_equal(again[0], pages[4][0])
     if drawn:
-        assert not np.array_equal(interleave_random(order, size, fraction, seed=2)[0], shown)
+        others = [page_positions(count, page, size, fraction, seed=2)[0] for page in range(len(pages))]
+        assert any(not np.array_equal(mine, other) for (mine, _), other in zip(pages, others))
 
 
-def test_random_picks_come_from_beyond_the_page():
-    order = np.arange(200)
-    shown, is_random = interleave_random(order, 10, DEFAULT_RANDOM_FRACTION, seed=0)
-    assert np.array_equal(shown[:9], order[:9])
-    assert (shown[is_random][:5] > 8).all()
+def test_a_page_costs_the_same_however_long_the_list():
+    started = time.perf_counter()
+    positions, random = page_positions(10**12, 10**9, 10, DEFAULT_RANDOM_FRACTION, seed=0)
+    assert time.perf_counter() - started < 1  # nothing of the list's length is made
+    np.testing.assert_array_equal(positions[:9], 9 * 10**9 + np.arange(9))
+    assert random.tolist() == [False] * 9 + [True] and positions[9] >= 9 * 10**9 + 9
 
 
 def test_discovery_curve_by_hand():
@@ -127,7 +193,8 @@ def test_a_runs_rerank_follows_its_labels(scored_run: Path):
     for method in RERANKERS:
         moved = rerank_loaded(inputs, method, labels, seed=config.seed)
         assert set(moved.object_id[:10]) != set(dull), method
-        assert moved.set_index("object_id").loc[gem, "rank"] < 300, method
+        if method != "astronomaly":  # whose score only scales anomaly scores down: the least anomalous stays last
+            assert moved.set_index("object_id").loc[gem, "rank"] < 300, method
 
 
 def test_fmb_rerank_writes_what_rerank_gives(scored_run: Path, monkeypatch):
@@ -138,15 +205,21 @@ def test_fmb_rerank_writes_what_rerank_gives(scored_run: Path, monkeypatch):
         for rank, object_id in enumerate(load_inputs(config).object_ids[:6], start=1):
             store.add(int(object_id), rank % 6, ["lens"], user="ann", ranking="fused_cauchy", rank=rank)
         out = scored_run / "reranked.parquet"
+        started = time.time()
         result = CliRunner().invoke(app, ["rerank", "--method", "gp_ei", "--out", str(out)])
         assert result.exit_code == 0, result.output
         assert "300 objects ranked by gp_ei from 6 labels (pixels, fused_cauchy)" in result.output
         expected = rerank(config, "pixels", "fused_cauchy", "gp_ei", store.current())
         pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
+        made = read_reranked(out)  # how it was made travels with it
+        assert (made.method, made.model, made.ranking, made.labels, made.seed) == ("gp_ei", "pixels", "fused_cauchy", 6,
+                                                                                  config.seed)
+        assert made.event == store.events().id.max() and started <= made.time <= time.time()
         default = CliRunner().invoke(app, ["rerank", "--at", "0"])  # before any label: the plain ranking
         assert default.exit_code == 0 and "from 0 labels" in default.output
-        written = pd.read_parquet(config.layout.app.reranked("pixels-fused_cauchy-astronomaly"))
-        assert written.object_id.tolist() == rerank(config, None, None, "propagation", store.current(0)).object_id.tolist()
+        written = config.layout.app.reranked("pixels-fused_cauchy-astronomaly")
+        plain = rerank(config, None, None, "propagation", store.current(0)).object_id.tolist()
+        assert pd.read_parquet(written).object_id.tolist() == plain and read_reranked(written).event == 0
     finally:
         store.close()
         config.layout.app.labels_db.unlink()

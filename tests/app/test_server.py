@@ -3,6 +3,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import run_config
 from fastapi.testclient import TestClient
@@ -35,8 +36,6 @@ def client(config) -> TestClient:
 @pytest.fixture(scope="module")
 def plain(config):
     """The default ranking as the score table gives it: object ids best first."""
-    import pandas as pd
-
     return ranked(pd.read_parquet(config.layout.scores.table("pixels")), "fused_cauchy").object_id.tolist()
 
 
@@ -99,6 +98,9 @@ def test_labels_round_trip_and_undo(client: TestClient, config, plain: list[int]
             "ranking": "pixels:fused_cauchy", "rank": 3}
     saved = client.post("/api/labels", json=body)
     assert saved.status_code == 201 and saved.json()["event"] >= 1
+    state = saved.json()["label"]  # read back from the log: what the page confirms
+    assert saved.json()["object_id"] == str(plain[2]) and state["event"] == saved.json()["event"]
+    assert (state["interest"], state["tags"], state["note"], state["user"]) == (4, ["lens", "merger"], "", "tester")
     shown = client.get("/api/list", params={"tag": "lens"}).json()
     assert ids_of(shown) == [plain[2]] and shown["items"][0]["label"]["interest"] == 4
     assert client.get(f"/api/object/{plain[2]}").json()["label"]["tags"] == ["lens", "merger"]
@@ -106,8 +108,14 @@ def test_labels_round_trip_and_undo(client: TestClient, config, plain: list[int]
     assert client.get("/api/list", params={"min_interest": 5}).json()["total"] == 0
     undone = client.post("/api/undo", json={"user": "tester"}).json()
     assert undone["object_id"] == str(plain[2]) and undone["label"] is None
+    relabelled = client.post("/api/labels", json={**body, "interest": 1}).json()
+    client.post("/api/labels", json={**body, "interest": 2, "tags": []})
+    undone = client.post("/api/undo", json={"user": "tester"}).json()  # the earlier label is in effect again
+    assert undone["label"]["interest"] == 1 and undone["label"]["event"] == relabelled["event"]
+    assert client.post("/api/undo", json={"user": "tester"}).json()["label"] is None
     assert client.post("/api/undo", json={"user": "tester"}).json()["event"] is None
-    assert LabelStore(config.layout.app.labels_db).events().kind.tolist() == ["label", "undo"]
+    assert LabelStore(config.layout.app.labels_db).events().kind.tolist() == ["label", "undo", "label", "label", "undo",
+                                                                              "undo"]
 
 
 def test_rerank_changes_the_order_and_marks_the_random_slice(client: TestClient, plain: list[int]):
@@ -119,12 +127,46 @@ def test_rerank_changes_the_order_and_marks_the_random_slice(client: TestClient,
     assert page["ranking"] == "pixels:fused_cauchy:rerank=astronomaly"
     assert sum(item["random"] for item in page["items"]) == 2 and chosen != plain[:18]
     assert not set(plain[:6]) & set(chosen[:6])
+    assert page["pages"] == -(-300 // 18)  # 18 of the ranking a page, 2 drawn from below it
+    found = client.get("/api/list", params={"rerank": "astronomaly", "page_size": 20, "find": chosen[17]}).json()
+    assert found["page"] == 0
+
+
+def test_the_last_rerank_is_saved_and_shown_after_a_restart(client: TestClient, config, plain: list[int]):
+    from fmb.app.rerank import read_reranked, rerank_run
+
+    for object_id in plain[6:9]:
+        client.post("/api/labels", json={"object_id": object_id, "interest": 5, "user": "restart"})
+    done = client.post("/api/rerank", json={"method": "propagation"}).json()["rerank"]
+    events = LabelStore(config.layout.app.labels_db).events()
+    assert done["event"] == events.id.max() and done["method"] == "propagation" and done["labels"] >= 3
+    saved = config.layout.app.reranked("pixels-fused_cauchy-propagation")
+    assert read_reranked(saved).describe() == done
+    assert list(config.layout.app.graph("x").parent.glob("knn-*.npz"))  # the graph it learnt on, kept
+    shown = client.get("/api/list", params={"rerank": "propagation", "page_size": 10}).json()
+    client.post("/api/labels", json={"object_id": plain[9], "interest": 5, "user": "restart"})  # after the re-rank
+    restarted = TestClient(create_app(config), base_url=LOCAL)  # a new process: nothing in memory
+    again = restarted.get("/api/list", params={"rerank": "propagation", "page_size": 10}).json()
+    assert again["rerank"] == done and ids_of(again) == ids_of(shown)  # the last re-rank, not a new one
+    rerank_run(config, method="propagation")  # `fmb rerank` writes the file the app shows
+    by_cli = read_reranked(saved).describe()
+    assert by_cli["event"] == events.id.max() + 1 and by_cli["time"] > done["time"]
+    assert TestClient(create_app(config), base_url=LOCAL).get(
+        "/api/list", params={"rerank": "propagation"}).json()["rerank"] == by_cli
+    table = config.layout.scores.table("pixels")  # scores changed since: the saved list is stale, made anew
+    original = table.read_bytes()
+    frame = pd.read_parquet(table)
+    try:
+        frame.assign(fused_cauchy=-frame["fused_cauchy"]).to_parquet(table)
+        fresh = TestClient(create_app(config), base_url=LOCAL).get(
+            "/api/list", params={"rerank": "propagation"}).json()["rerank"]
+        assert fresh["time"] > by_cli["time"] and fresh["source"] != by_cli["source"]
+    finally:
+        table.write_bytes(original)
 
 
 def test_the_consensus_is_one_more_ranking(config, plain: list[int]):
     """With several models, `fmb detect` writes a cross-model consensus: the list offers it as a model."""
-    import pandas as pd
-
     consensus = config.layout.scores.consensus
     scores = pd.read_parquet(config.layout.scores.table("pixels"), columns=["object_id", "fused_cauchy"])
     scores.rename(columns={"fused_cauchy": "fused_consensus"}).to_parquet(consensus)

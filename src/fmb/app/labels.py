@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_undoes ON events (undoes);
 CREATE INDEX IF NOT EXISTS events_user ON events (user, kind);
+CREATE INDEX IF NOT EXISTS events_object ON events (object_id, id);
 CREATE TRIGGER IF NOT EXISTS events_never_updated BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'the label log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_never_deleted BEFORE DELETE ON events
@@ -69,12 +70,21 @@ BEGIN SELECT RAISE(ABORT, 'the label log is append-only'); END;
 """
 _INSERT = ("INSERT INTO events (object_id, kind, interest, tags, note, user, time, ranking, rank, undoes) "
            "VALUES (:object_id, :kind, :interest, :tags, :note, :user, :time, :ranking, :rank, :undoes)")
-# the labels in effect at :at: labels and imports made by then that no undo made by then cancels
+# the labels in effect at :at as of event :upto: labels and imports made by then that no undo made by
+# then cancels (events up to an id never change: the log is append-only and ids grow with each commit)
 _EFFECTIVE = f"""
 SELECT e.object_id, e.interest, e.tags, e.note, e.user, e.time, e.ranking, e.rank FROM events e
-WHERE e.kind IN ('{LABEL}', '{IMPORT}') AND e.time <= :at
-  AND NOT EXISTS (SELECT 1 FROM events u WHERE u.undoes = e.id AND u.time <= :at)
+WHERE e.kind IN ('{LABEL}', '{IMPORT}') AND e.time <= :at AND e.id <= :upto
+  AND NOT EXISTS (SELECT 1 FROM events u WHERE u.undoes = e.id AND u.time <= :at AND u.id <= :upto)
 ORDER BY e.id
+"""
+_LAST_EVENT = "SELECT COALESCE(MAX(id), 0) FROM events WHERE time <= :at"
+# one object's label in effect now (the index on object_id makes it a lookup, not a replay)
+_LABEL_OF = f"""
+SELECT e.id AS event, e.interest, e.tags, e.note, e.user, e.time FROM events e
+WHERE e.object_id = ? AND e.kind IN ('{LABEL}', '{IMPORT}')
+  AND NOT EXISTS (SELECT 1 FROM events u WHERE u.undoes = e.id)
+ORDER BY e.id DESC LIMIT 1
 """
 _LATEST_OF_USER = f"""
 SELECT e.id, e.object_id FROM events e
@@ -140,10 +150,34 @@ class LabelStore:
     def current(self, at: float | None = None) -> pd.DataFrame:
         """One row per labelled object (`COLUMNS`), its label in effect at unix time `at` (default:
         now), by object id."""
+        return self.snapshot(at)[0]
+
+    def snapshot(self, at: float | None = None) -> tuple[pd.DataFrame, int]:
+        """`current(at)` and the id of the last event it reflects (0 for an empty log): the state a
+        re-ranked list was computed from, which later writes cannot change."""
+        at = math.inf if at is None else at
         with self._errors():
-            frame = pd.read_sql_query(_EFFECTIVE, self._connection(), params={"at": math.inf if at is None else at})
+            connection = self._connection()
+            upto = int(connection.execute(_LAST_EVENT, {"at": at}).fetchone()[0])
+            frame = pd.read_sql_query(_EFFECTIVE, connection, params={"at": at, "upto": upto})
         latest = frame.drop_duplicates("object_id", keep="last").sort_values("object_id")
-        return _typed(latest.reset_index(drop=True))
+        return _typed(latest.reset_index(drop=True)), upto
+
+    def label(self, object_id: int) -> dict | None:
+        """One object's label in effect now (event, interest, tags, note, user, time), or None."""
+        with self._errors():
+            row = self._connection().execute(_LABEL_OF, (int(object_id),)).fetchone()
+        if row is None:
+            return None
+        event, interest, tags, note, user, made = row
+        return {"event": event, "interest": interest, "tags": json.loads(tags), "note": note, "user": user,
+                "time": made}
+
+    def object_of(self, event: int) -> int | None:
+        """The object an event (a label, an import or an undo) is about; None for an unknown id."""
+        with self._errors():
+            row = self._connection().execute("SELECT object_id FROM events WHERE id = ?", (int(event),)).fetchone()
+        return None if row is None else int(row[0])
 
     def export(self, path: str | Path, at: float | None = None) -> int:
         """Write `current(at)` to a .csv (tags joined by ';') or .parquet file, atomically; returns rows."""

@@ -18,26 +18,44 @@ label each gives the anomaly ranking itself, and each is deterministic for its `
 * ``propagation``: label propagation over the k-nearest-neighbour graph (k = 10) of the same PCA, as
   the harmonic function of Zhu, Ghahramani & Lafferty (2003) with a "dongle" of weight 1 holding each
   unlabelled object to 0: interest (centred, -1..1) spreads from labelled objects to their
-  neighbours and fades with distance; the score is the anomaly percentile plus it.
+  neighbours and fades with distance; the score is the anomaly percentile plus it. Until some label
+  is above the middle of the scale (the cold start: labels can only push objects down), the list
+  first shows one object per neighbourhood (a greedy independent set of the graph, best first): the
+  label of one object says what its neighbours are, so a page of neighbours asks one question many
+  times. The graph is built once per feature matrix (`GraphCache`, saved in the run's app directory)
+  and the system is solved by conjugate gradients: a refit costs tens of milliseconds at 10^4 objects.
 
 All three learn on the same features (`load_inputs`): the model's joint embedding beside the
 detector's evidence profile (-log10 p of each way of being odd that the default ranking fuses), each
 block scaled to unit total variance. Every parameter above was fixed from those sources before any
-benchmark ran; the evidence profile was added after one comparison on the development survey
-(`benchmarks/labelling_sim.py`, `benchmarks/RESULTS.md`).
+benchmark ran; the evidence profile and the cold-start rule were each adopted after one comparison on
+the development survey (`benchmarks/labelling_sim.py`, `benchmarks/RESULTS.md`).
+
+A page of a re-ranked list (`page_positions`) ends with its random slice, drawn from the list below
+the page; a re-ranked list is written with how it was made (re-ranker, label event, time:
+`Reranked`) where the app and `fmb rerank` both read it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import threading
+import time
 import warnings
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from fmb.detect.scores import calibrated_inputs, frame_headline, is_score, p_column, percentile, ranked, score_tables
 from fmb.errors import FmbError
+from fmb.io import atomic_path, write_table
 
 DEFAULT_METHOD = "astronomaly"
 DEFAULT_PAGE_SIZE = 10
@@ -46,6 +64,10 @@ DEFAULT_PAGE_SIZE = 10
 DEFAULT_RANDOM_FRACTION = 0.1
 MAX_INTEREST = 5.0
 MODALITY = "joint"  # the embedding the re-rankers learn on: image and spectrum together
+GRAPH_VERSION = 1  # part of a cached graph's key: bump it when the graph is built differently
+SOLVER_TOLERANCE = 1e-10  # relative residual of label propagation's conjugate gradients
+SOLVER_ITERATIONS = 2000
+METADATA_KEY = b"fmb.rerank"  # the Parquet schema metadata of a re-ranked list: how it was made
 
 
 # -- the re-rankers ---------------------------------------------------------------------------------
@@ -112,26 +134,23 @@ class GaussianProcessEI(Reranker):
 
 
 class LabelPropagation(Reranker):
-    """Harmonic label propagation over the k-NN graph, added to the anomaly percentile (see the module doc)."""
+    """Harmonic label propagation over the k-NN graph, added to the anomaly percentile, one object per
+    neighbourhood first while no label is interesting (`diverse_cold_start`; see the module doc).
+    `graphs` keeps the graph of each feature matrix (`GraphCache`); without one it is built on every fit."""
 
-    def __init__(self, neighbours: int = 10, prior_weight: float = 1.0, components: int = 16, seed: int = 0):
+    def __init__(self, neighbours: int = 10, prior_weight: float = 1.0, components: int = 16, seed: int = 0,
+                 graphs: "GraphCache | None" = None, diverse_cold_start: bool = True):
         self.neighbours, self.prior_weight, self.components, self.seed = neighbours, prior_weight, components, seed
+        self.graphs, self.diverse_cold_start = graphs, diverse_cold_start
 
     def _scores(self, X, anomaly, prior, labelled, interest):
-        from scipy.sparse import diags
-        from scipy.sparse.linalg import spsolve
-
-        graph = _knn_graph(_reduced(X, self.components, self.seed), self.neighbours)
-        spread = np.zeros(len(X))
-        spread[labelled] = (interest - MAX_INTEREST / 2) / (MAX_INTEREST / 2)
-        free = np.setdiff1d(np.arange(len(X)), labelled)
-        if len(free):
-            # each free object = weighted mean of its neighbours and of its dongle (0, weight prior_weight)
-            within = graph[free][:, free]
-            degree = np.asarray(graph[free].sum(axis=1)).ravel()
-            system = (diags(degree + self.prior_weight) - within).tocsc()
-            spread[free] = spsolve(system, graph[free][:, labelled] @ spread[labelled])
-        return prior + spread
+        graphs = self.graphs if self.graphs is not None else GraphCache(kept=0)
+        graph = graphs.graph(X, self.components, self.neighbours, self.seed)
+        centred = (interest - MAX_INTEREST / 2) / (MAX_INTEREST / 2)
+        scores = prior + harmonic(graph, labelled, centred, self.prior_weight)
+        if self.diverse_cold_start and not (centred > 0).any():
+            scores = one_per_neighbourhood(scores, graph, labelled)
+        return scores
 
 
 RERANKERS: dict[str, type[Reranker]] = {
@@ -141,9 +160,11 @@ RERANKERS: dict[str, type[Reranker]] = {
 }
 
 
-def reranker(method: str, seed: int = 0) -> Reranker:
-    """A fresh estimator of a registered re-ranker with its default parameters."""
-    return RERANKERS[known_method(method)](seed=seed)
+def reranker(method: str, seed: int = 0, graphs: "GraphCache | None" = None) -> Reranker:
+    """A fresh estimator of a registered re-ranker with its default parameters (and `graphs`, for
+    those that learn on the nearest-neighbour graph)."""
+    kind = RERANKERS[known_method(method)]
+    return kind(seed=seed, graphs=graphs) if "graphs" in inspect.signature(kind).parameters else kind(seed=seed)
 
 
 def known_method(method: str) -> str:
@@ -199,32 +220,132 @@ def _knn_graph(Z: np.ndarray, neighbours: int):
     return adjacency.maximum(adjacency.T).tocsr()
 
 
+def one_per_neighbourhood(scores: np.ndarray, graph, labelled: np.ndarray) -> np.ndarray:
+    """`scores` raised so that a greedy independent set of the unlabelled objects comes first: best
+    first, each object taken unless a neighbour was taken before it; then the others, in order."""
+    taken = np.zeros(len(scores), bool)
+    blocked = np.zeros(len(scores), bool)
+    blocked[labelled] = True
+    for node in np.argsort(-scores, kind="stable"):
+        if not blocked[node]:
+            taken[node] = True
+            blocked[graph.indices[graph.indptr[node]:graph.indptr[node + 1]]] = True
+            blocked[node] = True
+    return scores + taken * (np.ptp(scores) + 1)
+
+
+def harmonic(graph, labelled: np.ndarray, values: np.ndarray, prior_weight: float) -> np.ndarray:
+    """The harmonic function on `graph` (Zhu, Ghahramani & Lafferty 2003): `values` at the labelled
+    nodes, and each free node the weighted mean of its neighbours and of a dongle of weight
+    `prior_weight` holding it to 0. Its system (degree + weight - adjacency, over the free nodes) is
+    symmetric and strictly diagonally dominant, so conjugate gradients with the diagonal as
+    preconditioner solve it in a few dozen sparse products; a direct factorisation fills in (seconds
+    at 10^4 objects). Its vector products run on one BLAS thread: at this size threads only add their
+    synchronisation, which on a busy machine cost twenty times the solve."""
+    from scipy.sparse import diags
+    from scipy.sparse.linalg import cg
+    from threadpoolctl import threadpool_limits
+
+    spread = np.zeros(graph.shape[0])
+    spread[labelled] = values
+    free = np.setdiff1d(np.arange(graph.shape[0]), labelled)
+    if not len(free):
+        return spread
+    rows = graph[free]
+    diagonal = np.asarray(rows.sum(axis=1)).ravel() + prior_weight
+    system = (diags(diagonal) - rows[:, free]).tocsr()
+    target = rows[:, labelled] @ spread[labelled]
+    with threadpool_limits(limits=1, user_api="blas"):
+        solution, failed = cg(system, target, rtol=SOLVER_TOLERANCE, atol=0.0, maxiter=SOLVER_ITERATIONS,
+                              M=diags(1 / diagonal))
+    if failed:
+        raise FmbError(f"label propagation did not converge in {SOLVER_ITERATIONS} iterations")
+    spread[free] = solution
+    return spread
+
+
+class GraphCache:
+    """The k-nearest-neighbour graph of each feature matrix, built once: held in memory (the last
+    `kept`) and, given `locate` (a graph's key -> its file, `fmb.layout.AppFiles.graph`), saved there
+    atomically, so that a restarted app or the next `fmb rerank` reads it instead of building it. A
+    graph's key is the sha256 of the matrix and of every parameter the graph depends on: a changed
+    embedding or score table is another key, never a stale graph."""
+
+    def __init__(self, locate: Callable[[str], Path] | None = None, kept: int = 4):
+        self.locate, self.kept = locate, kept
+        self._graphs: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def graph(self, X: np.ndarray, components: int, neighbours: int, seed: int):
+        key = content_key(X, GRAPH_VERSION, components, neighbours, seed)
+        with self._lock:
+            if key in self._graphs:
+                return self._graphs[key]
+            graph = self._read(key)
+            if graph is None or graph.shape != (len(X), len(X)):
+                graph = _knn_graph(_reduced(X, components, seed), neighbours)
+                self._write(key, graph)
+            if self.kept:
+                while len(self._graphs) >= self.kept:
+                    self._graphs.pop(next(iter(self._graphs)))
+                self._graphs[key] = graph
+            return graph
+
+    def _read(self, key: str):
+        from scipy.sparse import load_npz
+
+        path = self.locate(key) if self.locate else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            return load_npz(path).tocsr()
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # a damaged file: built and written again
+            return None
+
+    def _write(self, key: str, graph) -> None:
+        from scipy.sparse import save_npz
+
+        if self.locate is not None:
+            with atomic_path(self.locate(key)) as temporary, open(temporary, "wb") as handle:
+                save_npz(handle, graph)
+
+
+def content_key(array: np.ndarray, *parameters) -> str:
+    """A short sha256 of an array's shape, type and values and of `parameters`."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(json.dumps([list(array.shape), array.dtype.str, *parameters]).encode())
+    digest.update(array.data)
+    return digest.hexdigest()[:24]
+
+
 # -- pages and the discovery curve -------------------------------------------------------------------
-def interleave_random(order: np.ndarray, page_size: int = DEFAULT_PAGE_SIZE, fraction: float = DEFAULT_RANDOM_FRACTION,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`order` cut into pages of `page_size`, each ending with round(fraction * page_size) objects (at
-    least 1 when fraction > 0) drawn at random from those not shown yet; returns the new order and
-    which of its entries were drawn at random."""
+def slice_sizes(page_size: int = DEFAULT_PAGE_SIZE, fraction: float = DEFAULT_RANDOM_FRACTION) -> tuple[int, int]:
+    """(ranked, random) objects on a page: round(fraction * page_size) random ones, at least 1 when
+    fraction > 0 and at most page_size - 1 (every page moves down the ranking)."""
     if page_size < 1 or not 0 <= fraction <= 1:
         raise FmbError(f"pages need a size of at least 1 and a random fraction in 0..1, got {page_size}, {fraction}")
-    order = np.asarray(order)
-    per_page = max(1, round(fraction * page_size)) if fraction > 0 else 0
-    rng = np.random.default_rng(seed)
-    shown = np.zeros(len(order), dtype=bool)  # by position in `order`
-    result, is_random, next_ranked = [], [], 0
-    while len(result) < len(order):
-        page_ranked = []
-        while len(page_ranked) < page_size - per_page and next_ranked < len(order):
-            if not shown[next_ranked]:
-                page_ranked.append(next_ranked)
-                shown[next_ranked] = True
-            next_ranked += 1
-        remaining = np.flatnonzero(~shown)
-        drawn = rng.choice(remaining, size=min(per_page, len(remaining)), replace=False) if len(remaining) else []
-        shown[drawn] = True
-        result += [*page_ranked, *drawn]
-        is_random += [False] * len(page_ranked) + [True] * len(drawn)
-    return order[np.asarray(result, dtype=np.int64)], np.asarray(is_random, dtype=bool)
+    drawn = min(max(1, round(fraction * page_size)), page_size - 1) if fraction > 0 else 0
+    return page_size - drawn, drawn
+
+
+def page_count(count: int, page_size: int = DEFAULT_PAGE_SIZE, fraction: float = DEFAULT_RANDOM_FRACTION) -> int:
+    """How many pages a ranked list of `count` objects makes (at least 1)."""
+    return max(1, -(-count // slice_sizes(page_size, fraction)[0]))
+
+
+def page_positions(count: int, page: int, page_size: int = DEFAULT_PAGE_SIZE,
+                   fraction: float = DEFAULT_RANDOM_FRACTION, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Page `page` of a ranked list of `count` objects, as positions in the list, and which of them
+    were drawn at random: the page's share of the ranking in order (`slice_sizes`), then its random
+    slice, drawn without replacement from the rest of the list below the page by a generator keyed by
+    (seed, page). A page depends on nothing but its number: it costs O(page_size) whatever the list's
+    length. An object drawn at random on one page is shown again at its own rank further down."""
+    ranked, drawn = slice_sizes(page_size, fraction)
+    start, end = min(page * ranked, count), min((page + 1) * ranked, count)
+    below = count - end
+    picked = np.random.default_rng([seed, page]).choice(below, size=min(drawn, below), replace=False) if below else []
+    positions = np.concatenate([np.arange(start, end), end + np.sort(np.asarray(picked, dtype=np.int64))])
+    return positions.astype(np.int64), np.arange(len(positions)) >= end - start
 
 
 def discovery_curve(shown_ids_in_order, interest_by_id, threshold: int = 4) -> np.ndarray:
@@ -298,11 +419,12 @@ def labelled_positions(inputs: RerankInputs, labels: pd.DataFrame) -> tuple[np.n
     return positions[found], with_interest.interest.to_numpy(np.float64)[found]
 
 
-def rerank_loaded(inputs: RerankInputs, method: str, labels: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def rerank_loaded(inputs: RerankInputs, method: str, labels: pd.DataFrame, seed: int = 0,
+                  graphs: GraphCache | None = None) -> pd.DataFrame:
     """(object_id, score, rank), best first by the ranking rule, of `method` fitted on `labels`
-    (object_id, interest: `LabelStore.current()`)."""
+    (object_id, interest: `LabelStore.current()`); `graphs` keeps the nearest-neighbour graphs."""
     labelled, interest = labelled_positions(inputs, labels)
-    scores = reranker(method, seed).fit(inputs.features, inputs.anomaly, labelled, interest).scores_
+    scores = reranker(method, seed, graphs).fit(inputs.features, inputs.anomaly, labelled, interest).scores_
     frame = ranked(pd.DataFrame({"object_id": inputs.object_ids, "score": scores}), "score")
     return frame[["object_id", "score", "rank"]].reset_index(drop=True)
 
@@ -312,23 +434,80 @@ def rerank(config, model: str | None, ranking_column: str | None, method: str, l
     return rerank_loaded(load_inputs(config, model, ranking_column), method, labels, config.seed)
 
 
+# -- a re-ranked list on disk -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reranked:
+    """A re-ranked list and how it was made: what the app shows after a restart and `fmb rerank` writes."""
+
+    order: pd.DataFrame  # object_id, score, rank: best first
+    method: str
+    model: str
+    ranking: str
+    event: int  # the label log's last event it was computed from (`LabelStore.snapshot`; 0: no label)
+    labels: int  # the labels with an interest it learnt from
+    time: float  # unix time it was computed
+    seed: int
+    source: str  # `source_key` of the objects and anomaly scores it re-ranked
+
+    def describe(self) -> dict:
+        """Everything but the list (JSON)."""
+        return {key: value for key, value in asdict(self).items() if key != "order"}
+
+
+def source_key(object_ids: np.ndarray, anomaly: np.ndarray) -> str:
+    """What a re-ranked list started from: the objects (in the score table's order) and their anomaly scores."""
+    return content_key(np.asarray(anomaly, np.float64), content_key(np.asarray(object_ids, np.int64)))
+
+
+def rerank_snapshot(inputs: RerankInputs, method: str, labels: pd.DataFrame, event: int, seed: int = 0,
+                    graphs: GraphCache | None = None) -> Reranked:
+    """`rerank_loaded` on the labels of `LabelStore.snapshot` (labels, event), with how it was made."""
+    order = rerank_loaded(inputs, method, labels, seed, graphs)
+    return Reranked(order, method, inputs.model, inputs.ranking, int(event),
+                    len(labelled_positions(inputs, labels)[0]), time.time(), int(seed),
+                    source_key(inputs.object_ids, inputs.anomaly))
+
+
+def write_reranked(reranked: Reranked, path: Path) -> Path:
+    """The list as Parquet (object_id, score, rank), how it was made in its schema metadata; atomic."""
+    table = pa.Table.from_pandas(reranked.order, preserve_index=False)
+    metadata = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(reranked.describe()).encode()}
+    return write_table(table.replace_schema_metadata(metadata), path)
+
+
+def read_reranked(path: Path) -> Reranked | None:
+    """The list `write_reranked` wrote at `path`; None when there is none or it cannot be read."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return None
+    try:
+        table = pq.read_table(path)
+        made = json.loads(table.schema.metadata[METADATA_KEY])
+        order = table.to_pandas()[["object_id", "score", "rank"]]
+        return Reranked(order, **{key: made[key] for key in Reranked.__dataclass_fields__ if key != "order"})
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):  # damaged or foreign: computed again
+        return None
+
+
+def reranked_name(model: str, ranking: str, method: str) -> str:
+    """The name of a re-ranked list in the run's app directory (`fmb.layout.AppFiles.reranked`)."""
+    return f"{model}-{ranking}-{method}"
+
+
 def rerank_run(config, model: str | None = None, ranking: str | None = None, method: str | None = None,
                out: Path | None = None, at: float | None = None) -> dict:
     """`fmb rerank`: the run's labels (as they stood at unix time `at`, default now) re-rank its
     objects by `method` (default `DEFAULT_METHOD`); the list goes to `out` (default
-    runs/<name>/app/rerank/<model>-<ranking>-<method>.parquet). Returns what was done: path, objects,
-    labels used, method, model, ranking."""
-    import pyarrow as pa
-
+    runs/<name>/app/rerank/<model>-<ranking>-<method>.parquet, the file the app writes and shows).
+    Returns what was done: path, objects, labels used, method, model, ranking, event."""
     from fmb.app.labels import COLUMNS, LabelStore
-    from fmb.io import write_table
 
     method = known_method(method or DEFAULT_METHOD)  # before any loading
     database = config.layout.app.labels_db
-    labels = LabelStore(database).current(at) if database.is_file() else pd.DataFrame(columns=list(COLUMNS))
+    empty = (pd.DataFrame(columns=list(COLUMNS)), 0)
+    labels, event = LabelStore(database).snapshot(at) if database.is_file() else empty
     inputs = load_inputs(config, model, ranking)
-    frame = rerank_loaded(inputs, method, labels, config.seed)
-    path = out or config.layout.app.reranked(f"{inputs.model}-{inputs.ranking}-{method}")
-    write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
-    return {"path": path, "objects": len(frame), "labels": len(labelled_positions(inputs, labels)[0]),
-            "method": method, "model": inputs.model, "ranking": inputs.ranking}
+    done = rerank_snapshot(inputs, method, labels, event, config.seed, GraphCache(config.layout.app.graph))
+    path = write_reranked(done, out or config.layout.app.reranked(reranked_name(inputs.model, inputs.ranking, method)))
+    return {"path": path, "objects": len(done.order), **done.describe()}

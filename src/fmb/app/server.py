@@ -10,7 +10,9 @@ What a request can reach, and nothing else:
 * no request names a file: static files are a fixed set listed when the app starts, images are
   drawn from the data index and cached under names hashed from the request, lists come from the
   run's score tables; the app writes label events (`fmb.app.labels`) and its image cache under the
-  run's app directory, and a similarity index the run lacks where `fmb analyze similarity` puts it;
+  run's app directory, each re-ranked list (the file `fmb rerank` writes, so a restart shows the last
+  one) and the nearest-neighbour graph it learns on, and a similarity index the run lacks where
+  `fmb analyze similarity` puts it;
 * every error is a JSON ``{"error": ...}`` with a 4xx status; a 500 is a bug;
 * object ids go out as JSON strings: survey ids (DESI's TARGETID ~ 4e16) exceed the integers a
   browser holds exactly (2^53); they come back as strings or numbers, both read as 64-bit integers;
@@ -23,7 +25,6 @@ What a request can reach, and nothing else:
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -43,8 +44,9 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fmb.app.labels import LABEL, MAX_INTEREST, MAX_NOTE, MAX_RANKING, LabelStore
-from fmb.app.rerank import DEFAULT_RANDOM_FRACTION, RERANKERS, discovery_curve, interleave_random, known_method
-from fmb.app.rerank import load_inputs, rerank_loaded
+from fmb.app.rerank import DEFAULT_RANDOM_FRACTION, RERANKERS, GraphCache, Reranked, discovery_curve, known_method
+from fmb.app.rerank import load_inputs, page_count, page_positions, read_reranked, rerank_snapshot, reranked_name
+from fmb.app.rerank import slice_sizes, source_key, write_reranked
 from fmb.app.render import FRAMES, STRETCHES, Contrast, Renderer, draw_discovery, figure_png
 from fmb.config import ResolvedConfig
 from fmb.data.catalog import load_catalog
@@ -66,7 +68,6 @@ PAGE_SIZE_MAX = 200
 PAGE_MAX = 10**9
 DISCOVERY_THRESHOLD = 4
 CLASS_VALUES_MAX = 64  # a catalog text column with more distinct values is a name, not a class
-RANDOM_SLICES_KEPT = 8
 log = logging.getLogger("fmb.app")
 
 
@@ -202,10 +203,10 @@ class RunView:
         self.labels = LabelStore(config.layout.app.labels_db)
         self.renderer = Renderer(config)
         self.neighbours = Neighbours(config)
-        self._reranked: dict[tuple[str, str, str], pd.DataFrame] = {}  # the last list of each re-ranker
+        self._reranked: dict[tuple[str, str, str], Reranked] = {}  # the last list of each re-ranker
         self._rerank_inputs: dict[tuple[str, str], object] = {}
         self._reranking = threading.Lock()
-        self._random_slices: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.graphs = GraphCache(config.layout.app.graph)
 
     # -- what the list page offers --------------------------------------------------------------------
     def choices(self) -> dict:
@@ -234,56 +235,62 @@ class RunView:
         model, table = self.table(query.model)
         column = self.column(table, query.column)
         labels = self.current_labels()
-        order = self.filtered(self.ordered(model, column, query.rerank), query, labels)
-        random = np.zeros(len(order), bool)
-        if query.rerank:
-            order, random = self.with_random_slice(order, query.page_size)
-        page = self.page_number(order, query)
-        rows = slice(page * query.page_size, (page + 1) * query.page_size)
-        shown = order.iloc[rows]
+        reranked = self.reranked(model, column, query.rerank) if query.rerank else None
+        order = self.filtered(table.order(column) if reranked is None else reranked.order, query, labels)
+        fraction = DEFAULT_RANDOM_FRACTION if reranked else 0.0  # a re-ranked list has its random slice
+        page = self.page_number(order, query, fraction)
+        positions, random = page_positions(len(order), page, query.page_size, fraction, self.config.seed)
         return {"ranking": ranking_name(model, column, query.rerank), "model": model, "column": column,
-                "page": page, "pages": max(1, -(-len(order) // query.page_size)), "total": len(order),
-                "page_size": query.page_size,
-                "items": self.items(shown, random[rows], labels, first_position=page * query.page_size)}
+                "page": page, "pages": page_count(len(order), query.page_size, fraction), "total": len(order),
+                "page_size": query.page_size, "rerank": reranked.describe() if reranked else None,
+                "items": self.items(order.iloc[positions], random, labels, first_position=page * query.page_size)}
 
-    def ordered(self, model: str, column: str, rerank: str | None) -> pd.DataFrame:
-        if rerank is None:
-            return self.tables[model].order(column)
+    def reranked(self, model: str, column: str, method: str) -> Reranked:
+        """The last list of `method`: in memory, else the one saved in the run when it re-ranked these
+        very scores (after a restart, or written by `fmb rerank`), else computed from the labels now."""
+        self.reranker_for(model, method)
         with self._reranking:
-            if (model, column, rerank) not in self._reranked:
-                return self._rerank_locked(model, column, rerank)
-            return self._reranked[(model, column, rerank)]
+            if (model, column, method) not in self._reranked:
+                saved = read_reranked(self.config.layout.app.reranked(reranked_name(model, column, method)))
+                if saved is not None and self.still_current(saved, model, column, method):
+                    self._reranked[(model, column, method)] = saved
+                else:
+                    self._rerank_locked(model, column, method)
+            return self._reranked[(model, column, method)]
+
+    def still_current(self, saved: Reranked, model: str, column: str, method: str) -> bool:
+        """Whether a saved list re-ranked this run's current scores of (model, column) with `method`."""
+        frame = self.tables[model].frame
+        kept = frame["object_id"].isin(saved.order["object_id"]).to_numpy()
+        current = source_key(frame["object_id"].to_numpy()[kept], frame[column].to_numpy(np.float64)[kept])
+        return (saved.model, saved.ranking, saved.method, saved.source) == (model, column, method, current)
 
     def rerank(self, model: str | None, column: str | None, method: str) -> dict:
-        """Fit `method` on the labels as they are now: the re-ranked list replaces the last one."""
+        """Fit `method` on the labels as they are now: the re-ranked list replaces the last one, in
+        memory and in the run's app directory."""
         model, table = self.table(model)
         column = self.column(table, column)
+        self.reranker_for(model, method)
         with self._reranking:
-            order = self._rerank_locked(model, column, method)
-        return {"ranking": ranking_name(model, column, method), "objects": len(order),
-                "labelled": int(self.labels.current().shape[0])}
+            done = self._rerank_locked(model, column, method)
+        return {"ranking": ranking_name(model, column, method), "objects": len(done.order),
+                "labelled": done.labels, "rerank": done.describe()}
 
-    def _rerank_locked(self, model: str, column: str, method: str) -> pd.DataFrame:
+    @staticmethod
+    def reranker_for(model: str, method: str) -> None:
         known_method(method)
         if model == CONSENSUS_MODEL:
             raise HTTPException(400, "re-rankers learn on one model's embeddings, not on the consensus")
+
+    def _rerank_locked(self, model: str, column: str, method: str) -> Reranked:
         if (model, column) not in self._rerank_inputs:  # the embeddings are read once, labels every time
             self._rerank_inputs[(model, column)] = load_inputs(self.config, model, column)
-        order = rerank_loaded(self._rerank_inputs[(model, column)], method, self.labels.current(), self.config.seed)
-        self._reranked[(model, column, method)] = order
-        return order
-
-    def with_random_slice(self, order: pd.DataFrame, page_size: int) -> tuple[pd.DataFrame, np.ndarray]:
-        """`order` with its random slice on every page, and which rows it is. Interleaving walks the
-        whole list: it is done once per list (keyed by its content) and page size, not per page."""
-        ids = order["object_id"].to_numpy()
-        key = (hashlib.sha256(ids.tobytes()).hexdigest(), page_size)
-        if key not in self._random_slices:
-            while len(self._random_slices) >= RANDOM_SLICES_KEPT:
-                self._random_slices.pop(next(iter(self._random_slices)))
-            self._random_slices[key] = interleave_random(ids, page_size, DEFAULT_RANDOM_FRACTION, self.config.seed)
-        interleaved, random = self._random_slices[key]
-        return order.set_index("object_id").loc[interleaved].reset_index(), np.asarray(random, bool)
+        labels, event = self.labels.snapshot()
+        done = rerank_snapshot(self._rerank_inputs[(model, column)], method, labels, event, self.config.seed,
+                               self.graphs)
+        write_reranked(done, self.config.layout.app.reranked(reranked_name(model, column, method)))
+        self._reranked[(model, column, method)] = done
+        return done
 
     def filtered(self, order: pd.DataFrame, query: ListQuery, labels: pd.DataFrame) -> pd.DataFrame:
         keep = np.ones(len(order), bool)
@@ -320,13 +327,15 @@ class RunView:
             keep &= self.catalog.column(name, ids).astype(str) == value
         return keep
 
-    def page_number(self, order: pd.DataFrame, query: ListQuery) -> int:
+    @staticmethod
+    def page_number(order: pd.DataFrame, query: ListQuery, fraction: float) -> int:
+        """The page asked for, or the one whose ranked part holds `query.find`."""
         if query.find is not None:
             where = np.flatnonzero(order["object_id"].to_numpy() == query.find)
             if not len(where):
                 raise HTTPException(404, f"object {query.find} is not in this list")
-            return int(where[0]) // query.page_size
-        if query.page * query.page_size >= max(len(order), 1):
+            return int(where[0]) // slice_sizes(query.page_size, fraction)[0]
+        if query.page >= page_count(len(order), query.page_size, fraction):
             raise HTTPException(404, f"page {query.page} is past the end of this list ({len(order)} objects)")
         return query.page
 
@@ -372,20 +381,20 @@ class RunView:
         return self.labels.current().set_index("object_id")
 
     def add_label(self, request: LabelRequest) -> dict:
-        """The label's event id once it is durable. The label is not read back: replaying the log
-        for one object costs as much as for all, and a labelling session adds thousands."""
+        """The label's event id once it is durable, and the object's label as the log now holds it
+        (read back by object: one index lookup, not a replay), for the page to confirm."""
         self.require(request.object_id)
         event = self.labels.add(request.object_id, request.interest, request.tags, request.note, request.user,
                                 request.ranking, request.rank)
-        return {"event": event}
+        return {"event": event, "object_id": str(request.object_id), "label": self.labels.label(request.object_id)}
 
     def undo(self, user: str) -> dict:
+        """The undo's event id, the object whose label it cancelled and that object's label now."""
         event = self.labels.undo(user)
         if event is None:
             return {"event": None, "object_id": None}
-        undone = self.labels.events().set_index("id").loc[event]
-        return {"event": event, "object_id": str(undone["object_id"]),
-                "label": label_of(self.current_labels(), int(undone["object_id"]))}
+        object_id = self.labels.object_of(event)
+        return {"event": event, "object_id": str(object_id), "label": self.labels.label(object_id)}
 
     def discovery(self, model: str | None, column: str | None) -> bytes:
         """The discovery curve: objects labelled >= 4 among the first N viewed, in the order they

@@ -65,8 +65,12 @@ function explainRandomSlice() {
   const note = document.getElementById("random-note");
   const random = shown.items.filter((item) => item.random).length;
   note.hidden = !params.get("rerank");
-  note.textContent = `Re-ranked by ${params.get("rerank")} from your labels. ${random} of the ${shown.items.length} ` +
-    `objects on this page (marked "random") are drawn at random from the rest of the list, so that the ` +
+  const made = shown.rerank;
+  const when = made ? ` (${made.labels} labels, up to label event ${made.event}, ` +
+    `${new Date(made.time * 1000).toLocaleString()})` : "";
+  note.textContent = `Re-ranked by ${params.get("rerank")} from your labels${when}. ${random} of the ` +
+    `${shown.items.length} objects on this page (marked "random") are drawn at random from the rest of the list ` +
+    `below this page (each comes again at its own rank), so that the ` +
     `re-ranker also sees objects it would not choose and the loop does not only confirm itself.`;
 }
 

@@ -67,10 +67,10 @@ async function saveLabel(change) {
                 user: currentUser(), ranking: place.ranking,
                 rank: place.position === null ? null : place.position + 1, ...change};
   try {
-    await postJson("/api/labels", body);
-    label = {interest: body.interest, tags: [...new Set(body.tags)], note: body.note}; // as stored: a label is the whole state
+    const saved = await postJson("/api/labels", body);
+    label = saved.label; // the object's label as the log now holds it (a label is the whole state)
     renderLabel();
-    showStatus(`saved: ${labelText(label) || "no interest, no tag"}`);
+    showStatus(`saved (event ${saved.event}): ${labelText(label) || "no interest, no tag"}`);
   } catch (error) {
     showStatus(error.message, true);
   }
