@@ -125,7 +125,8 @@ class AdaptSettings(_Section):
     epochs: int = Field(3, ge=1, description="passes over the training objects")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
     max_objects: int | None = Field(None, ge=2, description="train on at most this many objects")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="objects per optimiser micro-step over all processes "
+                            "(under torchrun each takes batch_size / processes)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
     lr: float = Field(1e-4, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.01, ge=0)
@@ -135,7 +136,12 @@ class AdaptSettings(_Section):
     val_fraction: float = Field(0.1, gt=0, lt=1, description="objects held out for validation (by id hash)")
     patience: int = Field(3, ge=1, description="epochs without validation improvement before stopping")
     min_delta: float = Field(1e-4, ge=0)
-    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="autocast: auto = bf16 on GPU")
+    amp: Literal["auto", "bf16", "fp16", "fp32", "off"] = Field(
+        "auto", description="autocast dtype: auto = bf16 on GPUs that compute it natively, else fp32; fp16 with "
+        "a gradient scaler; off = fp32")
+    # runtime_only: the recomputation replays the same operations and random state, so results do not change
+    gradient_checkpointing: bool = runtime_only(False, "recompute the model's blocks in the backward pass instead of "
+                                                "keeping their activations: less memory, one more forward of them")
     # not runtime_only: workers read units in turn, so their number changes the order of training batches
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes (changes the batch order)")
 

@@ -28,6 +28,7 @@ from fmb.errors import ConfigError
 ENCODERS: dict[str, str] = {
     "pixels": "fmb.models.pixels:PixelsEncoder",
     "aion": "fmb.models.aion:AionEncoder",
+    "aion_codec": "fmb.models.aion_codec:AionCodecEncoder",
     "astropt": "fmb.models.astropt:AstroPTEncoder",
     "astroclip": "fmb.models.astroclip:AstroCLIPEncoder",
 }

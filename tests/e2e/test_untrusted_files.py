@@ -4,17 +4,13 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from fmb.cli import main
 from fmb.config import load_config
 from fmb.errors import FmbError
-from fmb.io import read_torch
 from fmb.models.registry import build_encoder
-from fmb.models.trainer import _rng_state, _set_rng_state
-
 
 
 def fmb(project: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
@@ -62,15 +58,6 @@ def test_adapted_weights_and_checkpoints_are_loaded_without_running_code(project
     with pytest.raises(FmbError, match="refusing to load it as adapted pixels weights"):
         build_encoder(config, "pixels")
     assert not marker.exists()
-
-
-def test_the_checkpoint_rng_state_is_plain_values_and_round_trips(tmp_path: Path):
-    np.random.seed(3)
-    state = _rng_state()
-    torch.save(state, tmp_path / "state.pt")
-    expected = np.random.random(3)
-    _set_rng_state(read_torch(tmp_path / "state.pt", "a checkpoint"))  # weights_only: no numpy objects inside
-    np.testing.assert_array_equal(np.random.random(3), expected)
 
 
 def test_detect_score_refuses_planted_detectors(project: Path, monkeypatch, capsys):

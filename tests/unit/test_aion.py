@@ -16,6 +16,7 @@ from fmb.embed import store
 from fmb.embed.extract import embed
 from fmb.models import tasks as model_tasks
 from fmb.models.aion import AionEncoder, AionSection, _random_parts
+from fmb.models.aion_codec import AionCodecEncoder, AionCodecSection
 from fmb.models.base import WeightsError
 from tests.conftest import plant_hf_file, tagged_row, write_rows
 
@@ -72,6 +73,18 @@ def test_hub_weights_load_strictly_through_the_package(offline_hub):
         id(p) for m in (encoder.euclid_to_hsc, encoder.hsc_to_euclid) for p in m.parameters()}
 
 
+def test_the_native_codec_route_loads_the_same_snapshot_and_maps_euclid_from_its_hsc_bands(offline_hub):
+    saved = plant(offline_hub)
+    encoder = AionCodecEncoder.load(AionCodecSection())  # the same hub repository and loading code
+    assert same_weights(encoder, saved) and encoder.describe()["weights"] == f"{REPO}@{'0' * 40}"
+    assert encoder.euclid_codec.codec is encoder.image_codec  # the loaded codec, not a fresh one
+    # the Euclid band maps derive from the loaded HSC maps (which `save_snapshot` scaled by 1.5)
+    fresh = AionCodecEncoder.load(AionCodecSection(preset="tiny"))
+    torch.testing.assert_close(encoder.euclid_codec.bands_in.weight, 1.5 * fresh.euclid_codec.bands_in.weight)
+    with torch.no_grad():
+        assert encoder.embed(encoder.preprocessor(samples(2)))["joint"].shape == (2, 64)
+
+
 def test_hub_weights_come_from_one_commit_of_the_revision_and_record_it(offline_hub):
     a, b = "a" * 40, "b" * 40
     at_a = plant(offline_hub, commit=a)
@@ -112,7 +125,7 @@ def test_joint_embedding_uses_every_token():
     batch = encoder.preprocessor(samples())
     with torch.no_grad():
         joint = encoder.embed(batch)["joint"]
-        image = encoder._image_tokens(encoder.euclid_to_hsc(batch["euclid"]))
+        image = encoder._hsc_tokens(encoder.euclid_to_hsc(batch["euclid"]))
         spectrum = encoder._spectrum_tokens(batch)
         tokens = {"tok_image_hsc": image, "tok_spectrum_desi": spectrum}
         assert image.shape[1] + spectrum.shape[1] == 576 + 273
@@ -133,6 +146,21 @@ def test_codec_round_trip_in_hsc_undoes_the_zero_point():
     x = torch.rand(1, 5, 4, 4)
     forward = RescaleToLegacySurvey().forward(x.clone(), "HSC")
     torch.testing.assert_close(encoder.image_codec.rescaler.backward(forward, "HSC"), x)
+
+
+def test_untrained_adapters_hand_the_codec_euclid_nanomaggies():
+    """The codec divides HSC counts (zero point 27) by 63.1; the adapters start with that factor, so
+    what the codec's network sees is the band mix of the Euclid nanomaggies, and the way back undoes it."""
+    from fmb.models.aion import EUCLID_TO_HSC, HSC_TO_EUCLID
+
+    encoder = AionEncoder.load(AionSection(preset="tiny")).eval()
+    euclid = torch.rand(2, 4, 96, 96) * 3
+    with torch.no_grad():
+        hsc = encoder.euclid_to_hsc(euclid)
+        seen = encoder.image_codec.rescaler.forward(hsc.clone(), "HSC")
+        torch.testing.assert_close(seen, torch.einsum("hc,bcyx->bhyx", EUCLID_TO_HSC, euclid))
+        back = encoder.hsc_to_euclid(encoder.image_codec.rescaler.backward(seen, "HSC"))
+    torch.testing.assert_close(back, torch.einsum("ch,hd,bdyx->bcyx", HSC_TO_EUCLID, EUCLID_TO_HSC, euclid))
 
 
 def test_adapters_train_and_embed_end_to_end(project: Path):

@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from fmb.config import load_config
+from fmb.config import AdaptSettings, load_config
 from fmb.data.tasks import index
+from fmb.data.validate import RowChecker
 from fmb.embed import store
 from fmb.embed.extract import embed
 from fmb.models import tasks as model_tasks
 from fmb.models.astroclip import AstroCLIPEncoder, AstroCLIPSection, clip_loss, slice_spectrum
+from fmb.errors import ConfigError
 from fmb.models.base import WeightsError
+from fmb.models.trainer import Trainer
 from tests.conftest import plant_hf_file, tagged_row, write_rows
 
 TINY = AstroCLIPSection(preset="tiny")
@@ -148,3 +151,35 @@ def test_only_heads_and_temperature_adapt_and_embeddings_come_out(project: Path)
     ids, m = store.load_embeddings(config.layout.embeddings("astroclip").dir)
     assert len(ids) == 20 and m["image"].shape == (20, 64) and m["spectrum"].shape == (20, 64)
     np.testing.assert_allclose(np.linalg.norm(m["joint"], axis=1), 1, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["none", "spectrum", "both"])
+def test_finetune_backbone_chooses_which_backbones_train_beyond_the_heads(backbone, tmp_path: Path):
+    encoder = AstroCLIPEncoder.load(TINY.model_copy(update={"finetune_backbone": backbone}))
+    specformer, dino = encoder.spectrum_encoder.backbone, encoder.image_encoder.backbone
+    trainable = {id(p) for p in encoder.trainable_parameters()}
+    used = {"none": [], "spectrum": [specformer], "both": [specformer, dino]}[backbone]
+    unused = {"head.weight", "head.bias", "cls_token", "pos_embed", "mask_token"}  # never in AstroCLIP's forward
+    tuned = {id(p) for m in used for name, p in m.named_parameters() if name not in unused}
+    frozen = {id(p) for m in (specformer, dino) for p in m.parameters()} - tuned
+    assert tuned <= trainable and not frozen & trainable
+    assert {id(p) for p in encoder.parameters() if p.requires_grad} == trainable
+    assert any(k.startswith("spectrum_encoder.backbone.") for k in encoder.adapted_state()) == (backbone != "none")
+
+    checker = RowChecker()
+    batch = encoder.preprocessor([checker.check(tagged_row(60 + i, size=40, seed=i))[0] for i in range(4)])
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    Trainer(encoder, AdaptSettings(epochs=1, lr=1e-3, warmup_fraction=0.0), tmp_path).fit(
+        lambda epoch: [batch], None, steps_per_epoch=1, log=lambda _: None)
+    changed = {k for k, v in encoder.state_dict().items() if not torch.equal(v, before[k])}
+    changed_backbones = {k.split(".backbone.")[0] for k in changed if ".backbone." in k}
+    assert changed_backbones == {"none": set(), "spectrum": {"spectrum_encoder"},
+                                 "both": {"spectrum_encoder", "image_encoder"}}[backbone]  # gradients reach them
+    assert "spectrum_encoder.backbone.head.weight" not in changed
+
+
+def test_a_spectrum_backbone_under_a_frozen_spectrum_head_is_a_config_error(project: Path):
+    with pytest.raises(ConfigError) as error:
+        load_config(root=project, sets=["models.astroclip.finetune_backbone=spectrum",
+                                        "models.astroclip.finetune_spectrum=false"])
+    assert "finetune_spectrum" in str(error.value) and "\n" not in str(error.value)

@@ -76,7 +76,7 @@ def test_detector_and_critic_sections_match_their_signatures(project):
                                             "check_every": 50, "patience": 5}  # n_image is not a setting
 
 
-def test_configured_hyper_parameters_reach_the_pyod_models(project):
+def test_configured_hyper_parameters_reach_the_detectors(project):
     from fmb.detect.tasks import _factory
 
     config = load_config(sets=["detect.iforest.n_estimators=17", "detect.iforest.max_samples=0.5",
@@ -86,9 +86,14 @@ def test_configured_hyper_parameters_reach_the_pyod_models(project):
     iforest = _factory("iforest", config)(seed=5).fit(x)
     assert iforest.model_.n_estimators == 17 and len(iforest.model_.detector_.estimators_) == 17
     assert iforest.model_.max_samples == 0.5 and iforest.model_.random_state == 5
-    assert _factory("lof", config)(seed=0).fit(x).model_.n_neighbors == 7
-    knn = _factory("knn", config)(seed=0).fit(x).model_
-    assert knn.n_neighbors == 3 and knn.method == "median"
+    from pyod.models.knn import KNN
+    from pyod.models.lof import LOF
+
+    new = np.random.default_rng(1).normal(size=(20, 4))  # fmb's kNN and LOF score as PyOD's with those settings
+    np.testing.assert_allclose(_factory("lof", config)(seed=0).fit(x).score(new),
+                               LOF(n_neighbors=7).fit(x).decision_function(new), rtol=1e-4)
+    np.testing.assert_allclose(_factory("knn", config)(seed=0).fit(x).score(new),
+                               KNN(n_neighbors=3, method="median").fit(x).decision_function(new), rtol=1e-4)
 
 
 def test_importing_the_config_or_a_detector_module_imports_no_detection_code_or_pyod():

@@ -18,6 +18,7 @@ from fmb.config import load_config
 from fmb.data.tasks import index
 from fmb.embed import store
 from fmb.embed.extract import embed
+from fmb.embed.legacy import import_embeddings
 from fmb.errors import FmbError
 from fmb.models import tasks as model_tasks
 from tests.conftest import tagged_row, write_rows
@@ -162,7 +163,7 @@ def test_pt_export_import_round_trip(fitted, project: Path):
     assert store.export_pt(directory, path) == 38
     records = torch.load(path, weights_only=False)
     assert set(records[0]) == {"object_id", "embedding_images", "embedding_spectra", "embedding_joint"}
-    assert store.import_pt(path, project / "imported", {"model": "pixels"}) == 38
+    assert import_embeddings(path, project / "imported", {"model": "pixels"}) == 38
     ids_a, a = store.load_embeddings(directory)
     ids_b, b = store.load_embeddings(project / "imported")
     np.testing.assert_array_equal(ids_a, ids_b)
@@ -172,12 +173,12 @@ def test_pt_export_import_round_trip(fitted, project: Path):
 def test_import_of_aion_style_keys_and_bad_files(tmp_path: Path):
     good = [{"object_id": i, "embedding_hsc": torch.ones(4) * i, "embedding_hsc_desi": torch.zeros(4)} for i in range(3)]
     torch.save(good, tmp_path / "aion.pt")
-    assert store.import_pt(tmp_path / "aion.pt", tmp_path / "out", {"model": "aion"}) == 3
+    assert import_embeddings(tmp_path / "aion.pt", tmp_path / "out", {"model": "aion"}) == 3
     ids, m = store.load_embeddings(tmp_path / "out")
     assert set(m) == {"image", "joint"} and m["image"][2, 0] == 2
     torch.save(good + [{"object_id": 1, "embedding_hsc": torch.ones(4), "embedding_hsc_desi": torch.ones(4)}], tmp_path / "dup.pt")
-    with pytest.raises(FmbError, match="duplicate object ids"):
-        store.import_pt(tmp_path / "dup.pt", tmp_path / "out2", {"model": "aion"})
+    with pytest.raises(FmbError, match="object id 1 appears 2 times"):
+        import_embeddings(tmp_path / "dup.pt", tmp_path / "out2", {"model": "aion"})
 
 
 def test_reference_separates_an_odd_object(project: Path):

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from fmb import __version__
 from fmb.errors import FmbError
-from fmb.io import read_json_object, read_torch, write_json, write_table, write_torch
+from fmb.io import read_json_object, write_json, write_table, write_torch
 from fmb.layout import EmbeddingFiles
 from fmb.models.base import MODALITIES, file_sha256, residual_key
 
@@ -245,29 +245,3 @@ def export_pt(directory: Path, path: Path) -> int:
                for k, i in enumerate(ids)]
     write_torch(records, path)
     return len(records)
-
-
-def import_pt(path: Path, directory: Path, signature: dict) -> int:
-    """Read an original `.pt` embedding file into parts + manifest under `directory`."""
-    records = read_torch(path, "an embedding file (a list of dicts of ids and arrays)")
-    if not isinstance(records, list) or not records or not isinstance(records[0], dict):
-        raise FmbError(f"{path} is not a list of embedding records")
-    ids, matrices = _records_to_matrices(records, path)
-    return write_embeddings(directory, signature, ids, matrices)
-
-
-def _records_to_matrices(records: list[dict], path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    keys = {key for key in records[0] if key in LEGACY_KEYS}
-    if not keys:
-        raise FmbError(f"{path}: records have none of the embedding keys {sorted(LEGACY_KEYS)}")
-    ids, rows = [], {LEGACY_KEYS[k]: [] for k in keys}
-    for position, record in enumerate(records):
-        object_id = record.get("object_id", record.get("targetid"))
-        if object_id is None or any(k not in record for k in keys):
-            raise FmbError(f"{path}: record {position} lacks object_id or one of {sorted(keys)}")
-        ids.append(int(object_id))
-        for key in keys:
-            rows[LEGACY_KEYS[key]].append(np.asarray(record[key], dtype=np.float32).reshape(-1))
-    if len(set(ids)) != len(ids):
-        raise FmbError(f"{path}: duplicate object ids")
-    return np.asarray(ids, np.int64), {m: np.stack(v) for m, v in rows.items()}

@@ -1,24 +1,38 @@
 """AION-1 (`polymathic-aion`): a token encoder-decoder over codec tokens of many modalities.
 
-AION has no Euclid codec, so (as in the original work) two small U-Net adapters translate Euclid
-VIS/Y/J/H to the five HSC bands its frozen image codec knows and back. They are trained on the
-round trip Euclid -> HSC -> codec tokens -> HSC -> Euclid with a straight-through estimator (the
-forward value is the codec reconstruction, the gradient passes the codec as identity), or through
-the codec with ``codec_grad: full``. Nothing in the package is monkey-patched: our codec instance
-gets its own HSC zero-point rescaler (the package's `backward` for HSC calls a method that does
-not exist), a per-instance attribute that leaves every other user of `aion` untouched.
+AION has no Euclid codec. Two routes turn the four Euclid bands into the image tokens its frozen
+transformer reads (`AionRoute`, one encoder each, so the model name is the one place a route is chosen):
+
+* ``aion`` (this module, as in the original work): two small U-Net adapters translate Euclid
+  VIS/Y/J/H to the five HSC bands the frozen image codec knows and back. They are trained on the
+  round trip Euclid -> HSC -> codec tokens -> HSC -> Euclid with a straight-through estimator (the
+  forward value is the codec reconstruction, the gradient passes the codec as identity), or through
+  the codec with ``codec_grad: full``. The codec takes HSC images in HSC counts (zero point 27) and
+  divides them by 10^((27 - 22.5) / 2.5) = 63.1 to reach nanomaggies, so the adapters start from the
+  band mix times that factor (and back): the codec then sees the Euclid nanomaggies themselves
+  (without it, as in the original, it saw them 63 times too faint and its reconstruction came back
+  63 times too bright until the adapters learnt the factor);
+* ``aion_codec`` (`fmb.models.aion_codec`): the image codec itself reads and writes the Euclid bands,
+  its encoder and decoder fine-tuned on them, its quantiser fixed.
+
+Both are adapted on the same objective (`training_loss`: the MSE of the codec's central 96 px in
+Euclid nanomaggies) and feed the transformer the same token key, so their losses and embeddings
+compare directly. Nothing in the package is monkey-patched: our HSC codec instance gets its own
+zero-point rescaler (the package's `backward` for HSC calls a method that does not exist), a
+per-instance attribute that leaves every other user of `aion` untouched.
 
 Spectra go through the DESI spectrum codec with the checked inverse variance (finite, 0 where
 masked). Embeddings are means over the encoder output of the image tokens, the spectrum tokens and
 both together, always passing the true token count (AION's default of 256 silently drops tokens).
 
-Hub weights (the model and both codecs) all come from the one commit `models.aion.revision` resolves
-to, recorded as ``repo@commit`` (`fmb.models.hub`).
+Hub weights (the model and both codecs) all come from the one commit `models.<route>.revision`
+resolves to, recorded as ``repo@commit`` (`fmb.models.hub`).
 """
 
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -32,19 +46,26 @@ from fmb.config import ModelSection
 from fmb.data.schema import BAND_NAMES, ZEROPOINT_NJY_PER_ADU
 from fmb.data.validate import Sample
 from fmb.models import hub
-from fmb.models.base import Encoder, Preprocessor, WeightsError, load_strict
+from fmb.models.base import Encoder, Preprocessor, WeightsError, base_weights, load_strict
 from fmb.models.inputs import bands_batch, object_ids, spectrum_batch
 
 
-class AionSection(ModelSection):
-    adapter_hidden: int = Field(16, ge=4, description="width of the Euclid<->HSC U-Net adapters")
-    codec_grad: Literal["ste", "full"] = Field("ste", description="straight-through or full codec gradient")
+class AionInputs(ModelSection):
+    """What both AION routes share: how the Euclid bands are prepared."""
+
     image_size: int = Field(96, ge=96, description="Euclid bands are resized to this (the codec crops 96)")
     max_abs: float = Field(100.0, gt=0, description="clamp of the nanomaggy fluxes")
 
+
+class AionSection(AionInputs):
+    adapter_hidden: int = Field(16, ge=4, description="width of the Euclid<->HSC U-Net adapters")
+    codec_grad: Literal["ste", "full"] = Field("ste", description="straight-through or full codec gradient")
+
 DEFAULT_WEIGHTS = "polymathic-ai/aion-base"
 HSC_BANDS = ["HSC-G", "HSC-R", "HSC-I", "HSC-Z", "HSC-Y"]
+HSC_ZEROPOINT = 27.0  # of HSC counts, which the package's codec rescales to nanomaggies (zero point 22.5)
 CODEC_CROP = 96
+IMAGE_TOKEN_KEY = "tok_image_hsc"  # both routes feed the transformer the tokens of its HSC image embedding
 _NANOMAGGY_NJY = 3631.0
 _TINY_AION = dict(dim=64, encoder_depth=2, decoder_depth=2, num_heads=4, mlp_ratio=4.0, qkv_bias=False,
                   proj_bias=False, mlp_bias=False, norm_bias=False, act_layer="SiLU", gated_mlp=True, qk_norm=False)
@@ -58,9 +79,9 @@ class AionPreprocessor(Preprocessor):
     model = "aion"
     needs = frozenset({"bands", "spectrum"})
 
-    def __init__(self, image_size: int, max_abs: float):
+    def __init__(self, image_size: int, max_abs: float, model: str = "aion"):
         super().__init__(image_size)
-        self.max_abs = max_abs
+        self.max_abs, self.model = max_abs, model
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         scale = torch.tensor([ZEROPOINT_NJY_PER_ADU[b] / _NANOMAGGY_NJY for b in BAND_NAMES])[None, :, None, None]
@@ -111,8 +132,8 @@ def _upsample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 # Euclid VIS (~0.55-0.9 um), Y, J, H -> HSC g r i z y, and back: nearest-wavelength interpolation.
-_EUCLID_TO_HSC = torch.tensor([[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [0.5, 0.5, 0, 0], [0, 1, 0, 0]], dtype=torch.float32)
-_HSC_TO_EUCLID = torch.tensor([[0, 1 / 3, 1 / 3, 1 / 3, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 1]], dtype=torch.float32)
+EUCLID_TO_HSC = torch.tensor([[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [0.5, 0.5, 0, 0], [0, 1, 0, 0]], dtype=torch.float32)
+HSC_TO_EUCLID = torch.tensor([[0, 1 / 3, 1 / 3, 1 / 3, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 1]], dtype=torch.float32)
 
 
 def _hsc_rescaler():
@@ -122,51 +143,75 @@ def _hsc_rescaler():
         """The exact inverse of the package's forward zero-point rescale (27 -> 22.5) for HSC."""
 
         def backward(self, image, survey):
-            return image * self.convert_zeropoint(27.0) if survey == "HSC" else image
+            return image * self.convert_zeropoint(HSC_ZEROPOINT) if survey == "HSC" else image
 
     return HSCRescale()
 
 
-class AionEncoder(Encoder):
-    name = "aion"
-    label = "AION-1"
-    aligned = False
-    section = AionSection
+class AionRoute(Encoder):
+    """AION-1 with one way of turning the Euclid bands into image tokens (`image_tokens`) and back
+    (`reconstruct`, the adaptation objective's graph), and the modules adaptation changes
+    (`adapted_modules`). Weights, the spectrum side, pooling and checkpoints are common."""
 
-    def __init__(self, aion, image_codec, spectrum_codec, settings: AionSection, source: str):
+    aligned = False
+
+    def __init__(self, aion, image_codec, spectrum_codec, settings: AionInputs, source: str):
         super().__init__()
         self.aion, self.image_codec, self.spectrum_codec = aion, image_codec, spectrum_codec
-        self.image_codec.rescaler = _hsc_rescaler()  # instance attribute, see the module docstring
         for frozen in (aion, image_codec, spectrum_codec):
-            frozen.requires_grad_(False).eval()
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            self.euclid_to_hsc = BandAdapter(_EUCLID_TO_HSC, settings.adapter_hidden)
-            self.hsc_to_euclid = BandAdapter(_HSC_TO_EUCLID, settings.adapter_hidden)
+            frozen.requires_grad_(False).eval()  # a route unfreezes what it adapts
         self.settings, self.source = settings, source
-        self.preprocessor = AionPreprocessor(settings.image_size, settings.max_abs)
+        self.preprocessor = AionPreprocessor(settings.image_size, settings.max_abs, self.name)
+        self.route = self._build_route()
+
+    @abstractmethod
+    def _build_route(self) -> str:
+        """Build the route's own modules; returns the manifest's words for how Euclid becomes tokens."""
+
+    @abstractmethod
+    def image_tokens(self, euclid: torch.Tensor) -> torch.Tensor:
+        """(B, 4, H, W) Euclid nanomaggies -> (B, 576) codes of the transformer's image vocabulary."""
+
+    @abstractmethod
+    def reconstruct(self, euclid: torch.Tensor) -> torch.Tensor:
+        """Euclid -> image tokens -> Euclid, differentiable in what the route adapts."""
+
+    @abstractmethod
+    def adapted_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules adaptation changes, by the prefix of their keys in the adapted state."""
+
+    def frozen_modules(self) -> tuple[torch.nn.Module, ...]:
+        return self.aion, self.image_codec, self.spectrum_codec
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for frozen in (self.aion, self.image_codec, self.spectrum_codec):
+        for frozen in self.frozen_modules():
             frozen.eval()  # frozen parts never switch to training behaviour
         return self
 
     @classmethod
-    def load(cls, settings: AionSection) -> "AionEncoder":
-        weights = settings.weights or (DEFAULT_WEIGHTS if settings.preset == "full" else "random")
+    def load(cls, settings: AionInputs) -> "AionRoute":
+        weights = base_weights(settings, DEFAULT_WEIGHTS)
         if weights == "random":
             return cls(*_random_parts(), settings, "random tiny")
         *parts, source = _load_released(weights, settings.revision)
         return cls(*parts, settings, source)
 
+    @classmethod
+    def hub_files(cls, settings: AionInputs) -> list[hub.HubFile]:
+        """The model and the HSC image and DESI spectrum codecs `_hub_parts` reads: config and weights
+        at the repo's root and in its sub-folders ``codecs/<modality>/`` (the package's layout)."""
+        from aion.modalities import DESISpectrum, HSCImage
+        from huggingface_hub.constants import CONFIG_NAME, SAFETENSORS_SINGLE_FILE
+
+        weights = base_weights(settings, DEFAULT_WEIGHTS)
+        if weights == "random" or Path(weights).expanduser().is_dir():
+            return []
+        folders = ["", *(f"codecs/{modality.name}/" for modality in (HSCImage, DESISpectrum))]
+        return [hub.HubFile(weights, folder + name)
+                for folder in folders for name in (CONFIG_NAME, SAFETENSORS_SINGLE_FILE)]
+
     # -- tokens -------------------------------------------------------------------------------------
-    def _image_tokens(self, hsc: torch.Tensor) -> torch.Tensor:
-        from aion.modalities import HSCImage
-
-        with torch.autocast(hsc.device.type, enabled=False):  # codecs quantise: keep them in fp32
-            return self.image_codec.encode(HSCImage(flux=hsc.float().clone(), bands=HSC_BANDS))  # encode writes in place
-
     def _spectrum_tokens(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         from aion.modalities import DESISpectrum
 
@@ -180,16 +225,72 @@ class AionEncoder(Encoder):
         return self.aion.encode(tokens, num_encoder_tokens=total).float().mean(1)
 
     def embed(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        image = self._image_tokens(self.euclid_to_hsc(batch["euclid"]))
+        image = self.image_tokens(batch["euclid"])
         spectrum = self._spectrum_tokens(batch)
         return {
-            "image": self._mean_encoding({"tok_image_hsc": image}),
+            "image": self._mean_encoding({IMAGE_TOKEN_KEY: image}),
             "spectrum": self._mean_encoding({"tok_spectrum_desi": spectrum}),
-            "joint": self._mean_encoding({"tok_image_hsc": image, "tok_spectrum_desi": spectrum}),
+            "joint": self._mean_encoding({IMAGE_TOKEN_KEY: image, "tok_spectrum_desi": spectrum}),
         }
 
     # -- adaptation ---------------------------------------------------------------------------------
-    def round_trip(self, euclid: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """MSE of the codec's central crop in Euclid nanomaggies: the same number for every route."""
+        euclid = batch["euclid"]
+        return F.mse_loss(codec_crop(self.reconstruct(euclid)), codec_crop(euclid))
+
+    def adapted_state(self) -> dict:
+        return {f"{name}.{k}": v.detach().cpu().clone() for name, module in self.adapted_modules().items()
+                for k, v in module.state_dict().items()}  # parameters and buffers (BatchNorm statistics)
+
+    def load_adapted_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        modules = self.adapted_modules()
+        for name, module in modules.items():
+            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            load_strict(module, part, f"{self.name} {name} weights")
+        stray = [k for k in state if not k.startswith(tuple(name + "." for name in modules))]
+        if stray:
+            raise WeightsError(f"{self.name} adapted weights have unexpected keys: {stray[:4]}")
+
+    def describe(self) -> dict:
+        dim = self.aion.dim
+        return {
+            "model": self.name, "weights": self.source,
+            "preprocessing": f"Euclid bands x ZP/3631 (nanomaggies), resized to {self.settings.image_size}px, clamped "
+            f"+-{self.settings.max_abs}; {self.route}; DESI codec with checked ivar",
+            "pooling": "mean of AION.encode over the modality's tokens (true token count)",
+            "layer": "encoder output (decoder context)",
+            "dims": {m: dim for m in ("image", "spectrum", "joint")},
+        }
+
+
+class AionEncoder(AionRoute):
+    """The adapter route: Euclid -> U-Net -> HSC bands -> the frozen HSC image codec."""
+
+    name = "aion"
+    label = "AION-1"
+    section = AionSection
+
+    def _build_route(self) -> str:
+        hidden = self.settings.adapter_hidden
+        self.image_codec.rescaler = _hsc_rescaler()  # instance attribute, see the module docstring
+        counts = self.image_codec.rescaler.convert_zeropoint(HSC_ZEROPOINT)  # HSC counts per nanomaggy
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.euclid_to_hsc = BandAdapter(EUCLID_TO_HSC * counts, hidden)
+            self.hsc_to_euclid = BandAdapter(HSC_TO_EUCLID / counts, hidden)
+        return f"U-Net adapters Euclid->HSC (hidden {hidden})"
+
+    def image_tokens(self, euclid: torch.Tensor) -> torch.Tensor:
+        return self._hsc_tokens(self.euclid_to_hsc(euclid))
+
+    def _hsc_tokens(self, hsc: torch.Tensor) -> torch.Tensor:
+        from aion.modalities import HSCImage
+
+        with torch.autocast(hsc.device.type, enabled=False):  # codecs quantise: keep them in fp32
+            return self.image_codec.encode(HSCImage(flux=hsc.float().clone(), bands=HSC_BANDS))  # encode writes in place
+
+    def reconstruct(self, euclid: torch.Tensor) -> torch.Tensor:
         """Euclid -> HSC -> codec -> HSC -> Euclid (straight-through or full gradient)."""
         hsc = self.euclid_to_hsc(euclid)
         if self.settings.codec_grad == "ste":
@@ -201,45 +302,19 @@ class AionEncoder(Encoder):
         return self.hsc_to_euclid(bridge)
 
     def _codec_round_trip(self, hsc: torch.Tensor) -> torch.Tensor:
-        tokens = self._image_tokens(hsc)
+        tokens = self._hsc_tokens(hsc)
         with torch.autocast(hsc.device.type, enabled=False):
             decoded = self.image_codec.decode(tokens, bands=HSC_BANDS).flux
         return _paste_centre(decoded, hsc)
 
-    def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        euclid = batch["euclid"]
-        return F.mse_loss(_centre(self.round_trip(euclid)), _centre(euclid))
-
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [*self.euclid_to_hsc.parameters(), *self.hsc_to_euclid.parameters()]
 
-    def adapted_state(self) -> dict:
-        adapters = {"euclid_to_hsc": self.euclid_to_hsc, "hsc_to_euclid": self.hsc_to_euclid}
-        return {f"{name}.{k}": v.detach().cpu().clone() for name, module in adapters.items()
-                for k, v in module.state_dict().items()}  # parameters and BatchNorm statistics
-
-    def load_adapted_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        for name in ("euclid_to_hsc", "hsc_to_euclid"):
-            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-            load_strict(getattr(self, name), part, f"aion {name} adapter weights")
-        stray = [k for k in state if not k.startswith(("euclid_to_hsc.", "hsc_to_euclid."))]
-        if stray:
-            raise WeightsError(f"aion adapted weights have unexpected keys: {stray[:4]}")
-
-    def describe(self) -> dict:
-        dim = self.aion.dim
-        return {
-            "model": "aion", "weights": self.source,
-            "preprocessing": f"Euclid bands x ZP/3631 (nanomaggies), resized to {self.settings.image_size}px, clamped "
-            f"+-{self.settings.max_abs}; U-Net adapters Euclid->HSC (hidden {self.settings.adapter_hidden}); DESI codec "
-            "with checked ivar",
-            "pooling": "mean of AION.encode over the modality's tokens (true token count)",
-            "layer": "encoder output (decoder context)",
-            "dims": {m: dim for m in ("image", "spectrum", "joint")},
-        }
+    def adapted_modules(self) -> dict[str, torch.nn.Module]:
+        return {"euclid_to_hsc": self.euclid_to_hsc, "hsc_to_euclid": self.hsc_to_euclid}
 
 
-def _centre(x: torch.Tensor) -> torch.Tensor:
+def codec_crop(x: torch.Tensor) -> torch.Tensor:
     """The central CODEC_CROP pixels: the part the codec sees."""
     top, left = (x.shape[-2] - CODEC_CROP) // 2, (x.shape[-1] - CODEC_CROP) // 2
     return x[..., top:top + CODEC_CROP, left:left + CODEC_CROP]
@@ -250,7 +325,7 @@ def _paste_centre(centre: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     if centre.shape[-2:] == full.shape[-2:]:
         return centre.to(full.dtype)
     out = full.clone()
-    _centre(out).copy_(centre)
+    codec_crop(out).copy_(centre)
     return out
 
 

@@ -13,8 +13,9 @@ Architecture (docs/astroclip_checkpoints.md has the evidence for every detail):
 Module names mirror the released checkpoints (`polymathic-ai/astroclip` astroclip.ckpt,
 `polymathic-ai/astrodino` astrodino.ckpt, `polymathic-ai/specformer` specformer.ckpt); the only key
 renames are explicit in `_CHECKPOINT_KEYS`. Hub items are downloaded at `models.astroclip.revision`
-and recorded with their commit (`fmb.models.hub`). Loading is strict per part; the backbones stay
-frozen, adaptation trains the heads and the temperature.
+and recorded with their commit (`fmb.models.hub`). Loading is strict per part. Adaptation trains the
+heads and the temperature; ``finetune_backbone: spectrum`` also fine-tunes SpecFormer (the whole
+spectrum encoder, as the original's ``--finetune-spectrum`` meant), ``both`` AstroDINO too.
 """
 
 from __future__ import annotations
@@ -27,27 +28,38 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fmb.config import AdaptSettings, ModelSection
 from fmb.data.validate import Sample
 from fmb.models import hub
-from fmb.models.base import Encoder, Preprocessor, WeightsError, check_keys
+from fmb.models.base import Encoder, Preprocessor, WeightsError, base_weights, check_keys
 from fmb.models.inputs import object_ids, rgb_batch, spectrum_batch
 
 
 class AstroCLIPSection(ModelSection):
     image_size: int = Field(144, description="AstroDINO input size")
     learnable_scale: bool = Field(True, description="learn the CLIP temperature (as exp of its log)")
-    finetune_spectrum: bool = Field(True, description="also adapt the spectrum head (backbones stay frozen)")
+    finetune_spectrum: bool = Field(True, description="also adapt the spectrum head")
+    finetune_backbone: Literal["none", "spectrum", "both"] = Field(
+        "none", description="backbones adapted beyond the heads: none, SpecFormer (spectrum), or SpecFormer and "
+        "AstroDINO (both)")
     adapt: AdaptSettings = AdaptSettings(lr=3e-5, batch_size=64, weight_decay=0.05)
 
+    @model_validator(mode="after")
+    def _spectrum_head_with_its_backbone(self) -> "AstroCLIPSection":
+        if self.finetune_backbone != "none" and not self.finetune_spectrum:
+            raise ValueError(f"finetune_backbone={self.finetune_backbone} adapts SpecFormer under a frozen spectrum "
+                             "head; set finetune_spectrum=true or finetune_backbone=none")
+        return self
+
 DEFAULT_WEIGHTS = "polymathic-ai/astroclip"
-_CHECKPOINT_FILES = {"polymathic-ai/astroclip": "astroclip.ckpt", "polymathic-ai/astrodino": "astrodino.ckpt",
+CHECKPOINT_FILES = {"polymathic-ai/astroclip": "astroclip.ckpt", "polymathic-ai/astrodino": "astrodino.ckpt",
                      "polymathic-ai/specformer": "specformer.ckpt"}
 SLICE, STEP = 20, 10
 
@@ -209,6 +221,7 @@ class _Head(torch.nn.Module):
     def __init__(self, backbone: torch.nn.Module, kdim: int, s: Sizes, residual: bool):
         super().__init__()
         self.backbone, self.residual = backbone, residual
+        self.tune_backbone = False  # the backbone runs without gradient unless it is adapted
         self.cross_attention = _CrossAttentionHead(s.embed_dim, kdim, s.head_heads)
         self.mlp = torch.nn.Sequential()
         self.mlp.encoder = torch.nn.Linear(s.embed_dim, 4 * s.embed_dim)
@@ -217,7 +230,7 @@ class _Head(torch.nn.Module):
         self.mlp.dropout = torch.nn.Dropout(0.1)
 
     def forward(self, x):
-        with torch.no_grad():  # frozen backbone
+        with torch.set_grad_enabled(self.tune_backbone and torch.is_grad_enabled()):
             tokens = self.backbone(x)
         y = self.cross_attention(tokens)
         return (y + self.mlp(y) if self.residual else self.mlp(y)).squeeze(1)
@@ -250,6 +263,10 @@ class AstroCLIPEncoder(Encoder):
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(15.5)), requires_grad=settings.learnable_scale)
         for backbone in (self.image_encoder.backbone, self.spectrum_encoder.backbone):
             backbone.requires_grad_(False)
+        for head in self._tuned_backbones():
+            head.tune_backbone = True
+            for name, p in head.backbone.named_parameters():
+                p.requires_grad_(name not in _UNUSED_BACKBONE_PARAMETERS)
         self.preprocessor = AstroCLIPPreprocessor(sizes.image_size)
 
     @classmethod
@@ -257,13 +274,20 @@ class AstroCLIPEncoder(Encoder):
         sizes = PRESETS[settings.preset]
         if settings.preset == "full" and settings.image_size != sizes.image_size:
             sizes = Sizes(image_size=settings.image_size)
-        weights = settings.weights or (DEFAULT_WEIGHTS if settings.preset == "full" else "random")
-        items = [] if weights == "random" else [i.strip() for i in weights.split(",")]
-        files = [checkpoint_file(item, settings.revision) for item in items]  # hub items: each at its commit
+        weights = base_weights(settings, DEFAULT_WEIGHTS)
+        files = [checkpoint_file(item, settings.revision) for item in _items(weights)]  # hub items: each at its commit
         encoder = cls(settings, sizes, ",".join(source for _, source in files) if files else weights)
         for path, source in files:
             encoder.load_checkpoint(read_checkpoint(path), source)
         return encoder
+
+    @classmethod
+    def hub_files(cls, settings: AstroCLIPSection) -> list[hub.HubFile]:
+        """The checkpoints `load` reads; for the released weights all three (astroclip.ckpt loads by
+        default, astrodino.ckpt and specformer.ckpt are the backbones a run can start from instead)."""
+        items = list(CHECKPOINT_FILES) if settings.weights is None and settings.preset == "full" else \
+            _items(base_weights(settings, DEFAULT_WEIGHTS))
+        return [item for item in map(_hub_file, items) if item is not None]
 
     def load_checkpoint(self, checkpoint: Mapping, name: str) -> None:
         """Load an astroclip, astrodino or specformer checkpoint (recognised by content), strictly."""
@@ -296,9 +320,15 @@ class AstroCLIPEncoder(Encoder):
         out = self.embed(batch)
         return clip_loss(out["image"], out["spectrum"], self.log_scale)
 
+    def _tuned_backbones(self) -> list[_Head]:
+        """The heads whose backbone adapts too (`finetune_backbone`)."""
+        return {"none": [], "spectrum": [self.spectrum_encoder],
+                "both": [self.spectrum_encoder, self.image_encoder]}[self.settings.finetune_backbone]
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         heads = [self.image_encoder] + ([self.spectrum_encoder] if self.settings.finetune_spectrum else [])
         params = [p for head in heads for name, p in head.named_parameters() if not name.startswith("backbone.")]
+        params += [p for head in self._tuned_backbones() for p in head.backbone.parameters() if p.requires_grad]
         return params + ([self.log_scale] if self.settings.learnable_scale else [])
 
     def describe(self) -> dict:
@@ -320,6 +350,10 @@ def clip_loss(image: torch.Tensor, spectrum: torch.Tensor, log_scale: torch.Tens
     logits = log_scale.clamp(max=math.log(100.0)).exp() * zi @ zs.T
     target = torch.arange(len(zi), device=zi.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+#: Backbone parameters in the checkpoints that AstroCLIP's forward never uses: never adapted.
+_UNUSED_BACKBONE_PARAMETERS = {"cls_token", "pos_embed", "mask_token", "head.weight", "head.bias"}
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------
@@ -379,15 +413,24 @@ _PICKLE = types.SimpleNamespace(Unpickler=_TensorsOnlyUnpickler, load=pickle.loa
 def checkpoint_file(weights: str, revision: str | None) -> tuple[Path, str]:
     """(path, source) of a local file, or of a hub item (`polymathic-ai/astroclip` etc., or
     `repo:filename`) downloaded at `revision`, recorded as ``item@commit``."""
-    local = Path(weights).expanduser()
-    if local.is_file():
-        return local, weights
-    repo, _, filename = weights.partition(":")
-    filename = filename or _CHECKPOINT_FILES.get(repo)
+    return hub.fetch(weights, _hub_file(weights), revision, "astroclip weights")
+
+
+def _items(weights: str) -> list[str]:
+    """The comma-separated items of `models.astroclip.weights` (none for random weights)."""
+    return [] if weights == "random" else [item.strip() for item in weights.split(",")]
+
+
+def _hub_file(item: str) -> hub.HubFile | None:
+    """The hub file a weights item names (``repo`` of a released checkpoint, or ``repo:filename``);
+    None for a local file."""
+    if Path(item).expanduser().is_file():
+        return None
+    repo, _, filename = item.partition(":")
+    filename = filename or CHECKPOINT_FILES.get(repo)
     if filename is None:
-        raise WeightsError(f"astroclip weights {weights!r}: not a file; for other hub repos write repo:filename")
-    path, commit = hub.download(repo, filename, revision, "astroclip weights")
-    return path, hub.pinned(weights, commit)
+        raise WeightsError(f"astroclip weights {item!r}: not a file; for other hub repos write repo:filename")
+    return hub.HubFile(repo, filename)
 
 
 def read_checkpoint(path: str | Path) -> Mapping:

@@ -37,7 +37,7 @@ from fmb.config import AdaptSettings, ModelSection
 from fmb.data.validate import Sample
 from fmb.io import read_torch
 from fmb.models import hub
-from fmb.models.base import Encoder, Preprocessor, WeightsError, load_strict
+from fmb.models.base import Encoder, Preprocessor, WeightsError, base_weights, load_strict
 from fmb.models.inputs import object_ids, rgb_batch, spectrum_batch
 
 
@@ -124,11 +124,18 @@ class AstroPTEncoder(Encoder):
 
     @classmethod
     def load(cls, settings: AstroPTSection) -> "AstroPTEncoder":
-        weights = settings.weights or (DEFAULT_WEIGHTS if settings.preset == "full" else "random")
+        weights = base_weights(settings, DEFAULT_WEIGHTS)
         if weights == "random":
             return cls(_random_gpt(settings), settings, f"random {settings.preset}")
         gpt, source = _load_released(weights, settings.revision)
         return cls(_with_spectra(gpt), settings, source)
+
+    @classmethod
+    def hub_files(cls, settings: AstroPTSection) -> list[hub.HubFile]:
+        """The one checkpoint file the weights name (none for random or local weights)."""
+        weights = base_weights(settings, DEFAULT_WEIGHTS)
+        item = None if weights == "random" else _hub_file(weights)
+        return [item] if item else []
 
     # -- forward ----------------------------------------------------------------------------------
     def _hidden(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -198,14 +205,17 @@ def _load_released(weights: str, revision: str | None):
 
 def _checkpoint_file(weights: str, revision: str | None) -> tuple[Path, str]:
     """The checkpoint's local path and how it is recorded (hub files: ``weights@commit``)."""
-    local = Path(weights).expanduser()
-    if local.is_file():
-        return local, weights
+    return hub.fetch(weights, _hub_file(weights), revision, "astropt weights")
+
+
+def _hub_file(weights: str) -> hub.HubFile | None:
+    """The hub file ``owner/repo/[path/]file.pt`` names; None for a local file."""
+    if Path(weights).expanduser().is_file():
+        return None
     parts = weights.split("/")
     if len(parts) < 3:
         raise WeightsError(f"astropt weights {weights!r}: expected a local file or owner/repo/[path/]file.pt")
-    path, commit = hub.download("/".join(parts[:2]), "/".join(parts[2:]), revision, "astropt weights")
-    return path, hub.pinned(weights, commit)
+    return hub.HubFile("/".join(parts[:2]), "/".join(parts[2:]))
 
 
 def _checkpoint_classes() -> tuple[type, ...]:

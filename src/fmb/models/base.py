@@ -79,6 +79,13 @@ class Encoder(torch.nn.Module, ABC):
     def load(cls, settings) -> "Encoder":
         """Build the architecture of `settings.preset` and load its base weights (strictly)."""
 
+    @classmethod
+    def hub_files(cls, settings) -> list:
+        """The hub files (`fmb.models.hub.HubFile`) to fetch ahead of a run on a machine with network
+        (`fmb setup download`) and to verify on one without (`fmb setup check`): at least those
+        `load(settings)` reads; none by default."""
+        return []
+
     @abstractmethod
     def embed(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Pooled embeddings {modality: (B, D) float} for this model's modalities."""
@@ -95,6 +102,12 @@ class Encoder(torch.nn.Module, ABC):
     def describe(self) -> dict:
         """Model id, weights, preprocessing, pooling, layer and dims, for the manifest."""
 
+    def gradient_checkpoint_blocks(self) -> list[torch.nn.Module]:
+        """The blocks whose activations `adapt.gradient_checkpointing` recomputes in the backward pass
+        instead of keeping (the trainer wraps their forward in torch.utils.checkpoint): the repeated
+        blocks that gradients flow through, e.g. a transformer's layers. None by default."""
+        return []
+
     def adapted_state(self) -> dict:
         """What adaptation changes (saved in checkpoints); by default the trainable modules' state."""
         names = {id(p) for p in self.trainable_parameters()}
@@ -107,6 +120,11 @@ class Encoder(torch.nn.Module, ABC):
         with torch.no_grad():
             for key, value in state.items():
                 params[key].copy_(value)
+
+
+def base_weights(settings, released: str) -> str:
+    """The weights `models.<name>` asks for: as set, else the `released` ones (preset full) or random."""
+    return settings.weights or (released if settings.preset == "full" else "random")
 
 
 def check_keys(expected: Iterable[str], found: Iterable[str], what: str) -> None:

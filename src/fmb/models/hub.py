@@ -14,11 +14,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from fmb.models.base import WeightsError
 
 DEFAULT_REVISION = "main"
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+class HubFile(NamedTuple):
+    """One file of a hub model repository that a model's `load` reads (`Encoder.hub_files`)."""
+
+    repo_id: str
+    filename: str
 
 
 def download(repo_id: str, filename: str, revision: str | None, what: str) -> tuple[Path, str]:
@@ -30,12 +38,21 @@ def download(repo_id: str, filename: str, revision: str | None, what: str) -> tu
         path = Path(hf_hub_download(repo_id, filename, revision=revision))
     except Exception as exc:  # hub errors come in many classes; all mean the same here
         raise WeightsError(f"cannot load {what}: {filename} of hub repo {repo_id} at revision {revision!r} is not "
-                           f"available here ({_reason(exc)}); fetch it on a machine with network access (or copy "
+                           f"available here ({reason(exc)}); fetch it on a machine with network access (or copy "
                            "its hub cache here), or check that the revision exists") from None
     return path, _commit_of(path, filename)
 
 
-def _reason(exc: Exception) -> str:
+def fetch(weights: str, item: HubFile | None, revision: str | None, what: str) -> tuple[Path, str]:
+    """(local path, how it is recorded) of the weights a model was given: a local file as given
+    (`item` None), else the hub `item` at `revision`, recorded as ``weights@commit``."""
+    if item is None:
+        return Path(weights).expanduser(), weights
+    path, commit = download(item.repo_id, item.filename, revision, what)
+    return path, pinned(weights, commit)
+
+
+def reason(exc: Exception) -> str:
     """The error's class and first sentence: hub messages run to several lines of advice."""
     lines = re.split(r"(?<=\.)\s", str(exc).strip(), maxsplit=1)[0].splitlines()
     return f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__

@@ -32,6 +32,7 @@ from fmb.config import ExecutorConfig, ResolvedConfig, SlurmSettings
 from fmb.errors import FmbError
 from fmb.io import read_json_object, write_json
 from fmb.layout import ShardFiles
+from fmb.stage import with_action
 
 
 @dataclass(frozen=True)
@@ -291,3 +292,31 @@ def _plain(result) -> dict | None:
         return None
     return {key: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
             for key, value in result.items()}
+
+
+# -- a stage that does not run as shards, as one job of the executor ------------------------------------
+def on_executor(resolved: ResolvedConfig, stage):
+    """`stage` as it runs under the configured executor: unchanged locally or when it runs as
+    shards (their executor runs them); under SLURM, any other stage becomes one job submitted
+    through the same executor (`Executor.call`), with the same key, inputs and outputs."""
+    if resolved.executor.kind != "slurm" or stage.sharding is not None:
+        return stage
+    return with_action(stage, OneJob(stage.name, stage.action))
+
+
+class OneJob:
+    """A stage's action run as one job where the executor runs its jobs; what it prints goes to
+    the job's log, its summary comes back here."""
+
+    def __init__(self, name: str, action):
+        self.name, self.action = name, action
+
+    def __call__(self, config: ResolvedConfig, log_line):
+        from submitit.core.utils import FailedJobError
+
+        files = config.layout.shards(self.name)
+        log_line(f"submitting {self.name} as one {config.executor.kind} job (logs under {files.dir})")
+        try:
+            return executor_for(config.executor, files.job_logs).call(self.action, config, print)
+        except FailedJobError as error:  # sbatch refused the job (no controller, a bad partition, ...)
+            raise FmbError(f"could not submit {self.name} to SLURM: {(str(error).splitlines() or [''])[0]}") from None

@@ -3,8 +3,10 @@
     data/synth                 a directory of Parquet files in the row contract   (parquet.py)
     hf:<dataset id or dir>     a Hugging Face dataset, cached or streamed          (hf.py)
     desi:<dir>                 DESI coadd FITS paired with data.cutouts by TARGETID (desi.py)
+    arrow:<dir>                datasets' save_to_disk folders, memory-mapped       (arrow.py)
 
-Only `hf:` and `desi:` are prefixes: anything else is a Parquet directory, ':' in its name included.
+Only `hf:`, `desi:` and `arrow:` are prefixes: anything else is a directory, ':' in its name included,
+read as Parquet files unless it holds save_to_disk folders and no Parquet file (then as `arrow:`).
 """
 
 from __future__ import annotations
@@ -21,21 +23,21 @@ from fmb.errors import ConfigError
 __all__ = ["MISSING_ID", "ParquetSource", "Source", "SourceSpec", "ids_from_table", "local_inputs", "open_source",
            "parse_source", "table_to_rows"]
 
-_PREFIXES = ("hf", "desi")
+_PREFIXES = ("hf", "desi", "arrow")
 
 
 @dataclass(frozen=True)
 class SourceSpec:
     """A parsed `data.source`: its kind and the rest of the string (a path, or a hub dataset id)."""
 
-    kind: Literal["parquet", "hf", "desi"]
+    kind: Literal["parquet", "hf", "desi", "arrow"]
     location: str
 
 
 def parse_source(spec: str) -> SourceSpec:
     """The one reading of a `data.source` string (the stage engine and `open_source` both use it)."""
     if not spec:
-        raise ConfigError("data.source is empty: set a Parquet directory, hf:<dataset> or desi:<dir>")
+        raise ConfigError("data.source is empty: set a Parquet directory, hf:<dataset>, desi:<dir> or arrow:<dir>")
     kind, sep, rest = spec.partition(":")
     if sep and kind in _PREFIXES:
         if not rest:
@@ -58,7 +60,12 @@ def open_source(config: ResolvedConfig, spec: str | None = None) -> Source:
         if not config.data.cutouts:
             raise ConfigError("a desi: source needs data.cutouts, the directory of <TARGETID>.fits cutouts")
         return DesiSource(config.path(parsed.location), config.path(config.data.cutouts))
-    return ParquetSource(config.path(parsed.location), config.data)
+    from fmb.data.sources.arrow import ArrowSource, is_arrow_cache
+
+    local = config.path(parsed.location)
+    if parsed.kind == "arrow" or is_arrow_cache(local):
+        return ArrowSource(local)
+    return ParquetSource(local, config.data)
 
 
 def local_inputs(config: ResolvedConfig) -> list[Path]:

@@ -1,5 +1,6 @@
-"""What every source of rows is: the `Source` interface, and the Arrow -> row-dict decoding that
-the Parquet and Hugging Face sources share.
+"""What every source of rows is: the `Source` interface, the Arrow -> row-dict decoding that the
+Parquet, Hugging Face and Arrow-cache sources share, and `DatasetSource`: rows served from
+`datasets.Dataset` splits (the hub dataset's cached splits, `save_to_disk` folders).
 
 * ``shards()``               names of its units of storage (Parquet files, dataset splits, FITS files);
 * ``read_ids(shard)``        the object ids of a shard in row order, reading nothing but the ids;
@@ -140,3 +141,44 @@ def _decode_struct_of_lists(column: pa.Array) -> list:
         else:
             parts[name] = child.to_pylist()
     return [None if null[i] else {name: part[i] for name, part in parts.items()} for i in range(len(column))]
+
+
+# -- rows from `datasets.Dataset` objects (memory-mapped Arrow) -----------------------------------
+class DatasetSource(Source):
+    """A source whose shards are `datasets.Dataset` objects: ids and rows by position straight from
+    their memory-mapped Arrow tables, decoded by `table_to_rows` (the one field mapping), the RGB
+    composite kept as its encoded bytes (fmb decodes and checks it). Subclasses say how a shard loads."""
+
+    def __init__(self):
+        self._loaded: dict = {}
+
+    @abstractmethod
+    def _load(self, shard: str):
+        """The `datasets.Dataset` of one shard (errors as `ConfigError` or `DataError`, one line)."""
+
+    def _split(self, shard: str):
+        if shard not in self._loaded:
+            self._loaded[shard] = keep_encoded_rgb(self._load(shard))
+        return self._loaded[shard]
+
+    def read_ids(self, shard: str) -> np.ndarray:
+        data = self._split(shard)
+        names = [name for name in ID_COLUMNS if name in data.column_names]
+        return ids_from_table(data.with_format("arrow").select_columns(names)[:], shard)
+
+    def read_rows(self, shard: str, rows: Sequence[int]) -> list[dict]:
+        return table_to_rows(self._split(shard).with_format("arrow")[list(map(int, rows))])
+
+    def iter_rows(self, shard: str, batch_size: int = 256) -> Iterator[list[dict]]:
+        data = self._split(shard).with_format("arrow")
+        for start in range(0, len(data), batch_size):
+            yield table_to_rows(data[start : start + batch_size])
+
+
+def keep_encoded_rgb(data):
+    """A `datasets` dataset (cached or streamed) whose RGB column stays encoded bytes when read."""
+    import datasets
+
+    if RGB_COLUMN in (data.features or {}):
+        data = data.cast_column(RGB_COLUMN, datasets.Image(decode=False))
+    return data

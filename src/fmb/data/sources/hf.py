@@ -18,20 +18,19 @@ import numpy as np
 import pyarrow as pa
 
 from fmb.config import DataConfig
-from fmb.data.schema import RGB_COLUMN
-from fmb.data.sources.base import ID_COLUMNS, Source, ids_from_table, table_to_rows
+from fmb.data.sources.base import DatasetSource, ids_from_table, keep_encoded_rgb, table_to_rows
 from fmb.errors import ConfigError, DataError
 from fmb.io import parquet_footer_sha256
 
 
-class HuggingFaceSource(Source):
+class HuggingFaceSource(DatasetSource):
     def __init__(self, dataset: str, config: DataConfig):
+        super().__init__()
         self.dataset = dataset
         self.splits = list(config.splits)
         self.streaming = config.streaming
         mode = "streaming" if self.streaming else "cached"
         self.description = f"Hugging Face dataset {dataset} ({mode}, splits {', '.join(self.splits)})"
-        self._loaded: dict = {}
 
     def shards(self) -> list[str]:
         return list(self.splits)
@@ -67,13 +66,11 @@ class HuggingFaceSource(Source):
         return local if local.is_dir() else None
 
     def read_ids(self, shard: str) -> np.ndarray:
-        if self.streaming:
-            tables = [table for table in self._stream(shard, 4096, columns=["object_id"])]
-            empty = pa.table({"object_id": pa.array([], pa.int64())})
-            return ids_from_table(pa.concat_tables(tables) if tables else empty, shard)
-        data = self._split(shard)
-        names = [name for name in ID_COLUMNS if name in data.column_names]
-        return ids_from_table(data.with_format("arrow").select_columns(names)[:], shard)
+        if not self.streaming:
+            return super().read_ids(shard)
+        tables = [table for table in self._stream(shard, 4096, columns=["object_id"])]
+        empty = pa.table({"object_id": pa.array([], pa.int64())})
+        return ids_from_table(pa.concat_tables(tables) if tables else empty, shard)
 
     def read_rows(self, shard: str, rows: Sequence[int]) -> list[dict]:
         if self.streaming:
@@ -81,40 +78,29 @@ class HuggingFaceSource(Source):
                 "fetching objects by id needs random access; set data.streaming=false to cache the dataset",
                 field=shard,
             )
-        table = self._split(shard).with_format("arrow")[list(map(int, rows))]
-        return table_to_rows(table)
+        return super().read_rows(shard, rows)
 
     def iter_rows(self, shard: str, batch_size: int = 256) -> Iterator[list[dict]]:
-        if self.streaming:
-            for table in self._stream(shard, batch_size):
-                yield table_to_rows(table)
+        if not self.streaming:
+            yield from super().iter_rows(shard, batch_size)
             return
-        data = self._split(shard).with_format("arrow")
-        for start in range(0, len(data), batch_size):
-            yield table_to_rows(data[start : start + batch_size])
+        for table in self._stream(shard, batch_size):
+            yield table_to_rows(table)
 
     def _stream(self, shard: str, batch_size: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        stream = self._load(shard)
+        stream = keep_encoded_rgb(self._load(shard))
         if columns:
             stream = stream.select_columns(columns)
         for batch in stream.with_format("arrow").iter(batch_size=batch_size):
             yield batch
 
-    def _split(self, shard: str):
-        if shard not in self._loaded:
-            self._loaded[shard] = self._load(shard)
-        return self._loaded[shard]
-
     def _load(self, split: str):
         import datasets
 
         try:
-            data = datasets.load_dataset(self.dataset, split=split, streaming=self.streaming)
+            return datasets.load_dataset(self.dataset, split=split, streaming=self.streaming)
         except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
             raise ConfigError(
                 f"cannot load Hugging Face dataset {self.dataset!r} split {split!r}: {exc}. Offline, the dataset "
                 "must already be in the HF cache (or pass hf:<local dataset dir>)."
             ) from None
-        if RGB_COLUMN in (data.features or {}):  # keep the encoded bytes; fmb decodes and checks them
-            data = data.cast_column(RGB_COLUMN, datasets.Image(decode=False))
-        return data

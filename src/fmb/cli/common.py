@@ -1,0 +1,101 @@
+"""What every command module of the CLI shares: the root app, the console, option types, and the
+one way a command builds its config and runs its stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from fmb.config import ResolvedConfig, load_config
+from fmb.errors import ConfigError
+from fmb.layout import RUNS_DIR
+from fmb.plugins import encoder_names
+
+app = typer.Typer(
+    name="fmb",
+    help="Foundation-models benchmark and anomaly discovery for Euclid x DESI (and surveys like it).\n\n"
+    "Every command reads one configuration: CLI flags > task file (--config) > project file (fmb.yaml) > "
+    "defaults, and writes under runs/<name>/. See `fmb config show`.\n\n"
+    "A failure prints one line saying what to do; add --debug anywhere (or set FMB_DEBUG=1) to see the traceback.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+TaskFile = Annotated[
+    Optional[list[Path]],
+    typer.Option("--config", "-c", help="Task file (YAML) over the project file; repeatable, later files win.",
+                 exists=True, dir_okay=False),
+]
+Sets = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="Override any key: --set synth.n=500 (repeatable).")
+]
+SourceOption = Annotated[Optional[str], typer.Option("--source", help="Parquet dir, hf:<dataset id> or desi:<dir>.")]
+RunName = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: outputs go to runs/<name>/.")]
+Force = Annotated[bool, typer.Option("--force", help="Redo the stage even when its config and inputs are unchanged.")]
+ExecutorKind = Annotated[Optional[str], typer.Option(
+    "--executor", help="Where the stage runs: local (here; shards on executor.workers processes) or slurm "
+    "(sharded stages as job arrays, any other stage as one job; executor.slurm.*); sets executor.kind.")]
+SlurmFlag = Annotated[bool, typer.Option("--slurm", help="The original code's spelling of --executor slurm.")]
+Preset = Annotated[Optional[str], typer.Option(help="full (released size) or tiny (tests, demo).")]
+
+
+def registered_model(name: str) -> str:
+    """A model argument: a registered encoder, else one line naming the registered ones."""
+    if name not in encoder_names():
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(encoder_names())}")
+    return name
+
+
+ModelName = Annotated[str, typer.Argument(help="A registered model: " + ", ".join(encoder_names())
+                                          + " (pixels is the PCA reference).", callback=registered_model)]
+
+
+def executor_flags(kind: str | None, slurm: bool) -> dict:
+    return {"executor.kind": "slurm" if slurm else kind}
+
+
+def build_config(task: list[Path] | None, sets: list[str] | None, name: str | None, root: Path | None = None,
+                 **flags: Any) -> ResolvedConfig:
+    return load_config(task, cli={"name": name, **flags}, sets=sets, root=root)
+
+
+def log(line: str) -> None:
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def run_stage(resolved: ResolvedConfig, name: str, force: bool, action=None):
+    """Run one stage through the engine `fmb run` uses; returns its summary, or None when it was
+    skipped because nothing it depends on changed (said on the console). Under `executor.kind:
+    slurm` a stage that does not run as shards is submitted as one job (`on_executor`); `action`
+    (the stage done another way, e.g. an import) runs in this process."""
+    from fmb.run import run_one
+    from fmb.run.executors import on_executor
+    from fmb.run.stages import stage_named
+    from fmb.stage import with_action
+
+    try:
+        stage = stage_named(resolved, name)
+    except KeyError:
+        registered_model(name.partition(":")[2])  # "adapt:<model>" of a model not registered: one line
+        raise
+    stage = on_executor(resolved, stage) if action is None else with_action(stage, action)  # an import runs here
+    outcome = run_one(resolved, stage, log, force)
+    if outcome.status == "skipped":
+        console.print(f"{name}: nothing changed since it last ran (--force to redo it)")
+    return outcome.result
+
+
+def run_reference(value: str | None) -> tuple[Path | None, str | None]:
+    """(project root or None, run name) of a run given by name (`q1`) or by its directory
+    (`runs/q1`, `/data/project/runs/q1`)."""
+    if value is None or "/" not in value.strip("/"):
+        return None, value.strip("/") if value else value
+    path = Path(value)
+    if path.parent.name != RUNS_DIR:
+        raise ConfigError(f"--run {value!r}: give a run name or a run directory runs/<name>")
+    root = path.parent.parent
+    return (root if str(root) not in ("", ".") else None), path.name
