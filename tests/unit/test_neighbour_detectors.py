@@ -53,4 +53,6 @@ def test_saved_state_is_the_fit_sample_in_float32(make):
     fit = np.random.default_rng(4).normal(size=(20_000, 64))
     buffer = io.BytesIO()
     torch.save(make().fit(fit), buffer)
-    assert buffer.tell() < fit.size * 4 * 1.1  # PyOD's keep float64 copies and a ball tree (about 3x)
+    # LOF adds two float64 numbers per fit row (k-distance, density); PyOD's keep float64 copies and a
+    # ball tree (about 3x)
+    assert buffer.tell() < fit.size * 4 * 1.15
