@@ -1,7 +1,7 @@
 """The original research code's command names (reference §9) run on a small synthetic survey and do
 what their fmb equivalents do: each alias runs the same stage with the same key, so the fmb command
 run after it finds nothing changed (same config, same inputs, outputs present), and the files it
-names are there. Plus `--slurm` on a stage that is not sharded, `fmb app --run runs/<name>`, and the
+names are there. Plus `--slurm` on a stage that is not sharded, `fmb app --run` with a run directory, and the
 importers of the original's files through the CLI.
 
 One project is built once for the module (synth, index, adapt and embed the pixel reference); the
@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from fmb.cli import app
 from fmb.config import load_config
 from fmb.embed.store import load_embeddings
+from fmb.layout import RunLayout
 
 runner = CliRunner()
 N = 80
@@ -172,15 +173,16 @@ def test_figure_aliases(detected: Path, config, original: list[str]):
 
 
 def test_app_opens_a_run_given_by_its_directory(detected: Path, tmp_path: Path, monkeypatch):
-    """`fmb app --run runs/<name>`: the blocking uvicorn server is replaced by a recorder of the app it
+    """`fmb app --run` with a run directory: the blocking uvicorn server is replaced by a recorder of the app it
     would serve, which is then asked for the run's ranked list."""
     import uvicorn
     from fastapi.testclient import TestClient
 
     served = []
     monkeypatch.setattr(uvicorn, "run", lambda asgi, **_options: served.append(asgi))
-    invoke(detected, "app", "--run", "runs/test")
-    invoke(tmp_path, "app", "--run", str(detected / "runs" / "test"))  # from elsewhere: the project is the path's
+    run_dir = RunLayout.of(detected, "test").root
+    invoke(detected, "app", "--run", str(run_dir.relative_to(detected)))  # relative to the project, as users type it
+    invoke(tmp_path, "app", "--run", str(run_dir))  # from elsewhere: the project is the path's
     assert [asgi.title for asgi in served] == ["fmb discovery: test"] * 2
     listing = TestClient(served[1], base_url="http://127.0.0.1").get("/api/list").json()
     assert listing["model"] == "pixels" and listing["total"] == N

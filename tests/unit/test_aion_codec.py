@@ -133,7 +133,7 @@ def test_adapt_embed_and_compare_the_routes_end_to_end(project: Path):
     ids, vectors = store.load_embeddings(config.layout.embeddings("aion_codec").dir)
     assert sorted(ids) == list(range(700, 716)) and {k: v.shape for k, v in vectors.items()} == {
         m: (16, 64) for m in ("image", "spectrum", "joint")}
-    manifest = json.loads((config.layout.embeddings("aion_codec").dir / "manifest.json").read_text())
+    manifest = json.loads(config.layout.embeddings("aion_codec").manifest.read_text())
     assert "AION image codec on VIS/Y/J/H" in json.dumps(manifest)
 
     losses = route_losses(config)  # the adapter route not adapted in this run: its initial adapters

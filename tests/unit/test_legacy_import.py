@@ -156,7 +156,7 @@ def test_the_three_score_files_round_trip_into_one_table(tmp_path: Path):
     density = density_csv(tmp_path / "anomaly_scores_astropt.csv")
     cosine = cosine_csv(tmp_path / "cosine_scores_astropt.csv")
     multimodal = multimodal_csv(tmp_path / "all_scores.csv")
-    out = tmp_path / "runs" / "x" / "scores" / "astropt.parquet"
+    out = tmp_path / "imported" / "astropt.parquet"
     import_scores([tmp_path / "anomaly_scores_astropt.csv", tmp_path / "cosine_scores_astropt.csv",
                    tmp_path / "all_scores.csv"], "astropt", out)
     table = pd.read_parquet(out).set_index("object_id")
