@@ -156,7 +156,8 @@ def child(kind: str, project: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="objects for fmb alone")
-    parser.add_argument("--compare-n", type=int, default=100_000, help="objects for both, side by side")
+    parser.add_argument("--compare-n", type=int, default=100_000,
+                        help="objects for both, side by side (0: fmb alone, at --n only)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fmb-detect-scale"))
     parser.add_argument("--set", nargs="*", default=["detect.folds=3", "detect.flow.min_steps=200",
                                                       "detect.flow.max_steps=400", "detect.flow.hidden=32",
@@ -168,7 +169,7 @@ def main() -> None:
         return child(args.child, args.workdir)
     print(f"fmb detect settings: {' '.join(args.set)}", flush=True)
     rows = []
-    for n in sorted({args.compare_n, args.n}):
+    for n in sorted({args.compare_n, args.n} - {0}):
         project = args.workdir / f"n{n}"
         project.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
@@ -182,12 +183,14 @@ def main() -> None:
               f"{json.dumps({k: round(v) for k, v in fmb['stage_seconds'].items()})}", flush=True)
         if original:
             print(f"  original:   {original['seconds']:.0f} s, peak RSS {original['peak_rss_gb']:.2f} GB", flush=True)
-    per_object = next(o["seconds"] / n for n, _, o in rows if o)
+    per_object = next((o["seconds"] / n for n, _, o in rows if o), None)
     print(f"\n{'N':>10s} {'fmb s':>8s} {'fmb GB':>7s} {'original s':>22s} {'original GB':>12s} {'ratio':>20s}")
     for n, fmb, original in rows:
         if original:
             print(f"{n:>10,d} {fmb['seconds']:8.0f} {fmb['peak_rss_gb']:7.2f} {original['seconds']:22.0f} "
                   f"{original['peak_rss_gb']:12.2f} {original['seconds'] / fmb['seconds']:19.2f}x")
+        elif per_object is None:
+            print(f"{n:>10,d} {fmb['seconds']:8.0f} {fmb['peak_rss_gb']:7.2f} {'not run':>22s}")
         else:
             guess = per_object * n
             print(f"{n:>10,d} {fmb['seconds']:8.0f} {fmb['peak_rss_gb']:7.2f} {guess:10.0f} (extrapolated) "
