@@ -52,7 +52,9 @@ def test_local_pool_runs_shards_in_other_processes_and_collects_failures(job: Sh
 
 
 def report_gpu(config, shard: Shard) -> dict:
-    return {"pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    import torch
+
+    return {"pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": torch.get_num_threads()}
 
 
 def test_local_pool_gives_each_worker_its_own_gpu(project: Path):
@@ -65,6 +67,17 @@ def test_local_pool_gives_each_worker_its_own_gpu(project: Path):
     seen = {(o.result["pid"], o.result["gpu"]) for o in outcomes}
     assert {gpu for _, gpu in seen} <= {"0", "1"}
     assert len({pid for pid, _ in seen}) == len(seen) == len({gpu for _, gpu in seen})  # one GPU per worker, its own
+
+
+def test_local_pool_divides_the_cores_among_its_workers(project: Path, monkeypatch):
+    """Each worker's torch gets its share of the cores, not all of them (which oversubscribes)."""
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # read here, in this process; torch alone would take 2 here
+    config = load_config(root=project)
+    outcomes = LocalExecutor(workers=4, gpus=[]).run(ShardJob(report_gpu, config, config.layout.shards("toy")),
+                                                     plan_shards("toy", list(range(4)), 4, "k"))
+    assert {o.result["threads"] for o in outcomes} == {1}
 
 
 def test_submitit_local_cluster_runs_the_same_job(job: ShardJob, tmp_path: Path, monkeypatch):

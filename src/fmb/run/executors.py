@@ -136,8 +136,9 @@ class LocalExecutor(Executor):
         gpus = visible_gpus() if self.gpus is None else self.gpus
         for worker in range(self.workers):
             devices.put(gpus[worker % len(gpus)] if gpus else None)
-        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_take_gpu,
-                                 initargs=(devices,)) as pool:
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
+                                 initargs=(devices, threads)) as pool:
             return list(pool.map(job, shards))
 
     def call(self, function: Callable, *args):
@@ -252,11 +253,15 @@ def visible_gpus() -> list[str]:
         return []
 
 
-def _take_gpu(devices) -> None:
-    """Pool initializer: this worker's GPU, set before anything in it can start CUDA."""
+def _start_worker(devices, threads: int) -> None:
+    """Pool initializer, before anything in the worker can start CUDA or a thread pool: its GPU,
+    and its share of the cores (without it every worker's torch and BLAS take all the cores, and
+    the workers oversubscribe them); a thread count the user set in the environment is kept."""
     gpu = devices.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(variable, str(threads))
 
 
 def max_array_size() -> int:
