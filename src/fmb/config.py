@@ -347,6 +347,8 @@ class ExecutorConfig(_Section):
                          "(one per GPU on a multi-GPU node)")
     shards: int | None = Field(None, ge=1, description="shards per stage; default: local, one per worker; "
                                "slurm, one per work unit")
+    merge_memory_gb: float = Field(2.0, gt=0, description="memory the steps that see every object at once (ranks, "
+                                   "percentiles, the consensus join) may hold; the rest spills to disk under the run")
     slurm: SlurmSettings = SlurmSettings()
 
 

@@ -138,9 +138,33 @@ class ScoreFiles(_Directory):
         return self._file("summary.json")
 
     @property
+    def spill(self) -> Path:
+        """Where the out-of-core merge spills what does not fit in memory; removed after each merge."""
+        return self.dir / "spill"
+
+    def merge_files(self, model: str) -> "MergeFiles":
+        return MergeFiles(self.spill / model)
+
+    @property
     def consensus(self) -> Path:
         """The cross-model consensus ranking (one row per object of any embedded model)."""
         return self._file("consensus.parquet")
+
+
+class MergeFiles(_Directory):
+    """scores/spill/<model>: the merge's temporary files, removed when it ends."""
+
+    def ranks(self, position: int) -> Path:
+        """The ranks of the model's `position`-th score column, in the parts' row order."""
+        return self._file(f"rank-{position}.parquet")
+
+    @property
+    def fused_geo(self) -> Path:
+        return self._file("fused_geo.parquet")
+
+    @property
+    def fused_geo_ranks(self) -> Path:
+        return self._file("rank-fused_geo.parquet")
 
 
 class EvaluationFiles(_Directory):

@@ -217,7 +217,7 @@ def test_fmb_rerank_writes_what_rerank_gives(scored_run: Path, monkeypatch):
         assert made.event == store.events().id.max() and started <= made.time <= time.time()
         default = CliRunner().invoke(app, ["rerank", "--at", "0"])  # before any label: the plain ranking
         assert default.exit_code == 0 and "from 0 labels" in default.output
-        written = config.layout.app.reranked("pixels-fused_cauchy-astronomaly")
+        written = config.layout.app.reranked("pixels-fused_cauchy-propagation")  # the default re-ranker
         plain = rerank(config, None, None, "propagation", store.current(0)).object_id.tolist()
         assert pd.read_parquet(written).object_id.tolist() == plain and read_reranked(written).event == 0
     finally:

@@ -13,7 +13,8 @@ from fmb.detect.density import CrossFitted, Reducer
 from fmb.detect.fusion import Calibration, calibrate
 from fmb.detect.residual import PCAResidual
 from fmb.detect.scores import CALIBRATED_FUSION, CONSENSUS, FIT_SAMPLE, p_column, ranks_by_id, score_column
-from fmb.detect.tasks import consensus_frame
+from fmb.detect.consensus import write_consensus
+from fmb.detect.population import connection
 from fmb.plugins import detector_class
 
 
@@ -103,7 +104,7 @@ def test_residual_finds_an_object_off_the_manifold_that_the_pca_density_misses()
     assert ranks_by_id(frame, "density")[0] > 0.05 * n
 
 
-def test_consensus_combines_the_models_each_object_has():
+def test_consensus_combines_the_models_each_object_has(tmp_path):
     rng = np.random.default_rng(0)
 
     def model_frame(ids, extreme_id):
@@ -113,7 +114,14 @@ def test_consensus_combines_the_models_each_object_has():
 
     ids = np.arange(2000)
     frames = {"a": model_frame(ids, 5), "b": model_frame(ids[ids != 7], 5)}  # b never saw object 7
-    consensus = consensus_frame(frames, 0.05)
+    tables = {model: tmp_path / f"{model}.parquet" for model in frames}
+    for model, frame in frames.items():
+        frame.sample(frac=1.0, random_state=0).to_parquet(tables[model])  # the join must not rely on row order
+    with connection(memory_gb=1.0, spill=tmp_path / "spill") as con:
+        assert write_consensus(con, tables, 0.05, tmp_path / "consensus.parquet")
+        assert not write_consensus(con, {"a": tables["a"]}, 0.05, tmp_path / "alone.parquet")
+    consensus = pd.read_parquet(tmp_path / "consensus.parquet")
+    assert consensus.object_id.is_monotonic_increasing and not (tmp_path / "spill").exists()
     assert len(consensus) == 2000 and consensus.loc[consensus.object_id == 7, "n_models"].item() == 1
     assert ranks_by_id(consensus, CONSENSUS)[5] == 1
     assert np.isfinite(consensus[CONSENSUS]).all()

@@ -4,15 +4,18 @@ from functools import partial
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fmb.detect.base import HeldOutBest, train_with_held_out
 from fmb.detect.density import CrossFitted, Reducer, fold_of, load, robust_z, save
 from fmb.detect.fusion import fuse
 from fmb.detect.methods.flow import FlowDetector
 from fmb.detect.mismatch import ContrastiveMismatch, PairResidual
-from fmb.detect.scores import percentile
+from fmb.detect.scores import percentile, rank_descending
 from fmb.errors import FmbError
 from fmb.plugins import detector_class
 
@@ -198,3 +201,59 @@ def test_contrastive_critic_stops_early_when_held_out_pairs_teach_nothing():
     image = rng.normal(size=(1500, 4)).astype(np.float32)
     dependent = np.hstack([image, image + 0.1 * rng.normal(size=image.shape).astype(np.float32)])
     assert ContrastiveMismatch(4, **settings).fit(dependent).steps_trained_ > critic.steps_trained_
+
+
+def _fusion_by_hand(frame: pd.DataFrame, method: str) -> dict:
+    """The percentile fusions of `fmb.detect.fusion`'s docstring, in numpy with the ranking rule."""
+    inputs = [f"score_{m}_{method}" for m in ("image", "spectrum", "joint")] + ["mismatch"]
+    common = np.isfinite(frame[inputs].to_numpy(dtype=float)).all(axis=1)
+    p = {c: percentile(frame.loc[common, c].to_numpy()) for c in inputs}
+    img, spec, joint, mis = (p[c] for c in inputs)
+    geo = mis * np.sqrt(img * spec)
+    return {"common": common, "rank_image_flow": rank_descending(frame.loc[common, inputs[0]].to_numpy()),
+            "pct_mismatch": mis, "fused_geo": geo, "fused_min": mis * np.minimum(img, spec),
+            "fused_avg": mis * (img + spec) / 2, "fused_all": (img * spec * joint * mis) ** 0.25,
+            "fused_max": np.maximum.reduce([img, spec, joint, mis]), "uplift": percentile(geo) - np.maximum(img, spec)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(*[st.sampled_from([0.0, 1.0, 2.5, -3.0, np.nan, np.inf])] * 4), min_size=1, max_size=30))
+def test_the_fusion_follows_the_ranking_rule_with_ties_and_missing_scores(rows):
+    frame = pd.DataFrame(rows, columns=["score_image_flow", "score_spectrum_flow", "score_joint_flow", "mismatch"])
+    frame.insert(0, "object_id", np.arange(len(frame)) * 7)
+    out, expected = fuse(frame, "flow"), _fusion_by_hand(frame, "flow")
+    np.testing.assert_array_equal(out.in_common_set.to_numpy(), expected["common"])
+    common = out[out.in_common_set]
+    assert out.loc[~out.in_common_set, ["pct_image_flow", "fused_geo", "uplift"]].isna().all().all()
+    assert out.loc[~out.in_common_set, "rank_image_flow"].isna().all()
+    np.testing.assert_array_equal(common.rank_image_flow.to_numpy(dtype=np.int64), expected["rank_image_flow"])
+    for column in ("pct_mismatch", "fused_geo", "fused_min", "fused_avg", "fused_all", "fused_max", "uplift"):
+        np.testing.assert_allclose(common[column].to_numpy(dtype=float), expected[column], rtol=1e-12, err_msg=column)
+    pd.testing.assert_frame_equal(out[frame.columns], frame)  # the input columns untouched, in order
+
+
+def test_the_out_of_core_merge_gives_the_in_memory_fusion_part_by_part(tmp_path, monkeypatch):
+    """population_parts ranks each column out of core and reads the ranks back in row groups that
+    do not line up with the parts; the result must be the in-memory fusion, row for row."""
+    from fmb.detect import population
+    from fmb.layout import MergeFiles
+
+    monkeypatch.setattr(population, "ROW_GROUP_ROWS", 7)  # DuckDB writes at least 2048 rows a group
+    rng = np.random.default_rng(3)
+    n = 5000
+    frame = pd.DataFrame({"object_id": rng.permutation(10_000)[:n]})
+    for column in ("score_image_flow", "score_spectrum_flow", "score_joint_flow", "mismatch", "mismatch_cosine"):
+        frame[column] = rng.integers(0, 40, n).astype(float)  # many ties
+    frame.loc[rng.choice(n, 20, replace=False), "score_spectrum_flow"] = np.nan
+    frame.loc[rng.choice(n, 5, replace=False), "mismatch"] = np.inf
+    paths = []
+    for k, rows in enumerate(np.split(np.arange(n), [40, 41, 2500])):
+        paths.append(tmp_path / f"part-{k}.parquet")
+        frame.iloc[rows].to_parquet(paths[-1], index=False)
+    with population.connection(memory_gb=0.5, spill=tmp_path / "spill") as con:
+        parts = list(population.population_parts(con, paths, "flow", MergeFiles(tmp_path / "spill" / "model")))
+    assert [len(part) for part in parts] == [40, 1, 2459, 2500] and not (tmp_path / "spill").exists()
+    merged = pa.concat_tables(parts).to_pandas()
+    expected = fuse(frame, "flow")
+    for column in merged.columns:
+        pd.testing.assert_series_equal(merged[column], expected[column], check_dtype=False, obj=column)

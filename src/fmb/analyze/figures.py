@@ -27,9 +27,9 @@ from fmb.config import ResolvedConfig
 from fmb.data.catalog import catalog_path, load_catalog
 from fmb.data.index import Fetcher
 from fmb.data.tasks import open_fetcher
-from fmb.detect.scores import (DEFAULT_RANKING, frame_headline, fusion_inputs, load_score_tables, parse_score_column,
-                               pct_column, score_tables, top)
-from fmb.embed.store import embedded_models, embedding_manifests, load_embeddings
+from fmb.detect.scores import (DEFAULT_RANKING, frame_headline, fusion_inputs, is_score, load_score_tables,
+                               parse_score_column, pct_column, score_tables, top)
+from fmb.embed.store import embedded_models, embedding_manifests, embedding_parts, read_rows
 from fmb.errors import FmbError
 from fmb.models.registry import model_label
 from fmb.stage import Stage
@@ -37,7 +37,7 @@ from fmb.viz.gallery import draw_gallery
 from fmb.viz.object_view import blank
 from fmb.viz.style import fmb_style, save_figure
 from fmb.viz.umap_map import (MISSING_CATEGORY, MapPanel, UmapSettings, draw_umap_figure, mosaic_picks,
-                              umap_coordinates, unit_box)
+                              subsample, umap_coordinates, unit_box)
 
 CATALOG_LABELS = {"Z": "redshift z", "LOGM": "log10 stellar mass (Msun)", "LOGSFR": "log10 SFR (Msun/yr)"}
 SCORE_LABELS = {"mismatch": "image-spectrum mismatch", "fused_geo": "fused (geometric)"}
@@ -48,7 +48,7 @@ MAP_MODALITIES = ("joint", "image")  # the joint embedding describes the whole o
 def figures(config: ResolvedConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
     """Draw every figure the run's embeddings and scores allow; {figure name: PNG path}."""
     models = embedded_models(config)
-    scores = load_score_tables(config)
+    scores = load_score_tables(config, _drawn)
     if not models and not scores:
         raise FmbError("nothing to draw: run `fmb embed` and `fmb detect` first")
     fetcher = open_fetcher(config)
@@ -64,6 +64,11 @@ def figures(config: ResolvedConfig, log: Callable[[str], None] = print) -> dict[
     return paths
 
 
+def _drawn(column: str) -> bool:
+    """The score-table columns the figures read: ids, scores, and the percentiles in gallery titles."""
+    return column == "object_id" or is_score(column) or column.startswith("pct_")
+
+
 # -- UMAP maps ---------------------------------------------------------------------------------------
 def umap_figure(config: ResolvedConfig, models: list[str], scores: dict[str, pd.DataFrame], fetcher: Fetcher,
                 log: Callable[[str], None]) -> Path:
@@ -72,7 +77,7 @@ def umap_figure(config: ResolvedConfig, models: list[str], scores: dict[str, pd.
     umap_settings = UmapSettings(settings.umap_neighbors, settings.umap_min_dist, settings.umap_max_objects, config.seed)
     panels = []
     for model in models:
-        modality, ids, vectors = map_inputs(config.layout.embeddings(model).dir)
+        modality, ids, vectors = map_inputs(config.layout.embeddings(model).dir, umap_settings)
         start = time.perf_counter()
         mapped, xy = umap_coordinates(model, ids, vectors, umap_settings, config.layout.cache("umap"))
         log(f"{model}: UMAP of {len(mapped)} {modality} embeddings ({time.perf_counter() - start:.1f} s)")
@@ -83,10 +88,13 @@ def umap_figure(config: ResolvedConfig, models: list[str], scores: dict[str, pd.
     return draw_umap_figure(panels, colour_label, settings.mosaic_cells, config.layout.figures.umap)
 
 
-def map_inputs(directory: Path) -> tuple[str, np.ndarray, np.ndarray]:
-    """(modality, ids, vectors) of the embedding a model is mapped by."""
+def map_inputs(directory: Path, settings: UmapSettings) -> tuple[str, np.ndarray, np.ndarray]:
+    """(modality, ids, vectors) of the objects a model is mapped by: its UMAP sample (`subsample`),
+    read part by part, so memory holds the sample whatever the survey's size."""
+    parts = embedding_parts(directory)
+    positions = subsample(sum(part.rows for part in parts), settings.max_objects, settings.seed)
     for modality in MAP_MODALITIES:
-        ids, matrices = load_embeddings(directory, (modality,))
+        ids, matrices, _ = read_rows(parts, positions, (modality,))
         if modality in matrices:
             return modality, ids, matrices[modality]
     raise FmbError(f"{directory} holds none of the {' or '.join(MAP_MODALITIES)} embeddings")

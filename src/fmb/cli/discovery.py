@@ -16,10 +16,10 @@ def rerank_command(
                                                  "re-ranked; default: the run's first scored model.")] = None,
     ranking: Annotated[Optional[str], typer.Option("--ranking", help="Score column to start from; default: the "
                                                    "headline ranking (fused_cauchy).")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="Re-ranker: astronomaly (Astronomaly's neighbour "
-                                                  "score, the default), gp_ei (Gaussian process, expected improvement) "
-                                                  "or propagation (label propagation over the nearest-neighbour "
-                                                  "graph).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Re-ranker: propagation (label propagation over "
+                                                  "the nearest-neighbour graph, the default), astronomaly "
+                                                  "(Astronomaly's neighbour score) or gp_ei (Gaussian process, "
+                                                  "expected improvement).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Parquet file to write; default: "
                                                 "runs/<name>/app/rerank/<model>-<ranking>-<method>.parquet.",
                                                 dir_okay=False)] = None,

@@ -37,8 +37,8 @@ import pandas as pd
 from fmb.detect.calibrate import TailCalibrator, cauchy_combine, significance
 from fmb.detect.density import robust_location_scale
 from fmb.detect.scores import (CALIBRATED_FUSION, COMBINED, COMMON_SET, ENSEMBLE, MISMATCH, MODALITIES, RESIDUAL,
-                               UPLIFT, calibrated_inputs, fusion_inputs, p_column, pct_column, percentile,
-                               rank_column, rank_descending, ranked_columns, score_column)
+                               UPLIFT, calibrated_inputs, fusion_inputs, p_column, pct_column, rank_column,
+                               rank_descending, ranked_columns, score_column)
 
 INPUTS = {"img": "image", "spec": "spectrum", "joint": "joint"}
 
@@ -107,32 +107,64 @@ def _combined(frame: pd.DataFrame, column: str, members: list[np.ndarray], calib
 
 
 def fuse(scores: pd.DataFrame, method: str) -> pd.DataFrame:
-    """Add pct_*/rank_* for every score column and the percentile fusions, on the common set."""
+    """Add pct_*/rank_* for every score column and the percentile fusions, on the common set, to a
+    table in memory (new objects scored with saved detectors). The run's merge feeds the same
+    formulas with ranks taken out of core (`fmb.detect.population.merge_population`)."""
     columns = ranked_columns(scores.columns)
-    missing = [c for c in fusion_inputs(method) if c not in scores.columns]
+    check_fusion_inputs(columns, method)
+    common = common_set(scores[columns].to_numpy(dtype=float))
+    ranks = {column: _ranks_on(scores[column].to_numpy(dtype=float), common) for column in columns}
+    added = fusion_columns(ranks, int(common.sum()), method)
+    added[UPLIFT] = uplift(added, _ranks_on(added["fused_geo"], common), int(common.sum()), method)
+    added[COMMON_SET] = common
+    ranked = {rank_column(column) for column in columns}
+    frame = pd.DataFrame({name: _nullable_integers(values) if name in ranked else values
+                          for name, values in added.items()}, index=scores.index)
+    return pd.concat([scores, frame], axis=1)
+
+
+def check_fusion_inputs(columns: list[str], method: str) -> None:
+    missing = [c for c in fusion_inputs(method) if c not in columns]
     if missing:
         raise ValueError(f"fusion needs {missing}")
-    common = scores[columns].notna().all(axis=1).to_numpy() & np.isfinite(scores[columns].to_numpy()).all(axis=1)
-    out = scores.copy()
-    for column in columns:
-        out[pct_column(column)] = np.nan
-        out[rank_column(column)] = pd.array([pd.NA] * len(out), dtype="Int64")
-        out.loc[common, pct_column(column)] = percentile(out.loc[common, column].to_numpy())
-        out.loc[common, rank_column(column)] = rank_descending(out.loc[common, column].to_numpy())
-    p = {short: out.loc[common, pct_column(score_column(modality, method))].to_numpy()
-         for short, modality in INPUTS.items()}
-    p_mis = out.loc[common, pct_column(MISMATCH)].to_numpy()
-    fused = {
-        "fused_geo": p_mis * np.sqrt(p["img"] * p["spec"]),
-        "fused_min": p_mis * np.minimum(p["img"], p["spec"]),
-        "fused_avg": p_mis * (p["img"] + p["spec"]) / 2,
-        "fused_all": (p["img"] * p["spec"] * p["joint"] * p_mis) ** 0.25,
-        "fused_max": np.maximum.reduce([p["img"], p["spec"], p["joint"], p_mis]),
-    }
-    for name, values in fused.items():
-        out[name] = np.nan
-        out.loc[common, name] = values
-    out[UPLIFT] = np.nan
-    out.loc[common, UPLIFT] = percentile(fused["fused_geo"]) - np.maximum(p["img"], p["spec"])
-    out[COMMON_SET] = common
+
+
+def common_set(values: np.ndarray) -> np.ndarray:
+    """The rows whose every ranked score is finite: the objects the percentiles are taken among."""
+    return np.isfinite(values).all(axis=1)
+
+
+def _ranks_on(values: np.ndarray, common: np.ndarray) -> np.ndarray:
+    ranks = np.full(len(values), np.nan)
+    ranks[common] = rank_descending(values[common])
+    return ranks
+
+
+def _nullable_integers(values: np.ndarray) -> pd.arrays.IntegerArray:
+    """A rank column (float, NaN outside the common set) as nullable integers."""
+    missing = np.isnan(values)
+    return pd.arrays.IntegerArray(np.where(missing, 0, values).astype(np.int64), missing)
+
+
+def fusion_columns(ranks: dict[str, np.ndarray], n: int, method: str) -> dict[str, np.ndarray]:
+    """From every score column's rank among the `n` objects of the common set (NaN outside it, the
+    ranking rule of `fmb.detect.scores`): its pct_ and rank_, then the percentile fusions (NaN
+    outside the common set). Row by row, so that it can run on any slice of the objects."""
+    out: dict[str, np.ndarray] = {}
+    for column, rank in ranks.items():
+        out[pct_column(column)] = (n - rank + 1) / n
+        out[rank_column(column)] = rank
+    p = {short: out[pct_column(score_column(modality, method))] for short, modality in INPUTS.items()}
+    p_mis = out[pct_column(MISMATCH)]
+    out["fused_geo"] = p_mis * np.sqrt(p["img"] * p["spec"])
+    out["fused_min"] = p_mis * np.minimum(p["img"], p["spec"])
+    out["fused_avg"] = p_mis * (p["img"] + p["spec"]) / 2
+    out["fused_all"] = (p["img"] * p["spec"] * p["joint"] * p_mis) ** 0.25
+    out["fused_max"] = np.maximum.reduce([p["img"], p["spec"], p["joint"], p_mis])
     return out
+
+
+def uplift(columns: dict[str, np.ndarray], geo_rank: np.ndarray, n: int, method: str) -> np.ndarray:
+    """Percentile of fused_geo (from its rank among the common set) minus max(p_img, p_spec)."""
+    return (n - geo_rank + 1) / n - np.maximum(columns[pct_column(score_column("image", method))],
+                                               columns[pct_column(score_column("spectrum", method))])

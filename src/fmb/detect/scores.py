@@ -183,5 +183,12 @@ def score_tables(config) -> dict[str, Path]:
     return {model: path for model, path in tables.items() if path.is_file()}
 
 
-def load_score_tables(config) -> dict[str, pd.DataFrame]:
-    return {model: pd.read_parquet(path) for model, path in score_tables(config).items()}
+def load_score_tables(config, wanted=None) -> dict[str, pd.DataFrame]:
+    """The run's score tables; only the columns `wanted` accepts (a predicate on the name), when given:
+    a table holds ~100 columns per object, a view needs a few."""
+    import pyarrow.parquet as pq
+
+    def columns(path: Path) -> list[str] | None:
+        return None if wanted is None else [c for c in pq.read_schema(path).names if wanted(c)]
+
+    return {model: pd.read_parquet(path, columns=columns(path)) for model, path in score_tables(config).items()}

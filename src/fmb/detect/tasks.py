@@ -17,18 +17,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fmb.config import ResolvedConfig
-from fmb.detect.calibrate import TailCalibrator, cauchy_combine, significance
+from fmb.detect.consensus import write_consensus
 from fmb.detect.density import CrossFitted, Reducer, load, save
 from fmb.detect.fusion import Calibration, calibrate, fuse
 from fmb.detect.mismatch import ContrastiveMismatch, PairResidual, cosine_mismatch
+from fmb.detect.population import connection, first_duplicate, parquet_source, population_parts, spearman
 from fmb.detect.residual import PCAResidual
-from fmb.detect.scores import (CALIBRATED_FUSION, COMMON_SET, CONSENSUS, FIT_SAMPLE, MODALITIES, RESIDUAL, p_column,
-                               ranked_columns, score_column, z_column)
-from fmb.embed.store import (embedded_models, embedding_manifests, embedding_parts, load_embeddings_and_residuals,
-                             part_arrays, read_part, refuse_duplicates)
+from fmb.detect.scores import COMMON_SET, FIT_SAMPLE, MODALITIES, RESIDUAL, ranked_columns, score_column, z_column
+from fmb.embed.store import (duplicate_ids, embedded_models, embedding_manifests, embedding_parts,
+                             load_embeddings_and_residuals, part_arrays, read_part, read_rows)
 from fmb.errors import FmbError
 from fmb.io import atomic_path, read_json_object, write_json, write_table
 from fmb.plugins import detector_class, encoder_class
@@ -85,7 +86,7 @@ def fit_detectors(config: ResolvedConfig, log=print) -> None:
         if total < 2:
             raise FmbError(f"{model} has {total} usable embedded objects: nothing to fit detectors on (see "
                            f"{config.layout.data.rejects} for why objects were skipped)")
-        ids, matrices, residuals = _read_rows(parts, np.flatnonzero(_fit_sample(config, total)))
+        ids, matrices, residuals = read_rows(parts, np.flatnonzero(_fit_sample(config, total)))
         log(f"{model}: fitting on {len(ids)} of {total} objects ({', '.join(matrices)})")
         seconds: dict[str, float] = defaultdict(float)
         every = np.ones(len(ids), dtype=bool)
@@ -100,18 +101,6 @@ def fit_detectors(config: ResolvedConfig, log=print) -> None:
 def _parts(config: ResolvedConfig, model: str) -> list:
     """The model's embedding parts that hold objects (a unit in which none was usable holds none)."""
     return [part for part in embedding_parts(config.layout.embeddings(model).dir) if part.rows]
-
-
-def _read_rows(parts: list, positions: np.ndarray) -> tuple[np.ndarray, dict, dict]:
-    """The objects at these global row positions (sorted) of the parts, one part in memory at a time."""
-    tables, offset = [], 0
-    for part in parts:
-        inside = positions[(positions >= offset) & (positions < offset + part.rows)] - offset
-        if len(inside):
-            tables.append(read_part(part.path).take(inside))
-        offset += part.rows
-    ids, matrices, residuals = part_arrays(pa.concat_tables(tables))
-    return ids, matrices, residuals
 
 
 def _fit_sample(config: ResolvedConfig, n: int) -> np.ndarray:
@@ -169,53 +158,62 @@ def _score_part(config: ResolvedConfig, model: str, part, fitted: "ModelDetector
 
 # -- 3. merge: the columns that rank objects against each other, then every model's table -------------
 def finish_detect(config: ResolvedConfig, log=print) -> dict:
-    summary, headlines = {}, {}
-    for model in detect_models(config):
-        summary[model] = _merge(config, model)
-        headlines[model] = pq.read_table(config.layout.scores.table(model), columns=_CONSENSUS_INPUTS).to_pandas() \
-            if CALIBRATED_FUSION in pq.read_schema(config.layout.scores.table(model)).names else pd.DataFrame()
-        log(f"{model}: {summary[model]['objects']} objects scored")
-    consensus = consensus_frame(headlines, config.detect.tail)
-    if consensus is not None:
-        write_table(pa.Table.from_pandas(consensus, preserve_index=False), config.layout.scores.consensus)
-    write_json(summary, config.layout.scores.summary)
+    """Merge every model's parts into its score table, then the consensus; out of core, within
+    `executor.merge_memory_gb` whatever the number of objects."""
+    summary, files = {}, config.layout.scores
+    with connection(config.executor.merge_memory_gb, files.spill) as con:
+        for model in detect_models(config):
+            summary[model] = _merge(con, config, model)
+            log(f"{model}: {summary[model]['objects']} objects scored")
+        write_consensus(con, {model: files.table(model) for model in summary}, config.detect.tail, files.consensus)
+    write_json(summary, files.summary)
     return summary
 
 
-_CONSENSUS_INPUTS = ["object_id", CALIBRATED_FUSION, FIT_SAMPLE]
-
-
-def _merge(config: ResolvedConfig, model: str) -> dict:
+def _merge(con, config: ResolvedConfig, model: str) -> dict:
     """scores/<model>.parquet: every part's columns and the population columns (percentiles, ranks,
-    percentile fusions), written part by part; memory holds the ranked columns, not the embeddings
-    nor the detectors (the fit record says which fusion applies)."""
+    percentile fusions), written part by part as the query streams them in the parts' order; it
+    reads the parts and fit.json (which fusion applies), never the embeddings nor the detectors."""
     files = config.layout.scores
     fit_record = read_json_object(files.fit_record(model), "rerun `fmb detect --force`")
     units = [part.unit for part in _parts(config, model)]
     paths = [files.part(model, unit) for unit in units]
     names = pq.read_schema(paths[0]).names
-    ranked = ["object_id", *ranked_columns(names), *[c for c in ("mismatch_cosine",) if c in names]]
-    frame = pa.concat_tables([pq.read_table(path, columns=ranked) for path in paths]).to_pandas()
-    refuse_duplicates(config.layout.embeddings(model).dir, frame["object_id"].to_numpy())
-    population = population_columns(frame, fit_record.get("population_fusion"))
-    added = [column for column in population.columns if column not in frame.columns]
-    seconds = defaultdict(float, fit_record["seconds"])
+    source = parquet_source(paths, ["object_id", *ranked_columns(names)])
+    duplicate = first_duplicate(con, source)
+    if duplicate:
+        raise duplicate_ids(config.layout.embeddings(model).dir, *duplicate)
+    fusion = fit_record.get("population_fusion")
+    population = population_parts(con, paths, fusion, files.merge_files(model)) if fusion else None
+    seconds, objects, common = defaultdict(float, fit_record["seconds"]), 0, 0
     with atomic_path(files.table(model)) as temporary:
-        writer, offset = None, 0
+        writer = None
         for unit, path in zip(units, paths):
             table = pq.read_table(path)
-            for column in added:
-                table = table.append_column(column, pa.array(population[column].iloc[offset:offset + len(table)],
-                                                             from_pandas=True))
+            if population:
+                table = _with_population(table, next(population), path)
+                common += int(pc.sum(table.column(COMMON_SET)).as_py() or 0)
             writer = writer or pq.ParquetWriter(temporary, table.schema, compression="zstd")
             writer.write_table(table)
-            offset += len(table)
+            objects += len(table)
             for key, value in read_json_object(files.part_record(model, unit), "").get("seconds", {}).items():
                 seconds[key] += value
         writer.close()
-    common = population.get(COMMON_SET, pd.Series([], dtype=bool))
-    return {"objects": len(frame), "common_set": int(common.sum()),
-            "seconds": {k: round(v, 2) for k, v in seconds.items()}, **_critic_agreement(frame)}
+    agreement = {"spearman_learned_vs_cosine_mismatch": spearman(con, source, "mismatch", "mismatch_cosine")} \
+        if "mismatch_cosine" in names else {}
+    return {"objects": objects, "common_set": common, "seconds": {k: round(v, 2) for k, v in seconds.items()},
+            **agreement}
+
+
+def _with_population(table: pa.Table, population: pa.Table, path: Path) -> pa.Table:
+    """A part's table with its population columns, after checking that the rows are this part's, in
+    its order (never a mis-paired row)."""
+    if not population.column("object_id").equals(table.column("object_id")):
+        raise FmbError(f"{path}: the merged population columns do not line up with the part's object ids "
+                       "(was the part rewritten during the merge?); rerun `fmb detect`")
+    for name in population.column_names[1:]:
+        table = table.append_column(name, population.column(name))
+    return table
 
 
 def _fit(config: ResolvedConfig, model: str, ids: np.ndarray, matrices: dict, residuals: dict, fit: np.ndarray,
@@ -298,35 +296,6 @@ def score_objects(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, resid
     if fitted.fit_ids is not None:
         frame[FIT_SAMPLE] = np.isin(ids, fitted.fit_ids)
     return frame
-
-
-def _critic_agreement(frame: pd.DataFrame) -> dict:
-    if "mismatch_cosine" not in frame:
-        return {}
-    learned, cosine = frame["mismatch"].rank(), frame["mismatch_cosine"].rank()
-    return {"spearman_learned_vs_cosine_mismatch": float(learned.corr(cosine))}
-
-
-def consensus_frame(frames: dict[str, pd.DataFrame], tail: float) -> pd.DataFrame | None:
-    """Every object of any model: the Cauchy combination of the models' calibrated fused tail
-    probabilities (those it has), recalibrated on the objects in every model's fit sample."""
-    columns = {model: frame[["object_id", CALIBRATED_FUSION, FIT_SAMPLE]]
-               for model, frame in frames.items() if CALIBRATED_FUSION in frame}
-    if len(columns) < 2:
-        return None
-    merged = None
-    for model, part in columns.items():
-        part = part.rename(columns={CALIBRATED_FUSION: f"sig_{model}", FIT_SAMPLE: f"fit_{model}"})
-        merged = part if merged is None else merged.merge(part, on="object_id", how="outer")
-    merged = merged.sort_values("object_id", kind="stable").reset_index(drop=True)
-    # the significance (-log10 p), not p itself, which underflows for the most extreme objects
-    log_p = -np.log(10.0) * merged[[f"sig_{m}" for m in columns]].to_numpy(dtype=float)
-    statistic = significance(cauchy_combine(log_p))
-    reference = merged[[f"fit_{m}" for m in columns]].fillna(False).to_numpy(dtype=bool).all(axis=1)
-    log_p_consensus = TailCalibrator(tail).fit(statistic[reference]).log_p_value(statistic)
-    return pd.DataFrame({"object_id": merged["object_id"].to_numpy(), CONSENSUS: significance(log_p_consensus),
-                         p_column(CONSENSUS): np.exp(log_p_consensus),
-                         "n_models": np.isfinite(log_p).sum(axis=1)})
 
 
 def _factory(method: str, config: ResolvedConfig):

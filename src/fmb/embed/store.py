@@ -197,9 +197,29 @@ def embedding_parts(directory: Path) -> list[Part]:
             for unit, entry in sorted(manifest["parts"].items(), key=lambda kv: int(kv[0]))]
 
 
-def read_part(path: Path) -> pa.Table:
+def read_rows(parts: list[Part], positions: np.ndarray, modalities: tuple[str, ...] = MODALITIES
+              ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`part_arrays` of the objects at these global row positions (sorted) of the parts, reading one
+    part at a time and only the columns of `modalities`: memory holds the chosen rows, not every
+    embedding."""
+    tables, offset = [], 0
+    for part in parts:
+        inside = positions[(positions >= offset) & (positions < offset + part.rows)] - offset
+        if len(inside):
+            wanted = {"object_id", *modalities, *(residual_key(m) for m in modalities)}
+            tables.append(read_part(part.path, wanted).take(inside))
+        offset += part.rows
+    if not tables:
+        return np.array([], np.int64), {}, {}
+    return part_arrays(pa.concat_tables(tables), modalities)
+
+
+def read_part(path: Path, columns: set[str] | None = None) -> pa.Table:
+    """An embedding part; only those of `columns` it has, when given."""
     try:
-        return pq.read_table(path)
+        if columns is not None:
+            columns = [name for name in pq.read_schema(path).names if name in columns]
+        return pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowException) as error:
         raise FmbError(f"embedding part {path} is missing or unreadable ({str(error)[:120]}); embed this model "
                        "again (finished parts are kept)") from None
@@ -222,8 +242,12 @@ def part_arrays(table: pa.Table, modalities: tuple[str, ...] = MODALITIES
 def refuse_duplicates(directory: Path, ids: np.ndarray) -> None:
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
-        raise FmbError(f"{directory}: object id {int(unique[counts > 1][0])} appears {int(counts.max())} times in "
-                       "the embedding parts (two data versions mixed?); embed again into a new directory")
+        raise duplicate_ids(directory, int(unique[counts > 1][0]), int(counts[counts > 1][0]))
+
+
+def duplicate_ids(directory: Path, object_id: int, count: int) -> FmbError:
+    return FmbError(f"{directory}: object id {object_id} appears {count} times in the embedding parts (two data "
+                    "versions mixed?); embed again into a new directory")
 
 
 # -- the original research code's .pt format: a list of dicts with object_id and embedding_* keys ----
