@@ -80,6 +80,29 @@ def test_local_pool_divides_the_cores_among_its_workers(project: Path, monkeypat
     assert {o.result["threads"] for o in outcomes} == {1}
 
 
+def test_a_worker_whose_torch_is_already_loaded_still_gets_its_share(monkeypatch):
+    """Spawn imports the parent's main module before the initializer runs; when that loaded torch,
+    the variables come too late and the initializer must set torch's threads itself. Run here, in
+    this process, where torch is loaded."""
+    import queue
+
+    import torch
+
+    from fmb.run.executors import _start_worker
+
+    before = torch.get_num_threads()
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)  # restored after the test, as the initializer sets them
+    devices = queue.Queue()
+    devices.put(None)
+    try:
+        torch.set_num_threads(2)
+        _start_worker(devices, threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_submitit_local_cluster_runs_the_same_job(job: ShardJob, tmp_path: Path, monkeypatch):
     # the task process imports this test module, by the name pytest gave it
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(Path(__file__).parent)]))

@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -262,6 +263,12 @@ def _start_worker(devices, threads: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(variable, str(threads))
+    # a spawned worker first imports the parent's main module; if that loaded torch, torch has read
+    # its thread count already and ignores the variables (2 workers x 2 threads on 2 cores ran 4x
+    # slower than one process in benchmarks/shard_scaling.py, whose main module imports torch)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def max_array_size() -> int:
