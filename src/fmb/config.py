@@ -258,6 +258,10 @@ class AgreementConfig(_Section):
     top_pct: float = Field(1.0, gt=0, lt=100, description="top-k percent for Jaccard and disagreement")
     retention_pcts: list[float] = Field([1.0, 10.0], description="retention@k percent levels")
     beyond_pct: float = Field(50.0, gt=0, lt=100, description="a disagreement: top in one system, beyond this in another")
+    max_objects: int = Field(2_000_000, ge=100, description="objects compared at most: above it, a seeded share of "
+                             "the ids (the same objects in every table) is read, so memory stays bounded whatever "
+                             "the survey's size; the figures are then estimates and the disagreements come from "
+                             "that share")
 
 
 class SimilarityConfig(_Section):

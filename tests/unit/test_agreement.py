@@ -176,3 +176,31 @@ def test_agreement_errors_say_what_is_missing(project):
         agreement(load_config(root=project, sets=RUN + ["analyze.agreement.methods=[fused_geo]"]))
     with pytest.raises(FmbError, match="fused_typo"):
         agreement(load_config(root=project, sets=RUN + ["analyze.agreement.methods=[flow, fused_typo]"]))
+
+
+def test_above_max_objects_every_table_gives_the_same_seeded_share(project):
+    """Memory bounded whatever N: a share of the ids is read, row group by row group, and it is the
+    same objects in every model (tables in different orders), so the statistics are estimates of
+    the full ones."""
+    rng = np.random.default_rng(4)
+    n = 6000
+    shared = rng.normal(size=n)
+    for model, order in [(ALPHA, np.arange(n)), (BETA, rng.permutation(n))]:
+        columns = {"score_joint_flow": shared[order] + rng.normal(size=n), "mismatch": rng.normal(size=n)}
+        frame = pd.DataFrame({"object_id": order, **columns})
+        write_table(pa.Table.from_pandas(frame, preserve_index=False), load_config(root=project).layout.scores.table(model),
+                    row_group_size=500)
+    def flow_spearman(config) -> float:
+        matrix = pd.read_csv(config.layout.agreement.matrix("spearman"), index_col=0)
+        return matrix.loc[f"{ALPHA} joint flow", f"{BETA} joint flow"]
+
+    methods = "analyze.agreement.methods=[flow, mismatch]"
+    config = load_config(root=project, sets=RUN + [methods])
+    full = agreement(config, log=lambda _: None)
+    full_spearman = flow_spearman(config)
+    config = load_config(root=project, sets=RUN + [methods, "analyze.agreement.max_objects=1500"])
+    sampled = agreement(config, log=lambda _: None)
+    assert full["object_share"] == 1.0 and sampled["object_share"] == 0.25
+    assert 1200 < sampled["n_common"] < 1800  # about a quarter, in both models at once
+    assert all(system["dropped"] == 0 for system in sampled["systems"])
+    assert flow_spearman(config) == pytest.approx(full_spearman, abs=0.06)  # ~3 standard errors at 1500

@@ -123,7 +123,9 @@ def _agreement_section(run: RunLayout):
     summary = _json(files.summary)
     if summary is None:
         return None
-    content = cards({"common objects": f"{summary.get('n_common', 0):,}", "systems": len(summary.get("systems", []))})
+    share = summary.get("object_share", 1.0)
+    content = cards({"common objects": f"{summary.get('n_common', 0):,}" + (f" (a {share:.2%} sample)" if share < 1 else ""),
+                     "systems": len(summary.get("systems", []))})
     content += row([image(files.figure(name), caption) for name, caption in (
         ("spearman", "Spearman rank correlation"), ("jaccard", "top-k % Jaccard overlap"))])
     content += image(files.figure("retention"), "retention of each system's top set in the others")

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from fmb.config import DataConfig
+from fmb.data.hashing import in_id_hash_share
 from fmb.data.index import verify_row_id
 from fmb.data.sources import Source
 from fmb.data.validate import SKIPPED, Issue, RowChecker, Sample
@@ -52,12 +53,7 @@ def is_validation(object_ids: np.ndarray, fraction: float, seed: int) -> np.ndar
 
     Depends only on the id (not on file order), so the split survives re-sharding and resumes.
     """
-    x = np.asarray(object_ids, dtype=np.uint64) ^ np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64)
-    with np.errstate(over="ignore"):  # splitmix64 finaliser: overflow is the point
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x % np.uint64(1_000_000)).astype(np.float64) < fraction * 1_000_000
+    return in_id_hash_share(object_ids, fraction, seed)
 
 
 @dataclass
