@@ -96,3 +96,20 @@ def test_embed_and_detect_as_job_arrays_survive_a_cancelled_task(project: Path):
         np.testing.assert_array_equal(got[modality], expected[modality])
     pd.testing.assert_frame_equal(pq.read_table(config.layout.scores.table("pixels")).to_pandas(),
                                   pq.read_table(local.layout.scores.table("pixels")).to_pandas())
+
+
+def test_a_stage_without_shards_is_one_job_and_a_refused_submission_is_one_line(project: Path):
+    """`fmb adapt --slurm` runs as one job on the real cluster; when sbatch refuses a submission (here a
+    partition the cluster does not have), an array and a single job alike end in one line naming
+    sbatch's reason, exit code 2, no traceback."""
+    one_job = fmb(project, "adapt", "pixels", "--force", sets=SETTINGS + SLURM)
+    assert one_job.returncode == 0, one_job.stderr
+    assert "submitting adapt:pixels as one slurm job" in one_job.stdout + one_job.stderr
+    logs = load_config(root=project, sets=SETTINGS).layout.shards("adapt:pixels").job_logs
+    assert list(Path(str(logs).replace("%j", "")).glob("*/*_log.out"))  # it ran as a SLURM job
+    refused = SETTINGS + SLURM + ["executor.slurm.partition=nosuch"]
+    for stage, what in ((["adapt", "pixels", "--force"], "the job"), (["embed", "pixels"], "an array of 4 tasks")):
+        result = fmb(project, *stage, sets=refused)
+        output = result.stdout + result.stderr
+        assert result.returncode == 2 and "Traceback" not in output, output
+        assert f"sbatch refused {what}: sbatch: error:" in output and "nosuch" in output, output

@@ -183,12 +183,13 @@ class SlurmExecutor(Executor):
         jobs = []
         for start in range(0, len(shards), limit):  # submitit does not split arrays itself
             chunk = shards[start : start + limit]
-            jobs += self.executor(len(chunk)).map_array(job, chunk)
+            jobs += _submitted(lambda: self.executor(len(chunk)).map_array(job, chunk),
+                               f"an array of {len(chunk)} tasks")
         self._wait(jobs)
         return [self._outcome(shard, submitted) for shard, submitted in zip(shards, jobs)]
 
     def call(self, function: Callable, *args):
-        submitted = self.executor(1).submit(function, *args)
+        submitted = _submitted(lambda: self.executor(1).submit(function, *args), "the job")
         self._wait([submitted])
         if not self._finished(submitted):
             raise FmbError(f"the SLURM job {submitted.job_id} ended without a result (cancelled or killed); "
@@ -293,6 +294,19 @@ def _slurm_task_id() -> str | None:
     return f"{job}_{task}" if job and task else os.environ.get("SLURM_JOB_ID")
 
 
+def _submitted(submit: Callable, what: str):
+    """`submit()`'s jobs; sbatch refusing them (no controller, a bad partition or account, ...) is
+    one line naming sbatch's own first line, not a traceback."""
+    from submitit.core.utils import FailedJobError
+
+    try:
+        return submit()
+    except FailedJobError as error:
+        refusal = next((line for line in str(error).splitlines() if line.strip()), "no reason given")
+        raise FmbError(f"sbatch refused {what}: {refusal.strip()}; check executor.slurm (partition, account, qos, "
+                       "resources) against `sinfo`") from None
+
+
 def _one_line(error: BaseException) -> str:
     text = (str(error).splitlines() or [""])[0][:300]
     return text if isinstance(error, FmbError) else f"{type(error).__name__}: {text}"
@@ -324,11 +338,6 @@ class OneJob:
         self.name, self.action = name, action
 
     def __call__(self, config: ResolvedConfig, log_line):
-        from submitit.core.utils import FailedJobError
-
         files = config.layout.shards(self.name)
         log_line(f"submitting {self.name} as one {config.executor.kind} job (logs under {files.dir})")
-        try:
-            return executor_for(config.executor, files.job_logs).call(self.action, config, print)
-        except FailedJobError as error:  # sbatch refused the job (no controller, a bad partition, ...)
-            raise FmbError(f"could not submit {self.name} to SLURM: {(str(error).splitlines() or [''])[0]}") from None
+        return executor_for(config.executor, files.job_logs).call(self.action, config, print)
