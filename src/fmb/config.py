@@ -248,6 +248,8 @@ def _detect_config(detectors: tuple) -> type[DetectSettings]:
 
 class EvaluateConfig(_Section):
     truth: str | None = Field(None, description="truth table; default <data.source>/truth.parquet (synthetic survey)")
+    max_objects: int = Field(2_000_000, ge=100, description="objects evaluated at most: above it, a seeded share of "
+                             "the truth table's ids, so memory stays bounded; the metrics are then estimates")
 
 
 class AgreementConfig(_Section):

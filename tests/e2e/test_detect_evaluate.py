@@ -126,6 +126,22 @@ def test_evaluate_writes_tables_and_figure(scored: Path, monkeypatch):
     assert out.heatmap.stat().st_size > 10_000
 
 
+def test_above_max_objects_evaluation_reads_the_same_seeded_share_of_every_table(scored: Path, tmp_path: Path,
+                                                                                 monkeypatch):
+    """Memory bounded whatever N: a share of the truth's ids (160 objects, at most 100 here), the same
+    objects in the model's table and in the trivial scores."""
+    import pandas as pd
+
+    copy = tmp_path / "copy"
+    shutil.copytree(scored, copy)
+    monkeypatch.chdir(copy)
+    invoke("analyze", "evaluate", "--set", "evaluate.max_objects=100")
+    metrics = pd.read_csv(run_config(copy).layout.evaluation.metrics)
+    overall = metrics[(metrics["class"] == "all") & metrics.score.isin(["fused_cauchy", "total_flux"])]
+    assert set(overall.model) == {"pixels", "trivial"}
+    assert overall.objects.nunique() == 1 and 70 <= overall.objects.iloc[0] <= 130
+
+
 def test_saved_detectors_score_new_objects_without_refitting(scored: Path, monkeypatch):
     monkeypatch.chdir(scored)
     out = scored / "rescored.parquet"

@@ -38,14 +38,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.cluster.hierarchy import dendrogram, leaves_list, linkage, optimal_leaf_ordering
 from scipy.spatial.distance import squareform
 from scipy.stats import rankdata
 
 from fmb.config import AgreementConfig, ResolvedConfig
-from fmb.data.hashing import in_id_hash_share
+from fmb.data.hashing import read_id_share, share_for
 from fmb.detect.scores import MODALITIES, headline, rank_descending, score_column, score_tables
 from fmb.errors import FmbError
 from fmb.io import write_csv, write_json
@@ -177,33 +176,16 @@ def select_columns(columns: list[str], methods: list[str]) -> list[str]:
 
 def load_systems(score_files: list[Path], methods: list[str], share: float = 1.0, seed: int = 0) -> pd.DataFrame:
     """One column per `System`, outer-joined on object_id: NaN where a system lacks an object. With
-    `share` < 1, only the objects of that seeded id-hash share (`id_share`), the same in every table."""
+    `share` < 1, only the objects of that seeded id-hash share, the same in every table."""
     columns_of = {path: select_columns(pq.read_schema(path).names, methods) for path in score_files}
     unmatched = [m for m in methods if not any(select_columns(columns, [m]) for columns in columns_of.values())]
     if unmatched:
         raise FmbError(f"analyze.agreement.methods {unmatched} match no score column in {[p.name for p in score_files]}")
     series = []
     for path, columns in columns_of.items():
-        frame = _read_share(path, ["object_id", *columns], share, seed).set_index("object_id")
+        frame = read_id_share(path, ["object_id", *columns], share, seed).set_index("object_id")
         series += [frame[column].astype(float).rename(System(path.stem, column)) for column in columns]
     return pd.concat(series, axis=1)
-
-
-def id_share(score_files: list[Path], max_objects: int) -> float:
-    """The share of ids read so that the largest table gives about `max_objects` (1: all of them)."""
-    largest = max(pq.read_metadata(path).num_rows for path in score_files)
-    return min(1.0, max_objects / largest)
-
-
-def _read_share(path: Path, columns: list[str], share: float, seed: int) -> pd.DataFrame:
-    """The rows of a score table whose ids fall in the share, read one row group at a time."""
-    if share >= 1.0:
-        return pq.read_table(path, columns=columns).to_pandas()
-    file, kept = pq.ParquetFile(path), []
-    for group in range(file.metadata.num_row_groups):
-        table = file.read_row_group(group, columns=columns)
-        kept.append(table.filter(pa.array(in_id_hash_share(table.column("object_id").to_numpy(), share, seed))))
-    return pa.concat_tables(kept).to_pandas()
 
 
 def common_set(wide: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
@@ -255,7 +237,7 @@ def agreement(config: ResolvedConfig, log=print) -> dict:
     score_files = list(score_tables(config).values())
     if not score_files:
         raise FmbError("no scores to compare; run `fmb detect` first")
-    share = id_share(score_files, settings.max_objects)
+    share = share_for(score_files, settings.max_objects)
     if share < 1.0:
         log(f"agreement: comparing a seeded {share:.2%} share of the objects (analyze.agreement.max_objects)")
     wide = load_systems(score_files, settings.methods, share, config.seed)

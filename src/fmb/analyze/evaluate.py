@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fmb.config import ResolvedConfig
+from fmb.data.hashing import in_id_hash_share, read_id_share, share_for
 from fmb.data.scan import iter_samples
 from fmb.data.sources import open_source
 from fmb.data.validate import RowChecker, Spectrum
@@ -66,11 +67,11 @@ def evaluate_frame(scores: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     return evaluate_columns((scores[["object_id", column]] for column in score_columns(scores.columns)), truth)
 
 
-def evaluate_table(path: Path, truth: pd.DataFrame) -> pd.DataFrame:
-    """`evaluate_frame` of a score table on disk, read one score column at a time: memory holds the
-    ids and one column, whatever the number of score columns."""
+def evaluate_table(path: Path, truth: pd.DataFrame, share: float = 1.0, seed: int = 0) -> pd.DataFrame:
+    """`evaluate_frame` of a score table on disk, read one score column at a time (and, with `share`
+    < 1, only the objects of that seeded id-hash share): memory holds the ids and one column."""
     columns = score_columns(pq.read_schema(path).names)
-    return evaluate_columns((pq.read_table(path, columns=["object_id", c]).to_pandas() for c in columns), truth)
+    return evaluate_columns((read_id_share(path, ["object_id", c], share, seed) for c in columns), truth)
 
 
 def evaluate_columns(frames: Iterable[pd.DataFrame], truth: pd.DataFrame) -> pd.DataFrame:
@@ -110,17 +111,19 @@ def total_flux(bands: np.ndarray | None) -> float:
     return float((bands - np.median(bands, axis=(1, 2), keepdims=True)).sum())
 
 
-def stream_trivial_scores(config: ResolvedConfig) -> pd.DataFrame:
-    """One pass over the run's data source, checked as `fmb data validate` checks it."""
+def stream_trivial_scores(config: ResolvedConfig, share: float = 1.0) -> pd.DataFrame:
+    """One pass over the run's data source, checked as `fmb data validate` checks it; only the objects
+    of the seeded id-hash `share` are kept."""
     rows = []
     with progress_bar("trivial scores", pq.read_metadata(config.layout.data.index).num_rows) as advance:
         for sample in iter_samples(open_source(config), RowChecker(config.data), [], progress=advance):
-            rows.append((sample.object_id, spectrum_median_snr(sample.spectrum), total_flux(sample.bands)))
+            if share >= 1.0 or in_id_hash_share(np.array([sample.object_id]), share, config.seed)[0]:
+                rows.append((sample.object_id, spectrum_median_snr(sample.spectrum), total_flux(sample.bands)))
     frame = pd.DataFrame(rows, columns=["object_id", *TRIVIAL_SCORES]).astype({"object_id": "int64"})
     return frame.drop_duplicates("object_id")  # the first row of a duplicated id, as the index keeps it
 
 
-def data_fingerprint(config: ResolvedConfig) -> str:
+def data_fingerprint(config: ResolvedConfig, share: float = 1.0) -> str:
     """The data the trivial scores come from: the index (its footer changes with the ids), index.json,
     which holds the source's content fingerprint (a survey regenerated with the same ids changes only that),
     and the data section, whose limits decide which spectra and images pass the checks."""
@@ -128,17 +131,18 @@ def data_fingerprint(config: ResolvedConfig) -> str:
     if not files.index.is_file():
         raise FmbError(f"no index at {files.index}; run `fmb data index` first")
     meta = files.index_meta.read_bytes() if files.index_meta.is_file() else b""
-    parts = [parquet_footer_sha256(files.index).encode(), meta, config.data.model_dump_json().encode()]
+    parts = [parquet_footer_sha256(files.index).encode(), meta, config.data.model_dump_json().encode(),
+             *([f"share {share} seed {config.seed}".encode()] if share < 1.0 else [])]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()
 
 
-def trivial_scores(config: ResolvedConfig) -> pd.DataFrame:
+def trivial_scores(config: ResolvedConfig, share: float = 1.0) -> pd.DataFrame:
     """object_id, spectrum_median_snr, total_flux: streamed once (a full pass over the pixels), then read
     from the cache while the data fingerprint it was made from still matches."""
-    path, fingerprint = config.layout.evaluation.trivial, data_fingerprint(config)
+    path, fingerprint = config.layout.evaluation.trivial, data_fingerprint(config, share)
     if path.is_file() and _cached_fingerprint(path) == fingerprint:
         return pd.read_parquet(path)
-    frame = stream_trivial_scores(config)
+    frame = stream_trivial_scores(config, share)
     table = pa.Table.from_pandas(frame, preserve_index=False)
     write_table(table.replace_schema_metadata({**table.schema.metadata, _FINGERPRINT_KEY: fingerprint.encode()}), path)
     return frame
@@ -153,7 +157,7 @@ def _cached_fingerprint(path: Path) -> str | None:
 
 
 # -- the evaluation --------------------------------------------------------------------------------
-def evaluated_tables(config: ResolvedConfig) -> dict[str, Path | pd.DataFrame]:
+def evaluated_tables(config: ResolvedConfig, share: float = 1.0) -> dict[str, Path | pd.DataFrame]:
     """{model: score table}: the models' files by name (whatever the order of run.models), then the
     consensus file when one was made, then the trivial scores (a small frame)."""
     if not score_tables(config):
@@ -161,7 +165,7 @@ def evaluated_tables(config: ResolvedConfig) -> dict[str, Path | pd.DataFrame]:
     tables: dict[str, Path | pd.DataFrame] = dict(sorted(score_tables(config).items()))
     if config.layout.scores.consensus.is_file():
         tables[CONSENSUS] = config.layout.scores.consensus
-    tables[TRIVIAL] = trivial_scores(config)
+    tables[TRIVIAL] = trivial_scores(config, share)
     return tables
 
 
@@ -169,10 +173,12 @@ def evaluate(config: ResolvedConfig) -> Path:
     truth_file = truth_path(config)
     if not truth_file.is_file():
         raise FmbError(f"no truth table at {truth_file}: evaluation needs the synthetic survey's truth.parquet")
-    truth = pq.read_table(truth_file, columns=["object_id", "anomaly_class"]).to_pandas()
+    share = share_for([truth_file], config.evaluate.max_objects)
+    truth = read_id_share(truth_file, ["object_id", "anomaly_class"], share, config.seed)
     tables = []
-    for model, scores in evaluated_tables(config).items():
-        table = evaluate_table(scores, truth) if isinstance(scores, Path) else evaluate_frame(scores, truth)
+    for model, scores in evaluated_tables(config, share).items():
+        table = evaluate_table(scores, truth, share, config.seed) if isinstance(scores, Path) \
+            else evaluate_frame(scores, truth)
         table.insert(0, "model", model)
         tables.append(table)
     result = pd.concat(tables, ignore_index=True)

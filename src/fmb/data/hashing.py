@@ -3,7 +3,12 @@ and every run with the seed, whatever the file order or sharding."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 def in_id_hash_share(object_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -14,3 +19,21 @@ def in_id_hash_share(object_ids: np.ndarray, fraction: float, seed: int) -> np.n
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))
     return (x % np.uint64(1_000_000)).astype(np.float64) < fraction * 1_000_000
+
+
+def share_for(paths: list[Path], max_objects: int) -> float:
+    """The share of ids to read so that the largest of these tables gives about `max_objects` (1: all)."""
+    largest = max(pq.read_metadata(path).num_rows for path in paths)
+    return min(1.0, max_objects / largest) if largest else 1.0
+
+
+def read_id_share(path: Path, columns: list[str], share: float, seed: int) -> pd.DataFrame:
+    """The rows of a Parquet table whose object_id falls in the share, read one row group at a time
+    (all rows when `share` is 1)."""
+    if share >= 1.0:
+        return pq.read_table(path, columns=columns).to_pandas()
+    file, kept = pq.ParquetFile(path), []
+    for group in range(file.metadata.num_row_groups):
+        table = file.read_row_group(group, columns=columns)
+        kept.append(table.filter(pa.array(in_id_hash_share(table.column("object_id").to_numpy(), share, seed))))
+    return pa.concat_tables(kept).to_pandas() if kept else pq.read_table(path, columns=columns).to_pandas()
