@@ -149,26 +149,32 @@ class ScoreTable:
         """Every score of one object with its rank and percentile (1 = the most anomalous)."""
         if object_id not in self.frame.index:
             return []
-        row = self.frame.loc[object_id]
-        return [{"column": column, **self._standing(row, column)} for column in self.columns]
+        row = self.frame.loc[object_id]  # all-numeric columns make it float64: the id is passed on as given
+        return [{"column": column, **self._standing(row, column, object_id)} for column in self.columns]
 
-    def _standing(self, row: pd.Series, column: str) -> dict:
+    def _standing(self, row: pd.Series, column: str, object_id: int) -> dict:
         score = finite_or_none(row[column])
         if score is None:
             return {"score": None, "rank": None, "pct": None}
         if rank_column(column) in row.index:  # the score table's own (the same rule, computed once)
             return {"score": score, "rank": int(row[rank_column(column)]), "pct": float(row[pct_column(column)])}
         ranks = self.ranks(column)
-        rank = int(ranks[row["object_id"]])
+        rank = int(ranks[object_id])
         return {"score": score, "rank": rank, "pct": (len(ranks) - rank + 1) / len(ranks)}
 
 
 def load_tables(config: ResolvedConfig) -> dict[str, ScoreTable]:
-    tables = {model: ScoreTable(frame) for model, frame in load_score_tables(config).items()}
+    tables = {model: ScoreTable(frame) for model, frame in load_score_tables(config, _shown).items()}
     consensus = config.layout.scores.consensus
     if consensus.is_file():
         tables[CONSENSUS_MODEL] = ScoreTable(pd.read_parquet(consensus), preferred=CONSENSUS)
     return tables
+
+
+def _shown(column: str) -> bool:
+    """The score-table columns the app reads: ids, scores, and their ranks and percentiles (not the
+    robust z, tail probabilities or flags, which would double what it holds per object)."""
+    return column == "object_id" or is_score(column) or column.startswith(("rank_", "pct_"))
 
 
 class Catalog:
