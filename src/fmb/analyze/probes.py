@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from fmb.config import ResolvedConfig
 from fmb.data.catalog import catalog_path, load_catalog
-from fmb.embed.store import embedded_models, embedding_manifests, load_embeddings
+from fmb.embed.store import embedded_models, embedding_manifests, embedding_parts, part_arrays, read_part, read_rows
 from fmb.errors import FmbError
 from fmb.io import atomic_path, write_csv, write_table
 from fmb.layout import ProbeFiles
@@ -210,35 +210,55 @@ def summarise(fit: ProbeFit, target: np.ndarray, folds: np.ndarray, resamples: i
 # -- inputs -------------------------------------------------------------------------------------------------
 @dataclass
 class ModelEmbeddings:
+    """A model's embeddings as probes need them: which objects are usable (finite in every modality)
+    and where they are; the vectors are read for the sampled objects only (`features`)."""
+
     name: str
-    rows: pd.Index  # object id -> row of the matrices
-    matrices: dict[str, np.ndarray]
+    parts: list  # the embedding parts (`fmb.embed.store.Part`), in order
+    positions: pd.Series  # usable object id -> row position over the parts
+    dims: dict[str, int]  # modality -> embedding width
 
     @property
     def usable_ids(self) -> pd.Index:
         """Objects whose embedding is finite in every modality."""
-        finite = np.ones(len(self.rows), dtype=bool)
-        for matrix in self.matrices.values():
-            finite &= np.isfinite(matrix).all(axis=1)
-        return self.rows[finite]
+        return self.positions.index
 
-    def features(self, modality: str, object_ids: np.ndarray) -> np.ndarray:
-        return self.matrices[modality][self.rows.get_indexer(object_ids)]
+    def features(self, object_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """{modality: the rows of `object_ids`, in that order}, read part by part."""
+        wanted = self.positions.loc[object_ids].to_numpy()
+        order = np.argsort(wanted, kind="stable")
+        ids, matrices, _ = read_rows(self.parts, wanted[order], tuple(self.dims))
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        if not np.array_equal(ids[back], object_ids):  # the parts changed since they were indexed here
+            raise FmbError(f"the embeddings of {self.name} changed while the probes read them; rerun the probes")
+        return {modality: matrix[back] for modality, matrix in matrices.items()}
 
 
 def load_models(config: ResolvedConfig) -> list[ModelEmbeddings]:
+    """Every embedded model's usable objects, found one part at a time: memory holds ids and
+    positions, not the vectors, whatever the survey's size."""
     names = embedded_models(config)
     if not names:
         raise FmbError(f"no embeddings for the run's models {config.run.models}; run `fmb embed MODEL` first")
-    models = []
-    for name in names:
-        directory = config.layout.embeddings(name).dir
-        ids, matrices = load_embeddings(directory)
-        rows = pd.Index(ids, name="object_id")
-        if not rows.is_unique:
-            raise FmbError(f"{directory}: an object id appears more than once; re-run `fmb embed {name}`")
-        models.append(ModelEmbeddings(name, rows, matrices))
-    return models
+    return [_usable(name, config.layout.embeddings(name).dir) for name in names]
+
+
+def _usable(name: str, directory: Path) -> ModelEmbeddings:
+    parts, ids, positions, dims, offset = embedding_parts(directory), [], [], {}, 0
+    for part in parts:
+        part_ids, matrices, _ = part_arrays(read_part(part.path))
+        finite = np.ones(len(part_ids), dtype=bool)
+        for modality, matrix in matrices.items():
+            finite &= np.isfinite(matrix).all(axis=1)
+            dims[modality] = matrix.shape[1]
+        ids.append(part_ids[finite])
+        positions.append(offset + np.flatnonzero(finite))
+        offset += part.rows
+    index = pd.Index(np.concatenate(ids) if ids else np.array([], np.int64), name="object_id")
+    if not index.is_unique:
+        raise FmbError(f"{directory}: an object id appears more than once; re-run `fmb embed {name}`")
+    return ModelEmbeddings(name, parts, pd.Series(np.concatenate(positions) if positions else [], index=index), dims)
 
 
 def target_values(config: ResolvedConfig, catalog: pd.DataFrame, target: str) -> pd.Series:
@@ -286,14 +306,14 @@ def probes(config: ResolvedConfig, log=print) -> dict:
     catalog = load_catalog(config)
     columns = {target: target_values(config, catalog, target) for target in settings.targets}  # fail early
     models = load_models(config)
-    noise_dim = int(np.median([m.shape[1] for model in models for m in model.matrices.values()]))
+    noise_dim = int(np.median([dim for model in models for dim in model.dims.values()]))
     fitted: list[Probe] = []
     for target, values in columns.items():
         ids = probe_objects(values, models, settings.max_objects, settings.folds, config.seed)
         y = values.loc[ids].to_numpy()
         folds = assign_folds(len(ids), settings.folds, config.seed)
         noise = np.random.default_rng([config.seed, _NOISE_STREAM]).standard_normal((len(ids), noise_dim))
-        feature_sets = [(m.name, {mod: m.features(mod, ids) for mod in m.matrices}) for m in models]
+        feature_sets = [(m.name, m.features(ids)) for m in models]
         for name, matrices in [*feature_sets, (RANDOM_MODEL, {RANDOM_MODALITY: noise})]:
             started = time.perf_counter()
             batch = [_probe(name, modality, target, ids, y, folds, features, config)
