@@ -24,6 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 MODEL = "aion"
 BASELINE = "b2cf9d1"  # the in-memory merge (pandas ranks over every object's ranked columns)
 
@@ -32,10 +37,6 @@ def tiled_project(source: Path, n: int, workdir: Path) -> Path:
     """A project whose run holds n objects' score parts (the source's parts repeated with object ids
     shifted by the source's size), the embedding manifest that lists them, and the fit record; the
     embeddings themselves are not needed by the merge and are not copied."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     project = workdir / f"n{n}"
     run, origin = project / "runs" / "bench", source / "runs" / "bench"
     if (run / "scores" / MODEL / "fit.json").is_file():
@@ -96,6 +97,24 @@ def child(project: Path, memory_gb: float) -> None:
                       "code": str(Path(fmb.__file__).parents[2])}))
 
 
+def same_table(a: Path, b: Path) -> str:
+    """'identical' when both merges wrote the same columns, types and values (NaN equal to NaN), else
+    the columns that differ; read one column at a time."""
+    schema = pq.read_schema(a)
+    if schema != pq.read_schema(b):
+        return "differ in schema"
+    differing = [name for name in schema.names if not _same_column(pq.read_table(a, columns=[name]).column(0),
+                                                                     pq.read_table(b, columns=[name]).column(0))]
+    return "identical" if not differing else f"differ in {differing}"
+
+
+def _same_column(x, y) -> bool:
+    if x.null_count != y.null_count or not x.is_null().equals(y.is_null()):
+        return False
+    left, right = x.drop_null().to_numpy(), y.drop_null().to_numpy()
+    return bool(np.array_equal(left, right, equal_nan=left.dtype.kind == "f"))
+
+
 def _knows_merge_memory() -> bool:
     from fmb.config import ExecutorConfig
 
@@ -120,10 +139,15 @@ def main() -> None:
     print(f"{'N':>11s} {'merge s':>8s} {'peak GB':>8s} {'baseline s':>11s} {'baseline GB':>12s}", flush=True)
     for n in args.n:
         project = tiled_project(args.source, n, args.workdir)
+        table = project / "runs" / "bench" / "scores" / f"{MODEL}.parquet"
         new = measure(project, here, args.memory_gb)
-        before = measure(project, old, args.memory_gb) if n <= args.baseline_max_n else None
+        before = None
+        if n <= args.baseline_max_n:
+            shutil.copy(table, args.workdir / "merged-now.parquet")
+            before = measure(project, old, args.memory_gb)
         shown = f"{before['seconds']:11.0f} {before['peak_rss_gb']:12.2f}" if before else f"{'not run':>11s}"
-        print(f"{n:>11,d} {new['seconds']:8.0f} {new['peak_rss_gb']:8.2f} {shown}", flush=True)
+        same = f"  tables {same_table(args.workdir / 'merged-now.parquet', table)}" if before else ""
+        print(f"{n:>11,d} {new['seconds']:8.0f} {new['peak_rss_gb']:8.2f} {shown}{same}", flush=True)
 
 
 if __name__ == "__main__":
