@@ -247,7 +247,7 @@ def load_models(config: ResolvedConfig) -> list[ModelEmbeddings]:
 def _usable(name: str, directory: Path) -> ModelEmbeddings:
     parts, ids, positions, dims, offset = embedding_parts(directory), [], [], {}, 0
     for part in parts:
-        part_ids, matrices, _ = part_arrays(read_part(part.path))
+        part_ids, matrices, _ = part_arrays(read_part(part.path, {"object_id", *MODALITIES}))
         finite = np.ones(len(part_ids), dtype=bool)
         for modality, matrix in matrices.items():
             finite &= np.isfinite(matrix).all(axis=1)

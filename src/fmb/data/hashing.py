@@ -10,6 +10,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fmb.io import row_groups
+
 
 def in_id_hash_share(object_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """True for the ~`fraction` of ids whose seeded splitmix64 hash falls in the share."""
@@ -32,8 +34,6 @@ def read_id_share(path: Path, columns: list[str], share: float, seed: int) -> pd
     (all rows when `share` is 1)."""
     if share >= 1.0:
         return pq.read_table(path, columns=columns).to_pandas()
-    file, kept = pq.ParquetFile(path), []
-    for group in range(file.metadata.num_row_groups):
-        table = file.read_row_group(group, columns=columns)
-        kept.append(table.filter(pa.array(in_id_hash_share(table.column("object_id").to_numpy(), share, seed))))
-    return pa.concat_tables(kept).to_pandas() if kept else pq.read_table(path, columns=columns).to_pandas()
+    kept = [group.filter(pa.array(in_id_hash_share(group.column("object_id").to_numpy(), share, seed)))
+            for group in row_groups(path, columns)]
+    return (pa.concat_tables(kept) if kept else pq.read_schema(path).empty_table().select(columns)).to_pandas()

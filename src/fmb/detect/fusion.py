@@ -109,7 +109,7 @@ def _combined(frame: pd.DataFrame, column: str, members: list[np.ndarray], calib
 def fuse(scores: pd.DataFrame, method: str) -> pd.DataFrame:
     """Add pct_*/rank_* for every score column and the percentile fusions, on the common set, to a
     table in memory (new objects scored with saved detectors). The run's merge feeds the same
-    formulas with ranks taken out of core (`fmb.detect.population.merge_population`)."""
+    formulas with ranks taken out of core (`fmb.detect.population.population_parts`)."""
     columns = ranked_columns(scores.columns)
     check_fusion_inputs(columns, method)
     common = common_set(scores[columns].to_numpy(dtype=float))

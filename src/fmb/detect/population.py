@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from fmb.detect.fusion import check_fusion_inputs, fusion_columns, uplift
 from fmb.detect.scores import COMMON_SET, UPLIFT, fusion_inputs, rank_column, ranked_columns
 from fmb.errors import FmbError
+from fmb.io import row_groups
 from fmb.layout import MergeFiles
 
 BATCH_ROWS = 65_536  # rows per streamed batch: a few MB of population columns
@@ -109,11 +110,9 @@ def _geo_file(rank_files: dict[str, Path], rows: list[int], n: int, method: str,
 
 
 def _batches(path: Path) -> Iterator[pa.RecordBatch]:
-    """The file's rows one row group at a time (`iter_batches` reads ahead, ~18 MB per file here,
-    and the merge reads ~30 files in step)."""
-    file = pq.ParquetFile(path, pre_buffer=False)
-    for group in range(file.metadata.num_row_groups):
-        yield from file.read_row_group(group).to_batches()
+    """A spill file's rows one row group at a time: the merge reads ~30 of them in step."""
+    for group in row_groups(path):
+        yield from group.to_batches()
 
 
 def _values(table: pa.Table) -> np.ndarray:
