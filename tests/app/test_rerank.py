@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from fmb.app import rerank as rerank_module
 from fmb.app.labels import LabelStore
-from fmb.app.rerank import (DEFAULT_RANDOM_FRACTION, RERANKERS, GraphCache, LabelPropagation, discovery_curve, harmonic,
-                            load_inputs, page_count, page_positions, read_reranked, rerank, rerank_loaded)
+from fmb.app.rerank import (DEFAULT_RANDOM_FRACTION, RERANKERS, ActiveSearch, GraphCache, LabelPropagation,
+                            discovery_curve, harmonic, load_inputs, page_count, page_positions, read_reranked, rerank, rerank_loaded)
 from fmb.cli import app
 from fmb.detect.scores import rank_descending
 from fmb.errors import FmbError
@@ -123,7 +123,7 @@ def test_propagation_solves_the_harmonic_system_exactly():
 def test_without_an_interesting_label_a_page_asks_each_neighbourhood_once():
     X, anomaly, labelled, interest, _ = planted()
     dull = labelled[interest == 0]
-    graph = rerank_module._knn_graph(rerank_module._reduced(X, 16, 0), 10)
+    graph = rerank_module._knn_graph(rerank_module.principal_components(X, 16, 0), 10)
 
     def neighbours_among_first(estimator, labelled, interest, count=10) -> int:
         scores = estimator.fit(X, anomaly, labelled, interest).scores_
@@ -136,6 +136,48 @@ def test_without_an_interesting_label_a_page_asks_each_neighbourhood_once():
     with_gem = LabelPropagation().fit(X, anomaly, labelled, interest).scores_
     np.testing.assert_array_equal(with_gem, LabelPropagation(diverse_cold_start=False).fit(
         X, anomaly, labelled, interest).scores_)
+
+
+# -- active search: its probability model and its pessimistic batch --------------------------------------
+def planted_graph(X: np.ndarray):
+    return rerank_module._knn_graph(rerank_module.principal_components(X, 16, 0), 10)
+
+
+def test_active_search_is_the_knn_model_worked_by_hand():
+    X, anomaly, labelled, interest, _ = planted()
+    graph = planted_graph(X)
+    found, counted = np.zeros(len(X)), np.zeros(len(X))
+    found[labelled], counted[labelled] = interest / 5, 1
+    prior = (len(X) - rank_descending(anomaly) + 1) / len(X)
+    expected = (0.05 * prior + graph @ found) / (1 + graph @ counted)
+    expected[labelled] = found[labelled]
+    chance = ActiveSearch(simulated=0).fit(X, anomaly, labelled, interest).scores_
+    np.testing.assert_allclose(chance, expected, rtol=1e-12)
+    # a neighbour of an interesting object comes before every object with no labelled neighbour
+    near_gem = (graph @ (found > 0) > 0) & (counted == 0)
+    unexplored = (graph @ counted == 0) & (counted == 0)
+    assert near_gem.any() and chance[near_gem].min() > chance[unexplored].max()
+    # and a neighbour of dull objects only goes below unexplored objects of the same anomaly
+    near_dull = (graph @ counted > 0) & (graph @ found == 0) & (counted == 0)
+    np.testing.assert_allclose(chance[near_dull] * (1 + graph @ counted)[near_dull], 0.05 * prior[near_dull])
+
+
+def test_active_search_takes_each_neighbourhood_once_in_its_first_objects():
+    X, anomaly, labelled, interest, _ = planted()
+    dull = labelled[interest == 0]
+    graph = planted_graph(X)
+
+    def neighbour_pairs_among_first(estimator, count=10) -> int:
+        first = top_unlabelled(estimator.fit(X, anomaly, dull, np.zeros(5)).scores_, dull, count)
+        return graph[first][:, first].nnz
+
+    assert neighbour_pairs_among_first(ActiveSearch(simulated=0)) > 0  # the B cluster, unexplored parts of it
+    assert neighbour_pairs_among_first(ActiveSearch()) == 0
+    # past the simulated objects the list is the model's chance itself
+    simulated = ActiveSearch(simulated=10).fit(X, anomaly, dull, np.zeros(5)).scores_
+    plain = ActiveSearch(simulated=0).fit(X, anomaly, dull, np.zeros(5)).scores_
+    rest = np.argsort(-simulated)[10:]
+    np.testing.assert_array_equal(simulated[rest], plain[rest])
 
 
 # -- pages ---------------------------------------------------------------------------------------------

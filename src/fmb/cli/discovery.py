@@ -17,7 +17,8 @@ def rerank_command(
     ranking: Annotated[Optional[str], typer.Option("--ranking", help="Score column to start from; default: the "
                                                    "headline ranking (fused_cauchy).")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="Re-ranker: propagation (label propagation over "
-                                                  "the nearest-neighbour graph, the default), astronomaly "
+                                                  "the nearest-neighbour graph, the default), active_search "
+                                                  "(the k-NN model of active search), astronomaly "
                                                   "(Astronomaly's neighbour score) or gp_ei (Gaussian process, "
                                                   "expected improvement).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Parquet file to write; default: "
