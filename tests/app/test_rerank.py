@@ -180,6 +180,32 @@ def test_active_search_takes_each_neighbourhood_once_in_its_first_objects():
     np.testing.assert_array_equal(simulated[rest], plain[rest])
 
 
+@pytest.mark.parametrize("count", [3, 40])
+def test_the_pessimistic_order_queues_only_what_can_come_first(count: int):
+    """`pessimistic_order` queues only the objects of highest chance; the order must be the one the
+    whole list gives, as worked here one object at a time over every unlabelled object."""
+    X, anomaly, labelled, interest, _ = planted()
+    graph = planted_graph(X)
+    queued_all = count * (np.diff(graph.indptr).max() + 1) + 1 >= len(X) - len(labelled)
+    assert queued_all == (count == 40)  # 3: only the objects of highest chance are queued
+    found, counted = np.zeros(len(X)), np.zeros(len(X))
+    found[labelled], counted[labelled] = interest / 5, 1
+    numerator = 0.05 * np.round(anomaly, 1) + graph @ found  # rounded: many ties, broken by position
+    denominator = 1 + graph @ counted
+    chance = numerator / denominator
+    expected, current, free = [], chance.copy(), np.ones(len(X), bool)
+    free[labelled] = False
+    for _ in range(count):
+        node = int(np.flatnonzero(free)[np.argmax(current[free])])
+        expected.append(node)
+        free[node] = False
+        neighbours = graph.indices[graph.indptr[node]:graph.indptr[node + 1]]
+        denominator[neighbours] += 1
+        current[neighbours] = numerator[neighbours] / denominator[neighbours]
+    raised = rerank_module.pessimistic_order(chance, graph, labelled, count, numerator, 1 + graph @ counted)
+    assert np.argsort(-raised, kind="stable")[:count].tolist() == expected
+
+
 # -- pages ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("size", "fraction", "drawn"), [(10, 0.1, 1), (10, 0.3, 3), (10, 0.01, 1), (7, 0.0, 0),
                                                          (1, 0.5, 0)])

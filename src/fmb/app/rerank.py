@@ -286,13 +286,21 @@ def pessimistic_order(chance: np.ndarray, graph, labelled: np.ndarray, count: in
     """`chance` (= numerator / denominator) raised so that `count` unlabelled objects come first, chosen
     one at a time as sequential simulation does for a batch (Jiang et al. 2018): the likeliest next,
     then assumed dull, so that each of its neighbours counts one more labelled neighbour and none
-    interesting; a page is then not one question asked many times."""
+    interesting; a page is then not one question asked many times. Chances only fall as objects are
+    chosen, and `count` choices lower at most count x (largest degree) others, so the first `count`
+    come from the count x (largest degree + 1) + 1 unlabelled objects of highest chance (and those tied
+    with the last): only those are queued, whatever the list's length."""
     import heapq
 
     current, denominator = chance.copy(), denominator.astype(np.float64).copy()
     free = np.ones(len(chance), bool)
     free[labelled] = False
-    queue = [(-current[node], int(node)) for node in np.flatnonzero(free)]
+    candidates = np.flatnonzero(free)
+    needed = count * (int(np.diff(graph.indptr).max(initial=0)) + 1) + 1
+    if len(candidates) > needed:  # the needed-th highest chance and every object tied with it
+        lowest = -np.partition(-chance[candidates], needed - 1)[needed - 1]
+        candidates = candidates[chance[candidates] >= lowest]
+    queue = [(-current[node], int(node)) for node in candidates]
     heapq.heapify(queue)
     order: list[int] = []
     while queue and len(order) < count:
