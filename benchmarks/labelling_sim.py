@@ -12,8 +12,9 @@ shown, per re-ranker against the plain ranking.
 Honest protocol: every re-ranker parameter is the default of `fmb.app.rerank`, fixed from the
 literature and first principles before any run. The surveys are those of
 `benchmarks/detect_quality.py`: `dev` (seed 1101, 10,000 objects), on which choices are made looking
-at the seen classes only (`--survey dev` reports nothing else), and `test` (seed 2202, 12,000
-objects), run once after every choice was frozen, to report every class.
+at the seen classes only (`--survey dev` reports nothing else); `test` (seed 2202, 12,000 objects),
+run after every choice was frozen, to report every class; and `shifted` (seed 3303, another
+generator setting), a survey no choice has seen, reported once.
 
 The test run also times one propagation refit as it was before the graph cache (the module of commit
 `BEFORE`, read from git) and as it is now, on the same survey and labels.
@@ -21,6 +22,7 @@ The test run also times one propagation refit as it was before the graph cache (
     python benchmarks/labelling_sim.py --survey test            # synth + pipeline + simulation
     python benchmarks/labelling_sim.py --survey dev --workdir bench/labelling
     python benchmarks/labelling_sim.py --survey test --as-is    # on the detection outputs already there
+    python benchmarks/labelling_sim.py --survey dev --as-is --neighbours-only  # what the features allow
 """
 
 from __future__ import annotations
