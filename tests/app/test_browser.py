@@ -106,5 +106,13 @@ def test_list_object_keyboard_label_reload_and_rerank(browser, server: LiveServe
     reranked = shown_ids(page)
     assert reranked != plain and not set(plain[:5]) & set(reranked[:5])
     assert page.locator(".card.random .badge").count() == 5 and "at random" in page.inner_text("#random-note")
+
+    default = page.locator("select[name=rerank] option[value=propagation]")
+    assert default.inner_text() == "propagation (default)" and "nearest-neighbour graph" in default.get_attribute("title")
+    page.select_option("select[name=rerank]", "")  # none chosen: the button re-ranks with the default
+    page.wait_for_selector("#random-note[hidden]", state="attached")
+    page.click("#rerank-button")
+    wait_for_status(page, "re-ranked")
+    assert page.input_value("select[name=rerank]") == "propagation"
     assert errors == []
 

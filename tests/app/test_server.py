@@ -9,6 +9,7 @@ from conftest import run_config
 from fastapi.testclient import TestClient
 
 from fmb.app.labels import LabelStore
+from fmb.app.rerank import DEFAULT_METHOD, RERANKERS
 from fmb.app.server import create_app, is_loopback, serve
 from fmb.detect.scores import ranked
 from fmb.errors import FmbError
@@ -59,6 +60,8 @@ def test_filters_and_jump(client: TestClient, config, plain: list[int]):
     assert scores and all(item["score"] >= 1.0 for item in scores)
     catalog = client.get("/api/choices").json()
     assert catalog["redshift"] == "Z" and "SPECTYPE" in catalog["classes"]
+    assert list(catalog["rerankers"]) == list(RERANKERS) and catalog["default_reranker"] == DEFAULT_METHOD
+    assert all(summary for summary in catalog["rerankers"].values())  # the menu says what each one does
     kind = catalog["classes"]["SPECTYPE"][0]
     of_kind = client.get("/api/list", params={"cls": f"SPECTYPE={kind}", "page_size": 200}).json()
     by_z = client.get("/api/list", params={"z_min": 0.2, "z_max": 0.4, "page_size": 200}).json()

@@ -87,7 +87,10 @@ METADATA_KEY = b"fmb.rerank"  # the Parquet schema metadata of a re-ranked list:
 
 # -- the re-rankers ---------------------------------------------------------------------------------
 class Reranker:
-    """Base: checks the inputs; with no label the score is the anomaly percentile (the plain order)."""
+    """Base: checks the inputs; with no label the score is the anomaly percentile (the plain order).
+    `summary` says in a line what a re-ranker does (shown beside its name in the app's menu)."""
+
+    summary = ""
 
     def fit(self, X: np.ndarray, anomaly: np.ndarray, labelled_index: np.ndarray, interest: np.ndarray) -> "Reranker":
         X, anomaly, labelled_index, interest = _checked(X, anomaly, labelled_index, interest)
@@ -101,6 +104,8 @@ class Reranker:
 
 class NeighbourScore(Reranker):
     """Astronomaly's neighbour score (see the module doc)."""
+
+    summary = "Astronomaly's neighbour score: the anomaly score, scaled down near objects predicted dull"
 
     def __init__(self, alpha: float = 1.0, min_score: float = 0.1, trees: int = 100, seed: int = 0):
         self.alpha, self.min_score, self.trees, self.seed = alpha, min_score, trees, seed
@@ -120,6 +125,8 @@ class NeighbourScore(Reranker):
 
 class GaussianProcessEI(Reranker):
     """Gaussian process on the labels, ranked by expected improvement (see the module doc)."""
+
+    summary = "a Gaussian process on the labels, by expected improvement: looks where interest is uncertain"
 
     def __init__(self, components: int = 16, tradeoff: float = 0.5, prior: float = 1.0, seed: int = 0):
         self.components, self.tradeoff, self.prior, self.seed = components, tradeoff, prior, seed
@@ -165,6 +172,8 @@ class LabelPropagation(GraphReranker):
     """Harmonic label propagation over the k-NN graph, added to the anomaly percentile, one object per
     neighbourhood first while no label is interesting (`diverse_cold_start`; see the module doc)."""
 
+    summary = "label propagation over the nearest-neighbour graph: interest spreads to similar objects"
+
     def __init__(self, neighbours: int = 10, prior_weight: float = 1.0, components: int = 16, seed: int = 0,
                  graphs: "GraphCache | None" = None, diverse_cold_start: bool = True):
         super().__init__(neighbours, components, seed, graphs)
@@ -184,6 +193,8 @@ class ActiveSearch(GraphReranker):
     interesting, (prior_rate x anomaly percentile + the interest of its labelled neighbours) over (1 +
     how many they are), interest read as a fraction of the scale; the first `simulated` objects are
     chosen one at a time, each assumed dull once chosen (`pessimistic_order`)."""
+
+    summary = "active search's k-NN model: neighbours of interesting objects first, each neighbourhood once"
 
     def __init__(self, neighbours: int = 10, components: int = 16, prior_rate: float = 0.05, simulated: int = 100,
                  seed: int = 0, graphs: "GraphCache | None" = None):

@@ -44,9 +44,9 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fmb.app.labels import LABEL, MAX_INTEREST, MAX_NOTE, MAX_RANKING, LabelStore
-from fmb.app.rerank import DEFAULT_RANDOM_FRACTION, RERANKERS, GraphCache, Reranked, discovery_curve, known_method
-from fmb.app.rerank import load_inputs, page_count, page_positions, read_reranked, rerank_snapshot, reranked_name
-from fmb.app.rerank import slice_sizes, source_key, write_reranked
+from fmb.app.rerank import DEFAULT_METHOD, DEFAULT_RANDOM_FRACTION, RERANKERS, GraphCache, Reranked, discovery_curve
+from fmb.app.rerank import known_method, load_inputs, page_count, page_positions, read_reranked, rerank_snapshot
+from fmb.app.rerank import reranked_name, slice_sizes, source_key, write_reranked
 from fmb.app.render import FRAMES, STRETCHES, Contrast, Renderer, draw_discovery, figure_png
 from fmb.config import ResolvedConfig
 from fmb.data.catalog import load_catalog
@@ -219,7 +219,8 @@ class RunView:
         labels = self.labels.current()
         return {"models": {model: {"default": table.default, "columns": table.columns}
                            for model, table in self.tables.items()},
-                "rerankers": list(RERANKERS), "random_fraction": DEFAULT_RANDOM_FRACTION,
+                "rerankers": {name: kind.summary for name, kind in RERANKERS.items()},
+                "default_reranker": DEFAULT_METHOD, "random_fraction": DEFAULT_RANDOM_FRACTION,
                 "redshift": self.catalog.redshift, "classes": self.catalog.classes,
                 "tags": sorted({tag for tags in labels.tags for tag in tags}), "labelled": len(labels),
                 "bands": list(BAND_NAMES), "stretches": list(STRETCHES), "frames": list(FRAMES)}

@@ -6,8 +6,8 @@ const form = document.getElementById("controls");
 let choices = null;
 let shown = null; // the page on screen, as /api/list returned it
 
-function option(value, text, selected) {
-  return el("option", {value, text: text ?? value, selected: selected ? "selected" : null});
+function option(value, text, selected, title) {
+  return el("option", {value, text: text ?? value, selected: selected ? "selected" : null, title});
 }
 
 function fillColumns() {
@@ -20,7 +20,8 @@ function fillControls() {
   const wantedModel = params.get("model") || Object.keys(choices.models)[0];
   form.model.replaceChildren(...Object.keys(choices.models).map((model) => option(model, model, model === wantedModel)));
   fillColumns();
-  form.rerank.append(...choices.rerankers.map((name) => option(name, name, name === params.get("rerank"))));
+  form.rerank.append(...Object.entries(choices.rerankers).map(([name, summary]) => option(name,
+    name === choices.default_reranker ? `${name} (default)` : name, name === params.get("rerank"), summary)));
   form.tag.append(...choices.tags.map((tag) => option(tag, tag, tag === params.get("tag"))));
   for (const name of ["score_min", "score_max", "labelled", "min_interest", "z_min", "z_max"]) {
     if (params.get(name) !== null) form[name].value = params.get(name);
@@ -96,7 +97,7 @@ function turnPage(delta) {
 }
 
 async function rerank() {
-  const method = form.rerank.value || choices.rerankers[0];
+  const method = form.rerank.value || choices.default_reranker;
   showStatus(`re-ranking with ${method}…`);
   try {
     const result = await postJson("/api/rerank", {model: form.model.value, column: form.column.value, method});
