@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from fmb.app import rerank as rerank_module
 from fmb.app.labels import LabelStore
 from fmb.app.rerank import (DEFAULT_RANDOM_FRACTION, RERANKERS, ActiveSearch, GraphCache, LabelPropagation,
-                            discovery_curve, harmonic, load_inputs, page_count, page_positions, read_reranked, rerank, rerank_loaded)
+                            discovery_curve, harmonic, load_inputs, page_count, page_positions, read_reranked, rerank,
+                            rerank_loaded)
 from fmb.cli import app
 from fmb.detect.scores import rank_descending
 from fmb.errors import FmbError

@@ -28,9 +28,9 @@ label each gives the anomaly ranking itself, and each is deterministic for its `
   2017), the task of finding as many of a class as possible within a budget of looks, which is what a
   labelling session is: an object's chance of being interesting is the interest of its labelled
   neighbours on the same graph (as a fraction of the scale) plus a prior pseudo-count, over their
-  number plus one. The prior is 0.05 (their pseudo-count for a rare class) times the anomaly
-  percentile, so that unexplored objects come in anomaly order, and below any neighbour of an
-  interesting object. Unlike propagation, an unlabelled neighbour is no evidence: it does not dilute
+  number plus one. The prior is 0.05 (the pseudo-count their code gives two of its datasets) times
+  the anomaly percentile, so that unexplored objects come in anomaly order, and below any neighbour
+  of an interesting object. Unlike propagation, an unlabelled neighbour is no evidence: it does not dilute
   what the labelled ones say. The first 100 objects of the list are chosen as sequential simulation
   builds a batch (Jiang et al. 2018): each assumed dull once chosen, so its neighbours wait.
 
@@ -38,7 +38,8 @@ All four learn on the same features (`load_inputs`): the model's joint embedding
 detector's evidence profile (-log10 p of each way of being odd that the default ranking fuses), each
 block scaled to unit total variance. Every parameter above was fixed from those sources before any
 benchmark ran; the evidence profile and the cold-start rule were each adopted after one comparison on
-the development survey, and active search was added after another (`benchmarks/labelling_sim.py`, `benchmarks/RESULTS.md`).
+the development survey, and active search was added after another, where it tied with propagation
+(`benchmarks/labelling_sim.py`, `benchmarks/RESULTS.md`).
 
 A page of a re-ranked list (`page_positions`) ends with its random slice, drawn from the list below
 the page; a re-ranked list is written with how it was made (re-ranker, label event, time:
