@@ -193,8 +193,7 @@ def test_the_pessimistic_order_queues_only_what_can_come_first(count: int):
     found[labelled], counted[labelled] = interest / 5, 1
     numerator = 0.05 * np.round(anomaly, 1) + graph @ found  # rounded: many ties, broken by position
     denominator = 1 + graph @ counted
-    chance = numerator / denominator
-    expected, current, free = [], chance.copy(), np.ones(len(X), bool)
+    expected, current, free = [], numerator / denominator, np.ones(len(X), bool)
     free[labelled] = False
     for _ in range(count):
         node = int(np.flatnonzero(free)[np.argmax(current[free])])
@@ -203,8 +202,7 @@ def test_the_pessimistic_order_queues_only_what_can_come_first(count: int):
         neighbours = graph.indices[graph.indptr[node]:graph.indptr[node + 1]]
         denominator[neighbours] += 1
         current[neighbours] = numerator[neighbours] / denominator[neighbours]
-    raised = rerank_module.pessimistic_order(chance, graph, labelled, count, numerator, 1 + graph @ counted)
-    assert np.argsort(-raised, kind="stable")[:count].tolist() == expected
+    assert rerank_module.pessimistic_order(numerator, 1 + graph @ counted, graph, labelled, count).tolist() == expected
 
 
 # -- pages ---------------------------------------------------------------------------------------------

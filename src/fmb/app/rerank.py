@@ -207,10 +207,12 @@ class ActiveSearch(GraphReranker):
         found, counted = np.zeros(len(X)), np.zeros(len(X))
         found[labelled], counted[labelled] = interest / MAX_INTEREST, 1.0
         pseudo = self.prior_rate * prior  # the prior's pseudo-count of interest, out of a pseudo-count of 1
-        interesting, neighbours = graph @ found, graph @ counted
-        chance = (pseudo + interesting) / (1 + neighbours)
+        numerator, denominator = pseudo + graph @ found, 1 + graph @ counted
+        chance = numerator / denominator
         chance[labelled] = found[labelled]
-        return pessimistic_order(chance, graph, labelled, self.simulated, pseudo + interesting, 1 + neighbours)
+        first = pessimistic_order(numerator, denominator, graph, labelled, self.simulated)
+        chance[first] = chance.max() + 1 + np.arange(len(first), 0, -1)  # first to last, above every other
+        return chance
 
 
 RERANKERS: dict[str, type[Reranker]] = {
@@ -295,25 +297,25 @@ def one_per_neighbourhood(scores: np.ndarray, graph, labelled: np.ndarray) -> np
     return scores + taken * (np.ptp(scores) + 1)
 
 
-def pessimistic_order(chance: np.ndarray, graph, labelled: np.ndarray, count: int, numerator: np.ndarray,
-                      denominator: np.ndarray) -> np.ndarray:
-    """`chance` (= numerator / denominator) raised so that `count` unlabelled objects come first, chosen
-    one at a time as sequential simulation does for a batch (Jiang et al. 2018): the likeliest next,
-    then assumed dull, so that each of its neighbours counts one more labelled neighbour and none
-    interesting; a page is then not one question asked many times. Chances only fall as objects are
-    chosen, and `count` choices lower at most count x (largest degree) others, so the first `count`
-    come from the count x (largest degree + 1) + 1 unlabelled objects of highest chance (and those tied
-    with the last): only those are queued, whatever the list's length."""
+def pessimistic_order(numerator: np.ndarray, denominator: np.ndarray, graph, labelled: np.ndarray,
+                      count: int) -> np.ndarray:
+    """The first `count` unlabelled objects by chance (numerator / denominator), chosen one at a time
+    as sequential simulation builds a batch (Jiang et al. 2018): the likeliest next, then assumed
+    dull, so that each of its neighbours counts one more labelled neighbour and none interesting; a
+    page is then not one question asked many times. Chances only fall as objects are chosen, and
+    `count` choices lower at most count x (largest degree) others, so the first `count` come from the
+    count x (largest degree + 1) + 1 unlabelled objects of highest chance (and those tied with the
+    last): only those are queued, whatever the list's length."""
     import heapq
 
-    current, denominator = chance.copy(), denominator.astype(np.float64).copy()
-    free = np.ones(len(chance), bool)
+    current, denominator = numerator / denominator, denominator.astype(np.float64).copy()
+    free = np.ones(len(current), bool)
     free[labelled] = False
     candidates = np.flatnonzero(free)
     needed = count * (int(np.diff(graph.indptr).max(initial=0)) + 1) + 1
     if len(candidates) > needed:  # the needed-th highest chance and every object tied with it
-        lowest = -np.partition(-chance[candidates], needed - 1)[needed - 1]
-        candidates = candidates[chance[candidates] >= lowest]
+        lowest = -np.partition(-current[candidates], needed - 1)[needed - 1]
+        candidates = candidates[current[candidates] >= lowest]
     queue = [(-current[node], int(node)) for node in candidates]
     heapq.heapify(queue)
     order: list[int] = []
@@ -328,9 +330,7 @@ def pessimistic_order(chance: np.ndarray, graph, labelled: np.ndarray, count: in
                 denominator[neighbour] += 1.0
                 current[neighbour] = numerator[neighbour] / denominator[neighbour]
                 heapq.heappush(queue, (-current[neighbour], int(neighbour)))
-    raised = chance.copy()
-    raised[order] = chance.max() + 1 + np.arange(len(order), 0, -1)
-    return raised
+    return np.asarray(order, dtype=np.int64)
 
 
 def harmonic(graph, labelled: np.ndarray, values: np.ndarray, prior_weight: float) -> np.ndarray:

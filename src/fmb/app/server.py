@@ -51,7 +51,8 @@ from fmb.app.render import FRAMES, STRETCHES, Contrast, Renderer, draw_discovery
 from fmb.config import ResolvedConfig
 from fmb.data.catalog import load_catalog
 from fmb.data.schema import BAND_NAMES
-from fmb.detect.scores import CONSENSUS, frame_headline, is_score, load_score_tables, pct_column, rank_column, ranked
+from fmb.detect.scores import (CONSENSUS, frame_headline, is_score, load_score_tables, pct_column, percentile_of_rank,
+                               rank_column, ranked)
 from fmb.errors import FmbError
 from fmb.layout import SimilarityFiles
 
@@ -160,7 +161,7 @@ class ScoreTable:
             return {"score": score, "rank": int(row[rank_column(column)]), "pct": float(row[pct_column(column)])}
         ranks = self.ranks(column)
         rank = int(ranks[object_id])
-        return {"score": score, "rank": rank, "pct": (len(ranks) - rank + 1) / len(ranks)}
+        return {"score": score, "rank": rank, "pct": percentile_of_rank(rank, len(ranks))}
 
 
 def load_tables(config: ResolvedConfig) -> dict[str, ScoreTable]:

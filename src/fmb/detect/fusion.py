@@ -37,8 +37,8 @@ import pandas as pd
 from fmb.detect.calibrate import TailCalibrator, cauchy_combine, significance
 from fmb.detect.density import robust_location_scale
 from fmb.detect.scores import (CALIBRATED_FUSION, COMBINED, COMMON_SET, ENSEMBLE, MISMATCH, MODALITIES, RESIDUAL,
-                               UPLIFT, calibrated_inputs, fusion_inputs, p_column, pct_column, rank_column,
-                               rank_descending, ranked_columns, score_column)
+                               UPLIFT, calibrated_inputs, fusion_inputs, p_column, pct_column, percentile_of_rank,
+                               rank_column, rank_descending, ranked_columns, score_column)
 
 INPUTS = {"img": "image", "spec": "spectrum", "joint": "joint"}
 
@@ -152,7 +152,7 @@ def fusion_columns(ranks: dict[str, np.ndarray], n: int, method: str) -> dict[st
     outside the common set). Row by row, so that it can run on any slice of the objects."""
     out: dict[str, np.ndarray] = {}
     for column, rank in ranks.items():
-        out[pct_column(column)] = (n - rank + 1) / n
+        out[pct_column(column)] = percentile_of_rank(rank, n)
         out[rank_column(column)] = rank
     p = {short: out[pct_column(score_column(modality, method))] for short, modality in INPUTS.items()}
     p_mis = out[pct_column(MISMATCH)]
@@ -166,5 +166,5 @@ def fusion_columns(ranks: dict[str, np.ndarray], n: int, method: str) -> dict[st
 
 def uplift(columns: dict[str, np.ndarray], geo_rank: np.ndarray, n: int, method: str) -> np.ndarray:
     """Percentile of fused_geo (from its rank among the common set) minus max(p_img, p_spec)."""
-    return (n - geo_rank + 1) / n - np.maximum(columns[pct_column(score_column("image", method))],
-                                               columns[pct_column(score_column("spectrum", method))])
+    return percentile_of_rank(geo_rank, n) - np.maximum(columns[pct_column(score_column("image", method))],
+                                                        columns[pct_column(score_column("spectrum", method))])

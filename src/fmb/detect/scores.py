@@ -114,8 +114,12 @@ def rank_descending(scores: np.ndarray) -> np.ndarray:
 
 def percentile(scores: np.ndarray) -> np.ndarray:
     """p = (N - rank + 1) / N: 1 for the most anomalous object, ties sharing the higher value."""
-    ranks = rank_descending(scores)
-    return (len(scores) - ranks + 1) / len(scores)
+    return percentile_of_rank(rank_descending(scores), len(scores))
+
+
+def percentile_of_rank(rank, n: int):
+    """The percentile of a rank among `n` objects (the ranking rule's): (n - rank + 1) / n."""
+    return (n - rank + 1) / n
 
 
 def finite(frame: pd.DataFrame, column: str) -> pd.DataFrame:
