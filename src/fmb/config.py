@@ -89,6 +89,22 @@ class SynthConfig(_Section):
     anomaly_rate: float = Field(0.0075, ge=0, le=0.12, description="fraction of objects in each anomaly class")
     psf_scale: float = Field(1.0, gt=0, allow_inf_nan=False,
                              description="multiplies the FWHM of the VIS and NISP PSFs (> 1: blurrier images)")
+class SkyConfig(_Section):
+    """The nuisances of a real sky around every synthetic object (fmb.data.synth.sky): not anomalies."""
+
+    enabled: bool = Field(True, description="draw the nuisances; false: a clean survey (one galaxy per cutout)")
+    field_galaxies: float = Field(2.0, ge=0, allow_inf_nan=False,
+                                  description="mean number of faint (VIS 23.5-26.5) field galaxies per cutout")
+    neighbour_rate: float = Field(0.15, ge=0, le=1, description="probability of a bright neighbour")
+    blend_fraction: float = Field(0.3, ge=0, le=1, description="fraction of the neighbours blended with the object")
+    star_rate: float = Field(0.06, ge=0, le=1, description="probability of a field star (with its halo) in or near "
+                             "the cutout")
+    edge_rate: float = Field(0.03, ge=0, le=1, description="probability that a detector edge truncates the cutout")
+    nisp_correlated_noise: bool = Field(True, description="NISP noise correlated by resampling 0.3\" pixels to 0.1\"")
+    sky_residual: float = Field(1.0, ge=0, allow_inf_nan=False,
+                                description="scale of the sky-line and telluric residuals in the spectra (0: none)")
+
+
     noise_scale: float = Field(1.0, gt=0, allow_inf_nan=False,
                                description="multiplies the noise sigma of every image band and of the spectrum "
                                "(> 1: a shallower survey)")
@@ -105,6 +121,7 @@ class SynthConfig(_Section):
         """Fractions that sum to 1, so equal mixes written differently give the same stage key."""
         if mix is None:
             return None
+    sky: SkyConfig = SkyConfig()
         for name, weight in mix.items():
             if not 0 <= weight < float("inf"):
                 raise ValueError(f"the weight of {name} must be finite and >= 0, got {weight}")

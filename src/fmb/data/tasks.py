@@ -22,8 +22,10 @@ from fmb.stage import Stage
 def synth(config: ResolvedConfig) -> dict:
     """Generate the synthetic survey into ``synth.out``."""
     from fmb.data.synth import synthesize
+    from fmb.data.synth.sky import Sky
 
     settings = config.synth
+    sky = Sky(**settings.sky.model_dump(exclude={"enabled"})) if settings.sky.enabled else Sky()
     with progress_bar("synthesising", settings.n) as advance:
         return synthesize(
             config.path(settings.out),
@@ -34,6 +36,7 @@ def synth(config: ResolvedConfig) -> dict:
             psf_scale=settings.psf_scale,
             noise_scale=settings.noise_scale,
             population_mix=settings.population_mix,
+            sky=sky,
             workers=settings.workers,
             shard_size=settings.shard_size,
             progress=advance,

@@ -17,6 +17,7 @@ from fmb.data.synth.components import arc_profile, galaxy_components, point_comp
 from fmb.data.synth.library import C_KM_S, Library
 from fmb.data.synth.population import DEFAULT_TRACER_FRACTIONS, Galaxy, draw_galaxy
 from fmb.data.synth.scene import BAND_PSF, GSPARAMS, NISP_FWHM, PIXEL_SCALE, VIS_FWHM, Component, Optics, Scene
+from fmb.data.synth.sky import CLEAN, Sky
 from fmb.data.synth.sed import (LINE_NAMES, LINES, LOG_HALPHA_PER_SFR, Sed, ab_mag, continuum_at, galaxy_total_sed,
                                 intrinsic_ratios, qso_sed, sfr_line_fluxes, star_sed)
 
@@ -36,6 +37,7 @@ class Context:
     optics: Optics
     noise_scale: float = 1.0  # times the pixel and spectrum noise sigma of the nominal survey
     tracer_fractions: tuple[float, ...] = DEFAULT_TRACER_FRACTIONS  # of the base population's tracers
+    sky: Sky = CLEAN  # the nuisances around every object
 
 
 @dataclass

@@ -24,6 +24,7 @@ from fmb.data.synth.population import DEFAULT_TRACER_FRACTIONS, Galaxy
 from fmb.data.synth.scene import (DEPTH_NISP, DEPTH_VIS, SEEING_FWHM, add_image_noise, add_spectrum_noise,
                                   fibre_fractions, fibre_spectrum, get_optics, render)
 from fmb.data.synth.sed import LINE_NAMES, ab_mag
+from fmb.data.synth.sky import CLEAN, Nuisances, Sky, add_sky_residuals, add_sources, nisp_noise, truncate_at_edge
 
 CHUNK_SIZE = 64
 #: DESI TARGETIDs of Legacy Surveys DR9 targets look like 39627xxxxxxxxxxxx (17 digits).
@@ -46,6 +47,7 @@ TRUTH_SCHEMA = pa.schema([
     ("fibre_fraction", pa.float64()), ("depth_vis", pa.float64()), ("depth_nisp", pa.float64()),
     ("spec_depth", pa.float64()), ("noise_template", pa.int32()), ("offset_x", pa.float64()),
     ("offset_y", pa.float64()), ("seeing", pa.float64()), ("anomaly_params", pa.string()),
+    *[(name, pa.int32()) for name in Nuisances().truth()], ("sky_fibre_light", pa.float64()),
 ])
 
 
@@ -56,6 +58,7 @@ class Variant:
     psf_scale: float = 1.0  # times the FWHM of the VIS and NISP PSFs
     noise_scale: float = 1.0  # times the pixel noise of every band and the spectrum noise
     tracer_fractions: tuple[float, ...] = DEFAULT_TRACER_FRACTIONS  # base population, TRACERS order
+    sky: Sky = CLEAN  # nuisances around every object (fmb.data.synth.sky)
 
 
 NOMINAL = Variant()
@@ -81,7 +84,7 @@ class ChunkResult:
 @functools.cache
 def get_context(cutout_px: int, variant: Variant = NOMINAL) -> Context:
     return Context(get_library(), get_optics(cutout_px, variant.psf_scale), variant.noise_scale,
-                   variant.tracer_fractions)
+                   variant.tracer_fractions, variant.sky)
 
 
 def class_probabilities(anomaly_rate: float) -> np.ndarray:
@@ -149,22 +152,31 @@ class Observation:
     images: np.ndarray  # (4, H, W) float32 ADU
     flux: np.ndarray
     error: np.ndarray
-    band_njy: np.ndarray  # total fluxes of everything in the image
+    band_njy: np.ndarray  # total fluxes of the object (not of its nuisance neighbours)
     fibre_fraction: float
     conditions: dict
+    nuisances: Nuisances = dataclasses.field(default_factory=Nuisances)
+    nuisance_fibre_light: float = 0.0  # fraction of the fibre's VIS light from nuisance sources
 
 
 def observe(draft: Draft, ctx: Context, rng: np.random.Generator) -> Observation:
-    """Euclid images and the DESI fibre spectrum of a draft, with noise, depths and artefacts."""
-    optics, lib = ctx.optics, ctx.lib
+    """Euclid images and the DESI fibre spectrum of a draft, with noise, depths, artefacts and the
+    sky's nuisances (drawn from a generator spawned from `rng`, which leaves its stream as it is)."""
+    optics, lib, sky = ctx.optics, ctx.lib, ctx.sky
+    sky_rng = None if sky.clean else rng.spawn(1)[0]
     scene = draft.scene
     scene.offset = tuple(float(v) for v in rng.uniform(-0.5, 0.5, 2))
     scene.seeing = float(np.clip(rng.normal(SEEING_FWHM, 0.2), 0.7, 1.8))
+    nuisances = Nuisances() if sky_rng is None else add_sources(
+        scene, sky, lib, optics.size, ctx.tracer_fractions, float(draft.catalog["Z"]), sky_rng)
     # VIS, NISP: + is deeper; noise_scale x the noise is a survey 2.5 log10(noise_scale) mag shallower
     depth_offsets = rng.normal(0.0, DEPTH_SCATTER_MAG, 2) - 2.5 * np.log10(ctx.noise_scale)
     noise = optics.noise_adu * 10 ** (-0.4 * depth_offsets[[0, 1, 1, 1]])
     rendering = render(scene, optics)
     images = add_image_noise(rendering.model, noise, rng)
+    if sky.nisp_correlated_noise:
+        for band in (1, 2, 3):
+            images[band] = rendering.model[band] + nisp_noise(images.shape[1:], float(noise[band]), sky_rng)
 
     fibre_scene = draft.spectrum_scene or scene
     fibre_scene.seeing = scene.seeing
@@ -172,16 +184,25 @@ def observe(draft: Draft, ctx: Context, rng: np.random.Generator) -> Observation
     template = int(rng.integers(len(lib.noise_ivar)))
     spec_depth = float(10 ** rng.normal(0.0, SPEC_DEPTH_SCATTER_DEX)) / ctx.noise_scale**2  # ivar factor
     flux, error = add_spectrum_noise(fibre_spectrum(fibre_scene, fractions), lib.noise_ivar[template] * spec_depth, rng)
+    if sky.sky_residual > 0:
+        add_sky_residuals(flux, error, lib.desi_wave, lib.noise_ivar[template], sky.sky_residual, sky_rng)
 
     if draft.image_hook is not None:
         draft.params.update(draft.image_hook(images, noise, rng))
+    if sky_rng is not None and sky_rng.random() < sky.edge_rate:
+        nuisances.edge_px = truncate_at_edge(images, sky_rng)
     if draft.spectrum_hook is not None:
         draft.params.update(draft.spectrum_hook(flux, error, lib.desi_wave, lib.sky_pixels, rng))
     vis = np.array([c.sed.band_njy[0] * c.in_spectrum for c in fibre_scene.components])
+    from_nuisances = np.array([c.nuisance for c in fibre_scene.components])
+    fibre_vis = vis * fractions
     conditions = {"depth_vis": DEPTH_VIS + depth_offsets[0], "depth_nisp": DEPTH_NISP + depth_offsets[1],
                   "spec_depth": spec_depth, "noise_template": template,
                   "offset_x": scene.offset[0], "offset_y": scene.offset[1], "seeing": scene.seeing}
-    return Observation(images, flux, error, scene.band_njy, float(vis @ fractions / max(vis.sum(), 1e-30)), conditions)
+    # the object's own fibre fraction; the nuisances' share of the fibre's light beside it
+    own = ~from_nuisances
+    return Observation(images, flux, error, scene.band_njy, float(fibre_vis[own].sum() / max(vis[own].sum(), 1e-30)),
+                       conditions, nuisances, float(fibre_vis[from_nuisances].sum() / max(fibre_vis.sum(), 1e-30)))
 
 
 def truth_record(object_id: int, anomaly_class: str, draft: Draft, observation: Observation) -> dict:
@@ -199,6 +220,8 @@ def truth_record(object_id: int, anomaly_class: str, draft: Draft, observation: 
         record[f"mag_{band.lower()}"] = ab_mag(njy)
     record["fibre_fraction"] = observation.fibre_fraction
     record.update(observation.conditions)
+    record.update(observation.nuisances.truth())
+    record["sky_fibre_light"] = observation.nuisance_fibre_light
     record["anomaly_params"] = json.dumps(draft.params, default=_json_default, sort_keys=True)
     return record
 

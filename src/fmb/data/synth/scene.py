@@ -54,6 +54,7 @@ class Component:
     sed: Sed
     in_spectrum: bool = True  # whether its light reaches the fibre spectrum
     points: np.ndarray | None = None
+    nuisance: bool = False  # a field galaxy, neighbour or star (fmb.data.synth.sky), not the object
 
 
 @dataclass
@@ -64,7 +65,8 @@ class Scene:
 
     @property
     def band_njy(self) -> np.ndarray:
-        return np.sum([component.sed.band_njy for component in self.components], axis=0)
+        """Total fluxes of the object (its nuisance neighbours left out, as a deblended catalogue would)."""
+        return np.sum([component.sed.band_njy for component in self.components if not component.nuisance], axis=0)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ it is complete.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -25,6 +26,7 @@ from fmb.data.synth.anomalies import CLASSES
 from fmb.data.synth.generate import (CATALOG_SCHEMA, CHUNK_SIZE, TRUTH_SCHEMA, ChunkResult, ChunkTask, Variant,
                                      class_probabilities, generate_chunk, get_context, object_ids)
 from fmb.data.synth.library import SOURCES
+from fmb.data.synth.sky import CLEAN, Sky
 from fmb.data.synth.population import GALAXY_TYPES, LOGM_MAX, LOGM_MIN, TRACERS, Z_MAX, Z_MIN, normalise_mix
 from fmb.data.synth.scene import (DEPTH_NISP, DEPTH_VIS, NISP_FWHM, OBSCURATION, PIXEL_SCALE, SEEING_FWHM,
                                   TELESCOPE_DIAMETER, VIS_FWHM)
@@ -35,7 +37,8 @@ DICTIONARY_COLUMNS = ("SPECTYPE", "anomaly_class", "spectype", "galaxy_type", "t
 
 def synthesize(out_dir: Path, n: int, seed: int = 42, *, cutout_px: int = 64, anomaly_rate: float = 0.0075,
                psf_scale: float = 1.0, noise_scale: float = 1.0, population_mix: Mapping[str, float] | None = None,
-               workers: int = 2, shard_size: int = 1024, progress: Callable[[int], None] | None = None) -> dict:
+               sky: Sky = CLEAN, workers: int = 2, shard_size: int = 1024,
+               progress: Callable[[int], None] | None = None) -> dict:
     """Write a synthetic Euclid x DESI survey of `n` objects into `out_dir`.
 
     Files: part-00000.parquet ... (rows of `schema.ROW_SCHEMA`, `shard_size` objects each),
@@ -46,10 +49,11 @@ def synthesize(out_dir: Path, n: int, seed: int = 42, *, cutout_px: int = 64, an
     A shifted survey (another test set): `psf_scale` multiplies the FWHM of both PSFs, `noise_scale`
     the image and spectrum noise sigma, and `population_mix` ({tracer: weight}, renormalised; None:
     the default mix) weighs the base population's tracers (anomaly classes that pin one keep it).
+    `sky` says which nuisances surround every object (`fmb.data.synth.sky`; default none: a clean survey).
     """
     _check_arguments(n, seed, cutout_px, workers, shard_size)
     class_probabilities(anomaly_rate)  # validates the rate
-    variant = _variant(psf_scale, noise_scale, population_mix)
+    variant = _variant(psf_scale, noise_scale, population_mix, sky)
     out_dir = Path(out_dir)
     files = SurveyLayout(out_dir)
     _claim(out_dir)
@@ -88,7 +92,8 @@ def _parameters(n: int, seed: int, cutout_px: int, anomaly_rate: float, variant:
     return {
         "n": n, "seed": seed, "cutout_px": cutout_px, "anomaly_rate": anomaly_rate,
         "psf_scale": variant.psf_scale, "noise_scale": variant.noise_scale,
-        "population_mix": dict(zip(TRACERS, variant.tracer_fractions)), "workers": workers,
+        "population_mix": dict(zip(TRACERS, variant.tracer_fractions)), "sky": dataclasses.asdict(variant.sky),
+        "workers": workers,
         "shard_size": shard_size, "chunk_size": CHUNK_SIZE, "row_group_size": ROW_GROUP_SIZE,
         "instrument": {"pixel_scale_arcsec": PIXEL_SCALE, "psf": "Airy x Gaussian",
                        "telescope_diameter_m": TELESCOPE_DIAMETER, "obscuration": OBSCURATION,
@@ -102,11 +107,11 @@ def _parameters(n: int, seed: int, cutout_px: int, anomaly_rate: float, variant:
     }
 
 
-def _variant(psf_scale: float, noise_scale: float, population_mix: Mapping[str, float] | None) -> Variant:
+def _variant(psf_scale: float, noise_scale: float, population_mix: Mapping[str, float] | None, sky: Sky) -> Variant:
     for name, value in (("psf_scale", psf_scale), ("noise_scale", noise_scale)):
         if not 0 < value < float("inf"):
             raise ValueError(f"{name} must be positive and finite, got {value}")
-    return Variant(psf_scale, noise_scale, normalise_mix(population_mix))
+    return Variant(psf_scale, noise_scale, normalise_mix(population_mix), sky)
 
 
 def _check_arguments(n: int, seed: int, cutout_px: int, workers: int, shard_size: int) -> None:
