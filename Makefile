@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean-demo
+.PHONY: demo app test install clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,11 +26,16 @@ test: $(STAMP)
 # The demo: `fmb run` on a small synthetic survey with tiny random-weight models adapted briefly:
 # data, adaptation, embeddings, anomaly scores, their evaluation against the injected truth, agreement,
 # probes, similarity, figures, and the HTML report (its path is printed at the end). Rerunning skips
-# every stage whose inputs and config are unchanged.
+# every stage whose inputs and config are unchanged. The run remembers these settings: every later
+# command takes it as --run demo (make app opens it in the discovery app).
 DEMO := --config configs/tasks/demo.yaml --config configs/adapt/tiny.yaml
 
 demo: $(STAMP)
 	$(BIN)/fmb run $(DEMO)
+
+# The discovery app on the demo's run: browse, label and re-rank its objects (Ctrl+C stops it).
+app: $(STAMP)
+	$(BIN)/fmb app --run demo
 
 clean-demo:
 	rm -rf runs/demo data/demo

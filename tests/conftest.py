@@ -68,3 +68,81 @@ def offline_hub(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     return home
+
+
+# -- the one pipeline run the end-to-end tests share ---------------------------------------------------
+#: Like the demo (configs/tasks/demo.yaml + configs/adapt/tiny.yaml), smaller: a synthetic survey through
+#: every stage of `fmb run` with the pixel reference and a tiny random-weight AstroCLIP. Two models, one
+#: of them aligned, so the detect merge computes the critic's agreement and the cross-model consensus.
+PIPELINE_TASK = """\
+name: pipeline
+seed: 7
+synth: {n: 240, out: data/pipeline, anomaly_rate: 0.05, workers: 1}
+data: {source: data/pipeline}
+run: {synth: true, models: [pixels, astroclip]}
+detect:
+  folds: 2
+  pca_components: 8
+  flow: {hidden: 16, min_steps: 40, max_steps: 40}
+  mismatch: {min_steps: 40, max_steps: 40}
+analyze:
+  probes: {folds: 2, bootstraps: 5}
+  figures: {umap_neighbors: 5}
+  similarity: {n_examples: 1}
+models:
+  pixels: {components: 8, image_size: 8, embed: {num_workers: 0, rows_per_shard: 100}, adapt: {num_workers: 0}}
+  astroclip:
+    preset: tiny
+    adapt: {epochs: 1, max_objects: 120, batch_size: 32, num_workers: 0}
+    embed: {batch_size: 64, num_workers: 0, rows_per_shard: 100}
+"""
+
+
+def run_cli(project: Path, *args: str):
+    """`fmb <args>` through the real entry point's app, in `project`; returns typer's result."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from fmb.cli import app
+
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        return CliRunner().invoke(app, list(args))
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> Path:
+    """The project directory of one finished `fmb run` (run `pipeline`), made as `make demo` makes
+    its run: from a task file, with no project file, so every later command finds its settings in
+    the run itself. Read-only for the tests: one that changes it works on `pipeline_copy`."""
+    project = tmp_path_factory.mktemp("pipeline")
+    (project / "pipeline.yaml").write_text(PIPELINE_TASK)
+    result = run_cli(project, "run", "--config", "pipeline.yaml")
+    assert result.exit_code == 0, result.output
+    return project
+
+
+@pytest.fixture
+def pipeline_copy(pipeline: Path, tmp_path: Path) -> Path:
+    """A copy of the shared pipeline project for a test that changes it."""
+    import shutil
+
+    return Path(shutil.copytree(pipeline, tmp_path / "project", symlinks=True))
+
+
+def fmb_main(project: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """(exit code, what the user saw on stderr) of `fmb ARGS` through the real entry point
+    (`fmb.cli.main`, which turns every failure into one line) run in `project`."""
+    import sys
+
+    from fmb.cli import main
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "argv", ["fmb", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    return exit_.value.code, capsys.readouterr().err

@@ -1,6 +1,13 @@
 """One typed configuration with one precedence rule.
 
-    CLI flags  >  task file(s) (--config, later files win)  >  project file (fmb.yaml in the root)  >  defaults
+    CLI flags  >  task file(s) (--config, later files win)  >  the run's own settings  >  project file
+    (fmb.yaml in the root)  >  defaults
+
+A run remembers its settings: every stage writes the resolved configuration it ran with into
+``runs/<name>/run/settings.json`` (`run_settings`), and every later command on that run starts
+from what its task files and command lines gave (`executor.*` excepted: where a command runs is
+its own business), so `fmb app --run demo` needs no other flag. `ResolvedConfig.run_changes` says
+which result-changing keys differ from what the run last ran with.
 
 Every relative path is resolved under the project root (the directory holding `fmb.yaml`, else the
 current directory) and every output goes under the run root `runs/<name>/`. Nothing here touches the
@@ -82,13 +89,6 @@ class DataConfig(_Section):
     )
 
 
-class SynthConfig(_Section):
-    n: int = Field(2000, gt=0, description="number of objects")
-    out: str = Field("data/synth", description="output directory (Parquet parts, catalog, truth)")
-    cutout_px: int = Field(64, ge=32, description="cutout side in pixels (0.1 arcsec/px)")
-    anomaly_rate: float = Field(0.0075, ge=0, le=0.12, description="fraction of objects in each anomaly class")
-    psf_scale: float = Field(1.0, gt=0, allow_inf_nan=False,
-                             description="multiplies the FWHM of the VIS and NISP PSFs (> 1: blurrier images)")
 class SkyConfig(_Section):
     """The nuisances of a real sky around every synthetic object (fmb.data.synth.sky): not anomalies."""
 
@@ -105,6 +105,13 @@ class SkyConfig(_Section):
                                 description="scale of the sky-line and telluric residuals in the spectra (0: none)")
 
 
+class SynthConfig(_Section):
+    n: int = Field(2000, gt=0, description="number of objects")
+    out: str = Field("data/synth", description="output directory (Parquet parts, catalog, truth)")
+    cutout_px: int = Field(64, ge=32, description="cutout side in pixels (0.1 arcsec/px)")
+    anomaly_rate: float = Field(0.0075, ge=0, le=0.12, description="fraction of objects in each anomaly class")
+    psf_scale: float = Field(1.0, gt=0, allow_inf_nan=False,
+                             description="multiplies the FWHM of the VIS and NISP PSFs (> 1: blurrier images)")
     noise_scale: float = Field(1.0, gt=0, allow_inf_nan=False,
                                description="multiplies the noise sigma of every image band and of the spectrum "
                                "(> 1: a shallower survey)")
@@ -114,6 +121,7 @@ class SkyConfig(_Section):
     )
     workers: int = runtime_only(2, "worker processes (the survey is the same for any number)", ge=1)
     shard_size: int = Field(1024, gt=0, description="objects per Parquet part")
+    sky: SkyConfig = SkyConfig()
 
     @field_validator("population_mix")
     @classmethod
@@ -121,7 +129,6 @@ class SkyConfig(_Section):
         """Fractions that sum to 1, so equal mixes written differently give the same stage key."""
         if mix is None:
             return None
-    sky: SkyConfig = SkyConfig()
         for name, weight in mix.items():
             if not 0 <= weight < float("inf"):
                 raise ValueError(f"the weight of {name} must be finite and >= 0, got {weight}")
@@ -416,12 +423,14 @@ def _schema(_encoders: tuple, _detectors: tuple) -> type[FmbConfig]:
 
 
 class ResolvedConfig:
-    """A validated `FmbConfig` plus the project root and where each value came from."""
+    """A validated `FmbConfig` plus the project root and where each value came from; `remembered`
+    is the run's own settings record (`run_settings`) it started from, if the run had one."""
 
-    def __init__(self, values: FmbConfig, root: Path, origins: dict[str, str]):
+    def __init__(self, values: FmbConfig, root: Path, origins: dict[str, str], remembered: dict | None = None):
         self.values = values
         self.root = root
         self.origins = origins
+        self.remembered = remembered
 
     def __getattr__(self, name: str) -> Any:
         if name == "values":  # not set yet (a copy being unpickled): no recursion through __getattr__
@@ -459,9 +468,31 @@ class ResolvedConfig:
         """(dotted key, value, origin) for every leaf value, in schema order."""
         return [(key, value, self.origins.get(key, "default")) for key, value in _flatten(self.values.model_dump())]
 
+    def run_changes(self) -> list[str]:
+        """The keys that change results (`runtime_only` ones aside) whose values differ from those
+        the run's stages last ran with, as "key: old -> new (origin)"; empty for a new run."""
+        if not self.remembered:
+            return []
+        before = dict(_flatten(self.remembered.get("results", {})))
+        now = dict(_flatten(result_values(self.values)))
+        return [f"{key}: {before.get(key)!r} -> {now.get(key)!r} ({self.origins.get(key, 'default')})"
+                for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+
 
 def _rebuilt(values: dict, root: Path, origins: dict[str, str]) -> "ResolvedConfig":
     return ResolvedConfig(build_schema().model_validate(values), root, origins)
+
+
+def run_settings(config: ResolvedConfig) -> dict:
+    """What a run remembers of the configuration a stage ran with (`RunLayout.settings`): every
+    value, where each came from, and the values that change results."""
+    return {"values": config.values.model_dump(mode="json"), "origins": config.origins,
+            "results": result_values(config.values)}
+
+
+#: Keys a run does not carry over to the next command on it: where a command runs is its own choice.
+_NOT_REMEMBERED = ("executor", "name")
+_REMEMBERED_ORIGINS = ("task file", "command line", "run ")
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -478,32 +509,72 @@ def load_config(
     cli: dict[str, Any] | None = None,
     sets: list[str] | None = None,
     root: Path | None = None,
+    remember: bool = True,
 ) -> ResolvedConfig:
-    """Merge defaults < project file < task file < CLI (explicit flags and `--set key=value`)."""
+    """Merge defaults < project file < the run's own settings < task file < CLI (explicit flags and
+    `--set key=value`); `remember=False` leaves the run's settings out."""
     root = find_root(root)
-    layers: list[tuple[str, dict]] = []
+    project: list[tuple[str, dict]] = []
     project_file = root / PROJECT_FILE
     if project_file.is_file():
-        layers.append((f"project file {project_file.name}", _read_yaml(project_file)))
+        project.append((f"project file {project_file.name}", _read_yaml(project_file)))
     if isinstance(task_files, (str, Path)):
         task_files = [Path(task_files)]
-    for task_file in task_files or []:
-        layers.append((f"task file {task_file}", _read_yaml(task_file)))
+    given = [(f"task file {task_file}", _read_yaml(task_file)) for task_file in task_files or []]
     cli_values = {key: value for key, value in (cli or {}).items() if value is not None}
     cli_values.update(parse_sets(sets or []))
     if cli_values:
-        layers.append(("command line", _unflatten(cli_values)))
+        given.append(("command line", _unflatten(cli_values)))
+    remembered = _remembered(root, _merge(project + given)[0].get("name")) if remember else None
+    layers = project + (_remembered_layers(remembered) if remembered else []) + given
+    merged, origins = _merge(layers)
+    try:
+        values = build_schema().model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origins)) from None
+    return ResolvedConfig(values, root, origins, remembered)
 
+
+def _merge(layers: list[tuple[str, dict]]) -> tuple[dict, dict[str, str]]:
+    """The layers merged in order (later wins), and the origin of every leaf key."""
     merged: dict = {}
     origins: dict[str, str] = {}
     for origin, layer in layers:
         _deep_merge(merged, layer)
         origins.update({key: origin for key, _ in _flatten(layer)})
+    return merged, origins
+
+
+def _remembered(root: Path, name: Any) -> dict | None:
+    """The run's settings record, when the run exists and has one (a name that is not a valid run
+    name has none: validation says what is wrong with it)."""
+    from fmb.io import read_json_object
+
+    name = FmbConfig.model_fields["name"].default if name is None else name
     try:
-        values = build_schema().model_validate(merged)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, origins)) from None
-    return ResolvedConfig(values, root, origins)
+        FmbConfig.model_validate({"name": name})
+    except ValidationError:
+        return None
+    path = RunLayout.of(root, name).settings
+    if not path.is_file():
+        return None
+    record = read_json_object(path, "delete it to start the run's settings afresh from the command line")
+    if not isinstance(record.get("values"), dict) or not isinstance(record.get("origins"), dict):
+        raise ConfigError(f"{path} is not a settings record fmb wrote (no values or origins); delete it to start "
+                          "the run's settings afresh from the command line")
+    return record
+
+
+def _remembered_layers(record: dict) -> list[tuple[str, dict]]:
+    """The keys a run's earlier commands gave (task files, command lines), as config layers, one
+    per origin ("run demo: task file configs/tasks/demo.yaml")."""
+    by_origin: dict[str, dict] = {}
+    for key, value in _flatten(record["values"]):
+        origin = str(record["origins"].get(key, ""))
+        if origin.startswith(_REMEMBERED_ORIGINS) and key.split(".")[0] not in _NOT_REMEMBERED:
+            label = origin if origin.startswith("run ") else f"run {record['values'].get('name')}: {origin}"
+            by_origin.setdefault(label, {})[key] = value
+    return [(label, _unflatten(keys)) for label, keys in by_origin.items()]
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

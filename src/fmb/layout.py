@@ -9,7 +9,7 @@
       analysis/      evaluation/ agreement/ probes/ similarity/ figures/
       searches/      one-off similarity searches
       cache/         umap/
-      run/           state.json                           (the stage engine)
+      run/           state.json (the stage engine), settings.json (the configuration it last ran with)
       report.html
 
 No other module spells one of these names: they ask a `RunLayout` (``config.layout``). A survey
@@ -416,6 +416,12 @@ class RunLayout:
 class ShardFiles(_Directory):
     """runs/<name>/shards/<stage>: one status record per shard, and the executor's job files and
     logs (submitit's folder: <job>_<task>_log.out/.err)."""
+
+    @property
+    def settings(self) -> Path:
+        """The resolved configuration the run's stages last ran with (values and where each came
+        from): every later command on the run starts from it."""
+        return self.root / "run" / "settings.json"
 
     def status(self, shard: int) -> Path:
         return self._file(f"shard-{shard:05d}.json")

@@ -4,15 +4,15 @@ what is wrong, naming the key or file, and what to do; never a traceback unless 
 import importlib
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from fmb.cli import app, main
+from fmb.cli import app
 from fmb.config import load_config
 from fmb.layout import crash_logs
+from tests.conftest import fmb_main
 
 PIXELS = ["--set", "models.pixels.components=6", "--set", "models.pixels.image_size=8",
           "--set", "models.pixels.embed.num_workers=0", "--set", "models.pixels.adapt.num_workers=0",
@@ -45,13 +45,7 @@ def project(embedded: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def fmb(project: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """(exit code, what the user saw on stderr) of `fmb ARGS` run in `project`."""
-    monkeypatch.chdir(project)
-    monkeypatch.setattr(sys, "argv", ["fmb", *args])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    return exit_.value.code, capsys.readouterr().err
+fmb = fmb_main
 
 
 def one_line(message: str) -> str:

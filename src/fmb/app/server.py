@@ -663,12 +663,17 @@ def add_image_routes(app: FastAPI, view: RunView) -> None:
         return Response(view.discovery(model, column), media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
-def serve(config: ResolvedConfig, host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> None:
-    """Run the app with uvicorn until interrupted; anything but a loopback address needs a token."""
+def serve(config: ResolvedConfig, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+          log=print) -> None:
+    """Run the app with uvicorn until interrupted; anything but a loopback address needs a token.
+    Says, once the run has opened, where the page is, which run it serves and how to stop it."""
     if not is_loopback(host) and not token:
         raise FmbError(f"binding to {host} lets other machines reach the app and its labels: give a token "
                        "(--token), or keep the default 127.0.0.1")
     import uvicorn
 
     app = create_app(config, token)
+    address = f"http://{'[' + host + ']' if ':' in host else host}:{port}/" + (f"?token={token}" if token else "")
+    log(f"fmb app: run {config.name} ({config.layout.root}) at {address}")
+    log("open that address in a browser; press Ctrl+C here to stop the app (labels are saved as you give them)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

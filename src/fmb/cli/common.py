@@ -34,7 +34,9 @@ Sets = Annotated[
     Optional[list[str]], typer.Option("--set", "-s", help="Override any key: --set synth.n=500 (repeatable).")
 ]
 SourceOption = Annotated[Optional[str], typer.Option("--source", help="Parquet dir, hf:<dataset id> or desi:<dir>.")]
-RunName = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: outputs go to runs/<name>/.")]
+RunName = Annotated[Optional[str], typer.Option(
+    "--run", "--name", "-n", help="The run: its name (outputs go to runs/<name>/) or its directory runs/<name>. "
+    "An existing run starts from the settings its stages last ran with; flags, --config and --set still win.")]
 Force = Annotated[bool, typer.Option("--force", help="Redo the stage even when its config and inputs are unchanged.")]
 ExecutorKind = Annotated[Optional[str], typer.Option(
     "--executor", help="Where the stage runs: local (here; shards on executor.workers processes) or slurm "
@@ -58,9 +60,15 @@ def executor_flags(kind: str | None, slurm: bool) -> dict:
     return {"executor.kind": "slurm" if slurm else kind}
 
 
-def build_config(task: list[Path] | None, sets: list[str] | None, name: str | None, root: Path | None = None,
-                 **flags: Any) -> ResolvedConfig:
-    return load_config(task, cli={"name": name, **flags}, sets=sets, root=root)
+def build_config(task: list[Path] | None, sets: list[str] | None, run: str | None, **flags: Any) -> ResolvedConfig:
+    """The config of a command: `run` is the --run/--name value (a name or runs/<name>). Keys that
+    change results and differ from what the run last ran with are said before anything is written."""
+    root, name = run_reference(run)
+    resolved = load_config(task, cli={"name": name, **flags}, sets=sets, root=root)
+    changes = resolved.run_changes()
+    if changes:
+        log(f"run {resolved.name}: settings differ from those its stages last ran with: {'; '.join(changes)}")
+    return resolved
 
 
 def log(line: str) -> None:

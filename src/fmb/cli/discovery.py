@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmb.cli.common import RunName, Sets, TaskFile, app, build_config, log, run_reference
+from fmb.cli.common import RunName, Sets, TaskFile, app, build_config, log
 
 
 @app.command("rerank", rich_help_panel="Discovery")
@@ -49,12 +49,10 @@ def app_command(
                                                  "off 127.0.0.1).")] = None,
     config: TaskFile = None,
     set_: Sets = None,
-    name: Annotated[Optional[str], typer.Option("--name", "-n", "--run", help="Run to open: its name, or its "
-                                                "directory runs/<name> (--run, the original's spelling).")] = None,
+    name: RunName = None,
 ) -> None:
     """The discovery app: a local web page to browse a run's ranked objects, label them (interest 0-5,
     tags, keyboard shortcuts) and re-rank from the labels; labels go to runs/<name>/app/labels.sqlite."""
     from fmb.app.server import serve
 
-    root, run = run_reference(name)
-    serve(build_config(config, set_, run, root=root), host=host, port=port, token=token)
+    serve(build_config(config, set_, name), host=host, port=port, token=token, log=log)

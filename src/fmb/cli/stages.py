@@ -196,6 +196,8 @@ def run_command(
     report = resolved.layout.report
     if report.is_file():
         console.print(f"report: {report}")
+    if resolved.layout.scores.dir.is_dir():
+        console.print(f"browse, label and re-rank its objects: fmb app --run {resolved.name}")
 
 
 @app.command("status", rich_help_panel="Pipeline")

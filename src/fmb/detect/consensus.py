@@ -25,11 +25,11 @@ def write_consensus(con, tables: dict[str, Path], tail: float, out: Path) -> boo
         return False
     joined, count = _joined(tables), len(tables)
     in_every_fit = " AND ".join(f"coalesce(fit_{k}, false)" for k in range(count))
-    reference = con.sql(f"SELECT * FROM {joined} WHERE {in_every_fit}").to_arrow_table()
+    reference = con.sql(f"SELECT * FROM {joined} WHERE {in_every_fit}").to_arrow_table()  # read whole
     calibrator = TailCalibrator(tail).fit(_statistic(reference, count)[0])
-    with atomic_path(out) as temporary:
+    with atomic_path(out) as temporary, stream(con, f"SELECT * FROM {joined} ORDER BY object_id") as batches:
         writer = None
-        for batch in stream(con, f"SELECT * FROM {joined} ORDER BY object_id"):
+        for batch in batches:
             statistic, n_models = _statistic(batch, count)
             log_p = calibrator.log_p_value(statistic)
             table = pa.table({"object_id": batch.column("object_id"), CONSENSUS: significance(log_p),

@@ -7,6 +7,11 @@ so they must see every object. DuckDB runs them: it sorts and joins out of core,
 removes. Memory is bounded whatever the number of objects; the results are streamed back in
 batches and written part by part.
 
+A DuckDB connection refuses every query while an earlier result is not read to its end (a
+one-row `fetchone` included). So every query here goes through `rows` (read whole) or `stream`
+(a reader closed when its `with` block ends, read through or not): no step can leave the
+connection busy for the next.
+
 Each score column is ranked by its own narrow query (row place, value) into a spill file, and the
 files are read back in step: one query with a window per column chains DuckDB's window operators,
 each re-sorting every column carried so far (30 s against 5 s for 26 columns of 1M objects).
@@ -67,25 +72,27 @@ def population_parts(con, paths: list[Path], method: str, spill: MergeFiles) -> 
     spill.dir.mkdir(parents=True, exist_ok=True)
     source = parquet_source(paths, ["object_id", *columns])
     finite = " AND ".join(f"coalesce(isfinite({quote(c)}), false)" for c in columns)
-    n = con.execute(f"SELECT count(*) FROM {source} WHERE {finite}").fetchone()[0]
+    n = rows(con, f"SELECT count(*) FROM {source} WHERE {finite}")[0][0]
     rank_files = {column: _rank_file(con, f"(SELECT *, {quote(column)} AS value, {finite} AS common FROM {source})",
                                      spill.ranks(k), with_ids=k == 0)
                   for k, column in enumerate(columns)}
-    rows = [pq.ParquetFile(path).metadata.num_rows for path in paths]
-    geo = _geo_file(rank_files, rows, n, method, spill.fused_geo)
+    part_rows = [pq.ParquetFile(path).metadata.num_rows for path in paths]
+    geo = _geo_file(rank_files, part_rows, n, method, spill.fused_geo)
     geo_ranks = _rank_file(con, f"(SELECT 0 AS file_index, file_row_number, value, isfinite(value) AS common "
                                 f"FROM read_parquet({quote_literal(str(geo))}, file_row_number = true))",
                            spill.fused_geo_ranks)
     streams = {column: Slicer(_batches(path)) for column, path in rank_files.items()}
     geo_stream = Slicer(_batches(geo_ranks))
-    for count in rows:
-        taken = {column: stream.take(count) for column, stream in streams.items()}
-        added = fusion_columns({column: _values(table) for column, table in taken.items()}, n, method)
-        added[UPLIFT] = uplift(added, _values(geo_stream.take(count)), n, method)
-        added[COMMON_SET] = np.isfinite(added[rank_column(columns[0])])
-        yield pa.table({"object_id": taken[columns[0]].column("object_id"),
-                        **{name: _arrow(name, values) for name, values in added.items()}})
-    shutil.rmtree(spill.dir)
+    try:
+        for count in part_rows:
+            taken = {column: slicer.take(count) for column, slicer in streams.items()}
+            added = fusion_columns({column: _values(table) for column, table in taken.items()}, n, method)
+            added[UPLIFT] = uplift(added, _values(geo_stream.take(count)), n, method)
+            added[COMMON_SET] = np.isfinite(added[rank_column(columns[0])])
+            yield pa.table({"object_id": taken[columns[0]].column("object_id"),
+                            **{name: _arrow(name, values) for name, values in added.items()}})
+    finally:  # also when the caller stops early or closes the generator
+        shutil.rmtree(spill.dir, ignore_errors=True)
 
 
 def _rank_file(con, source: str, path: Path, with_ids: bool = False) -> Path:
@@ -103,7 +110,7 @@ def _geo_file(rank_files: dict[str, Path], rows: list[int], n: int, method: str,
     inputs = {column: Slicer(_batches(rank_files[column])) for column in fusion_inputs(method)}
     with pq.ParquetWriter(path, pa.schema([("value", pa.float64())])) as writer:
         for count in rows:
-            ranks = {column: _values(stream.take(count)) for column, stream in inputs.items()}
+            ranks = {column: _values(slicer.take(count)) for column, slicer in inputs.items()}
             writer.write_table(pa.table({"value": fusion_columns(ranks, n, method)["fused_geo"]}),
                                row_group_size=ROW_GROUP_ROWS)
     return path
@@ -137,8 +144,20 @@ def parquet_source(paths: list[Path], columns: list[str]) -> str:
             f"FROM read_parquet([{files}], file_row_number = true))")
 
 
-def stream(con, sql: str) -> pa.RecordBatchReader:
-    return con.sql(sql).to_arrow_reader(BATCH_ROWS)
+def rows(con, sql: str) -> list[tuple]:
+    """Every row of a query, read to its end (a `fetchone` leaves the result open)."""
+    return con.execute(sql).fetchall()
+
+
+@contextmanager
+def stream(con, sql: str) -> Iterator[pa.RecordBatchReader]:
+    """A query's result in batches of `BATCH_ROWS`; closed when the block ends, whether or not it
+    was read through, so the connection is free for the next query."""
+    reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 class Slicer:
@@ -162,9 +181,9 @@ class Slicer:
 
 def first_duplicate(con, source: str) -> tuple[int, int] | None:
     """(object id, count) of the lowest id that occurs more than once in `source`, else None."""
-    row = con.execute(f"SELECT object_id, count(*) AS n FROM {source} GROUP BY object_id HAVING n > 1 "
-                      "ORDER BY object_id LIMIT 1").fetchone()
-    return None if row is None else (int(row[0]), int(row[1]))
+    found = rows(con, f"SELECT object_id, count(*) AS n FROM {source} GROUP BY object_id HAVING n > 1 "
+                 "ORDER BY object_id LIMIT 1")
+    return (int(found[0][0]), int(found[0][1])) if found else None
 
 
 def spearman(con, source: str, a: str, b: str) -> float:
@@ -176,6 +195,6 @@ def spearman(con, source: str, a: str, b: str) -> float:
         return f"(rank() OVER (ORDER BY {quote(column)}) + count(*) OVER (ORDER BY {quote(column)})) / 2.0"
 
     finite = f"isfinite({quote(a)}) AND isfinite({quote(b)})"
-    value = con.execute(f"SELECT corr(ra, rb) FROM (SELECT {average_rank(a)} AS ra, {average_rank(b)} AS rb "
-                        f"FROM {source} WHERE {finite})").fetchone()[0]
+    value = rows(con, f"SELECT corr(ra, rb) FROM (SELECT {average_rank(a)} AS ra, {average_rank(b)} AS rb "
+                      f"FROM {source} WHERE {finite})")[0][0]
     return float("nan") if value is None else float(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -184,13 +185,13 @@ def _merge(con, config: ResolvedConfig, model: str) -> dict:
     if duplicate:
         raise duplicate_ids(config.layout.embeddings(model).dir, *duplicate)
     fusion = fit_record.get("population_fusion")
-    population = population_parts(con, paths, fusion, files.merge_files(model)) if fusion else None
+    population = population_parts(con, paths, fusion, files.merge_files(model)) if fusion else iter(())
     seconds, objects, common = defaultdict(float, fit_record["seconds"]), 0, 0
-    with atomic_path(files.table(model)) as temporary:
+    with atomic_path(files.table(model)) as temporary, closing(population):
         writer = None
         for unit, path in zip(units, paths):
             table = pq.read_table(path)
-            if population:
+            if fusion:
                 table = _with_population(table, next(population), path)
                 common += int(pc.sum(table.column(COMMON_SET)).as_py() or 0)
             writer = writer or pq.ParquetWriter(temporary, table.schema, compression="zstd")

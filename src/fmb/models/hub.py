@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from fmb.data.hub import hub_or_cache
 from fmb.models.base import WeightsError
 
 DEFAULT_REVISION = "main"
@@ -35,11 +36,12 @@ def download(repo_id: str, filename: str, revision: str | None, what: str) -> tu
 
     revision = revision or DEFAULT_REVISION
     try:
-        path = Path(hf_hub_download(repo_id, filename, revision=revision))
+        with hub_or_cache():  # no network: the cache at once, not five retries per file
+            path = Path(hf_hub_download(repo_id, filename, revision=revision))
     except Exception as exc:  # hub errors come in many classes; all mean the same here
         raise WeightsError(f"cannot load {what}: {filename} of hub repo {repo_id} at revision {revision!r} is not "
-                           f"available here ({reason(exc)}); fetch it on a machine with network access (or copy "
-                           "its hub cache here), or check that the revision exists") from None
+                           f"available here ({reason(exc)}); fetch it with `fmb setup download` on a machine with "
+                           "network access (or copy its hub cache here), or check that the revision exists") from None
     return path, _commit_of(path, filename)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmb import __version__
-from fmb.config import ResolvedConfig, result_values
+from fmb.config import ResolvedConfig, result_values, run_settings
 from fmb.errors import ConfigError, FmbError
 from fmb.io import parquet_footer_sha256, read_json_object, remove_stale_temporaries, write_json
 from fmb.layout import OWNER_MARKER, made_by_fmb
@@ -198,6 +198,7 @@ def _run_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State,
     if stale:
         log(f"[{stage.name}] removed {len(stale)} temporary files a killed run left (e.g. {stale[0].name})")
     state.record(stage.name, key=key, parts=parts, status="running", started=time.time())
+    write_json(run_settings(config), config.layout.settings)  # the next command on this run starts from it
     log(f"[{stage.name}] running")
     started = time.perf_counter()
     try:

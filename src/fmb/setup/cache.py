@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 from fmb.config import ResolvedConfig
 from fmb.data.sources import local_inputs, open_source
 from fmb.errors import FmbError
+from fmb.data.hub import offline
 from fmb.models import hub
 from fmb.models.base import WeightsError, file_sha256
 from fmb.models.registry import build_encoder
@@ -24,20 +24,6 @@ from fmb.setup.needs import RepoNeed, dataset_need, model_needs
 from fmb.setup.report import FAIL, MISSING, OK, Item
 
 _FETCH = "fetch it with `fmb setup download` where the hub can be reached"
-
-
-@contextmanager
-def offline() -> Iterator[None]:
-    """The hub unreachable while it lasts, whatever the environment says: a check never downloads."""
-    import datasets.config
-    import huggingface_hub.constants as constants
-
-    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
 
 
 def weight_items(config: ResolvedConfig, models: list[str], lock: Lock | None) -> Iterator[Item]:

@@ -17,7 +17,8 @@ from pathlib import Path
 from fmb.config import ResolvedConfig
 from fmb.errors import FmbError
 from fmb.layout import lock_file
-from fmb.setup.cache import dataset_items, offline, weight_items
+from fmb.data.hub import offline
+from fmb.setup.cache import dataset_items, weight_items
 from fmb.setup.lock import Lock, read_lock
 from fmb.setup.needs import chosen_models
 from fmb.setup.report import FAIL, MISSING, OK, Item, Report

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from fmb.config import DataConfig
+from fmb.data.hub import hub_or_cache
 from fmb.data.sources.base import DatasetSource, ids_from_table, keep_encoded_rgb, table_to_rows
 from fmb.errors import ConfigError, DataError
 from fmb.io import parquet_footer_sha256
@@ -98,9 +99,11 @@ class HuggingFaceSource(DatasetSource):
         import datasets
 
         try:
-            return datasets.load_dataset(self.dataset, split=split, streaming=self.streaming)
+            with hub_or_cache():  # no network: the cache at once, not retries per file
+                return datasets.load_dataset(self.dataset, split=split, streaming=self.streaming)
         except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
             raise ConfigError(
                 f"cannot load Hugging Face dataset {self.dataset!r} split {split!r}: {exc}. Offline, the dataset "
-                "must already be in the HF cache (or pass hf:<local dataset dir>)."
+                "must already be in the HF cache: fetch it with `fmb setup download` where the hub can be reached "
+                "(or pass hf:<local dataset dir>)."
             ) from None
