@@ -412,16 +412,16 @@ class RunLayout:
     def state(self) -> Path:
         return self.root / "run" / "state.json"
 
-
-class ShardFiles(_Directory):
-    """runs/<name>/shards/<stage>: one status record per shard, and the executor's job files and
-    logs (submitit's folder: <job>_<task>_log.out/.err)."""
-
     @property
     def settings(self) -> Path:
         """The resolved configuration the run's stages last ran with (values and where each came
         from): every later command on the run starts from it."""
         return self.root / "run" / "settings.json"
+
+
+class ShardFiles(_Directory):
+    """runs/<name>/shards/<stage>: one status record per shard, and the executor's job files and
+    logs (submitit's folder: <job>_<task>_log.out/.err)."""
 
     def status(self, shard: int) -> Path:
         return self._file(f"shard-{shard:05d}.json")
