@@ -25,6 +25,19 @@ Spectra go through the DESI spectrum codec with the checked inverse variance (fi
 masked). Embeddings are means over the encoder output of the image tokens, the spectrum tokens and
 both together, always passing the true token count (AION's default of 256 silently drops tokens).
 
+The three embeddings need three encoder passes, since they mean different things: ``joint`` is the
+encoding of the image tokens and the spectrum tokens attending to each other (what AION makes of the
+object); ``image`` is what it makes of the image alone (the spectrum unseen), ``spectrum`` of the
+spectrum alone. The image tokens' states in the joint pass already carry the spectrum, so the
+per-modality embeddings cannot be read from it without changing their meaning (and the detectors'
+image-vs-spectrum mismatch would compare two views that have each seen the other). What is shared is
+shared: the codecs and adapters run once per object, the token embeddings are made once, and the
+two single-modality passes run as one: the same 849-token sequence as the joint pass, under a
+block-diagonal attention mask (image tokens attend only to image tokens, spectrum tokens only to
+spectrum tokens). Every other operation of the encoder acts on each token by itself, so this is the
+image-alone and spectrum-alone encodings exactly (to float rounding), in two encoder calls instead of
+three. Attention runs through SDPA (`fmb.models.attention.use_sdpa`, swapped in at load time).
+
 Hub weights (the model and both codecs) all come from the one commit `models.<route>.revision`
 resolves to, recorded as ``repo@commit`` (`fmb.models.hub`).
 """
@@ -46,6 +59,7 @@ from fmb.config import ModelSection
 from fmb.data.schema import BAND_NAMES, ZEROPOINT_NJY_PER_ADU
 from fmb.data.validate import Sample
 from fmb.models import hub
+from fmb.models.attention import use_sdpa
 from fmb.models.base import Encoder, Preprocessor, WeightsError, base_weights, load_strict
 from fmb.models.inputs import bands_batch, object_ids, spectrum_batch
 
@@ -157,6 +171,7 @@ class AionRoute(Encoder):
 
     def __init__(self, aion, image_codec, spectrum_codec, settings: AionInputs, source: str):
         super().__init__()
+        use_sdpa(aion)  # the same function and weights, through the fused attention kernels
         self.aion, self.image_codec, self.spectrum_codec = aion, image_codec, spectrum_codec
         for frozen in (aion, image_codec, spectrum_codec):
             frozen.requires_grad_(False).eval()  # a route unfreezes what it adapts
@@ -220,18 +235,30 @@ class AionRoute(Encoder):
         with torch.autocast(spectrum.flux.device.type, enabled=False):
             return self.spectrum_codec.encode(spectrum)
 
-    def _mean_encoding(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        total = sum(t.shape[1] for t in tokens.values())  # never AION's default of 256
-        return self.aion.encode(tokens, num_encoder_tokens=total).float().mean(1)
-
     def embed(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         image = self.image_tokens(batch["euclid"])
         spectrum = self._spectrum_tokens(batch)
-        return {
-            "image": self._mean_encoding({IMAGE_TOKEN_KEY: image}),
-            "spectrum": self._mean_encoding({"tok_spectrum_desi": spectrum}),
-            "joint": self._mean_encoding({IMAGE_TOKEN_KEY: image, "tok_spectrum_desi": spectrum}),
-        }
+        return self.encode_passes(image, spectrum)
+
+    def encode_passes(self, image: torch.Tensor, spectrum: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mean encodings of the image and the spectrum tokens together (``joint``) and each alone, in
+        two encoder calls (see the module docstring): the joint sequence, then the same sequence with
+        each modality's tokens attending only to their own."""
+        n_image, total = image.shape[1], image.shape[1] + spectrum.shape[1]  # never AION's default of 256
+        x, emb, mask, _ = self.aion.embed_inputs({IMAGE_TOKEN_KEY: image, "tok_spectrum_desi": spectrum},
+                                                 num_encoder_tokens=total)
+        separate = torch.ones(1, total, total, dtype=torch.bool, device=x.device)  # True = not attended
+        separate[:, :n_image, :n_image] = separate[:, n_image:, n_image:] = False
+        if mask.any():  # (B, 1, N): keys AION masks; never here, where every token is real
+            joint, alone = self._encoded(x, emb, mask), self._encoded(x, emb, separate | mask)
+        else:  # no mask at all: the faster kernel
+            joint, alone = self._encoded(x, emb, None), self._encoded(x, emb, separate)
+        return {"image": alone[:, :n_image].mean(1), "spectrum": alone[:, n_image:].mean(1), "joint": joint.mean(1)}
+
+    def _encoded(self, tokens: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """`AION.encode` from its embedded inputs, under an attention mask of our choosing."""
+        encoded = self.aion.forward_encoder(tokens + emb, encoder_mask=mask)
+        return (self.aion.decoder_proj_context(encoded) + emb).float()
 
     # -- adaptation ---------------------------------------------------------------------------------
     def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
