@@ -33,14 +33,15 @@ class _RateColumn(ProgressColumn):
 @contextmanager
 def progress_bar(description: str, total: int | None, unit: str = "objects", *, stream: TextIO | None = None,
                  interval_s: float = LINE_INTERVAL_S) -> Iterator[Callable[[int], None]]:
-    """Yield `advance(k)`: a bar on a terminal, else a `ProgressLines` line every `interval_s` seconds."""
+    """Yield `advance(k, note="")`: a bar on a terminal, else a `ProgressLines` line every `interval_s`
+    seconds; `note` (e.g. the share of time spent waiting for data) is shown after the rate."""
     stream = stream or sys.stdout
     if stream.isatty():
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(unit),
-                   TimeRemainingColumn()]
+                   TimeRemainingColumn(), TextColumn("{task.fields[note]}")]
         with Progress(*columns) as progress:
-            task = progress.add_task(description, total=total)
-            yield lambda k=1: progress.advance(task, k)
+            task = progress.add_task(description, total=total, note="")
+            yield lambda k=1, note="": progress.update(task, advance=k, note=note)
         return
     lines = ProgressLines(description, total, unit, stream, interval_s)
     yield lines.advance
@@ -54,11 +55,11 @@ class ProgressLines:
                  clock: Callable[[], float] = time.monotonic):
         self.description, self.total, self.unit, self.stream = description, total, unit, stream
         self.interval_s, self.clock = interval_s, clock
-        self.done = 0
+        self.done, self.note = 0, ""
         self.started = self.last_line = clock()
 
-    def advance(self, k: int = 1) -> None:
-        self.done += k
+    def advance(self, k: int = 1, note: str = "") -> None:
+        self.done, self.note = self.done + k, note
         if self.clock() - self.last_line >= self.interval_s:
             self._line()
 
@@ -78,7 +79,8 @@ class ProgressLines:
             tail = f"ETA {_duration((self.total - self.done) / rate)}"
         else:
             tail = "ETA unknown"
-        self.stream.write(f"{self.description}: {self.done:,}{of} {self.unit}{share}, {rate:,.1f} {self.unit}/s, {tail}\n")
+        note = f", {self.note}" if self.note else ""
+        self.stream.write(f"{self.description}: {self.done:,}{of} {self.unit}{share}, {rate:,.1f} {self.unit}/s{note}, {tail}\n")
         self.stream.flush()
 
 

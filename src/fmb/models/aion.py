@@ -198,6 +198,9 @@ class AionRoute(Encoder):
     def frozen_modules(self) -> tuple[torch.nn.Module, ...]:
         return self.aion, self.image_codec, self.spectrum_codec
 
+    def inference_blocks(self) -> list[torch.nn.Module]:
+        return list(self.aion.encoder)
+
     def train(self, mode: bool = True):
         super().train(mode)
         for frozen in self.frozen_modules():

@@ -331,6 +331,9 @@ class AstroCLIPEncoder(Encoder):
         params += [p for head in self._tuned_backbones() for p in head.backbone.parameters() if p.requires_grad]
         return params + ([self.log_scale] if self.settings.learnable_scale else [])
 
+    def inference_blocks(self) -> list[torch.nn.Module]:
+        return [*self.image_encoder.backbone.blocks, *self.spectrum_encoder.backbone.blocks]
+
     def describe(self) -> dict:
         s = self.sizes
         return {

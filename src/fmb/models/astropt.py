@@ -164,6 +164,9 @@ class AstroPTEncoder(Encoder):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.gpt.parameters())
 
+    def inference_blocks(self) -> list[torch.nn.Module]:
+        return list(self.gpt.transformer.h)
+
     def describe(self) -> dict:
         cfg = self.gpt.config
         return {

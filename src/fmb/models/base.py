@@ -108,6 +108,11 @@ class Encoder(torch.nn.Module, ABC):
         blocks that gradients flow through, e.g. a transformer's layers. None by default."""
         return []
 
+    def inference_blocks(self) -> list[torch.nn.Module]:
+        """The repeated blocks of the embedding forward (a transformer's layers), which embedding
+        compiles on a GPU (`torch.compile`); none by default."""
+        return []
+
     def adapted_state(self) -> dict:
         """What adaptation changes (saved in checkpoints); by default the trainable modules' state."""
         names = {id(p) for p in self.trainable_parameters()}
@@ -168,10 +173,16 @@ def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for an `amp` setting: auto = bf16 on GPU and full precision on CPU."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+    """The autocast dtype for an `amp` setting: auto = bf16 on a GPU that computes bf16 natively
+    (Ampere and later), else full precision (CPUs, older GPUs, where bf16 would be emulated)."""
+    if amp == "off" or (amp == "auto" and not (device.type == "cuda" and _native_bf16(device))):
         return None
     return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _native_bf16(device: torch.device) -> bool:
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def pick_device(name: str = "auto") -> torch.device:
