@@ -123,6 +123,8 @@ save = write_torch  # detectors are saved like any other torch object
 SAVED_GLOBALS = (
     "fmb.detect.tasks:ModelDetectors", "fmb.detect.density:CrossFitted", "fmb.detect.density:Reducer",
     "fmb.detect.calibrate:TailCalibrator", "fmb.detect.fusion:Calibration", "fmb.detect.residual:PCAResidual",
+    "fmb.detect.conditional:RedshiftConditional", "fmb.detect.nuisance:ObjectContext",
+    "fmb.detect.nuisance:NuisanceCalibrator", "sklearn.tree._classes:DecisionTreeRegressor",
     "fmb.detect.mismatch:ContrastiveMismatch", "fmb.detect.mismatch:PairResidual", "fmb.detect.mismatch:_Critic",
     "functools:partial", "numpy._core.multiarray:_reconstruct", "numpy._core.multiarray:scalar", "numpy:dtype",
     "numpy:ndarray", *(f"numpy.dtypes:{kind}DType" for kind in ("Float32", "Float64", "Int32", "Int64", "UInt8",

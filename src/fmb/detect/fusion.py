@@ -36,9 +36,11 @@ import pandas as pd
 
 from fmb.detect.calibrate import TailCalibrator, cauchy_combine, significance
 from fmb.detect.density import robust_location_scale
-from fmb.detect.scores import (CALIBRATED_FUSION, COMBINED, COMMON_SET, ENSEMBLE, MISMATCH, MODALITIES, RESIDUAL,
-                               UPLIFT, calibrated_inputs, fusion_inputs, p_column, pct_column, percentile_of_rank,
-                               rank_column, rank_descending, ranked_columns, score_column)
+from fmb.detect.nuisance import NuisanceCalibrator
+from fmb.detect.scores import (ADJUSTED_FUSION, CALIBRATED_FUSION, COMBINED, COMMON_SET, ENSEMBLE, MISMATCH,
+                               MODALITIES, REDSHIFT, REDSHIFT_CHANNEL, RESIDUAL, UPLIFT, calibrated_inputs,
+                               fusion_inputs, p_column, pct_column, percentile_of_rank, rank_column, rank_descending,
+                               ranked_columns, score_column)
 
 INPUTS = {"img": "image", "spec": "spectrum", "joint": "joint"}
 
@@ -70,6 +72,17 @@ class Calibration:
             self.calibrators[column] = TailCalibrator(self.tail).fit(values[reference])
         return self.calibrators[column].log_p_value(values)
 
+    def nuisance_log_p(self, column: str, values: np.ndarray, covariates: np.ndarray,
+                       reference: np.ndarray | None) -> np.ndarray:
+        """log tail probability of each value among the fit sample's objects in its nuisance bin
+        (`fmb.detect.nuisance.NuisanceCalibrator`)."""
+        calibrators = self.__dict__.setdefault("nuisance", {})  # absent from calibrations saved before it
+        if column not in calibrators:
+            if reference is None:
+                raise ValueError(f"no nuisance calibration of {column} was fitted")
+            calibrators[column] = NuisanceCalibrator(self.tail).fit(values[reference], covariates[reference])
+        return calibrators[column].log_p_value(values, covariates)
+
 
 def calibrate(frame: pd.DataFrame, calibration: Calibration, methods, reference: np.ndarray | None) -> pd.DataFrame:
     """Add p_* for every detector and misalignment score, each modality's ensemble and combined
@@ -86,6 +99,45 @@ def calibrate(frame: pd.DataFrame, calibration: Calibration, methods, reference:
                       reference)
     _combine_into(frame, CALIBRATED_FUSION, calibrated_inputs(log_p), log_p, calibration, reference)
     return frame
+
+
+def adjust(frame: pd.DataFrame, calibration: Calibration, covariates: np.ndarray,
+           reference: np.ndarray | None) -> pd.DataFrame:
+    """Add the redshift channel and the default ranking to a calibrated frame (`calibrate`).
+
+    * ``score_redshift``: the Cauchy combination of each modality's ``score_<modality>_redshift``
+      (odd for its redshift, `fmb.detect.conditional`), recalibrated; NaN without a redshift;
+    * ``fused_adjusted``: every channel of ``fused_cauchy`` and the redshift channel, each
+      calibrated within its nuisance bin (`covariates`, objects x covariates), Cauchy-combined and
+      calibrated within the nuisance bins again: a channel lifts an object only by evidence beyond
+      what ordinary objects observed the same way show, and the top of the list holds each way of
+      being observed in proportion to its share, unless its objects are odd beyond it."""
+    log_p = {}
+    for modality in MODALITIES:
+        column = score_column(modality, REDSHIFT)
+        if column in frame:
+            log_p[column] = calibration.log_p(column, frame[column].to_numpy(dtype=float), reference)
+            frame[p_column(column)] = np.exp(log_p[column])
+    _combine_into(frame, REDSHIFT_CHANNEL, list(log_p), log_p, calibration, reference)
+    channels = [*calibrated_inputs(frame.columns), *([REDSHIFT_CHANNEL] if REDSHIFT_CHANNEL in log_p else [])]
+    members = [calibration.nuisance_log_p(column, significance(_channel_log_p(frame, column, calibration, log_p)),
+                                          covariates, reference) for column in channels]
+    if members:
+        statistic = significance(cauchy_combine(np.column_stack(members)))
+        adjusted = calibration.nuisance_log_p(ADJUSTED_FUSION, statistic, covariates, reference)
+        frame[ADJUSTED_FUSION] = significance(adjusted)
+        frame[p_column(ADJUSTED_FUSION)] = np.exp(adjusted)
+    return frame
+
+
+def _channel_log_p(frame: pd.DataFrame, column: str, calibration: Calibration, log_p: dict) -> np.ndarray:
+    """A fusion channel's calibrated log p: a combination's column is -log10 of it, a detector's
+    score goes through its calibrator."""
+    if column in log_p:
+        return log_p[column]
+    if column.endswith(f"_{COMBINED}"):
+        return -frame[column].to_numpy(dtype=float) * np.log(10.0)
+    return calibration.log_p(column, frame[column].to_numpy(dtype=float), None)
 
 
 def _combine_into(frame: pd.DataFrame, column: str, members: list[str], log_p: dict, calibration: Calibration,

@@ -10,9 +10,17 @@ A score table (`runs/<name>/scores/<model>.parquet`) has one row per object and
 * ``p_<stem>``: every score's calibrated tail probability (`fmb.detect.calibrate`);
 * ``mismatch`` (fused), ``mismatch_residual`` and, for aligned models, ``mismatch_cosine``, each
   with ``pct_``, ``rank_`` and ``p_``;
-* ``fused_cauchy`` (the default ranking): -log10 of the Cauchy combination of the calibrated tail
-  probabilities of each modality's combined score and of the misalignment: an object odd in any
-  one way rises; ``p_fused_cauchy`` its tail probability (`fmb.detect.fusion`);
+* ``score_<modality>_redshift``: odd for its redshift (`fmb.detect.conditional`), NaN for an object
+  without one, with its ``p_``; ``score_redshift`` their calibrated combination, the redshift
+  channel. Not ranked (no ``pct_``/``rank_``): the percentile fusions' common set does not depend
+  on whether an object has a redshift;
+* ``fused_cauchy``: -log10 of the Cauchy combination of the calibrated tail probabilities of each
+  modality's combined score and of the misalignment: an object odd in any one way rises;
+  ``p_fused_cauchy`` its tail probability (`fmb.detect.fusion`);
+* ``fused_adjusted`` (the default ranking): the same channels and the redshift channel, each
+  calibrated among ordinary objects with the same nuisance covariates (crowding, edges; see
+  `fmb.detect.nuisance`) before the Cauchy combination, which is calibrated within them again:
+  a nuisance tail cannot flood it; ``p_fused_adjusted``;
 * the percentile fusions of the original, ``fused_geo`` ("odd in every way"), ``fused_min``,
   ``fused_avg``, ``fused_all``, ``fused_max``, and ``uplift``;
 * ``in_common_set``: the object has every input of the percentile fusion; ``in_fit_sample``: it
@@ -38,15 +46,22 @@ MODALITIES = ("image", "spectrum", "joint")
 MISMATCH = "mismatch"  # the misalignment score that is fused
 MISMATCH_COLUMNS = (MISMATCH, "mismatch_residual", "mismatch_cosine")
 ENSEMBLE, RESIDUAL, COMBINED = "ensemble", "residual", "combined"  # score methods that are not registered detectors
+REDSHIFT = "redshift"  # the method name of the redshift-conditional scores
+REDSHIFT_CHANNEL = "score_redshift"
 CALIBRATED_FUSION = "fused_cauchy"
+ADJUSTED_FUSION = "fused_adjusted"
 CONSENSUS = "fused_consensus"
-FUSED = (CALIBRATED_FUSION, "fused_geo", "fused_min", "fused_avg", "fused_all", "fused_max")
+FUSED = (ADJUSTED_FUSION, CALIBRATED_FUSION, "fused_geo", "fused_min", "fused_avg", "fused_all", "fused_max")
 UPLIFT = "uplift"
 COMMON_SET = "in_common_set"
 FIT_SAMPLE = "in_fit_sample"
 #: The default ranking that galleries, similarity examples, agreement and the app show first: chosen
-#: by principle (calibrated, valid under dependence, odd in any one way), not by any survey's labels.
-DEFAULT_RANKING = CALIBRATED_FUSION
+#: by principle, not by any survey's labels: calibrated, valid under dependence, odd in any one way
+#: (the Cauchy rule), odd for its redshift as well as odd at all, and odd only beyond what ordinary
+#: objects observed the same way (same crowding, same edges) show, so that a tail of nuisances
+#: cannot fill its top. Score tables written before it have `fused_cauchy`, which `headline` falls
+#: back to.
+DEFAULT_RANKING = ADJUSTED_FUSION
 
 
 def score_column(modality: str, method: str) -> str:
@@ -99,9 +114,14 @@ def is_score(column: str) -> bool:
     return column.startswith(("score_", "fused_")) or column in MISMATCH_COLUMNS
 
 
+def is_redshift_score(column: str) -> bool:
+    return column == REDSHIFT_CHANNEL or (column.startswith("score_") and column.endswith(f"_{REDSHIFT}"))
+
+
 def ranked_columns(columns) -> list[str]:
-    """The columns of a table that get pct_/rank_ columns: detector and misalignment scores."""
-    return [c for c in columns if c.startswith("score_") or c in MISMATCH_COLUMNS]
+    """The columns of a table that get pct_/rank_ columns: detector and misalignment scores (not
+    the redshift scores, which objects without a redshift lack)."""
+    return [c for c in columns if (c.startswith("score_") and not is_redshift_score(c)) or c in MISMATCH_COLUMNS]
 
 
 # -- the ranking rule ------------------------------------------------------------------------------
@@ -158,7 +178,7 @@ def headline(columns, preferred: str | None = None, method: str = "flow", usable
     joint density score of `method`, else the first detector score; only columns `usable` accepts
     (default: any present) are chosen. None when the table has no score at all."""
     columns = list(columns)
-    candidates = [preferred, DEFAULT_RANKING, score_column("joint", method),
+    candidates = [preferred, DEFAULT_RANKING, CALIBRATED_FUSION, score_column("joint", method),
                   *sorted(c for c in columns if c.startswith("score_"))]
     accept = usable or (lambda _column: True)
     return next((c for c in candidates if c and c in columns and accept(c)), None)

@@ -22,13 +22,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fmb.config import ResolvedConfig
+from fmb.data.catalog import catalog_path
+from fmb.detect.conditional import MIN_REDSHIFTS, RedshiftConditional, with_redshift
 from fmb.detect.consensus import write_consensus
 from fmb.detect.density import CrossFitted, Reducer, load, save
-from fmb.detect.fusion import Calibration, calibrate, fuse
+from fmb.detect.fusion import Calibration, adjust, calibrate, fuse
 from fmb.detect.mismatch import ContrastiveMismatch, PairResidual, cosine_mismatch
+from fmb.detect.nuisance import ObjectContext, covariate_sources, object_context
 from fmb.detect.population import connection, first_duplicate, parquet_source, population_parts, spearman
 from fmb.detect.residual import PCAResidual
-from fmb.detect.scores import COMMON_SET, FIT_SAMPLE, MODALITIES, RESIDUAL, ranked_columns, score_column, z_column
+from fmb.detect.scores import (COMMON_SET, FIT_SAMPLE, MODALITIES, REDSHIFT, RESIDUAL, ranked_columns, score_column,
+                               z_column)
 from fmb.embed.store import (duplicate_ids, embedded_models, embedding_manifests, embedding_parts,
                              load_embeddings_and_residuals, part_arrays, read_part, read_rows)
 from fmb.errors import FmbError
@@ -51,6 +55,8 @@ class ModelDetectors:
     calibration: Calibration
     aligned: bool
     fit_ids: np.ndarray | None = None  # the objects of the fit sample
+    context: ObjectContext | None = None  # where redshifts and nuisance covariates are read (None: saved before them)
+    conditional: dict | None = None  # modality -> CrossFitted RedshiftConditional on [z, reduced embedding]
 
     @property
     def population_fusion(self) -> str | None:
@@ -242,6 +248,15 @@ def _fit(config: ResolvedConfig, model: str, ids: np.ndarray, matrices: dict, re
             started = time.perf_counter()
             fitted.mismatch[column] = _crossfit(config, make, pair, ids[fit])
             seconds[column] += time.perf_counter() - started
+    started = time.perf_counter()
+    fitted.context = object_context(catalog_path(config), covariate_sources(  # every model's: crowding is the object's
+        [config.layout.embeddings(name).dir for name in embedded_models(config)]))
+    z = fitted.context.redshift(ids[fit])
+    has_z = np.isfinite(z)
+    fitted.conditional = {modality: _crossfit(config, RedshiftConditional, with_redshift(z[has_z], x[has_z]),
+                                              ids[fit][has_z])
+                          for modality, x in reduced.items()} if has_z.sum() >= MIN_REDSHIFTS else {}
+    seconds[REDSHIFT] += time.perf_counter() - started
     return fitted
 
 
@@ -294,6 +309,14 @@ def score_objects(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, resid
     started = time.perf_counter()
     frame = calibrate(frame, fitted.calibration, fitted.methods, reference)
     seconds["calibration"] += time.perf_counter() - started
+    if fitted.context is not None:  # odd for its redshift, and the nuisance-adjusted default ranking
+        started = time.perf_counter()
+        z = fitted.context.redshift(ids)
+        for modality, crossfit in fitted.conditional.items():
+            if modality in reduced:
+                frame[score_column(modality, REDSHIFT)] = crossfit.score(with_redshift(z, reduced[modality]), ids)
+        frame = adjust(frame, fitted.calibration, fitted.context.covariate_matrix(ids), reference)
+        seconds[REDSHIFT] += time.perf_counter() - started
     if fitted.fit_ids is not None:
         frame[FIT_SAMPLE] = np.isin(ids, fitted.fit_ids)
     return frame
