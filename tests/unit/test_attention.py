@@ -139,3 +139,20 @@ def test_astroclip_attention_is_sdpa_and_equals_a_hand_written_softmax():
     expected = attention.proj((weights @ v).transpose(1, 2).reshape(2, 9, 32))
     with torch.no_grad():
         torch.testing.assert_close(attention(x), expected, **TOLERANCE)
+
+
+def test_astropt_with_its_gelu_fused_equals_the_package_gpt():
+    from fmb.models.astropt import AstroPTSection, FusedGeluMLP, _random_gpt, use_fused_gelu
+
+    package = _random_gpt(AstroPTSection(preset="tiny", image_size=32)).eval()
+    fused = copy.deepcopy(package)
+    assert use_fused_gelu(fused) == package.config.n_layer and use_fused_gelu(fused) == 0
+    assert isinstance(fused.transformer.h[0].mlp, FusedGeluMLP)
+    assert all(torch.equal(v, fused.state_dict()[k]) for k, v in package.state_dict().items())
+    torch.manual_seed(6)
+    inputs = {"images": torch.randn(2, 4, 768), "images_positions": torch.arange(4).expand(2, -1),
+              "spectra": torch.randn(2, 5, 10), "spectra_positions": torch.rand(2, 5, 10)}
+    with torch.no_grad():
+        ours, theirs = fused.get_embeddings(inputs), package.get_embeddings(inputs)
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], **TOLERANCE)
