@@ -29,6 +29,7 @@ ENCODERS: dict[str, str] = {
     "pixels": "fmb.models.pixels:PixelsEncoder",
     "aion": "fmb.models.aion:AionEncoder",
     "aion_codec": "fmb.models.aion_codec:AionCodecEncoder",
+    "physical": "fmb.models.physical:PhysicalEncoder",
     "astropt": "fmb.models.astropt:AstroPTEncoder",
     "astroclip": "fmb.models.astroclip:AstroCLIPEncoder",
 }

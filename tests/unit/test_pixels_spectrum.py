@@ -47,7 +47,7 @@ def test_the_last_spectrum_dimension_is_the_level_and_only_it_sees_brightness():
     scales = 10 ** rng.uniform(-1, 1, len(spectra))
     shapes, levels, bin_ivars = zip(*(_binned_shape(f * k, iv / k**2) for (f, iv), k in zip(spectra, scales)))
     batch = {"image": torch.randn(len(spectra), 4 * 64), "image_log_flux": torch.randn(len(spectra), 4),
-             "image_noise_variance": torch.full((len(spectra),), 0.25),
+             "image_noise_variance": torch.full((len(spectra),), 0.25), "crowding": torch.zeros(len(spectra), 5),
              "spectrum": torch.from_numpy(np.stack(shapes)), "spectrum_ivar": torch.from_numpy(np.stack(bin_ivars)),
              "spectrum_log_level": torch.tensor(np.log10(levels), dtype=torch.float32)[:, None]}
     encoder.fit(batch)
@@ -63,7 +63,7 @@ def test_image_photometry_follows_each_band_and_is_floored_at_the_noise():
     galaxy = np.exp(-(x**2 + y**2) / 8.0)
     bands = np.stack([k * galaxy for k in (100.0, 200.0, 400.0, 0.0)]) + rng.normal(0, 1, (4, 32, 32))
     preprocessor = PixelsEncoder(PixelsSection(image_size=8, components=6)).preprocessor
-    _, log_flux = preprocessor._image(bands.astype(np.float32))
+    _, log_flux, _ = preprocessor._image(bands.astype(np.float32))
     assert np.allclose(np.diff(log_flux[:3].numpy()), np.log10(2), atol=0.01)  # colours: x2 per band
     assert abs(log_flux[0].item() - np.log10(100 * galaxy.sum())) < 0.02  # nearly all light in the aperture
     assert np.isfinite(log_flux[3].item()) and log_flux[3] < log_flux[0] - 1  # empty band: the noise floor
@@ -82,7 +82,7 @@ def test_spectrum_residual_is_a_chi2_per_bin_and_sees_what_the_components_miss()
     encoder = PixelsEncoder(PixelsSection(image_size=8, components=8))
     binned = [_binned_shape(flux, ivar) for flux in spectra]
     batch = {"image": torch.randn(len(spectra), 4 * 64), "image_log_flux": torch.randn(len(spectra), 4),
-             "image_noise_variance": torch.full((len(spectra),), 0.25),
+             "image_noise_variance": torch.full((len(spectra),), 0.25), "crowding": torch.zeros(len(spectra), 5),
              "spectrum": torch.from_numpy(np.stack([b[0] for b in binned])),
              "spectrum_ivar": torch.from_numpy(np.stack([b[2] for b in binned])),
              "spectrum_log_level": torch.tensor(np.log10([b[1] for b in binned]), dtype=torch.float32)[:, None]}

@@ -123,7 +123,7 @@ def _run(encoder, device, source, config, settings, todo, manifest: Manifest, to
                         prefetch_factor=settings.prefetch if workers > 0 else None, persistent_workers=False)
     pending: dict[int, list[tuple[int, StreamItem, dict]]] = defaultdict(list)
     dims = encoder.describe()["dims"]
-    schema = part_schema({m: dims[m] for m in encoder.modalities}, encoder.residual_modalities)
+    schema = part_schema({m: dims[m] for m in encoder.modalities}, encoder.residual_modalities, encoder.covariates)
     written, waited, started = 0, 0.0, time.perf_counter()
     with progress_bar(f"embedding {encoder.name}", total) as advance:
         items = iter(loader)

@@ -22,7 +22,7 @@ from fmb import __version__
 from fmb.errors import FmbError
 from fmb.io import read_json_object, write_json, write_table, write_torch
 from fmb.layout import EmbeddingFiles
-from fmb.models.base import MODALITIES, file_sha256, residual_key
+from fmb.models.base import MODALITIES, covariate_key, file_sha256, residual_key
 
 
 def embedded_models(config) -> list[str]:
@@ -104,15 +104,17 @@ def _read_json(path: Path) -> dict:
     return read_json_object(path, "embed this model again with --force")
 
 
-def part_schema(dims: dict[str, int], residuals: tuple[str, ...] = ()) -> pa.Schema:
+def part_schema(dims: dict[str, int], residuals: tuple[str, ...] = (), covariates: tuple[str, ...] = ()) -> pa.Schema:
     """The columns of every part of one run: `object_id`, a fixed-size float32 list per modality of
-    `dims` ({modality: width}), and a float32 residual for each modality of `residuals`."""
+    `dims` ({modality: width}), a float32 residual for each modality of `residuals` and a float32
+    column for each nuisance covariate (`covariate_key`)."""
     fields = [pa.field("object_id", pa.int64())]
     for modality in MODALITIES:
         if modality in dims:
             fields.append(pa.field(modality, pa.list_(pa.float32(), int(dims[modality]))))
         if modality in residuals:
             fields.append(pa.field(residual_key(modality), pa.float32()))
+    fields.extend(pa.field(covariate_key(name), pa.float32()) for name in covariates)
     return pa.schema(fields)
 
 
@@ -129,6 +131,7 @@ def write_part(path: Path, object_ids: np.ndarray, embeddings: dict[str, np.ndar
     """One part in `schema` (default: the columns `embeddings` has). A unit in which no object was
     usable still gets every column, empty, so parts of a run always concatenate."""
     if schema is None:
+        prefix = covariate_key("")
         schema = part_schema({m: v.shape[1] for m, v in embeddings.items() if m in MODALITIES},
                              tuple(m for m in MODALITIES if residual_key(m) in embeddings))
     ids = np.asarray(object_ids, dtype=np.int64)
@@ -195,6 +198,20 @@ def embedding_parts(directory: Path) -> list[Part]:
     manifest = read_manifest(path)
     return [Part(int(unit), directory / entry["file"], int(entry["rows"]))
             for unit, entry in sorted(manifest["parts"].items(), key=lambda kv: int(kv[0]))]
+
+def load_covariates(directory: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(object ids, {covariate: (N,) float64}) of the nuisance covariates the model stored beside its
+    embeddings (`covariate_key` columns; none for most models), in unit order."""
+    prefix = covariate_key("")
+    ids, columns = [], {}
+    for part in embedding_parts(directory):
+        names = [name for name in pq.read_schema(part.path).names if name.startswith(prefix)]
+        table = read_part(part.path, {"object_id", *names})
+        ids.append(table.column("object_id").to_numpy())
+        for name in names:
+            columns.setdefault(name[len(prefix):], []).append(table.column(name).to_numpy().astype(np.float64))
+    return (np.concatenate(ids) if ids else np.array([], np.int64)), {k: np.concatenate(v) for k, v in columns.items()}
+
 
 
 def read_rows(parts: list[Part], positions: np.ndarray, modalities: tuple[str, ...] = MODALITIES

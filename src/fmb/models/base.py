@@ -37,6 +37,13 @@ def residual_key(modality: str) -> str:
     return f"{modality}_residual"
 
 
+def covariate_key(name: str) -> str:
+    """The key under which `Encoder.embed` may return one nuisance covariate per object (a number
+    that describes how it was observed, not what it is: e.g. a neighbour count), stored beside the
+    embeddings as a column of their parts."""
+    return f"covariate_{name}"
+
+
 class WeightsError(FmbError):
     """Weights do not fit the architecture (missing/unexpected keys, wrong shapes) or cannot be found."""
 
@@ -67,6 +74,7 @@ class Encoder(torch.nn.Module, ABC):
     section: ClassVar[type]  # a subclass of fmb.config.ModelSection
     modalities: ClassVar[tuple[str, ...]] = MODALITIES
     residual_modalities: ClassVar[tuple[str, ...]] = ()  # those `embed` gives a `residual_key` value for
+    covariates: ClassVar[tuple[str, ...]] = ()  # those `embed` gives a `covariate_key` value for
     requires_adaptation: ClassVar[bool] = False  # True: unusable before `fmb adapt` (e.g. a fitted PCA)
     preprocessor: Preprocessor
 
@@ -125,6 +133,36 @@ class Encoder(torch.nn.Module, ABC):
         with torch.no_grad():
             for key, value in state.items():
                 params[key].copy_(value)
+
+
+class FittedEncoder(Encoder):
+    """A reference that is fitted on a sample of the run's objects (a PCA, a standardisation), not
+    trained: `fit` on `settings.fit_objects` objects is its adaptation, its buffers its adapted state."""
+
+    requires_adaptation = True
+
+    def adapt(self, run) -> dict:
+        batch = run.sample(self.settings.fit_objects)
+        self.fit(batch, seed=run.config.seed)
+        fitted_on = int(len(batch["object_id"]))
+        run.save_adapted(fitted_on=fitted_on)
+        return {"fitted_on": fitted_on}
+
+    @abstractmethod
+    def fit(self, batch: Mapping[str, torch.Tensor], seed: int = 0) -> None:
+        """Fit the buffers on one merged batch of preprocessed objects."""
+
+    def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError(f"the {self.label} reference is fitted, not trained")
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    def adapted_state(self) -> dict:
+        return {k: v.clone() for k, v in self.state_dict().items()}
+
+    def load_adapted_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_strict(self, state, f"{self.label} fitted state")
 
 
 def base_weights(settings, released: str) -> str:

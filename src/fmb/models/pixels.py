@@ -2,10 +2,15 @@
 
 Every benchmark asks first whether a foundation model finds more than this does.
 
-* image:    the four bands resized to `image_size`, each divided by its robust noise level (MAD)
-            and asinh-stretched, then standardised per feature and projected on PCA components; four
-            more dimensions are the bands' fluxes in a central aperture (log, floored at the
-            aperture's noise): the photometry, which the stretched pixels carry only non-linearly;
+* image:    the central source only: the cutout is detected and deblended (`fmb.models.measure.
+            deblend`) and its neighbours' pixels replaced, so that a field star or a bright
+            neighbour does not make an ordinary galaxy look odd; then the four bands resized to
+            `image_size`, each divided by its robust noise level (MAD) and asinh-stretched,
+            standardised per feature and projected on PCA components; four more dimensions are the
+            bands' fluxes in a central aperture (log, floored at the aperture's noise): the
+            photometry, which the stretched pixels carry only non-linearly. The crowding (neighbour
+            count, flux ratio and distance, blend and edge flags) is kept as nuisance covariates,
+            stored beside the embeddings (`covariate_key`), never in them;
 * spectrum: inverse-variance-weighted means of 4-pixel bins (half the noise, lines still resolved) over
             the spectrum's median level, so the continuum shape is kept but not the brightness (empty
             bins 0), standardised per bin and projected on PCA components; one more dimension is that
@@ -39,7 +44,8 @@ from pydantic import Field
 
 from fmb.config import ModelSection
 from fmb.data.validate import Sample
-from fmb.models.base import Encoder, Preprocessor, load_strict, residual_key
+from fmb.models.base import FittedEncoder, Preprocessor, covariate_key, residual_key
+from fmb.models.measure.deblend import COVARIATES, find_central
 
 
 class PixelsSection(ModelSection):
@@ -57,7 +63,7 @@ class PixelsPreprocessor(Preprocessor):
     needs = frozenset({"bands", "spectrum"})
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        images, fluxes = zip(*(self._image(s.bands) for s in samples))
+        images, fluxes, crowding = zip(*(self._image(s.bands) for s in samples))
         shapes, levels, bin_ivars = zip(*(_binned_shape(s.spectrum.flux, s.spectrum.ivar) for s in samples))
         ids = torch.tensor([s.object_id for s in samples], dtype=torch.int64)
         # area resizing averages (H W / size^2) pixels: the noise variance of a resized pixel, in noise units
@@ -66,18 +72,21 @@ class PixelsPreprocessor(Preprocessor):
                 "image_noise_variance": torch.tensor(resized_variance, dtype=torch.float32),
                 "spectrum": torch.from_numpy(np.stack(shapes)),
                 "spectrum_ivar": torch.from_numpy(np.stack(bin_ivars)),
-                "spectrum_log_level": torch.tensor(np.log10(levels), dtype=torch.float32)[:, None]}
+                "spectrum_log_level": torch.tensor(np.log10(levels), dtype=torch.float32)[:, None],
+                "crowding": torch.tensor(np.stack(crowding), dtype=torch.float32)}
 
-    def _image(self, bands: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(stretched, resized bands; log10 flux per band in a central aperture)."""
-        x = torch.from_numpy(bands).float()
-        centred = x - x.flatten(1).median(1).values[:, None, None]
-        noise = 1.4826 * centred.flatten(1).abs().median(1).values.clamp_min(1e-12)
+    def _image(self, bands: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(stretched, resized bands of the central source; log10 flux per band in a central
+        aperture; the crowding covariates)."""
+        central = find_central(bands)
+        centred = torch.from_numpy(central.cleaned(bands.astype(np.float64), subtract_median=True)).float()
+        noise = torch.from_numpy(central.noise).float().clamp_min(1e-12)
         scaled = torch.asinh(centred / noise[:, None, None])
-        aperture = _central_aperture(x.shape[-2], x.shape[-1])
+        aperture = _central_aperture(centred.shape[-2], centred.shape[-1])
         aperture_noise = noise * float(aperture.sum()) ** 0.5
         log_flux = torch.log10(torch.maximum((centred * aperture).sum((1, 2)), aperture_noise))
-        return F.interpolate(scaled[None], size=(self.image_size, self.image_size), mode="area")[0], log_flux
+        resized = F.interpolate(scaled[None], size=(self.image_size, self.image_size), mode="area")[0]
+        return resized, log_flux, central.covariates
 
 
 @functools.lru_cache(maxsize=8)  # one per cutout shape, not one per object
@@ -169,13 +178,13 @@ class _ShapeAndLevels(torch.nn.Module):
         return torch.cat([self.pca(features.float()), standardised * self.component_variance().sqrt()], dim=1)
 
 
-class PixelsEncoder(Encoder):
+class PixelsEncoder(FittedEncoder):
     name = "pixels"
     label = "pixel PCA"
     aligned = False
     section = PixelsSection
     residual_modalities = ("image", "spectrum")
-    requires_adaptation = True
+    covariates = tuple(f"crowding_{name}" for name in COVARIATES)
 
     def __init__(self, settings: PixelsSection):
         super().__init__()
@@ -188,14 +197,6 @@ class PixelsEncoder(Encoder):
     @classmethod
     def load(cls, settings: PixelsSection) -> "PixelsEncoder":
         return cls(settings)  # no pretrained weights: the fitted PCA is this run's adapted state
-
-    def adapt(self, run) -> dict:
-        """The pixel reference is fitted, not trained: a PCA per modality on a sample of objects."""
-        batch = run.sample(self.settings.fit_objects)
-        self.fit(batch, seed=run.config.seed)
-        fitted_on = int(len(batch["object_id"]))
-        run.save_adapted(fitted_on=fitted_on)
-        return {"fitted_on": fitted_on}
 
     def fit(self, batch: Mapping[str, torch.Tensor], seed: int = 0) -> None:
         self.image_part.fit(batch["image"], batch["image_log_flux"], seed)
@@ -210,7 +211,8 @@ class PixelsEncoder(Encoder):
         joint = torch.cat([image / self.image_part.total_variance().sqrt(),
                            spectrum / self.spectrum_part.total_variance().sqrt()], dim=1)
         return {"image": image, "spectrum": spectrum, "joint": joint,
-                residual_key("image"): self._image_chi2(batch), residual_key("spectrum"): self._spectrum_chi2(batch)}
+                residual_key("image"): self._image_chi2(batch), residual_key("spectrum"): self._spectrum_chi2(batch),
+                **{covariate_key(name): batch["crowding"][:, k] for k, name in enumerate(self.covariates)}}
 
     def _image_chi2(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """chi^2 per pixel of each band's reconstruction residual, averaged over the bands."""
@@ -225,27 +227,16 @@ class PixelsEncoder(Encoder):
         observed = (ivar > 0).sum(1).clamp_min(1)
         return (residual.square() * ivar).sum(1) / observed
 
-    def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError("the pixel reference is fitted (PCA), not trained")
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return []
-
-    def adapted_state(self) -> dict:
-        return {k: v.clone() for k, v in self.state_dict().items()}
-
-    def load_adapted_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        load_strict(self, state, "pixel reference weights")
-
     def describe(self) -> dict:
         s = self.settings
         return {
             "model": "pixels",
             "weights": "PCA fitted on this run's objects",
-            "preprocessing": f"bands: median-subtracted, /MAD noise, asinh, area-resized to {s.image_size}px, plus log "
-            "aperture flux per band; "
+            "preprocessing": f"bands: central source deblended (SEP), neighbours replaced, median-subtracted, /MAD "
+            f"noise, asinh, area-resized to {s.image_size}px, plus log aperture flux per band; "
             f"spectrum: ivar-weighted {_SPECTRUM_BIN_PX}-px bins over their median level, plus log level",
             "pooling": "PCA projection (standardised features)",
             "layer": "n/a",
             "dims": {"image": s.components, "spectrum": s.components, "joint": 2 * s.components},
+            "covariates": list(self.covariates),
         }

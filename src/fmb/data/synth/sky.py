@@ -110,7 +110,7 @@ def add_sources(scene: Scene, sky: Sky, lib: Library, size: int, tracer_fraction
     for _ in range(int(rng.poisson(sky.field_galaxies))):
         position = _position_away(rng, half, FIELD_MIN_DISTANCE)
         vis = NJY_AB_ZERO * 10 ** (-0.4 * rng.uniform(*FIELD_MAG_RANGE))
-        scene.components.append(_galaxy_blob("field", lib, rng, tracer_fractions, None, vis, position, reach))
+        scene.components.append(galaxy_blob("field", lib, rng, tracer_fractions, None, vis, position, reach))
         drawn.field_galaxies += 1
     if rng.random() < sky.neighbour_rate:
         blended = bool(rng.random() < sky.blend_fraction)
@@ -119,10 +119,11 @@ def add_sources(scene: Scene, sky: Sky, lib: Library, size: int, tracer_fraction
         z = z_target if rng.random() < COMPANION_FRACTION and np.isfinite(z_target) and z_target > 0.01 else None
         vis = target_vis * 10 ** (-0.4 * rng.uniform(*NEIGHBOUR_DELTA_MAG))
         position = (distance * np.cos(angle), distance * np.sin(angle))
-        scene.components.append(_galaxy_blob("neighbour", lib, rng, tracer_fractions, z, vis, position, reach))
+        scene.components.append(galaxy_blob("neighbour", lib, rng, tracer_fractions, z, vis, position, reach))
         drawn.neighbours, drawn.blended = 1, int(blended)
     if rng.random() < sky.star_rate:
-        scene.components.extend(_star(lib, rng, STAR_BOX * half))
+        position = tuple(float(v) for v in rng.uniform(-STAR_BOX * half, STAR_BOX * half, 2))
+        scene.components.extend(field_star(lib, rng, position, NJY_AB_ZERO * 10 ** (-0.4 * rng.uniform(*STAR_MAG_RANGE))))
         drawn.stars = 1
     return drawn
 
@@ -135,7 +136,7 @@ def _position_away(rng: np.random.Generator, half: float, min_distance: float) -
             return float(x), float(y)
 
 
-def _galaxy_blob(name: str, lib: Library, rng: np.random.Generator, tracer_fractions, z: float | None,
+def galaxy_blob(name: str, lib: Library, rng: np.random.Generator, tracer_fractions, z: float | None,
                  vis_njy: float, position, reach: float) -> Component:
     """A galaxy of the population as one Sersic profile with its whole SED scaled to `vis_njy`."""
     galaxy = draw_galaxy(rng, lib, tracer_fractions=tracer_fractions, **({"z": z} if z is not None else {}))
@@ -147,10 +148,9 @@ def _galaxy_blob(name: str, lib: Library, rng: np.random.Generator, tracer_fract
     return Component(name, profile.shift(*position), sed, nuisance=True)
 
 
-def _star(lib: Library, rng: np.random.Generator, half_box: float) -> list[Component]:
-    """A field star (point source) and its broad halo, both with the star's SED."""
-    position = tuple(float(v) for v in rng.uniform(-half_box, half_box, 2))
-    vis = NJY_AB_ZERO * 10 ** (-0.4 * rng.uniform(*STAR_MAG_RANGE))
+def field_star(lib: Library, rng: np.random.Generator, position, vis: float) -> list[Component]:
+    """A field star (point source) of VIS flux `vis` nJy at `position` (arcsec) and its broad halo,
+    both with the star's SED."""
     light = star_sed(lib, rng.uniform(0, 2), rng.uniform(0.0, 0.1), rng.normal(0, 40), vis)
     halo_fraction = rng.uniform(*HALO_FRACTION)
     core = point_component("star", light.scaled(1 - halo_fraction), shift=position)

@@ -1,0 +1,175 @@
+"""The central source's morphology and photometry, from its deblended cutout (`deblend.Central`).
+
+Our own vectorised implementation of the statmorph quantities (Rodriguez-Gomez et al. 2019), at a
+fraction of statmorph's cost (~1 ms an object against ~100 ms, whose Sersic fit is 2-D); all on the
+VIS band (the sharpest) unless said otherwise:
+
+* Petrosian radius (eta = 0.2, circular, from the azimuthal profile), total fluxes in 2 Petrosian
+  radii in all four bands (log10 ADU, floored at the aperture's noise) and the three colours
+  (magnitude differences of neighbouring bands);
+* r20, r50, r80 from the curve of growth to that radius; concentration C = 5 log10(r80 / r20);
+* asymmetry A (Conselice 2000): sum |I - I_180| / (2 sum |I|) inside 1.5 Petrosian radii about the
+  source's centre, over the pixels that are clean and whose mirror is clean (the neighbours' masks
+  left out, as statmorph does), minus the same of pure noise (2 sigma / sqrt(pi) a pixel);
+* smoothness S: the positive residual of the image minus its boxcar smoothing (width 0.25 r_P)
+  over the flux, inside 1.5 r_P but outside 0.25 r_P;
+* Gini and M20 (Lotz et al. 2004) over the clean pixels within 1.5 Petrosian radii (not the
+  segment, whose edge moves when a neighbour takes pixels from it);
+* Sersic index and effective radius: the curve of growth fitted on a grid of Sersic curves of
+  growth (n 0.5-6, r_e on a log grid), both truncated at the same radius (the PSF is not
+  deconvolved: VIS's 1.7 px FWHM biases n low only for sources a few pixels across);
+* ellipticity 1 - b/a from the second moments of the segment.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from scipy.ndimage import uniform_filter
+from scipy.special import gammainc, gammaincinv
+
+from fmb.models.measure.deblend import Central
+
+PETROSIAN_ETA = 0.2
+TOTAL_RADII = 2.0  # Petrosian radii for the total flux
+ASYMMETRY_RADII = 1.5
+SMOOTHING_FRACTION = 0.25
+SERSIC_N = np.round(np.arange(0.5, 6.01, 0.25), 2)
+_LOG_STEP = np.log(2) / 8  # the log-radius grid of the curve-of-growth fit
+_FIT_RADII = 24  # radii fitted, from the truncation radius inwards
+_RE_GRID = np.exp(np.arange(-40, 12) * _LOG_STEP)  # r_e / truncation radius
+FEATURES = ("log_flux_vis", "log_flux_y", "log_flux_j", "log_flux_h", "colour_vis_y", "colour_y_j",
+            "colour_j_h", "log_r_petrosian", "log_r50", "concentration", "asymmetry", "smoothness", "gini", "m20",
+            "sersic_n", "log_r_e", "ellipticity")
+
+
+def measure_central(bands: np.ndarray, central: Central) -> np.ndarray:
+    """(len(FEATURES),) measurements of the central source of (4, H, W) bands; NaN where undefined."""
+    images = central.cleaned(bands.astype(np.float64))
+    clean = ~(central.neighbours | central.blank)
+    vis = images[0]
+    height, width = vis.shape
+    y, x = np.mgrid[0:height, 0:width]
+    radius = np.hypot(x - central.centre[0], y - central.centre[1])
+    r_petrosian = _petrosian_radius(vis, radius)
+    total_radius = min(TOTAL_RADII * r_petrosian, np.hypot(height, width) / 2)
+    inside = radius <= total_radius
+    noise_floor = central.noise * np.sqrt(max(inside.sum(), 1))
+    fluxes = np.maximum(images[:, inside].sum(1), noise_floor)
+    colours = -2.5 * np.log10(fluxes[:-1] / fluxes[1:])  # ADU ratios; the zero points are constants
+    radii, enclosed = _curve_of_growth(vis, radius, total_radius)
+    r20, r50, r80 = (_radius_at(radii, enclosed, fraction) for fraction in (0.2, 0.5, 0.8))
+    n, r_e = _sersic_fit(radii, enclosed, total_radius)
+    return np.array([*np.log10(fluxes), *colours, np.log10(r_petrosian), np.log10(max(r50, 0.1)),
+                     5 * np.log10(max(r80, 0.1) / max(r20, 0.1)),
+                     _asymmetry(vis, central, radius <= ASYMMETRY_RADII * r_petrosian),
+                     _smoothness(vis, radius, r_petrosian),
+                     *_gini_m20(vis, (radius <= ASYMMETRY_RADII * r_petrosian) & clean, x, y, central.centre),
+                     n, np.log10(r_e), _ellipticity(vis, central.segment, x, y)])
+
+
+def _petrosian_radius(image: np.ndarray, radius: np.ndarray) -> float:
+    """Where the surface brightness in a 1-px annulus falls to eta times the mean inside it."""
+    rings = np.floor(radius).astype(int)
+    counts = np.bincount(rings.ravel())
+    sums = np.bincount(rings.ravel(), weights=image.ravel())
+    annulus = sums / np.maximum(counts, 1)
+    mean_inside = np.cumsum(sums) / np.maximum(np.cumsum(counts), 1)
+    below = np.nonzero((annulus[1:] < PETROSIAN_ETA * mean_inside[1:]) & (mean_inside[1:] > 0))[0]
+    return float(below[0] + 1.5) if len(below) else float(len(counts) / 2)
+
+
+def _curve_of_growth(image: np.ndarray, radius: np.ndarray, total_radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """(radii, enclosed flux / flux within `total_radius`) on 0.5-px steps."""
+    edges = np.arange(0.5, total_radius + 0.5, 0.5)
+    order = np.argsort(radius.ravel())
+    sorted_radius, cumulative = radius.ravel()[order], np.cumsum(image.ravel()[order])
+    enclosed = cumulative[np.clip(np.searchsorted(sorted_radius, edges, side="right") - 1, 0, None)]
+    return edges, enclosed / max(enclosed[-1], 1e-12)
+
+
+def _radius_at(radii: np.ndarray, enclosed: np.ndarray, fraction: float) -> float:
+    above = np.nonzero(enclosed >= fraction)[0]
+    if not len(above):
+        return float(radii[-1])
+    k = above[0]
+    if k == 0:
+        return float(radii[0] * fraction / max(enclosed[0], 1e-12))
+    slope = (enclosed[k] - enclosed[k - 1]) / (radii[k] - radii[k - 1])
+    return float(radii[k - 1] + (fraction - enclosed[k - 1]) / max(slope, 1e-12))
+
+
+@functools.cache
+def _sersic_curves() -> np.ndarray:
+    """(n, r_e, radius) enclosed fraction of a Sersic profile truncated at radius 1, at radii
+    exp(-k step), k = 0 .. _FIT_RADII - 1: the same for every object, in units of its truncation."""
+    radii = np.exp(-np.arange(_FIT_RADII) * _LOG_STEP)
+    n = SERSIC_N[:, None, None]
+    b = gammaincinv(2 * n, 0.5)
+    u = radii[None, None, :] / _RE_GRID[None, :, None]
+    fraction = gammainc(2 * n, b * u ** (1 / n))
+    return fraction / gammainc(2 * n, b * (1 / _RE_GRID[None, :, None]) ** (1 / n))
+
+
+def _sersic_fit(radii: np.ndarray, enclosed: np.ndarray, total_radius: float) -> tuple[float, float]:
+    """(n, r_e in pixels) of the grid's Sersic curve of growth closest to the measured one."""
+    wanted = total_radius * np.exp(-np.arange(_FIT_RADII) * _LOG_STEP)
+    usable = wanted >= 1.0  # inside a pixel the curve is the PSF's
+    measured = np.interp(wanted, radii, enclosed, left=0.0)
+    misfit = ((_sersic_curves() - measured) ** 2 * usable).sum(2)
+    i, j = np.unravel_index(np.argmin(misfit), misfit.shape)
+    return float(SERSIC_N[i]), float(_RE_GRID[j] * total_radius)
+
+
+def _asymmetry(image: np.ndarray, central: Central, aperture: np.ndarray) -> float:
+    """Rotational asymmetry about the source's centre (rounded to the half pixel), noise-corrected."""
+    height, width = image.shape
+    shift_y = int(round(2 * central.centre[1])) - (height - 1)
+    shift_x = int(round(2 * central.centre[0])) - (width - 1)
+    rotate = lambda array: np.roll(array[::-1, ::-1], (shift_y, shift_x), axis=(0, 1))  # noqa: E731
+    clean = ~(central.neighbours | central.blank)  # replaced pixels say nothing about the source's symmetry
+    inside = aperture & rotate(aperture) & clean & rotate(clean)
+    total = np.abs(image[inside]).sum()
+    if total <= 0:
+        return float("nan")
+    noise_term = inside.sum() * 2 * central.noise[0] / np.sqrt(np.pi)
+    return float((np.abs(image - rotate(image))[inside].sum() - noise_term) / (2 * total))
+
+
+def _smoothness(image: np.ndarray, radius: np.ndarray, r_petrosian: float) -> float:
+    size = max(int(round(SMOOTHING_FRACTION * r_petrosian)), 2)
+    smooth = uniform_filter(image, size=size, mode="constant")
+    ring = (radius <= ASYMMETRY_RADII * r_petrosian) & (radius >= SMOOTHING_FRACTION * r_petrosian)
+    total = image[ring].sum()
+    return float(np.clip(image - smooth, 0, None)[ring].sum() / total) if total > 0 else float("nan")
+
+
+def _gini_m20(image: np.ndarray, segment: np.ndarray, x: np.ndarray, y: np.ndarray, centre) -> tuple[float, float]:
+    values = np.abs(image[segment])
+    if values.size < 3 or values.sum() <= 0:
+        return float("nan"), float("nan")
+    ordered = np.sort(values)
+    n = ordered.size
+    gini = float(((2 * np.arange(1, n + 1) - n - 1) * ordered).sum() / (ordered.sum() * (n - 1)))
+    flux = image[segment]
+    moment = flux * ((x[segment] - centre[0]) ** 2 + (y[segment] - centre[1]) ** 2)
+    order = np.argsort(flux)[::-1]
+    brightest = np.cumsum(flux[order]) <= 0.2 * flux.sum()
+    total_moment = moment.sum()
+    if not brightest.any() or total_moment <= 0:
+        return gini, float("nan")
+    return gini, float(np.log10(max(moment[order][brightest].sum(), 1e-12) / total_moment))
+
+
+def _ellipticity(image: np.ndarray, segment: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    weight = np.clip(image[segment], 0, None)
+    if weight.sum() <= 0:
+        return float("nan")
+    xs, ys = x[segment], y[segment]
+    mx, my = np.average(xs, weights=weight), np.average(ys, weights=weight)
+    cxx = np.average((xs - mx) ** 2, weights=weight)
+    cyy = np.average((ys - my) ** 2, weights=weight)
+    cxy = np.average((xs - mx) * (ys - my), weights=weight)
+    eigen = np.linalg.eigvalsh(np.array([[cxx, cxy], [cxy, cyy]]))
+    return float(1 - np.sqrt(max(eigen[0], 0) / max(eigen[1], 1e-12)))

@@ -1,0 +1,137 @@
+"""Each physical measurement on synthetic inputs of known value: spectra with a known break, line
+and absorption index; GalSim Sersic profiles of known index and size; a cutout with a known
+neighbour."""
+
+from __future__ import annotations
+
+import galsim
+import numpy as np
+import pytest
+
+from fmb.data.schema import desi_wavelength
+from fmb.models.measure.deblend import COVARIATES, find_central
+from fmb.models.measure.morphology import FEATURES, measure_central
+from fmb.models.measure.spectral import INDICES, feature_names, measure_spectra
+
+WAVE = desi_wavelength().astype(np.float64)
+Z = np.array([0.1, 0.3, 0.45])
+
+
+def spectra(fnu_break: float = 1.0, line_flux: float = 0.0, line_sigma: float = 2.0, noise: float = 0.0, seed: int = 0):
+    """f_lambda of a continuum flat in f_nu with a step of `fnu_break` at 3975 A rest, plus a Gaussian
+    H-alpha of `line_flux` (1e-17 erg/s/cm^2) and rest sigma `line_sigma` A; (flux, ivar, continuum)."""
+    rest = WAVE[None] / (1 + Z[:, None])
+    continuum = np.where(rest < 3975, 1.0, fnu_break) / WAVE[None] ** 2 * 1e8
+    centre, sigma = 6564.6 * (1 + Z[:, None]), line_sigma * (1 + Z[:, None])
+    line = line_flux / np.sqrt(2 * np.pi) / sigma * np.exp(-0.5 * ((WAVE[None] - centre) / sigma) ** 2)
+    flux = continuum + line + np.random.default_rng(seed).normal(0, noise, continuum.shape) if noise else continuum + line
+    return flux, np.full(flux.shape, 1 / max(noise, 1e-4) ** 2), continuum
+
+
+def measured(flux, ivar) -> dict[str, np.ndarray]:
+    return dict(zip(feature_names(), measure_spectra(flux, ivar, WAVE, Z).T))
+
+
+@pytest.mark.parametrize("step", [1.0, 1.3, 2.0])
+def test_d4000_is_the_break_in_f_nu(step):
+    assert measured(*spectra(fnu_break=step)[:2])["D4000"] == pytest.approx(step, rel=1e-3)
+
+
+def test_what_falls_outside_the_spectrum_is_not_measured():
+    flux, ivar, _ = spectra(line_flux=40.0)
+    far = dict(zip(feature_names(), measure_spectra(flux, ivar, WAVE, np.array([0.0, 0.6, np.nan])).T))
+    assert np.isfinite(far["Halpha_ew"][0]) and np.isnan(far["Halpha_ew"][1])  # beyond the red end at z = 0.6
+    assert np.isnan([value[2] for value in far.values()]).all()  # no redshift: nothing
+
+
+def test_halpha_flux_equivalent_width_and_width():
+    flux, ivar, continuum = spectra(line_flux=40.0, line_sigma=2.0)
+    m = measured(flux, ivar)
+    continuum_at_line = np.array([np.interp(6564.6 * (1 + z), WAVE, row) for z, row in zip(Z, continuum)])
+    expected_ew = 40.0 / continuum_at_line / (1 + Z)  # rest-frame EW
+    assert 10 ** m["Halpha_log_flux"] == pytest.approx(40.0, rel=0.01)
+    assert m["Halpha_ew"] == pytest.approx(expected_ew, rel=0.01)
+    assert m["Halpha_sigma_kms"] == pytest.approx(2.0 / 6564.6 * 299_792.458, rel=0.03)
+    assert np.abs(m["Halpha_offset_kms"]).max() < 2 and np.abs(m["Halpha_skew"]).max() < 0.1
+
+
+def test_line_flux_is_floored_at_its_error_and_ratios_stay_finite():
+    flux, ivar, _ = spectra(line_flux=0.0, noise=0.05, seed=3)
+    m = measured(flux, ivar)
+    assert np.isfinite(m["Halpha_log_flux"]).all() and np.isfinite(m["log_NII_6585_Halpha"]).all()
+    noisy_line, _, _ = spectra(line_flux=400.0, noise=0.05, seed=3)
+    assert (measured(noisy_line, ivar)["Halpha_log_flux"] > m["Halpha_log_flux"] + 1).all()
+
+
+def test_lick_index_is_the_equivalent_width_of_its_band():
+    """A flat f_lambda continuum with the HdeltaA central band 20 % deep: EW = 0.2 x its width (an
+    index whose pseudo-continua do not overlap its central band)."""
+    index = next(i for i in INDICES if i.name == "HdeltaA")
+    rest = WAVE[None] / (1 + Z[:, None])
+    flux = np.where((rest >= index.central[0]) & (rest < index.central[1]), 0.8, 1.0)
+    values = measured(flux, np.ones_like(flux))["HdeltaA"]
+    assert values == pytest.approx(0.2 * (index.central[1] - index.central[0]), rel=0.02)
+
+
+def sersic_cutout(n: float, half_light_px: float, flux: float = 3e4, noise: float = 1.0, seed: int = 0,
+                  shear: float = 0.0) -> np.ndarray:
+    profile = galsim.Sersic(n, half_light_radius=half_light_px * 0.1, flux=flux)
+    if shear:
+        profile = profile.shear(g1=shear, g2=0)
+    image = galsim.Convolve(profile, galsim.Gaussian(fwhm=0.17)).drawImage(nx=64, ny=64, scale=0.1).array
+    return np.stack([image] * 4).astype(np.float64) + np.random.default_rng(seed).normal(0, noise, (4, 64, 64))
+
+
+def morphology(bands: np.ndarray) -> dict[str, float]:
+    return dict(zip(FEATURES, measure_central(bands, find_central(bands))))
+
+
+@pytest.mark.parametrize("n, tolerance", [(1.0, 0.3), (2.0, 0.5), (4.0, 1.0)])
+def test_sersic_index_and_effective_radius(n, tolerance):
+    m = morphology(sersic_cutout(n, 6.0))
+    assert m["sersic_n"] == pytest.approx(n, abs=tolerance)
+    assert 10 ** m["log_r_e"] == pytest.approx(6.0, rel=0.2)
+    assert 10 ** m["log_r50"] == pytest.approx(6.0, rel=0.2)
+
+
+def test_concentration_gini_and_m20_order_discs_and_spheroids():
+    disc, spheroid = morphology(sersic_cutout(1.0, 6.0)), morphology(sersic_cutout(4.0, 6.0))
+    assert 2.4 < disc["concentration"] < 3.2 < spheroid["concentration"]  # C(n=1) ~ 2.7, C(n=4) ~ 5 untruncated
+    assert spheroid["gini"] > disc["gini"] and spheroid["m20"] < disc["m20"]
+
+
+def test_asymmetry_is_zero_for_a_symmetric_source_and_large_for_a_lopsided_one():
+    symmetric = sersic_cutout(1.0, 5.0)
+    lopsided = symmetric.copy()
+    lopsided[:, 32:40, 36:44] += 40.0  # a bright clump on one side
+    assert abs(morphology(symmetric)["asymmetry"]) < 0.03
+    assert morphology(lopsided)["asymmetry"] > 0.1
+
+
+def test_photometry_and_ellipticity():
+    bands = sersic_cutout(1.0, 4.0, flux=2e4, shear=0.3)
+    bands[1] *= 2.0  # Y twice as bright as VIS: VIS - Y = 2.5 log10 2 mag
+    m = morphology(bands)
+    assert 10 ** m["log_flux_vis"] == pytest.approx(2e4, rel=0.05)
+    assert m["colour_vis_y"] == pytest.approx(2.5 * np.log10(2), abs=0.02)
+    q = (1 - 0.3) / (1 + 0.3)  # axis ratio of a shear g
+    assert m["ellipticity"] == pytest.approx(1 - q, abs=0.1)
+
+
+def test_deblending_counts_a_neighbour_and_masks_it():
+    galaxy = sersic_cutout(1.0, 4.0, flux=2e4)
+    star = galsim.Gaussian(fwhm=0.17, flux=4e4).shift(1.8, -0.6)
+    crowded = galaxy + star.drawImage(nx=64, ny=64, scale=0.1).array[None]
+    central = find_central(crowded)
+    covariates = dict(zip(COVARIATES, central.covariates))
+    assert covariates["neighbours"] == 1 and covariates["edge"] == 0
+    assert covariates["neighbour_distance_px"] == pytest.approx(np.hypot(18, 6), abs=1.5)
+    assert 1.2 < covariates["neighbour_flux_ratio"] < 3.0  # the star's detected flux over the galaxy's
+    assert central.neighbours[int(31.5 - 6), int(31.5 + 18)] and not central.neighbours[32, 32]
+    assert morphology(crowded)["log_flux_vis"] == pytest.approx(morphology(galaxy)["log_flux_vis"], abs=0.03)
+
+
+def test_a_detector_edge_is_flagged():
+    bands = sersic_cutout(1.0, 3.0)
+    bands[:, :, :12] = 0.0
+    assert dict(zip(COVARIATES, find_central(bands).covariates))["edge"] == 1
