@@ -61,10 +61,13 @@ def test_an_ordinary_object_with_a_bright_neighbour_stays_out_of_the_defaults_to
     assert first[DEFAULT_RANKING] > first[CALIBRATED_FUSION], first
 
 
-def test_without_covariates_the_adjustment_is_one_calibration():
+def test_without_covariates_the_adjustment_is_one_calibration(tmp_path):
     frame, _, anomalous = sky(1)
     result = scored(frame, np.zeros((N, 0)))
     assert np.corrcoef(result[ADJUSTED_FUSION], result[CALIBRATED_FUSION])[0, 1] > 0.99
+    image = frame[score_column("image", "flow")].to_numpy()
+    save(NuisanceCalibrator().fit(image, np.zeros((N, 0))), tmp_path / "plain.pt")  # loads with the allowed classes
+    assert load(tmp_path / "plain.pt").bins == 1
 
 
 def test_bins_are_never_smaller_than_their_share_and_the_calibrator_saves(tmp_path):

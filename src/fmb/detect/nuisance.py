@@ -58,7 +58,7 @@ class NuisanceCalibrator:
         scores, covariates = scores[finite], covariates[finite]
         with np.errstate(all="ignore"):
             fill = np.nanmedian(covariates, axis=0) if len(covariates) else np.zeros(covariates.shape[1])
-        self.fill_ = np.where(np.isfinite(fill), fill, 0.0)
+        self.fill_ = [float(v) if np.isfinite(v) else 0.0 for v in fill]  # a list: an empty array would not load
         covariates = self._filled(covariates)
         self.knots_ = [np.unique(np.quantile(column, np.linspace(0.0, 0.95, _KNOTS))) for column in covariates.T]
         basis = self._basis(covariates)
@@ -75,7 +75,7 @@ class NuisanceCalibrator:
         return self
 
     def _filled(self, covariates: np.ndarray) -> np.ndarray:
-        return np.where(np.isfinite(covariates), covariates, self.fill_)
+        return np.where(np.isfinite(covariates), covariates, np.asarray(self.fill_, dtype=np.float64))
 
     def _basis(self, covariates: np.ndarray) -> np.ndarray:
         """A constant, then per covariate hat functions at its knots and a ramp beyond the last."""
