@@ -156,20 +156,39 @@ def test_percentile_and_robust_z_by_hand():
 
 
 def test_held_out_tracker_stops_after_patience_and_restores_the_best_state():
-    module = torch.nn.Linear(1, 1)
+    module = torch.nn.Linear(1, 1)  # one fold: the leading dimension of its parameters has length 1
     tracker = HeldOutBest(patience=2)
     stops = []
     for loss, weight in [(3.0, 1.0), (2.0, 2.0), (2.5, 3.0), (2.1, 4.0), (1.0, 5.0)]:
         module.weight.data.fill_(weight)
         stops.append(tracker.check(loss, module))
-    assert stops == [False, False, False, True, False]
+    assert stops == [False, False, False, True, True]  # once stopped, a fold stays stopped
     tracker.restore(module)
-    assert module.weight.item() == 5.0 and tracker.best == 1.0
+    assert module.weight.item() == 2.0 and tracker.best.tolist() == [2.0]
 
     diverged = HeldOutBest(patience=2)
     assert [diverged.check(float("nan"), module) for _ in range(2)] == [False, True]
     with pytest.raises(FmbError, match="Linear training diverged: its held-out loss was never finite"):
         diverged.restore(module)
+
+
+def test_held_out_tracker_keeps_each_folds_best_state_and_stops_when_every_fold_has():
+    stacked = torch.nn.Linear(1, 2, bias=False)  # weight (2, 1): fold f's parameter is row f
+    tracker = HeldOutBest(patience=2, folds=2)
+    stops = []
+    for losses, weights in [([3.0, 3.0], [1, 1]), ([2.0, 4.0], [2, 2]), ([2.5, 2.0], [3, 3]), ([2.2, 1.0], [4, 4]),
+                            ([0.1, 1.5], [5, 5]), ([0.1, 1.5], [6, 6])]:
+        stacked.weight.data.copy_(torch.tensor(weights, dtype=torch.float32)[:, None])
+        stops.append(tracker.check(losses, stacked))
+    assert stops == [False, False, False, False, False, True]
+    assert tracker.stopped.tolist() == [True, True]
+    tracker.restore(stacked)  # fold 0 stopped after the 4th check: its later, lower loss is not taken
+    assert stacked.weight.flatten().tolist() == [2.0, 4.0] and tracker.best.tolist() == [2.0, 1.0]
+
+    one_diverged = HeldOutBest(patience=1, folds=2)
+    one_diverged.check([1.0, float("nan")], stacked)
+    with pytest.raises(FmbError, match="diverged"):
+        one_diverged.restore(stacked)
 
 
 def test_shared_training_loop_checks_on_schedule_stops_early_and_restores_the_best_state():
@@ -186,9 +205,9 @@ def test_shared_training_loop_checks_on_schedule_stops_early_and_restores_the_be
         return train_with_held_out(module, train_step, lambda: (checked.append(len(trained)), next(losses))[1],
                                    steps=steps, check_every=10, patience=3)
 
-    assert run([5.0, 4.0, 4.5, 4.2, 4.1, 0.0], steps=100) == 50  # 3 checks in a row without improvement
+    assert run([5.0, 4.0, 4.5, 4.2, 4.1, 0.0], steps=100).tolist() == [50]  # 3 checks in a row without improvement
     assert checked == [10, 20, 30, 40, 50] and module.weight.item() == 20  # best state restored
-    assert run([5.0, 4.0, 3.0], steps=25) == 25 and checked == [10, 20, 25]  # the last step is always checked
+    assert run([5.0, 4.0, 3.0], steps=25).tolist() == [25] and checked == [10, 20, 25]  # the last step is checked
     assert module.weight.item() == 25
 
 

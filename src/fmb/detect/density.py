@@ -7,7 +7,9 @@
   fitted, each on k-1 folds. An object of the fit sample is scored by the detector that never saw
   it, so a rare object cannot be memorised into looking normal; an object outside the sample
   (everything beyond `max_fit`, or new objects later) is scored by one of the k detectors chosen by
-  its id. Fitting is on a sample, scoring streams in batches, memory stays bounded.
+  its id. Fitting is on a sample, scoring streams in batches, memory stays bounded. Detectors
+  trained by gradient steps (`fmb.detect.base.FoldBatchedDetector`) fit their k copies as one
+  batched model, one optimiser step for all folds, each fold on its own objects.
 * Scores: higher = more anomalous. For the flow the score is the negative log-likelihood.
 
 Everything is persisted with `save`/`load` so new objects are scored later without refitting.
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from fmb.data.loader import is_validation
+from fmb.detect.base import FoldBatchedDetector
 from fmb.io import read_torch, write_torch
 
 
@@ -79,7 +82,12 @@ class CrossFitted:
     def fit(self, x: np.ndarray, object_ids: np.ndarray) -> "CrossFitted":
         self.fit_ids = np.asarray(object_ids, dtype=np.int64)
         self.fit_folds = fold_of(self.fit_ids, self.n_folds, self.seed)
-        self.detectors = [self.make(seed=self.seed + fold).fit(x[self.fit_folds != fold]) for fold in range(self.n_folds)]
+        first = self.make(seed=self.seed)
+        if isinstance(first, FoldBatchedDetector):
+            self.detectors = first.fit_folds(x, self.fit_folds[None, :] != np.arange(self.n_folds)[:, None])
+        else:
+            self.detectors = [self.make(seed=self.seed + fold).fit(x[self.fit_folds != fold])
+                              for fold in range(self.n_folds)]
         return self
 
     def folds_for(self, object_ids: np.ndarray) -> np.ndarray:

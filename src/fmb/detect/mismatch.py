@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from sklearn.linear_model import RidgeCV
 
-from fmb.detect.base import Detector, seeded, split_held_out, step_budget, train_with_held_out
+from fmb.detect.base import (Detector, FoldBatchedDetector, FoldBatches, one_thread, seeded, stack_folds, step_budget,
+                             train_with_held_out, training_device, unstack_folds)
 
 _ALPHAS = np.logspace(-3, 3, 13)
 _PMI_BATCH = 8192  # objects per scoring chunk: the chunk x references logits stay ~130 MB
@@ -42,7 +43,10 @@ def _tower(features: int, hidden: int, dim: int) -> torch.nn.Module:
 
 
 class _Critic(torch.nn.Module):
-    """c(image, spectrum) = T <f(image), g(spectrum)>, f and g mapping onto one unit sphere."""
+    """c(image, spectrum) = T <f(image), g(spectrum)>, f and g mapping onto one unit sphere.
+
+    Shape-agnostic in the leading dimensions, so that `fmb.detect.base.stack_folds` of k critics
+    computes all k on (k, batch, features) inputs."""
 
     def __init__(self, n_image: int, n_spectrum: int, hidden: int, dim: int):
         super().__init__()
@@ -51,26 +55,34 @@ class _Critic(torch.nn.Module):
         self.log_temperature = torch.nn.Parameter(torch.tensor(float(np.log(10.0))))
 
     def embed_image(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image(x), dim=1)
+        return F.normalize(self.image(x), dim=-1)
 
     def embed_spectrum(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.spectrum(x), dim=1)
+        return F.normalize(self.spectrum(x), dim=-1)
 
     def loss(self, image: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
-        """Symmetric InfoNCE: each true pair against the other pairings of its batch."""
-        logits = self.embed_image(image) @ self.embed_spectrum(spectrum).T * self.log_temperature.exp()
-        targets = torch.arange(len(logits))
-        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+        """Symmetric InfoNCE: each true pair against the other pairings of its batch (one loss per
+        leading index: per fold of a stacked critic)."""
+        temperature = self.log_temperature.exp()[..., None, None]
+        logits = self.embed_image(image) @ self.embed_spectrum(spectrum).transpose(-1, -2) * temperature
+        return (_pair_cross_entropy(logits) + _pair_cross_entropy(logits.transpose(-1, -2))) / 2
 
 
-class ContrastiveMismatch(Detector):
+def _pair_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each row's true pair (the diagonal) against its row: F.cross_entropy
+    with targets arange(batch), for any leading dimensions."""
+    return (torch.logsumexp(logits, -1) - logits.diagonal(dim1=-2, dim2=-1)).mean(-1)
+
+
+class ContrastiveMismatch(FoldBatchedDetector):
     """The contrastive image-spectrum critic behind the `mismatch` score.
 
     Features are [image | spectrum] side by side; `n_image` says where the image part ends.
 
     Training stops when the contrastive loss of a held-out 10 % of the fit pairs stops improving,
     and keeps the best state: the critic otherwise learns the training pairs by heart, and its
-    held-out loss (no labels involved) is what says when.
+    held-out loss (no labels involved) is what says when. Cross-fitted, the k folds' critics train
+    as one stacked critic, each fold's batches drawn from its own training pairs.
     """
 
     name = "mismatch"
@@ -100,35 +112,50 @@ class ContrastiveMismatch(Detector):
         self.min_steps, self.max_steps, self.batch_size, self.references = min_steps, max_steps, batch_size, references
         self.check_every, self.patience, self.seed = check_every, patience, seed
 
-    def fit(self, x: np.ndarray) -> "ContrastiveMismatch":
+    def fit_folds(self, x: np.ndarray, train: np.ndarray) -> list["ContrastiveMismatch"]:
         image, spectrum = _split_tensors(x, self.n_image)
+        critics = [seeded(self.seed + fold, lambda: _Critic(image.shape[1], spectrum.shape[1], self.hidden, self.dim))
+                   for fold in range(len(train))]
         generator = torch.Generator().manual_seed(self.seed)
-        self.critic_ = seeded(self.seed, lambda: _Critic(image.shape[1], spectrum.shape[1], self.hidden, self.dim))
-        optimizer = torch.optim.AdamW(self.critic_.parameters(), lr=self.lr, weight_decay=1e-4)
-        held, train = split_held_out(torch.arange(len(image)), generator)
-        batch = min(self.batch_size, len(train))
-        steps = step_budget(self.epochs, len(train), batch, self.min_steps, self.max_steps)
+        batches = FoldBatches(train, generator)
+        batch = min(self.batch_size, batches.n_train)
+        steps = step_budget(self.epochs, batches.n_train, batch, self.min_steps, self.max_steps)
+        device = training_device()
+        image_on, spectrum_on = image.to(device), spectrum.to(device)
+        with one_thread():
+            model = stack_folds(critics).to(device)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=1e-4)
 
-        def train_step() -> None:
-            chosen = train[torch.randperm(len(train), generator=generator)[:batch]]
-            loss = self.critic_.loss(image[chosen], spectrum[chosen])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            def train_step() -> None:
+                chosen = batches.next(batch).to(device)
+                loss = model.loss(image_on[chosen], spectrum_on[chosen]).sum()  # the folds' losses add up
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
 
-        self.steps_trained_ = train_with_held_out(self.critic_, train_step,
-                                                  lambda: self._held_out_loss(image[held], spectrum[held], batch),
-                                                  steps, self.check_every, self.patience)
-        keep = torch.randperm(len(image), generator=generator)[: self.references]
-        with torch.no_grad():
-            self.reference_image_ = self.critic_.embed_image(image[keep])
-            self.reference_spectrum_ = self.critic_.embed_spectrum(spectrum[keep])
-        return self
+            held = batches.held.to(device)
 
-    @torch.no_grad()
-    def _held_out_loss(self, image: torch.Tensor, spectrum: torch.Tensor, batch: int) -> float:
-        """Mean loss over held-out batches of the training batch size (InfoNCE depends on it)."""
-        return float(np.mean([self.critic_.loss(i, s) for i, s in zip(image.split(batch), spectrum.split(batch))]))
+            @torch.no_grad()
+            def held_out_loss() -> np.ndarray:
+                """Each fold's mean loss over held-out batches of the training batch size (InfoNCE
+                depends on it)."""
+                losses = [model.loss(image_on[chosen], spectrum_on[chosen]) for chosen in held.split(batch, dim=1)]
+                return torch.stack(losses).mean(0).cpu().numpy()
+
+            trained = train_with_held_out(model, train_step, held_out_loss, steps, self.check_every, self.patience,
+                                          len(train))
+            unstack_folds(model, critics)
+        fitted = []
+        for fold, critic in enumerate(critics):
+            detector = self._with_seed(self.seed + fold)
+            detector.critic_, detector.steps_trained_ = critic, int(trained[fold])
+            objects = torch.from_numpy(np.flatnonzero(train[fold]))
+            keep = objects[torch.randperm(len(objects), generator=generator)[: self.references]]
+            with torch.no_grad():
+                detector.reference_image_ = critic.embed_image(image[keep])
+                detector.reference_spectrum_ = critic.embed_spectrum(spectrum[keep])
+            fitted.append(detector)
+        return fitted
 
     @torch.no_grad()
     def score(self, x: np.ndarray) -> np.ndarray:

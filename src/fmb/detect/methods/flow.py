@@ -8,14 +8,17 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from fmb.detect.base import SCORE_BATCH, Detector, seeded, split_held_out, step_budget, train_with_held_out
+from fmb.detect.base import (SCORE_BATCH, FoldBatchedDetector, FoldBatches, clip_fold_gradients, one_thread, seeded,
+                             stack_folds, step_budget, train_with_held_out, training_device, unstack_folds)
 
 
-class FlowDetector(Detector):
+class FlowDetector(FoldBatchedDetector):
     """A masked autoregressive flow (zuko) trained by maximum likelihood; score = NLL.
 
     Training is counted in optimiser steps (`epochs` worth, within [min_steps, max_steps]), with
     a 10 % held-out part of the fit data checked every `check_every` steps; the best state is kept.
+    Cross-fitted, the k folds' flows train as one flow with a leading fold dimension
+    (`fmb.detect.base.stack_folds`), each on batches of its own training objects.
     """
 
     name = "flow"
@@ -39,29 +42,42 @@ class FlowDetector(Detector):
         self.patience, self.min_steps, self.max_steps, self.check_every = patience, min_steps, max_steps, check_every
         self.seed = seed
 
-    def fit(self, x: np.ndarray) -> "FlowDetector":
+    def _new_flow(self, features: int, seed: int) -> torch.nn.Module:
         import zuko
 
-        generator = torch.Generator().manual_seed(self.seed)
-        self.flow_ = seeded(self.seed, lambda: zuko.flows.MAF(features=x.shape[1], transforms=self.transforms,
-                                                              hidden_features=(self.hidden, self.hidden)))
-        held, train = split_held_out(torch.from_numpy(np.asarray(x, dtype=np.float32)), generator)
-        steps = step_budget(self.epochs, len(train), self.batch_size, self.min_steps, self.max_steps)
-        optimizer = torch.optim.Adam(self.flow_.parameters(), lr=self.lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        return seeded(seed, lambda: zuko.flows.MAF(features=features, transforms=self.transforms,
+                                                   hidden_features=(self.hidden, self.hidden)))
 
-        def train_step() -> None:
-            batch = train[torch.randint(0, len(train), (min(self.batch_size, len(train)),), generator=generator)]
-            loss = -self.flow_().log_prob(batch).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.flow_.parameters(), 5.0)
-            optimizer.step()
-            schedule.step()
+    def fit_folds(self, x: np.ndarray, train: np.ndarray) -> list["FlowDetector"]:
+        flows = [self._new_flow(x.shape[1], self.seed + fold) for fold in range(len(train))]
+        device = training_device()
+        data = torch.from_numpy(np.asarray(x, dtype=np.float32)).to(device)
+        batches = FoldBatches(train, torch.Generator().manual_seed(self.seed))
+        batch = min(self.batch_size, batches.n_train)
+        steps = step_budget(self.epochs, batches.n_train, self.batch_size, self.min_steps, self.max_steps)
+        with one_thread():
+            model = stack_folds(flows).to(device)
+            optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
 
-        self.steps_trained_ = train_with_held_out(self.flow_, train_step, lambda: float(self._nll(held).mean()),
-                                                  steps, self.check_every, self.patience)
-        return self
+            def train_step() -> None:
+                loss = -model().log_prob(data[batches.next(batch).to(device)]).mean(1).sum()  # folds add up
+                optimizer.zero_grad()
+                loss.backward()
+                clip_fold_gradients(model, 5.0)
+                optimizer.step()
+                schedule.step()
+
+            held = data[batches.held.to(device)]
+            trained = train_with_held_out(model, train_step, lambda: _held_out_nll(model, held), steps,
+                                          self.check_every, self.patience, len(train))
+            unstack_folds(model, flows)
+        fitted = []
+        for fold, flow in enumerate(flows):
+            detector = self._with_seed(self.seed + fold)
+            detector.flow_, detector.steps_trained_ = flow, int(trained[fold])
+            fitted.append(detector)
+        return fitted
 
     @torch.no_grad()
     def _nll(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,3 +85,9 @@ class FlowDetector(Detector):
 
     def score(self, x: np.ndarray) -> np.ndarray:
         return self._nll(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy().astype(np.float64)
+
+
+@torch.no_grad()
+def _held_out_nll(model: torch.nn.Module, held: torch.Tensor) -> np.ndarray:
+    """Each fold's mean NLL on its held-out objects (`held`: folds x objects x features)."""
+    return -model().log_prob(held).mean(1).cpu().numpy()
