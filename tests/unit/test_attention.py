@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fmb.models.aion import AionEncoder, AionSection, _random_parts
-from fmb.models.attention import SdpaAttention, use_sdpa
+from fmb.models.attention import SdpaAttention, SdpaCrossAttention, use_sdpa
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
@@ -17,7 +17,7 @@ TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 def swapped(module: torch.nn.Module) -> torch.nn.Module:
     holder = torch.nn.Sequential(copy.deepcopy(module))
     assert use_sdpa(holder) == 1
-    assert isinstance(holder[0], SdpaAttention)
+    assert isinstance(holder[0], (SdpaAttention, SdpaCrossAttention))
     return holder[0]
 
 

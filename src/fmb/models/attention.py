@@ -2,10 +2,10 @@
 
 AION's 4M blocks (`aion.fourm.fm_utils`: ``Attention``, ``CrossAttention``, ``NormAttention``,
 ``NormCrossAttention``) compute ``q @ k.T``, a softmax and ``@ v`` by hand, materialising the
-(B, heads, N, N) matrix. `use_sdpa` replaces every such module of a model by `SdpaAttention`, which
-holds the very same projection and norm modules (so the state dict, its keys and its hash are
-unchanged) and computes the same function through SDPA (flash / memory-efficient kernels on GPUs,
-a fused kernel on CPUs):
+(B, heads, N, N) matrix. `use_sdpa` replaces every such module of a model by `SdpaAttention` or
+`SdpaCrossAttention`, which hold the very same projection and norm modules (so the state dict, its
+keys and its hash are unchanged) and compute the same function through SDPA (flash /
+memory-efficient kernels on GPUs, a fused kernel on CPUs):
 
 * masks: the package fills masked logits (mask ``True``) with ``-finfo(dtype).max``, not ``-inf``,
   so a query whose every key is masked attends uniformly to all of them rather than giving NaN. The
@@ -25,37 +25,51 @@ import torch
 import torch.nn.functional as F
 
 
-class SdpaAttention(torch.nn.Module):
-    """A drop-in for one of AION's hand-written attention modules (self- or cross-attention, with or
-    without q/k norms), keeping its submodules and computing attention through SDPA."""
+class _Sdpa(torch.nn.Module):
+    """What self- and cross-attention share: the package module's norms, dropouts and output
+    projection (the very modules, so the state dict is unchanged), and attention through SDPA."""
 
     def __init__(self, original: torch.nn.Module):
         super().__init__()
-        self.num_heads, self.scale = original.num_heads, original.scale
-        self.allow_zero_attn = original.allow_zero_attn
-        self.cross = hasattr(original, "kv")
-        if self.cross:
-            self.q, self.kv = original.q, original.kv
-        else:
-            self.qkv = original.qkv
-        self.q_norm, self.k_norm = getattr(original, "q_norm", None), getattr(original, "k_norm", None)
+        self.num_heads, self.scale, self.allow_zero_attn = original.num_heads, original.scale, original.allow_zero_attn
+        self.q_norm, self.k_norm = getattr(original, "q_norm", None), getattr(original, "k_norm", None)  # Norm* only
         self.attn_drop, self.proj, self.proj_drop = original.attn_drop, original.proj, original.proj_drop
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None):
-        if not self.cross:  # self-attention is called as (x, mask)
-            mask = context if context is not None else mask
-            context = x
-        b, n, c = x.shape
-        heads = self.num_heads
-        if self.cross:
-            q = self.q(x).reshape(b, n, heads, c // heads).transpose(1, 2)
-            k, v = self.kv(context).reshape(b, context.shape[1], 2, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        else:
-            q, k, v = self.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    def _attended(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, heads, N, head_dim) queries, keys, values -> the projected (B, N, C) output."""
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         y = attend(q, k, v, mask, self.scale, self.allow_zero_attn, self.attn_drop.p if self.training else 0.0)
+        b, _, n, _ = y.shape
         return self.proj_drop(self.proj(y.transpose(1, 2).reshape(b, n, -1)))
+
+
+class SdpaAttention(_Sdpa):
+    """A drop-in for ``Attention`` and ``NormAttention`` (self-attention with a fused qkv projection)."""
+
+    def __init__(self, original: torch.nn.Module):
+        super().__init__(original)
+        self.qkv = original.qkv
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return self._attended(q, k, v, mask)
+
+
+class SdpaCrossAttention(_Sdpa):
+    """A drop-in for ``CrossAttention`` and ``NormCrossAttention`` (queries from x, keys and values from context)."""
+
+    def __init__(self, original: torch.nn.Module):
+        super().__init__(original)
+        self.q, self.kv = original.q, original.kv
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        heads = self.num_heads
+        q = self.q(x).reshape(b, n, heads, c // heads).transpose(1, 2)
+        k, v = self.kv(context).reshape(b, context.shape[1], 2, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return self._attended(q, k, v, mask)
 
 
 def attend(q, k, v, mask: torch.Tensor | None, scale: float, zero_attn: bool, dropout_p: float = 0.0) -> torch.Tensor:
@@ -71,19 +85,21 @@ def attend(q, k, v, mask: torch.Tensor | None, scale: float, zero_attn: bool, dr
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
 
 
-def _hand_written_classes() -> tuple[type, ...]:
+def _swaps() -> dict[type, type]:
+    """Each of AION's hand-written attention classes -> its SDPA drop-in."""
     from aion.fourm import fm_utils
 
-    return fm_utils.Attention, fm_utils.CrossAttention, fm_utils.NormAttention, fm_utils.NormCrossAttention
+    return {fm_utils.Attention: SdpaAttention, fm_utils.NormAttention: SdpaAttention,
+            fm_utils.CrossAttention: SdpaCrossAttention, fm_utils.NormCrossAttention: SdpaCrossAttention}
 
 
 def use_sdpa(model: torch.nn.Module) -> int:
-    """Replace, in place, each of AION's hand-written attention modules in `model` by `SdpaAttention`;
+    """Replace, in place, each of AION's hand-written attention modules in `model` by its SDPA drop-in;
     returns how many were swapped. Modules of other classes (a package version that already uses SDPA,
     or a subclass with another forward) are left as they are."""
-    classes = _hand_written_classes()
-    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if type(child) in classes]
-    for parent, name, child in swaps:
-        setattr(parent, name, SdpaAttention(child))
-    return len(swaps)
+    swaps = _swaps()
+    found = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if type(child) in swaps]
+    for parent, name, child in found:
+        setattr(parent, name, swaps[type(child)](child))
+    return len(found)
