@@ -1,4 +1,5 @@
-"""The optional object catalog (redshift, stellar mass, SFR, spectral type) for probes and colouring.
+"""The optional object catalog (redshift, stellar mass, SFR, spectral type, sky position) for probes,
+colouring and the app.
 
 A FITS or Parquet table with a `TARGETID` column, matched on ``object_id == TARGETID``. Its path is
 ``data.catalog`` or, when unset, the source's own (``<source>/catalog.parquet`` for Parquet
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fmb.config import ResolvedConfig
+from fmb.data.schema import checked_sky, sky_columns
 from fmb.errors import DataError, FmbError
 
 ID_COLUMN = "TARGETID"
@@ -54,3 +56,13 @@ def read_catalog(path: Path) -> pd.DataFrame:
                         object_id=int(ids[duplicated][0]), field=ID_COLUMN)
     frame.index = pd.Index(ids.astype(np.int64), name="object_id")
     return frame
+
+
+def catalog_coordinates(frame: pd.DataFrame | None) -> pd.DataFrame:
+    """The catalog's sky positions (ra, dec in degrees, by object_id; checked, NaN where unusable) from
+    its first pair of `fmb.data.schema.COORDINATE_COLUMNS`; empty when it has none."""
+    columns = None if frame is None else sky_columns(frame.columns)
+    if columns is None:
+        return pd.DataFrame({"ra": [], "dec": []}, index=pd.Index([], dtype=np.int64, name="object_id"))
+    ra, dec = checked_sky(frame[columns[0]].to_numpy(np.float64), frame[columns[1]].to_numpy(np.float64))
+    return pd.DataFrame({"ra": ra, "dec": dec}, index=frame.index)

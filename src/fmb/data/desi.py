@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from fmb.data.schema import SPECTRUM_LENGTH, WAVELENGTH_MIN, WAVELENGTH_STEP
+from fmb.data.schema import SPECTRUM_LENGTH, WAVELENGTH_MIN, WAVELENGTH_STEP, checked_sky, sky_columns
 from fmb.errors import DataError
 
 ARMS = ("B", "R", "Z")
@@ -28,6 +28,8 @@ class CoaddSpectra:
     flux: np.ndarray  # (n, 7781) float32
     ivar: np.ndarray  # (n, 7781) float32, 0 where no valid pixel
     objtype: np.ndarray  # (n,) str: 'TGT' for science targets, 'SKY', '' for unassigned...
+    ra: np.ndarray | None = None  # (n,) float64 degrees: the fibermap's TARGET_RA (NaN where unusable)
+    dec: np.ndarray | None = None  # (n,) float64 degrees: TARGET_DEC
 
     @property
     def error(self) -> np.ndarray:
@@ -45,6 +47,8 @@ def read_coadd(path: str | Path) -> CoaddSpectra:
             targetid = np.asarray(fibermap["TARGETID"], dtype=np.int64)
             names = fibermap.columns.names
             objtype = np.asarray(fibermap["OBJTYPE"]).astype(str) if "OBJTYPE" in names else np.full(len(targetid), "TGT")
+            position = sky_columns(names)
+            ra, dec = checked_sky(fibermap[position[0]], fibermap[position[1]]) if position else (None, None)
             weighted = np.zeros((len(targetid), SPECTRUM_LENGTH))
             weight = np.zeros((len(targetid), SPECTRUM_LENGTH))
             for arm in ARMS:
@@ -53,7 +57,7 @@ def read_coadd(path: str | Path) -> CoaddSpectra:
         raise DataError(f"cannot read DESI coadd {path.name}: {exc}", field="file") from exc
     with np.errstate(invalid="ignore", divide="ignore"):
         flux = np.where(weight > 0, weighted / weight, 0.0)
-    return CoaddSpectra(targetid, flux.astype(np.float32), weight.astype(np.float32), objtype)
+    return CoaddSpectra(targetid, flux.astype(np.float32), weight.astype(np.float32), objtype, ra, dec)
 
 
 def _accumulate_arm(hdul: fits.HDUList, arm: str, weighted: np.ndarray, weight: np.ndarray) -> None:

@@ -1,4 +1,5 @@
-"""The object index: `object_id -> (shard, row)`, built by reading only the id column.
+"""The object index: `object_id -> (shard, row)` and the object's sky position, built by reading only
+the id and coordinate columns.
 
 `build_index` also catches what can be seen from ids alone: unreadable shards, rows without an id,
 and duplicate ids (the first occurrence is indexed, later ones are recorded as rejects, so two
@@ -26,7 +27,8 @@ from fmb.errors import DataError, FmbError
 from fmb.io import write_json, write_table
 from fmb.layout import DataFiles
 
-INDEX_SCHEMA = pa.schema([("object_id", pa.int64()), ("shard", pa.string()), ("row", pa.int64())])
+INDEX_SCHEMA = pa.schema([("object_id", pa.int64()), ("shard", pa.string()), ("row", pa.int64()),
+                          ("ra", pa.float64()), ("dec", pa.float64())])
 
 
 @dataclass
@@ -38,10 +40,11 @@ class IndexResult:
 
 def build_index(source: Source, progress: Callable[[str], None] | None = None) -> IndexResult:
     """Index every shard of `source`; problems become issues (skipped rows/shards), not exceptions."""
-    ids, shard_names, rows, issues, shards = [], [], [], [], {}
+    ids, shard_names, rows, issues, shards, ras, decs = [], [], [], [], {}, [], []
     for shard in source.shards():
         try:
             shard_ids = source.read_ids(shard)
+            position = source.read_coordinates(shard)
         except (DataError, OSError, pa.ArrowException) as exc:
             issues.append(Issue(None, "file", f"unreadable shard {shard}: {exc}", SKIPPED, location=shard))
             continue
@@ -56,11 +59,16 @@ def build_index(source: Source, progress: Callable[[str], None] | None = None) -
         ids.append(shard_ids[present])
         rows.append(present)
         shard_names.append(np.full(len(present), shard, dtype=object))
+        ra, dec = position if position is not None else (np.full(len(shard_ids), np.nan),) * 2
+        ras.append(ra[present])
+        decs.append(dec[present])
     frame = pd.DataFrame(
         {
             "object_id": np.concatenate(ids) if ids else np.array([], np.int64),
             "shard": np.concatenate(shard_names) if shard_names else np.array([], object),
             "row": np.concatenate(rows) if rows else np.array([], np.int64),
+            "ra": np.concatenate(ras) if ras else np.array([], np.float64),
+            "dec": np.concatenate(decs) if decs else np.array([], np.float64),
         }
     )
     duplicated = frame.duplicated("object_id", keep="first")
@@ -128,11 +136,15 @@ def read_index_table(directory: Path) -> pa.Table:
 
 
 class ObjectIndex:
-    """Lookup of (shard, row) by object id, loaded from `index.parquet`."""
+    """Lookup of (shard, row) by object id, loaded from `index.parquet`, and each object's sky position
+    (NaN where the source has none, or in an index built before positions were kept)."""
 
     def __init__(self, table: pa.Table):
         frame = table.to_pandas()
         self.ids = frame["object_id"].to_numpy()
+        unknown = np.full(len(frame), np.nan)
+        self.ra = frame["ra"].to_numpy(np.float64) if "ra" in frame else unknown
+        self.dec = frame["dec"].to_numpy(np.float64) if "dec" in frame else unknown
         self._where = pd.Series(range(len(frame)), index=frame["object_id"])
         self._shards = frame["shard"].to_numpy()
         self._rows = frame["row"].to_numpy()

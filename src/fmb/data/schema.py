@@ -24,6 +24,10 @@ RGB_COLUMN = "RGB_image"
 #: Optional key a source may add to a row: [(field, reason)] for parts it could not load.
 LOAD_PROBLEMS = "_load_problems"
 
+#: Sky position columns a row or a catalog may carry (degrees, ICRS), in the order they are looked
+#: for: the row contract's own, DESI's target columns, and the plain upper-case pair.
+COORDINATE_COLUMNS = (("ra", "dec"), ("TARGET_RA", "TARGET_DEC"), ("RA", "DEC"))
+
 #: Euclid MER zero points, nJy per ADU (band images are stored in ADU).
 ZEROPOINT_NJY_PER_ADU = {"VIS": 2835.34, "Y": 1916.10, "J": 1370.25, "H": 918.35}
 
@@ -38,6 +42,8 @@ ROW_SCHEMA = pa.schema(
         ("object_id", pa.int64()),
         ("targetid", pa.int64()),
         ("redshift", pa.float64()),
+        ("ra", pa.float64()),
+        ("dec", pa.float64()),
         (RGB_COLUMN, _ENCODED_IMAGE),
         *[(column, _IMAGE_2D) for column in BAND_COLUMNS],
         ("spectrum", SPECTRUM_TYPE),
@@ -88,13 +94,17 @@ def make_row(
     rgb: np.ndarray | None = None,
     wavelength: np.ndarray | None = None,
     sed: dict[str, float] | None = None,
+    ra: float = float("nan"),
+    dec: float = float("nan"),
 ) -> dict:
     """One contract row from arrays. `bands` is (4, H, W) in ADU; the RGB composite is built
-    from it when not given; the wavelength defaults to the DESI grid."""
+    from it when not given; the wavelength defaults to the DESI grid; `ra`, `dec` in degrees (ICRS)."""
     row: dict = {
         "object_id": int(object_id),
         "targetid": int(object_id if targetid is None else targetid),
         "redshift": float(redshift),
+        "ra": float(ra),
+        "dec": float(dec),
         RGB_COLUMN: None,
         **{column: None for column in BAND_COLUMNS},
         "spectrum": None,
@@ -116,6 +126,22 @@ def make_row(
             "error": np.asarray(error, dtype=np.float32),
         }
     return row
+
+
+def sky_columns(names) -> tuple[str, str] | None:
+    """The (ra, dec) column pair among `names` (`COORDINATE_COLUMNS`, first found), or None."""
+    return next(((ra, dec) for ra, dec in COORDINATE_COLUMNS if ra in names and dec in names), None)
+
+
+def checked_sky(ra, dec) -> tuple[np.ndarray, np.ndarray]:
+    """RA and Dec as float64 degrees, NaN (unknown) for both where either is missing, not finite, or
+    outside 0 <= RA < 360, -90 <= Dec <= 90: a wrong position is worse than none."""
+    ra = np.asarray(ra, dtype=np.float64).copy()
+    dec = np.asarray(dec, dtype=np.float64).copy()
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(ra) & np.isfinite(dec) & (ra >= 0) & (ra < 360) & (np.abs(dec) <= 90))
+    ra[bad], dec[bad] = np.nan, np.nan
+    return ra, dec
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:

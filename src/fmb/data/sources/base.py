@@ -6,6 +6,8 @@ Parquet, Hugging Face and Arrow-cache sources share, and `DatasetSource`: rows s
 * ``read_ids(shard)``        the object ids of a shard in row order, reading nothing but the ids;
 * ``read_rows(shard, rows)`` the contract rows at given positions (random access, for the fetcher);
 * ``iter_rows(shard)``       all rows of a shard in order, in batches (for full passes);
+* ``read_coordinates(shard)`` RA and Dec of a shard's rows in row order (degrees, NaN unknown), or
+                             None when the source has none (the index keeps them beside the ids);
 * ``fingerprint()``          a cheap identity of the content it serves (stage keys);
 * ``revision()``             the revision a hub source resolved to, else None (recorded in the index).
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from fmb.data.schema import BAND_COLUMNS, RGB_COLUMN
+from fmb.data.schema import BAND_COLUMNS, RGB_COLUMN, checked_sky, sky_columns
 from fmb.errors import DataError
 
 MODALITY_COLUMNS = {"spectrum", RGB_COLUMN, *BAND_COLUMNS}
@@ -48,6 +50,11 @@ class Source(ABC):
     def fingerprint(self) -> dict:
         """JSON-able and cheap: changes whenever the rows it would serve can have changed."""
 
+    def read_coordinates(self, shard: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """RA and Dec of the shard's rows in `read_ids`' order (degrees, NaN where unknown); None when
+        the source carries no positions."""
+        return None
+
     def revision(self) -> str | None:
         return None
 
@@ -68,6 +75,14 @@ def ids_from_table(table: pa.Table, shard: str) -> np.ndarray:
             present, values = _int64_ids(table.column(name).combine_chunks(), f"{shard}:{name}")
             ids[present] = values[present]
     return ids
+
+
+def coordinates_from_table(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """RA and Dec of a table with a pair of `fmb.data.schema.COORDINATE_COLUMNS` (checked: NaN where
+    unusable)."""
+    ra, dec = sky_columns(table.column_names)
+    values = [table.column(name).cast(pa.float64()).fill_null(np.nan).to_numpy() for name in (ra, dec)]
+    return checked_sky(*values)
 
 
 def _int64_ids(column: pa.Array, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +180,11 @@ class DatasetSource(Source):
         data = self._split(shard)
         names = [name for name in ID_COLUMNS if name in data.column_names]
         return ids_from_table(data.with_format("arrow").select_columns(names)[:], shard)
+
+    def read_coordinates(self, shard: str) -> tuple[np.ndarray, np.ndarray] | None:
+        data = self._split(shard)
+        columns = sky_columns(data.column_names)
+        return None if columns is None else coordinates_from_table(data.with_format("arrow").select_columns(list(columns))[:])
 
     def read_rows(self, shard: str, rows: Sequence[int]) -> list[dict]:
         return table_to_rows(self._split(shard).with_format("arrow")[list(map(int, rows))])

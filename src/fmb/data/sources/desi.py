@@ -49,6 +49,11 @@ class DesiSource(Source):
         _, spectra, science = self._spectra(shard)
         return spectra.targetid[science]
 
+    def read_coordinates(self, shard: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The fibermap's TARGET_RA, TARGET_DEC of the science fibres."""
+        _, spectra, science = self._spectra(shard)
+        return None if spectra.ra is None else (spectra.ra[science], spectra.dec[science])
+
     def read_rows(self, shard: str, rows: Sequence[int]) -> list[dict]:
         _, spectra, fibres = self._spectra(shard)
         return [self._row(spectra, int(fibres[row])) for row in rows]
@@ -74,7 +79,9 @@ class DesiSource(Source):
             bands, problems = None, [(exc.field, exc.reason)]
         rgb_path = self.cutout_dir / f"{targetid}.png"
         rgb = _read_png(rgb_path) if rgb_path.is_file() else None
-        row = make_row(object_id=targetid, bands=bands, rgb=rgb, flux=spectra.flux[fibre], error=spectra.error[fibre])
+        position = {} if spectra.ra is None else {"ra": spectra.ra[fibre], "dec": spectra.dec[fibre]}
+        row = make_row(object_id=targetid, bands=bands, rgb=rgb, flux=spectra.flux[fibre], error=spectra.error[fibre],
+                       **position)
         row[LOAD_PROBLEMS] = problems
         return row
 

@@ -73,6 +73,9 @@ class HuggingFaceSource(DatasetSource):
         empty = pa.table({"object_id": pa.array([], pa.int64())})
         return ids_from_table(pa.concat_tables(tables) if tables else empty, shard)
 
+    def read_coordinates(self, shard: str) -> tuple[np.ndarray, np.ndarray] | None:
+        return None if self.streaming else super().read_coordinates(shard)  # streamed: one pass, for the ids
+
     def read_rows(self, shard: str, rows: Sequence[int]) -> list[dict]:
         if self.streaming:
             raise DataError(

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fmb.config import DataConfig
-from fmb.data.sources.base import ID_COLUMNS, MODALITY_COLUMNS, Source, ids_from_table, table_to_rows
+from fmb.data.schema import sky_columns
+from fmb.data.sources.base import ID_COLUMNS, MODALITY_COLUMNS, Source, coordinates_from_table, ids_from_table, table_to_rows
 from fmb.errors import ConfigError, DataError
 from fmb.io import parquet_footer_sha256
 from fmb.layout import SurveyLayout
@@ -39,6 +40,11 @@ class ParquetSource(Source):
         columns = [name for name in ID_COLUMNS if name in file.schema_arrow.names]
         table = file.read(columns=columns)
         return ids_from_table(table, shard)
+
+    def read_coordinates(self, shard: str) -> tuple[np.ndarray, np.ndarray] | None:
+        file = self._open(shard)
+        columns = sky_columns(file.schema_arrow.names)
+        return None if columns is None else coordinates_from_table(file.read(columns=list(columns)))
 
     def read_rows(self, shard: str, rows: Sequence[int]) -> list[dict]:
         file = self._open(shard)

@@ -136,13 +136,29 @@ def _generate_chunk(task: ChunkTask) -> ChunkResult:
     )
 
 
+#: The synthetic survey's footprint: a 3 x 3 degree field (in RA cos Dec and Dec) centred on the Euclid
+#: Deep Field Fornax, each object placed uniformly in it by its id (the object's own draws are untouched).
+FOOTPRINT_CENTRE_DEG = (52.93, -28.09)
+FOOTPRINT_SIDE_DEG = 3.0
+
+
+def footprint_position(object_id: int) -> tuple[float, float]:
+    """(RA, Dec) in degrees of an object of the synthetic survey, a function of its id alone."""
+    along, across = np.random.default_rng([object_id & 0xFFFFFFFF, object_id >> 32]).uniform(-0.5, 0.5, 2)
+    dec = FOOTPRINT_CENTRE_DEG[1] + FOOTPRINT_SIDE_DEG * across
+    ra = FOOTPRINT_CENTRE_DEG[0] + FOOTPRINT_SIDE_DEG * along / np.cos(np.radians(dec))
+    return float(ra % 360), float(dec)
+
+
 def make_object(object_id: int, anomaly_class: str, ctx: Context, rng: np.random.Generator):
     """Build, render and observe one object: (contract row, truth record, catalog record)."""
     draft = build(anomaly_class, ctx, rng)
     observation = observe(draft, ctx, rng)
     catalog = {"TARGETID": object_id, **draft.catalog}
+    ra, dec = footprint_position(object_id)
     row = make_row(object_id=object_id, bands=observation.images, flux=observation.flux, error=observation.error,
-                   redshift=float(catalog["Z"]), sed=dict(zip([f"flux_{b}" for b in BAND_NAMES], observation.band_njy.tolist())))
+                   redshift=float(catalog["Z"]), sed=dict(zip([f"flux_{b}" for b in BAND_NAMES], observation.band_njy.tolist())),
+                   ra=ra, dec=dec)
     truth = truth_record(object_id, anomaly_class, draft, observation)
     return row, truth, catalog
 
