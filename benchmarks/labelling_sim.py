@@ -41,8 +41,11 @@ import pandas as pd
 
 from detect_quality import ROOT, SEEN, SURVEYS, Survey
 from fmb.analyze.evaluate import truth_path
-from fmb.app.rerank import DEFAULT_RANDOM_FRACTION, RERANKERS, GraphCache, LabelPropagation, RerankInputs, load_inputs
-from fmb.app.rerank import principal_components, page_positions, rerank_loaded
+from fmb.app.graph import GraphCache, principal_components
+from fmb.app.pages import DEFAULT_RANDOM_FRACTION, page_positions
+from fmb.app.rerank import RerankInputs, load_inputs, rerank_loaded
+from fmb.app.rerankers.propagation import LabelPropagation
+from fmb.plugins import RERANKERS
 from fmb.config import load_config
 from fmb.data.synth import ANOMALY_CLASSES
 from fmb.data.tasks import INDEX, SYNTH

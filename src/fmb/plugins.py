@@ -1,4 +1,4 @@
-"""The registries: which encoders and detectors fmb has, by name, and where their code lives.
+"""The registries: which encoders, detectors and re-rankers fmb has, by name, and where their code lives.
 
 One line per plugin. Adding a model or a detector is one new module plus one line here (or one
 `register_*` call, for code outside fmb). The registries hold import paths, not classes, so that
@@ -11,7 +11,9 @@ Each plugin class describes itself:
   something), ``section`` (its config section class, ``models.<name>``) and its own ``adapt``;
 * a detector (`fmb.detect.base.Detector`): ``name`` and explicit keyword hyper-parameters in
   ``__init__`` (scikit-learn style); its config section ``detect.<name>`` is built from that
-  signature by `signature_section`.
+  signature by `signature_section`;
+* a re-ranker (`fmb.app.rerankers.base.Reranker`): explicit keyword parameters in ``__init__`` (all with
+  defaults, ``seed`` among them) and ``summary``, one line saying what it does.
 
 This module sits at the bottom of the import layers: it imports nothing of fmb but `fmb.errors`.
 """
@@ -27,9 +29,9 @@ from fmb.errors import ConfigError
 
 ENCODERS: dict[str, str] = {
     "pixels": "fmb.models.pixels:PixelsEncoder",
+    "physical": "fmb.models.physical:PhysicalEncoder",
     "aion": "fmb.models.aion:AionEncoder",
     "aion_codec": "fmb.models.aion_codec:AionCodecEncoder",
-    "physical": "fmb.models.physical:PhysicalEncoder",
     "astropt": "fmb.models.astropt:AstroPTEncoder",
     "astroclip": "fmb.models.astroclip:AstroCLIPEncoder",
 }
@@ -42,7 +44,14 @@ DETECTORS: dict[str, str] = {
     "ecod": "fmb.detect.methods.ecod:ECODDetector",
 }
 
-_KINDS = {"encoder": ENCODERS, "detector": DETECTORS}
+RERANKERS: dict[str, str] = {
+    "astronomaly": "fmb.app.rerankers.astronomaly:NeighbourScore",
+    "gp_ei": "fmb.app.rerankers.gp_ei:GaussianProcessEI",
+    "propagation": "fmb.app.rerankers.propagation:LabelPropagation",
+    "active_search": "fmb.app.rerankers.active_search:ActiveSearch",
+}
+
+_KINDS = {"encoder": ENCODERS, "detector": DETECTORS, "reranker": RERANKERS}
 
 
 def register_encoder(name: str, target: str) -> None:
@@ -53,6 +62,11 @@ def register_encoder(name: str, target: str) -> None:
 def register_detector(name: str, target: str) -> None:
     """Add a detector: `target` is "package.module:Class"."""
     _register("detector", name, target)
+
+
+def register_reranker(name: str, target: str) -> None:
+    """Add a re-ranker: `target` is "package.module:Class"."""
+    _register("reranker", name, target)
 
 
 def _register(kind: str, name: str, target: str) -> None:
@@ -70,12 +84,20 @@ def detector_names() -> list[str]:
     return list(DETECTORS)
 
 
+def reranker_names() -> list[str]:
+    return list(RERANKERS)
+
+
 def encoder_class(name: str):
     return load("encoder", name)
 
 
 def detector_class(name: str):
     return load("detector", name)
+
+
+def reranker_class(name: str):
+    return load("reranker", name)
 
 
 @cache

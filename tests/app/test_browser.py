@@ -117,3 +117,86 @@ def test_list_object_keyboard_label_reload_and_rerank(browser, server: LiveServe
     assert page.input_value("select[name=rerank]") == "propagation"
     assert errors == []
 
+
+
+def test_object_page_sky_note_zoom_help_scores_and_export(browser, server: LiveServer, tmp_path: Path):
+    """Issue 31: an astronomer's object page, and the candidates downloaded and read back with astropy."""
+    from astropy.table import Table
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page.set_default_timeout(WAIT_MS)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{server.url}/")
+    page.wait_for_selector(".card")
+    target = shown_ids(page)[7]
+    page.goto(f"{server.url}/object/{target}?pos=7")
+    page.wait_for_selector("#sky .links a")
+
+    # where it is, and a link out that carries the position (the sky viewer itself is out of reach
+    # here, no network: its answer is stubbed, the link and the page it opens are real)
+    ra, dec = (float(value) for value in page.inner_text("#sky .position").replace("°", "").split()[1::2])
+    assert 0 <= ra < 360 and -90 <= dec <= 90
+    page.context.route("https://sky.esa.int/**", lambda route: route.fulfill(body="ESASky stub", content_type="text/plain"))
+    with page.context.expect_page() as opened:
+        page.click("#sky a:text('ESASky')")
+    viewer = opened.value
+    viewer.wait_for_load_state()
+    assert viewer.url.startswith("https://sky.esa.int/esasky/") and f"{ra:.6f}" in viewer.url.replace("+", " ")
+    viewer.close()
+
+    # the neighbours are on the first screen: the scores fold to one line per model
+    page.wait_for_selector(".neighbour img")
+    assert page.eval_on_selector("#neighbours", "box => box.getBoundingClientRect().top") < 1000
+    assert page.locator(".model-scores").count() == 1 and not page.is_visible(".model-scores table")
+    page.click(".model-scores summary")
+    assert page.is_visible(".model-scores table")
+
+    # a note, written and saved with the keyboard, then shown again after a reload
+    page.keyboard.press("e")
+    page.keyboard.type("odd colours; check the Halpha region")
+    page.keyboard.press("Control+Enter")
+    wait_for_status(page, "saved")
+    page.reload()
+    page.wait_for_selector("#interest-buttons button")
+    page.wait_for_function("document.getElementById('note').value.includes('Halpha')")
+    assert "saved by" in page.inner_text("#note-shown")
+    page.keyboard.press("4")  # an interest too: the label keeps the note
+    wait_for_status(page, "saved")
+
+    # the spectrum zoomed to a wavelength range, and back
+    whole = page.get_attribute("#spectrum", "src")
+    page.fill("#wave-low", "6400")
+    page.fill("#wave-high", "6700")
+    page.press("#wave-high", "Enter")
+    page.wait_for_function("document.getElementById('spectrum').src.includes('low=6400')")
+    page.wait_for_function("(() => { const image = document.getElementById('spectrum');"
+                           " return image.complete && image.naturalWidth > 0; })()")
+    zoomed = page.evaluate("fetch(document.getElementById('spectrum').src).then(r => r.status)")
+    assert zoomed == 200 and "high=6700" in page.get_attribute("#spectrum", "src")
+    page.keyboard.press("z")
+    page.wait_for_function(f"document.getElementById('spectrum').getAttribute('src') === {whole!r}")
+
+    # ? opens the keyboard help, Escape closes it
+    page.keyboard.press("?")
+    page.wait_for_selector("dialog#help[open]")
+    assert "undo your last label" in page.inner_text("dialog#help")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("dialog#help:not([open])", state="attached")
+
+    # the candidates downloaded from the list and read back, the label and its note in them
+    page.goto(f"{server.url}/")
+    page.wait_for_selector(".card")
+    page.wait_for_function("document.getElementById('export-fits').href.includes('/api/export.fits')")
+    assert page.is_visible("#discovery") and not page.is_visible("#discovery-empty")  # a 4: the curve says something
+    for link, kind in (("#export-fits", "fits"), ("#export-vot", "votable")):
+        with page.expect_download() as download:
+            page.click(link)
+        path = tmp_path / download.value.suggested_filename
+        download.value.save_as(path)
+        table = Table.read(path, format=kind)
+        row = table[[str(value) == target for value in table["object_id"]]][0]
+        note = row["note"].decode() if isinstance(row["note"], bytes) else str(row["note"])
+        assert int(row["interest"]) == 4 and note == "odd colours; check the Halpha region"
+        assert abs(float(row["ra"]) - ra) < 1e-6 and abs(float(row["dec"]) - dec) < 1e-6
+    assert errors == []

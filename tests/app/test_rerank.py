@@ -11,11 +11,14 @@ import pytest
 from conftest import run_config
 from typer.testing import CliRunner
 
-from fmb.app import rerank as rerank_module
+from fmb.app import graph as graph_module
+from fmb.app.graph import GraphCache, harmonic
 from fmb.app.labels import LabelStore
-from fmb.app.rerank import (DEFAULT_RANDOM_FRACTION, RERANKERS, ActiveSearch, GraphCache, LabelPropagation,
-                            discovery_curve, harmonic, load_inputs, page_count, page_positions, read_reranked, rerank,
-                            rerank_loaded)
+from fmb.app.pages import DEFAULT_RANDOM_FRACTION, discovery_curve, page_count, page_positions
+from fmb.app.rerank import load_inputs, ranking_name, read_reranked, rerank, rerank_loaded
+from fmb.app.rerankers.active_search import ActiveSearch
+from fmb.app.rerankers.propagation import LabelPropagation
+from fmb.plugins import reranker_class, reranker_names
 from fmb.cli import app
 from fmb.detect.scores import rank_descending
 from fmb.errors import FmbError
@@ -44,49 +47,49 @@ def top_unlabelled(scores: np.ndarray, labelled: np.ndarray, count: int) -> np.n
     return free[np.argsort(-scores[free], kind="stable")[:count]]
 
 
-@pytest.mark.parametrize("method", list(RERANKERS))
+@pytest.mark.parametrize("method", reranker_names())
 def test_labels_bring_the_interesting_clusters_neighbours_up(method: str):
     X, anomaly, labelled, interest, hidden = planted()
     assert np.isin(top_unlabelled(anomaly, labelled, HIDDEN), hidden).sum() == 0  # plain: B fills the top
-    scores = RERANKERS[method](seed=0).fit(X, anomaly, labelled, interest).scores_
+    scores = reranker_class(method)(seed=0).fit(X, anomaly, labelled, interest).scores_
     assert scores.shape == anomaly.shape and np.isfinite(scores).all()
     assert np.isin(top_unlabelled(scores, labelled, HIDDEN), hidden).sum() > HIDDEN // 2  # from none
 
 
-@pytest.mark.parametrize("method", list(RERANKERS))
+@pytest.mark.parametrize("method", reranker_names())
 def test_no_label_gives_the_anomaly_ranking(method: str):
     X, anomaly, *_ = planted()
     anomaly[[3, 4]] = anomaly[5]  # ties stay ties
     anomaly[7] = np.nan  # unranked: last
-    scores = RERANKERS[method](seed=0).fit(X, anomaly, [], []).scores_
+    scores = reranker_class(method)(seed=0).fit(X, anomaly, [], []).scores_
     finite = np.isfinite(anomaly)
     np.testing.assert_array_equal(rank_descending(scores)[finite], rank_descending(anomaly[finite]))
     assert rank_descending(scores)[7] == len(anomaly)
 
 
-@pytest.mark.parametrize("method", list(RERANKERS))
+@pytest.mark.parametrize("method", reranker_names())
 def test_each_reranker_is_deterministic_for_its_seed(method: str):
     X, anomaly, labelled, interest, _ = planted()
-    first = RERANKERS[method](seed=3).fit(X, anomaly, labelled, interest).scores_
-    np.testing.assert_array_equal(first, RERANKERS[method](seed=3).fit(X, anomaly, labelled, interest).scores_)
+    first = reranker_class(method)(seed=3).fit(X, anomaly, labelled, interest).scores_
+    np.testing.assert_array_equal(first, reranker_class(method)(seed=3).fit(X, anomaly, labelled, interest).scores_)
 
 
 def test_bad_inputs_are_refused():
     X, anomaly, labelled, interest, _ = planted()
     with pytest.raises(FmbError, match="one interest per labelled object"):
-        RERANKERS["gp_ei"]().fit(X, anomaly, labelled, interest[:3])
+        reranker_class("gp_ei")().fit(X, anomaly, labelled, interest[:3])
     with pytest.raises(FmbError, match="interest must lie in 0..5"):
-        RERANKERS["propagation"]().fit(X, anomaly, labelled, interest + 1)
+        reranker_class("propagation")().fit(X, anomaly, labelled, interest + 1)
     with pytest.raises(FmbError, match="outside X"):
-        RERANKERS["astronomaly"]().fit(X, anomaly, [600], [1])
+        reranker_class("astronomaly")().fit(X, anomaly, [600], [1])
 
 
 # -- label propagation: its graph, its solver, its cold start ------------------------------------------
 def test_the_graph_is_built_once_per_matrix_and_read_back_after_a_restart(tmp_path: Path, monkeypatch):
     X, anomaly, labelled, interest, _ = planted()
     built = []
-    knn = rerank_module._knn_graph
-    monkeypatch.setattr(rerank_module, "_knn_graph", lambda Z, k: built.append(len(Z)) or knn(Z, k))
+    knn = graph_module.knn_graph
+    monkeypatch.setattr(graph_module, "knn_graph", lambda Z, k: built.append(len(Z)) or knn(Z, k))
     locate = lambda key: tmp_path / f"g-{key}.npz"  # noqa: E731
     cache = GraphCache(locate)
     first = LabelPropagation(graphs=cache).fit(X, anomaly, labelled, interest).scores_
@@ -111,7 +114,7 @@ def test_propagation_solves_the_harmonic_system_exactly():
     from scipy.sparse.linalg import spsolve
 
     X, _, labelled, interest, _ = planted()
-    graph = rerank_module._knn_graph(X, 10)
+    graph = graph_module.knn_graph(X, 10)
     values = interest / 2.5 - 1
     free = np.setdiff1d(np.arange(len(X)), labelled)
     system = diags(np.asarray(graph[free].sum(axis=1)).ravel() + 1.0) - graph[free][:, free]
@@ -124,7 +127,7 @@ def test_propagation_solves_the_harmonic_system_exactly():
 def test_without_an_interesting_label_a_page_asks_each_neighbourhood_once():
     X, anomaly, labelled, interest, _ = planted()
     dull = labelled[interest == 0]
-    graph = rerank_module._knn_graph(rerank_module.principal_components(X, 16, 0), 10)
+    graph = graph_module.knn_graph(graph_module.principal_components(X, 16, 0), 10)
 
     def neighbours_among_first(estimator, labelled, interest, count=10) -> int:
         scores = estimator.fit(X, anomaly, labelled, interest).scores_
@@ -141,7 +144,7 @@ def test_without_an_interesting_label_a_page_asks_each_neighbourhood_once():
 
 # -- active search: its probability model and its pessimistic batch --------------------------------------
 def planted_graph(X: np.ndarray):
-    return rerank_module._knn_graph(rerank_module.principal_components(X, 16, 0), 10)
+    return graph_module.knn_graph(graph_module.principal_components(X, 16, 0), 10)
 
 
 def test_active_search_is_the_knn_model_worked_by_hand():
@@ -202,7 +205,7 @@ def test_the_pessimistic_order_queues_only_what_can_come_first(count: int):
         neighbours = graph.indices[graph.indptr[node]:graph.indptr[node + 1]]
         denominator[neighbours] += 1
         current[neighbours] = numerator[neighbours] / denominator[neighbours]
-    assert rerank_module.pessimistic_order(numerator, 1 + graph @ counted, graph, labelled, count).tolist() == expected
+    assert graph_module.pessimistic_order(numerator, 1 + graph @ counted, graph, labelled, count).tolist() == expected
 
 
 # -- pages ---------------------------------------------------------------------------------------------
@@ -257,7 +260,7 @@ def test_a_runs_rerank_follows_its_labels(scored_run: Path):
     # the top ten labelled dull, one ordinary object far down labelled 5: the rerank moves away from the top
     dull, gem = plain.object_id[:10], plain.object_id.iloc[-1]
     labels = pd.DataFrame({"object_id": [*dull, gem, 10**12], "interest": [0] * 10 + [5, 5]})
-    for method in RERANKERS:
+    for method in reranker_names():
         moved = rerank_loaded(inputs, method, labels, seed=config.seed)
         assert set(moved.object_id[:10]) != set(dull), method
         if method != "astronomaly":  # whose score only scales anomaly scores down: the least anomalous stays last
@@ -284,7 +287,7 @@ def test_fmb_rerank_writes_what_rerank_gives(scored_run: Path, monkeypatch):
         assert made.event == store.events().id.max() and started <= made.time <= time.time()
         default = CliRunner().invoke(app, ["rerank", "--at", "0"])  # before any label: the plain ranking
         assert default.exit_code == 0 and "from 0 labels" in default.output
-        written = config.layout.app.reranked("pixels-fused_cauchy-propagation")  # the default re-ranker
+        written = config.layout.app.reranked(ranking_name("pixels", "fused_cauchy", "propagation"))  # the default re-ranker
         plain = rerank(config, None, None, "propagation", store.current(0)).object_id.tolist()
         assert pd.read_parquet(written).object_id.tolist() == plain and read_reranked(written).event == 0
     finally:

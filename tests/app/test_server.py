@@ -1,6 +1,8 @@
 """The app's server on a scored run: its lists, object views, images and labels, and what it refuses
 (bad ids, traversal, foreign hosts, missing tokens, non-JSON writes), each with a 4xx and a JSON error."""
 
+import http.client
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -9,8 +11,9 @@ from conftest import run_config
 from fastapi.testclient import TestClient
 
 from fmb.app.labels import LabelStore
-from fmb.app.rerank import DEFAULT_METHOD, RERANKERS
-from fmb.app.server import create_app, is_loopback, serve
+from fmb.app.rerank import DEFAULT_METHOD, ranking_name
+from fmb.plugins import RERANKERS
+from fmb.app.server import MAX_BODY_BYTES, create_app, is_loopback, serve
 from fmb.detect.scores import ranked
 from fmb.errors import FmbError
 from tests.app.live import LiveServer, private_copy, raw_get
@@ -85,15 +88,40 @@ def test_object_view_has_every_score_and_its_neighbours(client: TestClient, conf
 def test_images_are_drawn_once_then_cached(client: TestClient, config, plain: list[int]):
     urls = [f"/img/{plain[1]}/thumbnail.png", f"/img/{plain[1]}/rgb.png?stretch=log&low=2&high=98",
             f"/img/{plain[1]}/band/3.png?stretch=linear", f"/img/{plain[1]}/spectrum.png?frame=observed&smooth=4",
-            f"/img/{plain[1]}/spectrum.png?frame=rest", f"/img/{plain[1]}/figure.png", "/img/discovery.png"]
+            f"/img/{plain[1]}/spectrum.png?frame=rest", f"/img/{plain[1]}/spectrum.png?frame=observed&low=6000&high=6500",
+            f"/img/{plain[1]}/figure.png"]
+    first = {}
     for url in urls:
         response = client.get(url)
         assert response.status_code == 200 and response.content.startswith(PNG), url
+        first[url] = response.content
+    assert first[urls[3]] != first[urls[5]]  # a wavelength range is another image
     cached = {path: path.stat().st_mtime_ns for path in config.layout.app.cache.iterdir()}
-    assert len(cached) == len(urls) - 1  # all but the discovery curve, which changes with every label
-    again = client.get(urls[1]).content
-    assert again in {path.read_bytes() for path in cached}
-    assert {path: path.stat().st_mtime_ns for path in config.layout.app.cache.iterdir()} == cached
+    assert {client.get(url).content for url in urls} <= {path.read_bytes() for path in cached}
+    now = {path: path.stat().st_mtime_ns for path in config.layout.app.cache.iterdir()}
+    assert {path: now[path] for path in cached} == cached  # read back, never drawn again (draw-ahead may add)
+    for bad in ("low=5200&high=4000", "low=-1", "frame=sideways", "smooth=99"):
+        answer = client.get(f"/img/{plain[1]}/spectrum.png?{bad}")
+        assert answer.status_code == 400 and "error" in answer.json(), bad
+
+
+def test_the_discovery_curve_is_drawn_only_when_it_says_something(client: TestClient, config, plain: list[int]):
+    """Before any object is labelled 4 or 5 both lines are flat at zero: the list says so instead."""
+    assert client.get("/api/list").json()["discovery"] is False
+    assert client.get("/img/discovery.png").status_code == 404
+    client.post("/api/labels", json={"object_id": plain[40], "interest": 5, "user": "curve"})
+    try:
+        assert client.get("/api/list").json()["discovery"] is True
+        assert client.get("/img/discovery.png").content.startswith(PNG)
+    finally:
+        assert client.post("/api/undo", json={"user": "curve"}).json()["object_id"] == str(plain[40])
+
+
+def test_an_object_carries_its_sky_position_and_links(client: TestClient, plain: list[int]):
+    sky = client.get(f"/api/object/{plain[0]}").json()["sky"]
+    assert 0 <= sky["ra"] < 360 and abs(sky["dec"] + 28.09) <= 1.5  # the synthetic survey's footprint
+    assert set(sky["links"]) == {"ESASky", "Legacy Surveys", "SIMBAD", "NED"}
+    assert f"ra={sky['ra']:.6f}" in sky["links"]["Legacy Surveys"] and ":" in sky["sexagesimal"]
 
 
 def test_labels_round_trip_and_undo(client: TestClient, config, plain: list[int]):
@@ -143,7 +171,7 @@ def test_the_last_rerank_is_saved_and_shown_after_a_restart(client: TestClient, 
     done = client.post("/api/rerank", json={"method": "propagation"}).json()["rerank"]
     events = LabelStore(config.layout.app.labels_db).events()
     assert done["event"] == events.id.max() and done["method"] == "propagation" and done["labels"] >= 3
-    saved = config.layout.app.reranked("pixels-fused_cauchy-propagation")
+    saved = config.layout.app.reranked(ranking_name("pixels", "fused_cauchy", "propagation"))
     assert read_reranked(saved).describe() == done
     assert list(config.layout.app.graph("x").parent.glob("knn-*.npz"))  # the graph it learnt on, kept
     shown = client.get("/api/list", params={"rerank": "propagation", "page_size": 10}).json()
@@ -289,3 +317,55 @@ def test_serve_binds_beyond_loopback_only_with_a_token(config, monkeypatch):
     serve(config)
     assert bound == [("0.0.0.0", 9999), ("127.0.0.1", 8765)]
     assert is_loopback("127.0.0.5") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("10.0.0.1")
+
+
+# -- issue 27: every error JSON, bodies capped, framing and foreign scripts refused ----------------------
+def test_every_answer_forbids_framing_and_foreign_content(client: TestClient):
+    for response in (client.get("/"), client.get("/api/object/0"), client.get("/api/choices", headers={"Host": "x.example"}),
+                     client.post("/api/labels", content=b"x" * (MAX_BODY_BYTES + 1),
+                                 headers={"Content-Type": "application/json"})):
+        assert response.headers["x-frame-options"] == "DENY"
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy and "unsafe" not in policy
+
+
+def test_a_body_over_the_cap_is_refused_before_it_is_read(project: Path, plain: list[int]):
+    """Against real uvicorn: a declared 200 MB body is answered 413 at once, without sending it; a
+    chunked body (no length) is cut off once past the cap."""
+    with LiveServer(project) as server:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        connection.putrequest("POST", "/api/labels")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(200 * 2**20))
+        connection.endheaders()  # and no body at all: the answer must not wait for it
+        answer = connection.getresponse()
+        assert answer.status == 413 and "over" in json.loads(answer.read())["error"]
+        connection.close()
+
+        def chunks():
+            yield b'{"object_id": ' + str(plain[0]).encode() + b', "note": "'
+            for _ in range(64):
+                yield b"x" * 4096
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        connection.request("POST", "/api/labels", body=chunks(), headers={"Content-Type": "application/json"},
+                           encode_chunked=True)
+        answer = connection.getresponse()
+        assert answer.status == 413 and "error" in json.loads(answer.read())
+
+
+def test_a_damaged_similarity_index_is_rebuilt_not_a_500(config, plain: list[int]):
+    """Issue 27: a corrupt ids.npy or meta.json made every neighbours request a plain-text 500."""
+    from fmb.embed.store import read_manifest
+    from fmb.layout import SimilarityFiles
+
+    first = TestClient(create_app(config), base_url=LOCAL).get(f"/api/object/{plain[0]}/neighbours").json()
+    modalities = read_manifest(config.layout.embeddings("pixels").manifest)["signature"]["dims"]
+    for damage in ("ids", "meta"):
+        for modality in modalities:
+            index_file, ids_file, meta_file = SimilarityFiles.index_files(config.layout.similarity.index_dir("pixels", modality))
+            if damage == "ids":
+                ids_file.write_bytes(b"\x93NUMPY garbage, not an array")
+            else:
+                meta_file.write_text('{"ids_sha256": ')
+        answer = TestClient(create_app(config), base_url=LOCAL).get(f"/api/object/{plain[0]}/neighbours")
+        assert answer.status_code == 200 and answer.json() == first, damage

@@ -22,7 +22,7 @@ from fmb.embed.store import embedding_manifests
 from fmb.layout import RunLayout
 from fmb.models.registry import model_label
 from fmb.stage import Stage
-from fmb.viz.html import cards, image, note, row, table, write_page
+from fmb.viz.html import cards, image, link_table, note, row, table, write_page
 
 
 def report(config: ResolvedConfig) -> Path:
@@ -30,6 +30,7 @@ def report(config: ResolvedConfig) -> Path:
     run = config.layout
     sections = [section for section in (
         _data_section(run), _models_section(run, config.run.models), _quality_section(run), _galleries_section(run),
+        _candidates_section(config),
         _agreement_section(run), _probes_section(run), _similarity_section(run), _maps_section(run),
         _timings_section(run)) if section]
     return write_page(run.report, f"fmb report: {config.name}", _subtitle(config), sections)
@@ -118,6 +119,29 @@ def _galleries_section(run: RunLayout):
     return "anomalies", "Top anomalies", content
 
 
+def _candidates_section(config: ResolvedConfig, count: int = 10):
+    """The first objects of the default ranking with where they are on the sky and links to look them up."""
+    from fmb.data.catalog import load_catalog
+    from fmb.data.index import ObjectIndex
+    from fmb.data.sky import object_coordinates, sky_position
+    from fmb.detect.scores import ranked, score_tables
+
+    tables = score_tables(config)
+    if not tables or not config.layout.data.index.is_file():
+        return None
+    model, path = next(iter(tables.items()))
+    top = ranked(pd.read_parquet(path, columns=["object_id", DEFAULT_RANKING]), DEFAULT_RANKING).head(count)
+    where = object_coordinates(ObjectIndex.load(config.layout.data.dir), load_catalog(config, required=False))
+    where = where.reindex(top["object_id"].to_numpy())
+    positions = [sky_position(ra, dec) for ra, dec in zip(where["ra"], where["dec"])]
+    frame = pd.DataFrame({"rank": top["rank"].to_numpy(), "object_id": top["object_id"].astype(str).to_numpy(),
+                          "RA (deg)": where["ra"].to_numpy(), "Dec (deg)": where["dec"].to_numpy(),
+                          "RA, Dec": [p["sexagesimal"] if p else None for p in positions]})
+    content = note(f"The first {count} objects of {model}'s default ranking ({DEFAULT_RANKING}), with links to sky "
+                   "viewers and archive searches at their position (`fmb export` writes them all as FITS or VOTable).")
+    return "candidates", "Where the top anomalies are", content + link_table(frame, [p["links"] if p else {} for p in positions], 5)
+
+
 def _agreement_section(run: RunLayout):
     files = run.agreement
     summary = _json(files.summary)
@@ -193,7 +217,7 @@ def _timings_section(run: RunLayout):
 
 def _report_inputs(config: ResolvedConfig) -> list[Path]:
     run = config.layout
-    return [run.analysis_dir, run.scores.dir, run.data.validation, *embedding_manifests(config)]
+    return [run.analysis_dir, run.scores.dir, run.data.validation, run.data.index, *embedding_manifests(config)]
 
 
 #: Comes after every other stage: it shows what they wrote.

@@ -178,10 +178,13 @@ class SimilarityIndex:
         index_file, ids_file, meta_file = SimilarityFiles.index_files(Path(directory))
         if not all(path.is_file() for path in (meta_file, ids_file, index_file)):
             raise FmbError(f"no complete similarity index in {directory}")
-        meta = json.loads(meta_file.read_text())
-        ids = np.load(ids_file)
-        if hashlib.sha256(ids).hexdigest() != meta["ids_sha256"] or len(ids) != meta["objects"]:
-            raise FmbError(f"{ids_file} is not the id list this index was saved with")
+        try:  # a damaged meta.json or ids.npy is refused in one line (callers rebuild the index)
+            meta = json.loads(meta_file.read_text())
+            ids = np.load(ids_file, allow_pickle=False)
+            if hashlib.sha256(ids).hexdigest() != meta["ids_sha256"] or len(ids) != meta["objects"]:
+                raise FmbError(f"{ids_file} is not the id list this index was saved with")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise FmbError(f"similarity index in {directory} cannot be read: {error}") from None
         try:
             index = faiss.read_index(str(index_file))
         except RuntimeError as error:

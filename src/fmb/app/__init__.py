@@ -1,7 +1,12 @@
-"""The discovery app (`fmb app`): look at a run's ranked objects, label them, re-rank from the labels.
+"""The discovery app (`fmb app`): look at a run's ranked objects, label them, re-rank from the labels,
+and take the candidates away.
 
+* `fmb.app.server`: the HTTP routes only (and what a request may reach);
+* `fmb.app.view`: the run as the app shows it (lists, one object, labels), raising fmb errors;
+* `fmb.app.tables`, `fmb.app.neighbours`: the score tables and catalog it reads, the similarity indexes;
+* `fmb.app.render`: its images (drawn by `fmb.viz`) and their cache;
 * `fmb.app.labels`: the append-only label log (SQLite, WAL), its replay, export and import;
-* `fmb.app.rerank`: the re-rankers (Astronomaly's neighbour score, a Gaussian process with expected
-  improvement, label propagation), the random slice of every page and the discovery curve;
-* `fmb.app.server`: the local web server.
+* `fmb.app.rerank`, `fmb.app.rerankers`, `fmb.app.graph`, `fmb.app.pages`: re-ranking from labels
+  (the re-rankers are plugins, `fmb.plugins.RERANKERS`), the k-NN graph, pages and the discovery curve;
+* `fmb.app.export`, `fmb.app.samp`: the candidate table as FITS, VOTable or CSV, and over SAMP.
 """

@@ -37,6 +37,7 @@ USER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MAX_NOTE = 4000
 MAX_RANKING = 100
 TAG_SEPARATOR = ";"  # the tags of one object in one CSV cell: artefact;lens
+IMPORT_SUFFIXES = (".csv", ".parquet", ".fits", ".fit", ".vot", ".xml")
 BUSY_TIMEOUT_S = 30.0  # a writer waits this long for another one (writes take milliseconds)
 INT64 = np.iinfo(np.int64)
 LABEL, UNDO, IMPORT = "label", "undo", "import"
@@ -255,17 +256,42 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 
 # -- reading a file of labels -----------------------------------------------------------------------
 def _read_labels(path: Path) -> pd.DataFrame:
-    if path.suffix not in (".csv", ".parquet"):
-        raise FmbError(f"{path}: labels import from .csv or .parquet, not {path.suffix or 'a file without suffix'}")
+    """A file of labels as a frame: CSV, Parquet, or a FITS or VOTable table (`fmb export` writes all
+    but Parquet); a FITS export's text is UTF-8 bytes, read back as text. An interest below 0 is an
+    export's mark of "no interest" (`fmb.app.export`)."""
+    suffix = path.suffix.lower()
+    if suffix not in IMPORT_SUFFIXES:
+        raise FmbError(f"{path}: labels import from {', '.join(IMPORT_SUFFIXES)}, not "
+                       f"{path.suffix or 'a file without suffix'}")
     try:
-        frame = pd.read_csv(path, dtype={"tags": str, "note": str}) if path.suffix == ".csv" else pd.read_parquet(path)
-    except (OSError, ValueError, pa.ArrowException) as error:
+        if suffix == ".csv":
+            frame = pd.read_csv(path, dtype={"tags": str, "note": str})
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = _astropy_table(path)
+    except (OSError, ValueError, TypeError, pa.ArrowException) as error:
         raise FmbError(f"{path}: cannot read labels: {str(error).splitlines()[0] if str(error) else type(error).__name__}") \
             from None
     missing = [column for column in ("object_id", "interest") if column not in frame.columns]
     if missing:
         raise FmbError(f"{path}: no {' or '.join(missing)} column (a label file has object_id, interest and "
                        "optionally tags and note)")
+    if "user" in frame.columns and "tags" in frame.columns:  # an export: its unlabelled rows carry no label
+        frame = frame[frame["user"].fillna("").astype(str) != ""]
+    interest = pd.to_numeric(frame["interest"], errors="coerce")
+    return frame.assign(interest=interest.where(~(interest < 0)))
+
+
+def _astropy_table(path: Path) -> pd.DataFrame:
+    """A FITS or VOTable table's one-dimensional columns; byte strings decoded as UTF-8."""
+    from astropy.table import Table
+
+    table = Table.read(path, format="fits" if path.suffix.lower() in (".fits", ".fit") else "votable")
+    frame = table[[name for name in table.colnames if table[name].ndim == 1]].to_pandas()
+    for name in frame.columns:
+        if frame[name].dtype == object:
+            frame[name] = frame[name].map(lambda value: value.decode() if isinstance(value, bytes) else value)
     return frame
 
 

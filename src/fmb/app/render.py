@@ -1,4 +1,5 @@
-"""The discovery app's images, drawn on the server: thumbnails, the object view's panels, plots.
+"""The discovery app's images, drawn on the server by `fmb.viz` (the stretch, the spectrum panel and
+the discovery curve every fmb figure uses) and cached: thumbnails, the object view's panels, plots.
 
 Each image is a PNG drawn once per (object, panel, display settings) and kept under the run's app
 cache (`runs/<name>/app/cache`), keyed by everything it depends on, the data index included: a
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,61 +27,17 @@ from fmb.config import ResolvedConfig
 from fmb.data.schema import BAND_NAMES
 from fmb.errors import FmbError
 from fmb.io import atomic_path
+from fmb.viz.spectrum import FRAMES, draw_spectrum
+from fmb.viz.stretch import Contrast, band_image, rgb_image
 
-STRETCHES = ("asinh", "linear", "sqrt", "log")
-FRAMES = ("observed", "rest")
 THUMBNAIL_PX = 112
 PANEL_PX = 256
-ASINH_SOFTENING = 10.0  # what `fmb.viz.object_view` uses for its band panels
-RGB_BANDS = (3, 1, 0)  # H, Y, VIS as red, green, blue (as the survey's own RGB composite)
+#: What the object page first asks for (its controls' initial values, static/object.html): drawn
+#: ahead for the objects of a list page, so that opening one paints from the cache.
+FIRST_SPECTRUM = ("rest", 2.0, (None, None))
 SAMPLES_KEPT = 64  # the object view asks for six panels of one object: read it once
 _MATPLOTLIB = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Contrast:
-    """How pixel values become brightness: clip at the `low` and `high` percentiles, then `stretch`."""
-
-    stretch: str = "asinh"
-    low: float = 1.0
-    high: float = 99.5
-
-    def __post_init__(self):
-        if self.stretch not in STRETCHES:
-            raise FmbError(f"unknown stretch {self.stretch!r}; one of {', '.join(STRETCHES)}")
-        if not 0 <= self.low < self.high <= 100:
-            raise FmbError(f"contrast needs 0 <= low < high <= 100 (percentiles), got {self.low} and {self.high}")
-
-
-def stretched(image: np.ndarray, contrast: Contrast) -> np.ndarray:
-    """`image` mapped to [0, 1]: percentile clip (over all its channels), then the stretch."""
-    values = np.asarray(image, np.float64)
-    low, high = np.percentile(values, [contrast.low, contrast.high])
-    scaled = np.clip((values - low) / max(high - low, 1e-12), 0, 1)
-    if contrast.stretch == "asinh":
-        return np.arcsinh(scaled * ASINH_SOFTENING) / np.arcsinh(ASINH_SOFTENING)
-    if contrast.stretch == "sqrt":
-        return np.sqrt(scaled)
-    if contrast.stretch == "log":
-        return np.log1p(scaled * 1000) / np.log1p(1000)
-    return scaled
-
-
-def band_image(bands: np.ndarray, index: int, contrast: Contrast) -> np.ndarray:
-    """One band as (H, W, 3) uint8 in the magma colour map (the static object figure's)."""
-    from matplotlib import colormaps
-
-    return (colormaps["magma"](stretched(bands[index], contrast))[..., :3] * 255).astype(np.uint8)
-
-
-def rgb_image(sample, contrast: Contrast) -> np.ndarray:
-    """The colour composite: H, Y, VIS stretched together; the survey's own RGB when it has no bands."""
-    if sample.bands is not None:
-        channels = np.stack([sample.bands[index] for index in RGB_BANDS], axis=-1)
-        return (stretched(channels, contrast) * 255).astype(np.uint8)
-    if sample.rgb is None:
-        raise FmbError(f"object {sample.object_id} has no image")
-    return (stretched(sample.rgb, contrast) * 255).astype(np.uint8)
+log = logging.getLogger("fmb.app")
 
 
 def png_of(pixels: np.ndarray, size: int) -> bytes:
@@ -111,62 +69,6 @@ def figure_png(draw: Callable[[object], None], size: tuple[float, float]) -> byt
     return buffer.getvalue()
 
 
-# -- the spectrum --------------------------------------------------------------------------------------
-def draw_spectrum_panel(axis, sample, frame: str, smooth_px: float) -> None:
-    """Flux with its 1-sigma errors shaded, the smoothed flux, and the lines at the object's redshift.
-
-    The axis is in the `frame` asked; the lines are always marked on a rest-frame axis (on top in
-    the observed frame), so `fmb.viz.object_view` marks them for both.
-    """
-    from fmb.viz.object_view import blank, limit_flux_axis, mark_lines
-    from fmb.viz.spectrum import smooth
-
-    spectrum = sample.spectrum
-    if spectrum is None:
-        blank(axis, "no spectrum")
-        return
-    known_z = bool(np.isfinite(sample.redshift) and sample.redshift > -1)
-    factor = 1 + sample.redshift if known_z and frame == "rest" else 1.0
-    wave = spectrum.wavelength.astype(np.float64) / factor
-    flux = np.where(spectrum.mask, np.nan, spectrum.flux)
-    error = np.where(np.isfinite(spectrum.error), spectrum.error, np.nan)
-    smoothed = smooth(spectrum.flux, spectrum.ivar, smooth_px)
-    axis.fill_between(wave, flux - error, flux + error, color="0.85", lw=0, label="1-sigma error")
-    axis.plot(wave, flux, color="0.6", lw=0.4, label="flux")
-    axis.plot(wave, smoothed, color="k", lw=0.8, label=f"smoothed ({smooth_px:g} px)")
-    limit_flux_axis(axis, smoothed)
-    axis.set_xlim(wave.min(), wave.max())
-    axis.set_xlabel(f"{'rest-frame' if factor != 1 else 'observed'} wavelength (A)")
-    axis.set_ylabel("flux (1e-17 erg/s/cm2/A)")
-    axis.legend(loc="upper right")
-    if known_z:
-        lines_axis = axis if factor != 1 else _rest_frame_axis(axis, 1 + sample.redshift)
-        low, high = lines_axis.get_xlim()
-        mark_lines(lines_axis, low, high)
-
-
-def _rest_frame_axis(axis, one_plus_z: float):
-    """A top x axis in rest-frame wavelength over an observed-frame axis."""
-    low, high = axis.get_xlim()
-    top = axis.twiny()
-    top.set_xlim(low / one_plus_z, high / one_plus_z)
-    top.set_xlabel("rest-frame wavelength (A)")
-    return top
-
-
-def draw_discovery(figure, curves: dict[str, Sequence[float]], threshold: int) -> None:
-    """Objects labelled >= `threshold` among the first N of each ordering (the discovery curve)."""
-    axis = figure.add_subplot()
-    for name, curve in curves.items():
-        axis.step(np.arange(1, len(curve) + 1), curve, where="post", label=name)
-    axis.set_xlabel("objects viewed (N)")
-    axis.set_ylabel(f"labelled interest >= {threshold}")
-    if curves:
-        axis.legend(loc="upper left")
-    else:
-        axis.text(0.5, 0.5, "no labels yet", ha="center", va="center", transform=axis.transAxes, color="0.4")
-
-
 # -- the cache and the renderer --------------------------------------------------------------------------
 class ImageCache:
     """PNG bytes by key under `directory`; a key holds everything the image depends on."""
@@ -193,8 +95,42 @@ def data_generation(config: ResolvedConfig) -> str:
     return hashlib.sha256(meta.read_bytes()).hexdigest() if meta.is_file() else "no index"
 
 
+class DrawAhead:
+    """One background thread drawing what `draw(object_id)` draws for the ids last `schedule`d, in
+    order; a new schedule replaces what is still pending (the page the user is on now comes first)."""
+
+    def __init__(self, draw: Callable[[int], None]):
+        self.draw = draw
+        self._pending: deque[int] = deque()
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, object_ids) -> None:
+        with self._ready:
+            self._pending.clear()
+            self._pending.extend(int(object_id) for object_id in object_ids)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="fmb-draw-ahead", daemon=True)
+                self._thread.start()
+            self._ready.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending:
+                    self._ready.wait()
+                object_id = self._pending.popleft()
+            try:
+                self.draw(object_id)
+            except FmbError:  # the object lacks an image or a spectrum: the page will say so
+                continue
+            except Exception:  # a bug: logged, and the page draws it itself when asked
+                log.exception("drawing object %s ahead failed", object_id)
+
+
 class Renderer:
-    """Every image of one run, drawn from its samples (read through the data index) and cached."""
+    """Every image of one run, drawn from its samples (read through the data index) and cached;
+    `ahead` draws the object page's first screen of the objects a list page shows, in the background."""
 
     def __init__(self, config: ResolvedConfig):
         from fmb.data.tasks import open_fetcher
@@ -205,6 +141,17 @@ class Renderer:
         self._reading = threading.Lock()  # one Parquet file handle is shared by every request
         self.sample = lru_cache(maxsize=SAMPLES_KEPT)(self._read_sample)
         self._indexed = pd.Index(self.fetcher.index.ids)
+        self.ahead = DrawAhead(self.first_screen)
+
+    def first_screen(self, object_id: int) -> None:
+        """Draw (into the cache) what opening the object's page first shows: its panels and spectrum."""
+        sample = self.sample(object_id)
+        if sample.bands is not None or sample.rgb is not None:
+            self.rgb(object_id, Contrast())
+        for index in range(len(BAND_NAMES)) if sample.bands is not None else ():
+            self.band(object_id, index, Contrast())
+        if sample.spectrum is not None:
+            self.spectrum(object_id, *FIRST_SPECTRUM)
 
     def knows(self, object_id: int) -> bool:
         return object_id in self._indexed
@@ -219,11 +166,17 @@ class Renderer:
 
     def thumbnail(self, object_id: int) -> bytes:
         return self.cache.png(("thumbnail", object_id, THUMBNAIL_PX),
-                              lambda: png_of(rgb_image(self.sample(object_id), Contrast()), THUMBNAIL_PX))
+                              lambda: png_of(self._rgb(object_id, Contrast()), THUMBNAIL_PX))
 
     def rgb(self, object_id: int, contrast: Contrast) -> bytes:
         return self.cache.png(("rgb", object_id, contrast, PANEL_PX),
-                              lambda: png_of(rgb_image(self.sample(object_id), contrast), PANEL_PX))
+                              lambda: png_of(self._rgb(object_id, contrast), PANEL_PX))
+
+    def _rgb(self, object_id: int, contrast: Contrast) -> np.ndarray:
+        pixels = rgb_image(self.sample(object_id), contrast)
+        if pixels is None:
+            raise FmbError(f"object {object_id} has no image")
+        return pixels
 
     def band(self, object_id: int, index: int, contrast: Contrast) -> bytes:
         def draw() -> bytes:
@@ -234,12 +187,20 @@ class Renderer:
 
         return self.cache.png(("band", object_id, index, contrast, PANEL_PX), draw)
 
-    def spectrum(self, object_id: int, frame: str, smooth_px: float) -> bytes:
+    def spectrum(self, object_id: int, frame: str, smooth_px: float,
+                 wave_range: tuple[float | None, float | None] = (None, None)) -> bytes:
+        """The spectrum panel in `frame`, smoothed by `smooth_px`, zoomed to `wave_range` (A, in `frame`)."""
         if frame not in FRAMES:
             raise FmbError(f"unknown frame {frame!r}; one of {', '.join(FRAMES)}")
-        sample = self.sample(object_id)
-        return self.cache.png(("spectrum", object_id, frame, smooth_px), lambda: figure_png(
-            lambda figure: draw_spectrum_panel(figure.add_subplot(), sample, frame, smooth_px), (11, 4)))
+        low, high = wave_range
+        def draw() -> bytes:
+            sample = self.sample(object_id)
+            if sample.spectrum is None:
+                raise FmbError(f"object {object_id} has no spectrum")
+            return figure_png(lambda figure: draw_spectrum(figure.add_subplot(), sample, smooth_px, frame=frame,
+                                                           wave_range=wave_range), (11, 4))
+
+        return self.cache.png(("spectrum", object_id, frame, smooth_px, low, high), draw)
 
     def figure(self, object_id: int) -> bytes:
         """The static object figure of `fmb data show`, for download."""

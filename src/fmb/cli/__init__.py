@@ -2,8 +2,8 @@
 
 One module per command group: `common` (the root app, option types, config and stage helpers),
 `data` (config, data), `stages` (adapt, embed, detect, report, run, status), `analyze`,
-`discovery` (app, rerank), `setup` (download, check), `original` (the original research code's
-command names, as aliases) and `imports` (its files). Importing them registers their commands on `app`.
+`discovery` (app, rerank), `export` (export, labels import), `setup` (download, check), `original`
+(the original research code's command names, as aliases) and `imports` (its files). Importing them registers their commands on `app`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rich.text import Text
 
 from fmb import __version__
 # the order they register in is the order of --help: the pipeline, the app, the original names, setup
-from fmb.cli import stages, data, analyze, discovery, original, imports  # noqa: F401,I001
+from fmb.cli import stages, data, analyze, discovery, export, original, imports  # noqa: F401,I001
 from fmb.cli.common import app, console
 from fmb.cli.setup import setup_app
 from fmb.config import find_root

@@ -69,6 +69,14 @@ def table(frame: pd.DataFrame, digits: int = 3) -> str:
     return frame.to_html(index=False, border=0, float_format=lambda v: f"{v:.{digits}f}", na_rep="–")
 
 
+def link_table(frame: pd.DataFrame, links: list[dict[str, str]], digits: int = 3) -> str:
+    """`table`, each row ending with its links (name -> URL, opened in a new tab)."""
+    shown = frame.map(lambda v: "–" if pd.isna(v) else html.escape(f"{v:.{digits}f}" if isinstance(v, float) else str(v)))
+    shown["links"] = [" ".join(f"<a href='{html.escape(url)}' target='_blank' rel='noopener noreferrer'>"
+                               f"{html.escape(name)}</a>" for name, url in row.items()) for row in links]
+    return shown.to_html(index=False, border=0, escape=False)
+
+
 def row(figures: list[str]) -> str:
     """Small figures side by side."""
     return f"<div class='row'>{''.join(figures)}</div>" if any(figures) else ""

@@ -44,3 +44,10 @@ def save_figure(figure, path: Path) -> Path:
         figure.savefig(temporary, format="png")
     plt.close(figure)
     return path
+
+
+def blank(axis, message: str) -> None:
+    """An empty panel saying why it is empty."""
+    axis.text(0.5, 0.5, message, ha="center", va="center", transform=axis.transAxes, color="0.4")
+    axis.set_xticks([])
+    axis.set_yticks([])

@@ -58,8 +58,36 @@ async function load() {
   document.getElementById("page-info").textContent = `page ${shown.page + 1} of ${shown.pages}`;
   document.getElementById("grid").replaceChildren(...shown.items.map(card));
   explainRandomSlice();
-  document.getElementById("discovery").src =
-    `/img/discovery.png?model=${encodeURIComponent(shown.model)}&column=${encodeURIComponent(shown.column)}&t=${Date.now()}`;
+  const curve = document.getElementById("discovery");
+  curve.hidden = !shown.discovery;
+  document.getElementById("discovery-empty").hidden = shown.discovery;
+  if (shown.discovery) {
+    curve.src = `/img/discovery.png?model=${encodeURIComponent(shown.model)}&column=${encodeURIComponent(shown.column)}&t=${Date.now()}`;
+  }
+  linkExports();
+}
+
+/** The export links and the SAMP button: the labelled objects and the top of the list shown. */
+function exportQuery() {
+  return new URLSearchParams({model: shown.model, column: shown.column,
+                              top: document.getElementById("export-top").value || "0"});
+}
+
+function linkExports() {
+  for (const suffix of ["fits", "vot", "csv"]) {
+    document.getElementById(`export-${suffix}`).href = `/api/export.${suffix}?${exportQuery()}`;
+  }
+}
+
+async function sendSamp() {
+  const query = exportQuery();
+  try {
+    const answer = await postJson("/api/samp", {model: query.get("model"), column: query.get("column"),
+                                                top: Number(query.get("top"))});
+    showStatus(`sent ${answer.objects} objects over SAMP to ${answer.sent_to.join(", ")}`);
+  } catch (error) {
+    showStatus(error.message, true);
+  }
 }
 
 function explainRandomSlice() {
@@ -135,6 +163,8 @@ async function start() {
   form.addEventListener("change", (event) => { if (event.target.type !== "number") { readControls(); load(); } });
   form.addEventListener("submit", (event) => { event.preventDefault(); readControls(); load(); });
   document.getElementById("rerank-button").addEventListener("click", rerank);
+  document.getElementById("samp-send").addEventListener("click", sendSamp);
+  document.getElementById("export-top").addEventListener("change", linkExports);
   document.getElementById("previous-page").addEventListener("click", () => turnPage(-1));
   document.getElementById("next-page").addEventListener("click", () => turnPage(1));
   document.addEventListener("keydown", onKey);

@@ -70,7 +70,8 @@ async function saveLabel(change) {
     const saved = await postJson("/api/labels", body);
     label = saved.label; // the object's label as the log now holds it (a label is the whole state)
     renderLabel();
-    showStatus(`saved (event ${saved.event}): ${labelText(label) || "no interest, no tag"}`);
+    renderNote();
+    showStatus(`saved (event ${saved.event}): ${labelText(label) || "a note"}`);
   } catch (error) {
     showStatus(error.message, true);
   }
@@ -91,6 +92,7 @@ async function undo() {
     if (String(answer.object_id) === objectId) {
       label = answer.label;
       renderLabel();
+      renderNote();
     }
     showStatus(`undone: your last label, of object ${answer.object_id}`);
   } catch (error) {
@@ -123,6 +125,19 @@ function renderLabel() {
                   title: `t then ${key}`, onclick: () => toggleTag(tag)}, el("kbd", {text: key}), ` ${tag}`)));
 }
 
+function renderNote() {
+  const field = document.getElementById("note");
+  if (document.activeElement !== field) field.value = label ? label.note : "";
+  document.getElementById("note-shown").textContent =
+    label && label.note ? `saved by ${label.user}` : "";
+}
+
+function saveNote() {
+  const field = document.getElementById("note");
+  saveLabel({note: field.value.trim()});
+  field.blur();
+}
+
 function setTagMode(on) {
   tagMode = on;
   document.getElementById("tag-mode").hidden = !on;
@@ -139,6 +154,8 @@ function onKey(event) {
   }
   const actions = {n: () => go(1), j: () => go(1), p: () => go(-1), k: () => go(-1), u: undo,
                    t: () => setTagMode(true), "/": () => document.getElementById("jump").focus(),
+                   e: () => document.getElementById("note").focus(), z: resetZoom,
+                   "?": () => document.getElementById("help").showModal(),
                    b: () => { window.location.href = `/?${listQuery(params)}`; }};
   if (/^[0-5]$/.test(event.key)) actions[event.key] = () => saveLabel({interest: Number(event.key)});
   if (actions[event.key]) {
@@ -177,15 +194,49 @@ function renderSpectrum(object) {
   }
   const query = new URLSearchParams({frame: document.getElementById("frame").value,
                                      smooth: document.getElementById("smooth").value});
+  const low = document.getElementById("wave-low").value, high = document.getElementById("wave-high").value;
+  if (low !== "" && high !== "" && Number(low) >= Number(high)) {
+    showStatus("the wavelength range needs from < to", true);
+    return;
+  }
+  if (low !== "") query.set("low", low);
+  if (high !== "") query.set("high", high);
   image.src = `/img/${objectId}/spectrum.png?${query}`;
 }
 
-function renderScores(scores) {
-  document.getElementById("scores").replaceChildren(...Object.entries(scores).map(([model, rows]) => el("table", {},
-    el("caption", {text: model}),
-    el("tr", {}, ...["score", "value", "rank", "percentile"].map((name) => el("th", {text: name}))),
-    ...rows.map((row) => el("tr", {}, el("td", {text: row.column}), el("td", {text: formatNumber(row.score)}),
-                                     el("td", {text: row.rank ?? "–"}), el("td", {text: formatNumber(row.pct)}))))));
+function resetZoom() {
+  document.getElementById("wave-low").value = "";
+  document.getElementById("wave-high").value = "";
+  document.getElementById("spectrum")?.dispatchEvent(new Event("rerender")); // absent: no spectrum
+}
+
+/** One line per model (its headline score, rank and percentile); every score of it on demand. */
+function renderScores(object) {
+  document.getElementById("scores").replaceChildren(...Object.entries(object.scores).map(([model, rows]) => {
+    const headline = rows.find((row) => row.column === object.headlines[model]) || rows[0] || {};
+    return el("details", {class: "model-scores"},
+      el("summary", {}, el("span", {class: "model", text: model}),
+         `${headline.column ?? "no score"} ${formatNumber(headline.score)} · rank ${headline.rank ?? "–"} · ` +
+         `percentile ${formatNumber(headline.pct)}`),
+      el("table", {},
+        el("tr", {}, ...["score", "value", "rank", "percentile"].map((name) => el("th", {text: name}))),
+        ...rows.map((row) => el("tr", {}, el("td", {text: row.column}), el("td", {text: formatNumber(row.score)}),
+                                         el("td", {text: row.rank ?? "–"}), el("td", {text: formatNumber(row.pct)})))));
+  }));
+}
+
+function renderSky(sky) {
+  const box = document.getElementById("sky");
+  if (!sky) {
+    box.replaceChildren(el("p", {class: "help", text: "no position: neither the data nor the catalog give RA/Dec"}));
+    return;
+  }
+  box.replaceChildren(
+    el("div", {class: "position", text: `RA ${sky.ra.toFixed(6)}°  Dec ${sky.dec.toFixed(6)}°`}),
+    el("div", {class: "position", text: sky.sexagesimal}),
+    el("div", {class: "help", text: `galactic ${sky.galactic}`}),
+    el("div", {class: "links"}, ...Object.entries(sky.links).map(([name, url]) =>
+      el("a", {href: url, target: "_blank", rel: "noopener noreferrer", text: name}))));
 }
 
 function renderCatalog(object) {
@@ -235,10 +286,22 @@ async function start() {
   fillSelect("frame", [...choices.frames].reverse());
   renderPanels(object);
   renderSpectrum(object);
-  renderScores(object.scores);
+  renderNote();
+  renderSky(object.sky);
+  renderScores(object);
   renderCatalog(object);
   for (const id of ["stretch", "low", "high"]) document.getElementById(id).addEventListener("change", () => renderPanels(object));
-  for (const id of ["frame", "smooth"]) document.getElementById(id).addEventListener("change", () => renderSpectrum(object));
+  for (const id of ["frame", "smooth", "wave-low", "wave-high"]) {
+    document.getElementById(id).addEventListener("change", () => renderSpectrum(object));
+  }
+  document.getElementById("spectrum")?.addEventListener("rerender", () => renderSpectrum(object));
+  document.getElementById("zoom-reset").addEventListener("click", resetZoom);
+  document.getElementById("save-note").addEventListener("click", saveNote);
+  document.getElementById("note").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) saveNote();
+    if (event.key === "Escape") event.target.blur();
+  });
+  document.getElementById("help-close").addEventListener("click", () => document.getElementById("help").close());
   document.getElementById("previous").addEventListener("click", () => go(-1));
   document.getElementById("next").addEventListener("click", () => go(1));
   document.getElementById("undo").addEventListener("click", undo);

@@ -1,0 +1,131 @@
+"""Candidates leave fmb: `fmb export` (FITS, VOTable, CSV, object files), the app's download and its
+SAMP send to a hub started here, and `fmb labels import` of an export into a fresh run (same labels)."""
+
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from conftest import run_config, run_fmb
+from fastapi.testclient import TestClient
+
+from fmb.app.labels import LabelStore
+from fmb.app.server import create_app
+from fmb.detect.scores import frame_headline, ranked
+from tests.app.live import private_copy
+
+LOCAL = "http://127.0.0.1"
+NOTE = "two nuclei? ask for a deeper spectrum — Hα looks doubled"
+
+
+@pytest.fixture(scope="module")
+def project(scored_run: Path, tmp_path_factory) -> Path:
+    """A private copy of the scored run with three labels: an interest with tags and a note, a note
+    alone, and a dull one."""
+    copy = private_copy(scored_run, tmp_path_factory.mktemp("export") / "project", run_config(scored_run).layout.app.dir)
+    config = run_config(copy)
+    store = LabelStore(config.layout.app.labels_db)
+    scores = pd.read_parquet(config.layout.scores.table("pixels"))
+    ids = [int(i) for i in ranked(scores, frame_headline(scores)).object_id.iloc[-3:]]  # never in a top 20
+    store.add(ids[0], 5, ["lens", "merger"], NOTE, "ada")
+    store.add(ids[1], None, [], "check the photometry", "ada")
+    store.add(ids[2], 0, ["artefact"], "", "bob")
+    store.close()
+    return copy
+
+
+@pytest.fixture(scope="module")
+def labelled(project: Path) -> dict:
+    """object_id -> (interest or None, tags, note) as the run's label log holds them."""
+    return label_state(LabelStore(run_config(project).layout.app.labels_db))
+
+
+def label_state(store: LabelStore) -> dict:
+    return {int(row.object_id): (None if row.interest is pd.NA else int(row.interest), list(row.tags), row.note)
+            for row in store.current().itertuples()}
+
+
+def labels_of(table: Table) -> dict:
+    """The labels an export table carries, as `labelled` has them."""
+    def text(value):  # FITS text comes back as bytes, an empty CSV cell as a masked value
+        return "" if np.ma.is_masked(value) else value.decode() if isinstance(value, bytes) else str(value)
+    return {int(row["object_id"]): (None if int(row["interest"]) < 0 else int(row["interest"]),
+                                    [tag for tag in text(row["tags"]).split(";") if tag], text(row["note"]))
+            for row in table if text(row["user"])}
+
+
+def test_fmb_export_writes_fits_votable_and_csv_with_positions_and_labels(project: Path, labelled: dict, monkeypatch):
+    monkeypatch.chdir(project)
+    for suffix, kind in (("fits", "fits"), ("vot", "votable"), ("csv", "ascii.csv")):
+        run_fmb("export", f"out/candidates.{suffix}", "--top", "20")
+        table = Table.read(project / f"out/candidates.{suffix}", format=kind)
+        assert len(table) == 20 + 3 and sum(str(value) == "True" for value in table["in_top"]) == 20
+        assert labels_of(table) == labelled
+        assert np.isfinite(table["ra"]).all() and np.isfinite(table["dec"]).all()  # the synthetic footprint
+        assert ((np.abs(table["dec"] + 28.09) <= 1.5)).all()
+        assert list(table["rank_pixels"][:20]) == list(range(1, 21))  # the ranking's order
+    votable = Table.read(project / "out/candidates.vot", format="votable")
+    assert str(votable["ra"].unit) == "deg" and votable["ra"].meta.get("ucd") == "pos.eq.ra;meta.main"
+
+
+def test_fmb_export_objects_writes_cutouts_and_spectra(project: Path, monkeypatch):
+    monkeypatch.chdir(project)
+    run_fmb("export", "out/top.fits", "--top", "2", "--objects")
+    files = sorted((project / "out/top-objects").glob("*.fits"))
+    assert len(files) == 2 + 3
+    with fits.open(files[0]) as units:
+        assert [unit.name for unit in units[1:]] == ["VIS", "NISP_Y", "NISP_J", "NISP_H", "SPECTRUM"]
+        assert units["VIS"].data.ndim == 2 and len(units["SPECTRUM"].data["WAVELENGTH"]) == 7781
+        assert np.isfinite(units[0].header["RA"])
+
+
+def test_export_then_labels_import_on_a_fresh_run_gives_the_same_labels(project: Path, labelled: dict, monkeypatch):
+    monkeypatch.chdir(project)
+    for suffix in ("fits", "vot", "csv"):
+        run_fmb("export", f"out/round.{suffix}", "--top", "5")
+        run_fmb("labels", "import", f"out/round.{suffix}", "--name", f"fresh-{suffix}", "--user", "import")
+        fresh = LabelStore(run_config(project).layout.app.labels_db.parents[2] / f"fresh-{suffix}/app/labels.sqlite")
+        events = fresh.events()
+        assert set(events.kind) == {"import"} and len(events) == 3  # merged as events, the unlabelled rows skipped
+        assert label_state(fresh) == labelled
+
+
+def test_the_app_downloads_the_same_table(project: Path, labelled: dict):
+    client = TestClient(create_app(run_config(project)), base_url=LOCAL)
+    answer = client.get("/api/export.fits", params={"top": 10})
+    assert answer.status_code == 200 and "attachment" in answer.headers["content-disposition"]
+    assert labels_of(Table.read(io.BytesIO(answer.content), format="fits")) == labelled
+    assert client.get("/api/export.exe").status_code == 400  # 404/422 would do; it is JSON either way
+    assert client.get("/api/export.csv", params={"top": -1}).json()["error"].startswith("top")
+
+
+def test_the_app_sends_the_table_over_samp(project: Path, labelled: dict, tmp_path: Path, monkeypatch):
+    """A real SAMP hub (astropy's) and a real client subscribed to table.load.votable, as TOPCAT is."""
+    from astropy.samp import SAMPHubServer, SAMPIntegratedClient
+
+    lockfile = tmp_path / "samp-lock"
+    hub = SAMPHubServer(web_profile=False, lockfile=str(lockfile), timeout=60)
+    hub.start()
+    monkeypatch.setenv("SAMP_HUB", f"std-lockurl:{lockfile.as_uri()}")
+    received, arrived = [], threading.Event()
+    receiver = SAMPIntegratedClient(name="table-viewer")
+    try:
+        receiver.connect()
+        receiver.bind_receive_notification("table.load.votable", lambda *args, **kwargs: (
+            received.append(args[3]), arrived.set()))
+        client = TestClient(create_app(run_config(project)), base_url=LOCAL)
+        answer = client.post("/api/samp", json={"top": 7})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["sent_to"] == ["table-viewer"] and answer.json()["objects"] == 7 + 3
+        assert arrived.wait(30)
+        table = Table.read(received[0]["url"].removeprefix("file://"), format="votable")
+        assert labels_of(table) == labelled
+    finally:
+        receiver.disconnect()
+        hub.stop()
+    refused = client.post("/api/samp", json={"top": 7})  # no hub any more: one line saying what to do
+    assert refused.status_code == 400 and "no SAMP hub" in refused.json()["error"]
