@@ -43,6 +43,7 @@ from fmb.config import AdaptSettings, ModelSection
 from fmb.data.validate import Sample
 from fmb.io import read_torch
 from fmb.models import hub
+from fmb.models.attention import swap_modules
 from fmb.models.base import Encoder, Preprocessor, WeightsError, base_weights, load_strict
 from fmb.models.inputs import object_ids, rgb_batch, spectrum_batch
 
@@ -203,11 +204,7 @@ def use_fused_gelu(gpt: torch.nn.Module) -> int:
     how many. Modules of any other class are left as they are."""
     from astropt.model import MLP
 
-    swaps = [(parent, name, child) for parent in gpt.modules() for name, child in parent.named_children()
-             if type(child) is MLP]
-    for parent, name, child in swaps:
-        setattr(parent, name, FusedGeluMLP(child))
-    return len(swaps)
+    return swap_modules(gpt, {MLP: FusedGeluMLP})
 
 
 def _random_gpt(settings: AstroPTSection):

@@ -97,7 +97,12 @@ def use_sdpa(model: torch.nn.Module) -> int:
     """Replace, in place, each of AION's hand-written attention modules in `model` by its SDPA drop-in;
     returns how many were swapped. Modules of other classes (a package version that already uses SDPA,
     or a subclass with another forward) are left as they are."""
-    swaps = _swaps()
+    return swap_modules(model, _swaps())
+
+
+def swap_modules(model: torch.nn.Module, swaps: dict[type, type]) -> int:
+    """Replace, in place, every submodule whose class (exactly) is a key of `swaps` by that value built
+    from it; returns how many."""
     found = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
              if type(child) in swaps]
     for parent, name, child in found:
