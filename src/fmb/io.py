@@ -152,7 +152,10 @@ def read_torch(path: str | Path, what: str, allowed: Sequence[type] = ()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", str(error))
-        named = f" (it names {found.group(1) or found.group(2)})" if found else ""
+        if found is None:  # not a pickle of objects at all (plain bytes, a truncated file)
+            raise FmbError(f"{path}: not a readable {what} (not a PyTorch file fmb can read: "
+                           f"{(str(error).splitlines() or [''])[0][:160]})") from None
+        named = f" (it names {found.group(1) or found.group(2)})"
         raise FmbError(f"{path}: refusing to load it as {what}: it holds objects other than those fmb saves{named}, "
                        "and unpickling them could run code; use a file fmb wrote, or one from a source you trust "
                        "converted to plain tensors") from None

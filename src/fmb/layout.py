@@ -9,7 +9,8 @@
       analysis/      evaluation/ agreement/ probes/ similarity/ figures/
       searches/      one-off similarity searches
       cache/         umap/
-      run/           state.json (the stage engine), settings.json (the configuration it last ran with)
+      run/           state.json (the stage engine), settings.json (the configuration it last ran with),
+                     staging/<stage>/ (a stage's outputs until it finishes)
       report.html
 
 No other module spells one of these names: they ask a `RunLayout` (``config.layout``). A survey
@@ -124,6 +125,10 @@ class ScoreFiles(_Directory):
     def fit_record(self, model: str) -> Path:
         """What fitting the detectors took: objects, the fit sample, seconds per method."""
         return self.dir / model / "fit.json"
+
+    def merge_record(self, model: str) -> Path:
+        """What the merge of the model's table counted (objects, common set, seconds): summary.json's entry."""
+        return self.dir / model / "merge.json"
 
     def part(self, model: str, unit: int) -> Path:
         """The scores of one embedding part (a shard's output), before the merge into `table`."""
@@ -417,11 +422,36 @@ class RunLayout:
     def state(self) -> Path:
         return self.root / "run" / "state.json"
 
+    def staging(self, stage: str) -> "StagingFiles":
+        """Where a stage writes its outputs before they replace the old ones (`fmb.run.staging`)."""
+        return StagingFiles(self.root / "run" / "staging" / stage.replace(":", "-"))
+
     @property
     def settings(self) -> Path:
         """The resolved configuration the run's stages last ran with (values and where each came
         from): every later command on the run starts from it."""
         return self.root / "run" / "settings.json"
+
+
+class StagingFiles(_Directory):
+    """runs/<name>/run/staging/<stage>: the staging copies of a stage's outputs inside the run (by
+    their path under the run), the key they are made for, and the names beside an output outside
+    the run (a survey directory) of its staging copy and of the old output being replaced."""
+
+    @property
+    def key(self) -> Path:
+        return self._file("key.json")
+
+    def copy(self, relative: Path) -> Path:
+        return self.dir / "out" / relative
+
+    @staticmethod
+    def beside(output: Path) -> Path:
+        return output.parent / f".fmb-staging-{output.name}"
+
+    @staticmethod
+    def replaced(output: Path) -> Path:
+        return output.parent / f".fmb-replaced-{output.name}"
 
 
 class ShardFiles(_Directory):

@@ -9,8 +9,11 @@ A stage says:
 * ``config_keys``: the dotted config sections whose values change its *outputs* (settings marked
   `runtime_only` in the config, such as batch sizes, worker counts and devices, are left out;
   "-models.aion.embed" leaves a subsection of an included one out);
-* ``inputs`` / ``outputs``: the files or directories it reads and writes (a changed stage's outputs
-  are removed before it reruns; nothing else is ever removed);
+* ``inputs`` / ``outputs``: the files or directories it reads and writes (it writes staging copies
+  of its outputs, which replace them once it has finished; nothing else is ever removed);
+* ``check``: a refusal of its arguments or inputs (raises), run before anything is written;
+* ``damaged``: the finished outputs that fail their check, with why (a part whose checksum differs
+  from its manifest): the engine reruns the stage on its outputs less those, redoing just them;
 * ``after``: the stages upstream of it; ``version``: bumped when the code changes what it writes,
   so outputs of older code are never taken for current ones;
 * ``fingerprint``: an extra identity of what it reads that is not a local file (a hub revision);
@@ -63,6 +66,8 @@ class Stage:
     version: int = 1
     fingerprint: Callable | None = None  # config -> JSON-able identity of a non-file input
     sharding: Sharding | None = None
+    check: Callable | None = None  # config -> None, raises on a bad argument or input
+    damaged: Callable | None = None  # config -> [(path, why)]
 
     @property
     def family(self) -> str:
@@ -82,6 +87,8 @@ class ModelStage:
     after: tuple[str, ...] = ()
     version: int = 1
     sharding: Sharding | None = None  # units(config, model), run(config, shard), finish(config, log, model)
+    check: Callable | None = None  # (config, model)
+    damaged: Callable | None = None  # (config, model) -> [(path, why)]
 
     def expand(self, models: list[str]) -> list[Stage]:
         return [self.for_model(model) for model in models]
@@ -91,7 +98,8 @@ class ModelStage:
                      tuple(key.format(model=model) for key in self.config_keys),
                      partial(_call_with_model, self.inputs, model), partial(_call_with_model, self.outputs, model),
                      tuple(name.format(model=model) for name in self.after), version=self.version,
-                     sharding=self._sharding_for(model))
+                     sharding=self._sharding_for(model), check=self.check and partial(_call_with_model, self.check, model),
+                     damaged=self.damaged and partial(_call_with_model, self.damaged, model))
 
     def _sharding_for(self, model: str) -> Sharding | None:
         if self.sharding is None:
@@ -110,7 +118,7 @@ def _call_with_model(function: Callable, model: str, config):
     return function(config, model)
 
 
-def with_action(stage: Stage, action: Callable) -> Stage:
+def with_action(stage: Stage, action: Callable, check: Callable | None = None) -> Stage:
     """The same stage (same key, inputs and outputs) done another way, e.g. embeddings imported from a
-    file: in one process, so without the stage's shards."""
-    return replace(stage, action=action, sharding=None)
+    file: in one process, so without the stage's shards; `check`, when given, replaces its own."""
+    return replace(stage, action=action, sharding=None, **({"check": check, "damaged": None} if check else {}))

@@ -67,20 +67,23 @@ def test_only_temporaries_whose_writer_is_gone_are_removed(tmp_path: Path):
 
 
 def test_the_next_run_of_the_owning_stage_sweeps_them(project: Path):
-    """A resumed stage keeps its outputs (the engine removes nothing) but not its killed writes."""
+    """A resumed stage keeps what its killed run finished (in its staging copy: the engine removes
+    nothing) but not its killed writes."""
     config = load_config(root=project)
     out = config.layout.cache("sweep")
 
     def killed(config, log):
-        plant(out, "piece-0.bin")  # a finished part, to resume on
+        plant(config.layout.cache("sweep"), "piece-0.bin")  # a finished part, to resume on
         raise KeyboardInterrupt
 
     def stage(action):
-        return Stage("sweep", action, (), lambda c: [], lambda c: [out])
+        return Stage("sweep", action, (), lambda c: [], lambda c: [c.layout.cache("sweep")])
 
     with pytest.raises(KeyboardInterrupt):
         execute(config, select([stage(killed)]), log=lambda _line: None)
-    stale = plant(out, f".tmp-part-00001.parquet.{fmb_io._host()}-{dead_pid()}.abcdefgh")
+    assert not out.exists()  # a killed run never reaches the outputs
+    staged = config.layout.staging("sweep").copy(out.relative_to(config.layout.root))
+    stale = plant(staged, f".tmp-part-00001.parquet.{fmb_io._host()}-{dead_pid()}.abcdefgh")
     other_stage = plant(config.layout.cache("other"), f".tmp-x.{fmb_io._host()}-{dead_pid()}.abcdefgh")
     lines = []
 

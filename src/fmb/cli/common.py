@@ -75,11 +75,11 @@ def log(line: str) -> None:
     console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-def run_stage(resolved: ResolvedConfig, name: str, force: bool, action=None):
+def run_stage(resolved: ResolvedConfig, name: str, force: bool, action=None, check=None):
     """Run one stage through the engine `fmb run` uses; returns its summary, or None when it was
     skipped because nothing it depends on changed (said on the console). Under `executor.kind:
     slurm` a stage that does not run as shards is submitted as one job (`on_executor`); `action`
-    (the stage done another way, e.g. an import) runs in this process."""
+    (the stage done another way, e.g. an import) runs in this process, after `check`."""
     from fmb.run import run_one
     from fmb.run.executors import on_executor
     from fmb.run.stages import stage_named
@@ -90,7 +90,7 @@ def run_stage(resolved: ResolvedConfig, name: str, force: bool, action=None):
     except KeyError:
         registered_model(name.partition(":")[2])  # "adapt:<model>" of a model not registered: one line
         raise
-    stage = on_executor(resolved, stage) if action is None else with_action(stage, action)  # an import runs here
+    stage = on_executor(resolved, stage) if action is None else with_action(stage, action, check)  # an import runs here
     outcome = run_one(resolved, stage, log, force)
     if outcome.status == "skipped":
         console.print(f"{name}: nothing changed since it last ran (--force to redo it)")

@@ -11,6 +11,7 @@ from rich.table import Table
 from fmb.cli.common import (ExecutorKind, Force, ModelName, Preset, RunName, Sets, SlurmFlag, TaskFile, app,
                             build_config, console, executor_flags, log, run_stage)
 from fmb.config import ResolvedConfig
+from fmb.errors import FmbError
 from fmb.plugins import detector_names
 
 detect_app = typer.Typer(help="Stage 3: anomaly scores (density flow, PyOD baselines, misalignment, fusion).")
@@ -72,7 +73,7 @@ def embed_command(
     else:
         summary = run_stage(resolved, f"embed:{model}", force)
         if summary is not None:
-            console.print(f"{summary['objects']} objects embedded by {model} in {directory} "
+            log(f"{summary['objects']} objects embedded by {model} in {directory} "
                           f"({summary['units_done_now']} of {summary['units']} parts written now; weights: {summary['weights']})")
     if export_pt is not None:
         console.print(f"exported {store.export_pt(directory, export_pt)} objects to {export_pt}")
@@ -80,17 +81,29 @@ def embed_command(
 
 def import_embeddings(resolved: ResolvedConfig, model: str, path: Path, force: bool) -> None:
     """The embed stage of `model`, done by importing an original `.pt` file: recorded like any other
-    run of it, so the stages after it read the imported embeddings and `fmb run` skips it."""
-    from fmb.embed.legacy import import_embeddings as read_into
+    run of it, so the stages after it read the imported embeddings and `fmb run` skips it. The file
+    is read and checked before anything is written; a file with the content of the last import is
+    not imported again unless forced (said on the console)."""
+    from fmb.embed.legacy import read_embeddings
+    from fmb.embed.store import import_signature, write_embeddings
 
     directory = resolved.layout.embeddings(model).dir
+    signature = import_signature(model, path)
+    if not force and (import_signature(model, None, directory) or {}).get("imported_sha256") == signature["imported_sha256"]:
+        log(f"{directory} already holds the embeddings imported from {path} (same content): nothing imported "
+            "(--force imports it again)")
+        return
+    read: dict = {}
 
-    def imported(_config, _log):
-        return {"objects": read_into(path, directory, {"model": model, "imported_from": str(path)})}
+    def check(_config) -> None:
+        read["embeddings"] = read_embeddings(path)
 
-    summary = run_stage(resolved, f"embed:{model}", force, imported)
+    def imported(config, _log):
+        return {"objects": write_embeddings(config.layout.embeddings(model).dir, signature, *read["embeddings"])}
+
+    summary = run_stage(resolved, f"embed:{model}", True, imported, check)
     if summary is not None:
-        console.print(f"imported {summary['objects']} objects into {directory}")
+        log(f"imported {summary['objects']} objects into {directory}")
 
 
 Models = Annotated[Optional[list[str]], typer.Option("--model", help="Model to score (repeatable); default: all embedded.")]
@@ -200,6 +213,28 @@ def run_command(
         console.print(f"browse, label and re-rank its objects: fmb app --run {resolved.name}")
 
 
+@app.command("verify", rich_help_panel="Pipeline")
+def verify_command(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
+    """Check every embedding part of the run against the sha256 its manifest records (reads them all);
+    a part that fails is named, and the next `fmb embed MODEL` redoes exactly those parts."""
+    from fmb.embed.store import damaged_parts
+
+    resolved = build_config(config, set_, name)
+    damaged = []
+    for model in resolved.run.models:
+        directory = resolved.layout.embeddings(model).dir
+        found = damaged_parts(directory, full=True)
+        parts = len(resolved.layout.embeddings(model).parts()) if directory.is_dir() else 0
+        log(f"{model}: {parts} parts, {len(found)} damaged" if resolved.layout.embeddings(model).manifest.is_file()
+            else f"{model}: no finished embeddings")
+        damaged += [(model, path, why) for path, why in found]
+    if damaged:
+        model, path, why = damaged[0]
+        raise FmbError(f"{len(damaged)} damaged embedding part(s), e.g. {path} ({why}); run `fmb embed {model}` to "
+                       "redo exactly those parts")
+    log(f"run {resolved.name}: every embedding part matches its manifest")
+
+
 @app.command("status", rich_help_panel="Pipeline")
 def status_command(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
     """Where the run stands: each stage's last run, and for stages run as shards (--executor slurm
@@ -215,7 +250,12 @@ def status_command(config: TaskFile = None, set_: Sets = None, name: RunName = N
     for column in ("stage", "status", "seconds", "note"):
         table.add_column(column)
     for stage, entry in states.items():
-        table.add_row(stage, entry.get("status", "?"), str(entry.get("seconds", "")), (entry.get("error") or "")[:120])
+        attempt = entry.get("attempt") or {}
+        note = (entry.get("error") or "")[:120]
+        if attempt:  # a later run that has not replaced the outputs: running, killed or failed
+            note = (f"a later run {attempt.get('status', '?')} (or was killed)" if attempt.get("status") == "running"
+                    else f"a later run failed: {(attempt.get('error') or '')[:100]}") + "; these outputs are kept"
+        table.add_row(stage, entry.get("status", "?"), str(entry.get("seconds", "")), note)
     if states:
         console.print(table)
     for counts in shard_counts(resolved):

@@ -133,7 +133,10 @@ def _index_file(config: ResolvedConfig) -> list[Path]:
 
 SYNTH = Stage("synth", lambda config, log: synth(config), ("synth", "seed"), outputs=_synth_output,
               applies=_not_synthetic)
-INDEX = Stage("index", _index_action, ("data",), inputs=lambda config: local_inputs(config), outputs=_index_file,
+# its output is the whole data directory (the index, its record, the rejects table), which its code
+# addresses by directory; a new index is followed by new validation and embeddings, which add theirs
+INDEX = Stage("index", _index_action, ("data",), inputs=lambda config: local_inputs(config),
+              outputs=lambda config: [config.layout.data.dir],
               after=("synth",), fingerprint=_source_identity)
 VALIDATE = Stage("validate", lambda config, log: validate(config), ("data",), inputs=_index_file,
                  outputs=lambda config: [config.layout.data.validation], after=("index",),

@@ -37,6 +37,7 @@ from fmb.embed.store import (duplicate_ids, embedded_models, embedding_manifests
                              load_embeddings_and_residuals, part_arrays, read_part, read_rows)
 from fmb.errors import FmbError
 from fmb.io import atomic_path, read_json_object, write_json, write_table
+from fmb.layout import EmbeddingFiles
 from fmb.plugins import detector_class, encoder_class
 from fmb.progress import progress_bar
 from fmb.stage import Sharding, Stage
@@ -78,6 +79,26 @@ def detect_models(config: ResolvedConfig) -> list[str]:
     if not models:
         raise FmbError("no embeddings to score; run `fmb embed MODEL` first")
     return models
+
+
+def check_detect(config: ResolvedConfig) -> None:
+    """Refuse, before anything is written, a model that is not registered or has no embeddings."""
+    from fmb.plugins import encoder_names
+
+    for model in detect_models(config):
+        if model not in encoder_names():
+            raise FmbError(f"detect.models: unknown model {model!r}; registered models: {', '.join(encoder_names())}")
+        if not config.layout.embeddings(model).manifest.is_file():
+            raise FmbError(f"no embeddings of {model} in {config.layout.embeddings(model).dir}; run "
+                           f"`fmb embed {model}` first")
+
+
+def detect_outputs(config: ResolvedConfig) -> list[Path]:
+    """What a run of detect replaces: the table and detectors of each model it scores, the consensus
+    and the summary; other models' tables stay as they are."""
+    files = config.layout.scores
+    per_model = [path for model in detect_models(config) for path in (files.table(model), files.detectors(model).parent)]
+    return [*per_model, files.consensus, files.summary, files.spill]  # spill: the merge's, in its staging copy
 
 
 # -- 1. fit, on one node: a sample of each model's embeddings, read part by part ----------------------
@@ -165,16 +186,26 @@ def _score_part(config: ResolvedConfig, model: str, part, fitted: "ModelDetector
 
 # -- 3. merge: the columns that rank objects against each other, then every model's table -------------
 def finish_detect(config: ResolvedConfig, log=print) -> dict:
-    """Merge every model's parts into its score table, then the consensus; out of core, within
+    """Merge every model's parts into its score table, then the consensus of every model of the run
+    with a table (those scored now and those left as they were); out of core, within
     `executor.merge_memory_gb` whatever the number of objects."""
     summary, files = {}, config.layout.scores
     with connection(config.executor.merge_memory_gb, files.spill) as con:
         for model in detect_models(config):
             summary[model] = _merge(con, config, model)
+            write_json(summary[model], files.merge_record(model))
             log(f"{model}: {summary[model]['objects']} objects scored")
-        write_consensus(con, {model: files.table(model) for model in summary}, config.detect.tail, files.consensus)
-    write_json(summary, files.summary)
+        write_consensus(con, {model: files.table(model) for model in _scored_models(config)}, config.detect.tail,
+                        files.consensus)
+    write_json({model: read_json_object(files.merge_record(model), "rerun `fmb detect --force`")
+                for model in _scored_models(config) if files.merge_record(model).is_file()}, files.summary)
     return summary
+
+
+def _scored_models(config: ResolvedConfig) -> list[str]:
+    """The models of the run with a score table, scored now or before."""
+    models = dict.fromkeys([*config.run.models, *detect_models(config)])
+    return [model for model in models if config.layout.scores.table(model).is_file()]
 
 
 def _merge(con, config: ResolvedConfig, model: str) -> dict:
@@ -335,18 +366,56 @@ def _mismatch_factories(config: ResolvedConfig, n_image: int) -> dict:
 
 def score_new(config: ResolvedConfig, model: str, embeddings: Path, out: Path) -> Path:
     """Score objects of another embedding directory with this run's saved detectors and calibrations
-    (no refitting): the same columns as the run's own score table."""
+    (no refitting): the same columns as the run's own score table. What it is given is checked
+    first: the embeddings' model, weights and widths against the detectors', and `out` (a new
+    file, never inside a run's own outputs)."""
+    _refuse_out(config, out)
     path = config.layout.scores.detectors(model)
     if not path.is_file():
         raise FmbError(f"no saved detectors at {path}; run `fmb detect` first")
+    _refuse_other_embeddings(config, model, embeddings)
     fitted: ModelDetectors = load(path)
     ids, matrices, residuals = load_embeddings_and_residuals(embeddings)
+    for modality, matrix in matrices.items():
+        reducer = fitted.reducers.get(modality)
+        if reducer is not None and matrix.shape[1] != reducer.mean_.shape[0]:
+            raise FmbError(f"{embeddings}: the {modality} embeddings are {matrix.shape[1]} wide, the {model} detectors "
+                           f"were fitted on {reducer.mean_.shape[0]}; give embeddings made by the run's {model}")
     frame = score_frame(fitted, ids, matrices, residuals, reference=None)
     return write_table(pa.Table.from_pandas(frame, preserve_index=False), out)
+
+
+def _refuse_out(config: ResolvedConfig, out: Path) -> None:
+    runs = config.layout.root.parent.resolve()
+    target = out.resolve()
+    if target.is_dir():
+        raise FmbError(f"--out {out} is a directory; give the Parquet file to write (e.g. new_scores.parquet)")
+    if target.is_relative_to(runs):
+        raise FmbError(f"--out {out} is inside the runs' own outputs ({runs}), which the run's stages and the app "
+                       "read; write the new objects' scores elsewhere (e.g. new_scores.parquet)")
+
+
+def _refuse_other_embeddings(config: ResolvedConfig, model: str, embeddings: Path) -> None:
+    """The embeddings' manifest must say `model`, and the weights the run's own embeddings of it had."""
+    from fmb.embed.store import read_manifest
+
+    def signature(directory: Path) -> dict:
+        manifest = EmbeddingFiles(directory).manifest
+        return (read_manifest(manifest).get("signature") or {}) if manifest.is_file() else {}
+
+    given, own = signature(embeddings), signature(config.layout.embeddings(model).dir)
+    if given.get("model") not in (None, model):
+        raise FmbError(f"{embeddings} holds embeddings of {given['model']} (its manifest says so), not {model}; score "
+                       f"them with `fmb detect score {given['model']}`")
+    weights = given.get("weights_sha256"), own.get("weights_sha256")
+    if all(weights) and weights[0] != weights[1]:
+        raise FmbError(f"{embeddings} was made with other {model} weights (sha256 {weights[0][:12]}) than the "
+                       f"embeddings its detectors were fitted on ({weights[1][:12]}); embed them with this run's "
+                       "weights, or fit detectors on them")
 
 
 #: Stage 3: every embedded model of run.models (or detect.models) scored; under an executor, the fit
 #: is one job and the scoring one array task per shard of embedding parts.
 DETECT = Stage("detect", detect, ("detect", "seed", "run.models"), inputs=embedding_manifests,
-               outputs=lambda config: [config.layout.scores.dir], after=("embed",), version=3,
-               sharding=Sharding(detect_units, detect_shard, finish_detect, fit_detectors))
+               outputs=detect_outputs, after=("embed",), version=4,
+               sharding=Sharding(detect_units, detect_shard, finish_detect, fit_detectors), check=check_detect)

@@ -154,6 +154,22 @@ def _column(values: np.ndarray | None, field: pa.Field) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), width)
 
 
+def import_signature(model: str, path: Path | None, directory: Path | None = None) -> dict | None:
+    """The signature of embeddings of `model` imported from the file `path` (its name and sha256);
+    with `directory` instead, the signature its finished embeddings were imported with (None when
+    they were not imported, or are not finished)."""
+    if path is not None:
+        return {"model": model, "imported_from": str(path), "imported_sha256": file_sha256(path)}
+    manifest = EmbeddingFiles(directory).manifest
+    if not manifest.is_file():
+        return None
+    try:
+        recorded = read_manifest(manifest).get("signature") or {}
+    except FmbError:
+        return None
+    return recorded if "imported_sha256" in recorded else None
+
+
 def write_embeddings(directory: Path, signature: dict, object_ids: np.ndarray, embeddings: dict[str, np.ndarray]) -> int:
     """Embeddings made elsewhere (an import, a test's own vectors) as one complete part; the count."""
     manifest = Manifest.open(directory, signature)
@@ -232,14 +248,78 @@ def read_rows(parts: list[Part], positions: np.ndarray, modalities: tuple[str, .
 
 
 def read_part(path: Path, columns: set[str] | None = None) -> pa.Table:
-    """An embedding part; only those of `columns` it has, when given."""
+    """An embedding part, checked against its manifest's sha256 (`verify_part`); only those of
+    `columns` it has, when given."""
     try:
+        verify_part(path)
         if columns is not None:
             columns = [name for name in pq.read_schema(path).names if name in columns]
         return pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowException) as error:
-        raise FmbError(f"embedding part {path} is missing or unreadable ({str(error)[:120]}); embed this model "
-                       "again (finished parts are kept)") from None
+        raise FmbError(f"embedding part {path} is missing or unreadable ({str(error)[:120]}); {_redo(path)}") from None
+
+
+def _redo(path: Path) -> str:
+    return f"run `fmb embed {path.parent.name}` to redo the damaged parts (the others are kept)"
+
+
+#: Parts checked in this process, by (path, size, mtime, inode): each is hashed once per process.
+_VERIFIED: set[tuple] = set()
+
+
+def verify_part(path: Path) -> None:
+    """Refuse a part of a finished embedding directory whose bytes are not those its manifest
+    records (sha256); hashed once per part per process."""
+    path = Path(path)
+    stat = path.stat()
+    stamp = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if stamp in _VERIFIED:
+        return
+    expected = recorded_checksums(path.parent).get(path.name)
+    if expected is not None and file_sha256(path) != expected:
+        raise FmbError(f"embedding part {path} does not match the sha256 its manifest records (changed or damaged "
+                       f"since it was written); {_redo(path)}")
+    _VERIFIED.add(stamp)
+
+
+def recorded_checksums(directory: Path) -> dict[str, str]:
+    """{part file name: sha256} of a finished embedding directory's manifest (empty without one)."""
+    manifest = EmbeddingFiles(directory).manifest
+    if not manifest.is_file():
+        return {}
+    return {entry["file"]: entry.get("sha256") for entry in read_manifest(manifest)["parts"].values()
+            if isinstance(entry, dict) and "file" in entry}
+
+
+def damaged_parts(directory: Path, full: bool = False) -> list[tuple[Path, str]]:
+    """(part, why) of each part of a finished embedding directory that is missing, unreadable, has
+    other rows than recorded, or (when `full`, or when it was changed after the manifest was written)
+    other bytes than its sha256 says. Without `full` only the footers of unchanged parts are read."""
+    files = EmbeddingFiles(directory)
+    if not files.manifest.is_file():
+        return []
+    written = files.manifest.stat().st_mtime_ns
+    damaged = []
+    for unit, entry in read_manifest(files.manifest)["parts"].items():
+        path = directory / entry["file"]
+        why = _part_problem(path, entry, full or (path.is_file() and path.stat().st_mtime_ns > written))
+        if why:
+            damaged.append((path, why))
+    return damaged
+
+
+def _part_problem(path: Path, entry: dict, hash_it: bool) -> str | None:
+    if not path.is_file():
+        return "missing"
+    try:
+        rows = pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException):
+        return "unreadable"
+    if rows != entry.get("rows"):
+        return f"{rows} rows, the manifest records {entry.get('rows')}"
+    if hash_it and entry.get("sha256") and file_sha256(path) != entry["sha256"]:
+        return "sha256 differs from the manifest's"
+    return None
 
 
 def part_arrays(table: pa.Table, modalities: tuple[str, ...] = MODALITIES

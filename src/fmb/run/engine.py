@@ -11,7 +11,16 @@ size, mtime and its first and last MiB) and, where it has one, the identity of a
 * same key as the last finished run and outputs present  -> skipped;
 * same key as a run that was interrupted                  -> run again on top of its outputs, so the
                                                              stages that resume (embed, adapt) resume;
-* a different key, or forced by ``--from``/``--only``     -> its outputs are removed, then it runs.
+* a different key, or forced by ``--from``/``--only``     -> it runs afresh;
+* same key, finished, but an output fails its check       -> it runs again on a copy of its outputs
+  (`Stage.damaged`, e.g. an embedding part whose checksum     less the damaged files, redoing just those.
+  differs from its manifest)
+
+A stage never writes over its outputs: it writes staging copies and they replace the outputs only
+once it has finished (`fmb.run.staging`), so a failure, a refusal or a kill leaves the previous
+outputs byte for byte; its arguments and inputs are checked first (`Stage.check`). An output fmb
+did not make (outside the run, without the owner marker, not an empty directory) is refused. A
+fresh start (not a resume) also starts the stage's shard records over.
 
 Keys are computed just before each stage runs, after its upstream stages, so changing one input
 reruns exactly the stages downstream of it. `plan_report` says, without running anything, what
@@ -34,6 +43,7 @@ from fmb.errors import ConfigError, FmbError
 from fmb.io import parquet_footer_sha256, read_json_object, remove_stale_temporaries, write_json
 from fmb.layout import OWNER_MARKER, made_by_fmb
 from fmb.run.sharded import run_sharded, uses_shards
+from fmb.run.staging import Staging
 from fmb.stage import Stage, always_applies
 
 _WHOLE_FILE_BYTES = 64 << 20  # files up to this size are hashed whole
@@ -165,11 +175,25 @@ class State:
         self.entries[stage] = entry
         write_json(self.entries, self.path)
 
+    def attempt(self, stage: str, **attempt) -> None:
+        """A run of the stage that has not replaced its outputs (running, or failed). The entry of
+        the run that made the outputs in place stays as it is, beside it (`attempt`)."""
+        previous = self.entries.get(stage, {})
+        if previous.get("status") == "done":
+            self.record(stage, **{k: v for k, v in previous.items() if k != "attempt"}, attempt=attempt)
+        else:
+            self.record(stage, **attempt)
+
 
 def _read_state(path: Path) -> dict:
-    # a guess at what ran could delete finished work (a stage whose key looks changed is redone
+    # a guess at what ran could redo finished work (a stage whose key looks changed is redone
     # from scratch), so an unreadable state is the user's call
-    return read_json_object(path, "delete it to rerun every stage from the start")
+    entries = read_json_object(path, "delete it to rerun every stage from the start")
+    for stage, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise FmbError(f"{path} is not a record fmb wrote (stage {stage!r} holds {json.dumps(entry)[:40]}, not its "
+                           "record); delete it to rerun every stage from the start")
+    return entries
 
 
 # -- running ------------------------------------------------------------------------------------------
@@ -189,27 +213,45 @@ def _run_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State,
     key = _digest(parts)
     previous = state.entries.get(stage.name, {})
     outputs = stage.outputs(config)
-    if not forced and _is_current(previous, key, outputs):
+    current = _is_current(previous, key, outputs)
+    damaged = damaged_outputs(config, stage) if current else []
+    if not forced and current and not damaged:
         log(f"[{stage.name}] unchanged, skipped")
         return Outcome(stage.name, "skipped", note="inputs and config unchanged")
-    if forced or previous.get("key") != key:
-        _remove(outputs, config.layout.root)
-    stale = remove_stale_temporaries(outputs)
+    refuse_foreign(outputs, config.layout.root)
+    refuse_damaged_inputs(config, stage)
+    if stage.check is not None:  # arguments, inputs and files to import, before anything is written
+        stage.check(config)
+    staging = Staging(config, stage.name, outputs)
+    repair = [path for path, _ in damaged] if damaged and not forced else None
+    if repair is not None:
+        log(f"[{stage.name}] redoing what failed its check: " + "; ".join(f"{p.name} ({why})" for p, why in damaged))
+    resumed = staging.start(key, resume=not forced, seed=repair)
+    if not resumed and repair is None:
+        shutil.rmtree(config.layout.shards(stage.name).dir, ignore_errors=True)  # a fresh start redoes every shard
+    stale = remove_stale_temporaries(list(staging.staged.values()))
     if stale:
         log(f"[{stage.name}] removed {len(stale)} temporary files a killed run left (e.g. {stale[0].name})")
-    state.record(stage.name, key=key, parts=parts, status="running", started=time.time())
+    attempt = {"key": key, "parts": parts, "started": time.time()}
+    state.attempt(stage.name, status="running", **attempt)
     write_json(run_settings(config), config.layout.settings)  # the next command on this run starts from it
-    log(f"[{stage.name}] running")
+    log(f"[{stage.name}] running" + (" (resuming its unfinished outputs)" if resumed else ""))
     started = time.perf_counter()
     try:
-        result = _act(config, stage, key, lambda line: log(f"  {line}"))
-    except Exception as error:
-        state.record(stage.name, key=key, parts=parts, status="failed", error=str(error))
-        log(f"[{stage.name}] failed: {error}")
+        result = _act(staging.config, stage, key, lambda line: log(f"  {line}"))
+        staging.commit()
+    except BaseException as error:  # the staging copies stay for a resume; the outputs are untouched
+        state.attempt(stage.name, status="failed", error=_one_line(error), **attempt)
+        if isinstance(error, Exception):
+            log(f"[{stage.name}] failed: {_one_line(error)}" + ("; its previous outputs are kept" if previous else ""))
         raise
     seconds = time.perf_counter() - started
     state.record(stage.name, key=key, parts=parts, status="done", seconds=round(seconds, 2), finished=time.time())
     return Outcome(stage.name, "ran", seconds, _describe(result), result)
+
+
+def _one_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0] or type(error).__name__
 
 
 def _act(config: ResolvedConfig, stage: Stage, key: str, log):
@@ -222,18 +264,37 @@ def _is_current(previous: dict, key: str, outputs: list[Path]) -> bool:
     return previous.get("key") == key and previous.get("status") == "done" and all(p.exists() for p in outputs)
 
 
-def _remove(paths: list[Path], run_root: Path) -> None:
-    """Delete a stage's old outputs before it reruns: only what fmb made (`made_by_fmb`)."""
-    foreign = [path for path in paths if path.exists() and not made_by_fmb(path, run_root)]
+def damaged_outputs(config: ResolvedConfig, stage: Stage) -> list[tuple[Path, str]]:
+    """(file, why) of each finished output that fails its check (`Stage.damaged`): what a rerun
+    redoes, exactly, without --force."""
+    return [] if stage.damaged is None else list(stage.damaged(config))
+
+
+def refuse_damaged_inputs(config: ResolvedConfig, stage: Stage) -> None:
+    """A Parquet input whose footer cannot be read (truncated, not Parquet) is named before the stage
+    starts, with what to do, instead of failing deep inside it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in stage.inputs(config):
+        if path.suffix == ".parquet" and path.is_file():
+            try:
+                pq.read_metadata(path)
+            except (OSError, pa.ArrowException) as error:
+                raise FmbError(f"{_relative(config, path)}, an input of {stage.name}, is damaged or not Parquet "
+                               f"({_one_line(error)[:100]}); redo the stage that writes it with --force, then "
+                               "this one") from None
+
+
+def refuse_foreign(paths: list[Path], run_root: Path) -> None:
+    """Refuse to replace an output fmb did not make (`made_by_fmb`); an empty directory holds
+    nothing to lose, and is claimed."""
+    foreign = [path for path in paths if path.exists() and not made_by_fmb(path, run_root)
+               and not (path.is_dir() and not any(path.iterdir()))]
     if foreign:
         raise FmbError(f"{foreign[0]} was not made by fmb (it is outside {run_root} and has no "
                        f"{OWNER_MARKER} file), so fmb will not delete it to rerun this stage; move it away "
-                       "or point the setting that names it at a new directory")
-    for path in paths:
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+                       "or point the setting that names it at a new or empty directory")
 
 
 def _describe(result) -> str:
@@ -296,6 +357,9 @@ def _forecast(config, stage: Stage, forced: bool, previous: dict, rerunning: set
     missing = [str(p) for p in stage.outputs(config) if not p.exists()]
     if missing:
         return Forecast(stage.name, True, f"outputs missing: {', '.join(missing)}")
+    damaged = damaged_outputs(config, stage)
+    if damaged:
+        return Forecast(stage.name, True, "redoes what fails its check: " + "; ".join(f"{p} ({why})" for p, why in damaged))
     return Forecast(stage.name, False, "unchanged, skipped")
 
 

@@ -15,12 +15,24 @@ from fmb.analyze.figures import FIGURES
 from fmb.analyze.probes import PROBES
 from fmb.analyze.report import REPORT
 from fmb.analyze.similarity import SIMILARITY
+from dataclasses import replace
+
 from fmb.config import ResolvedConfig
 from fmb.data.tasks import INDEX, SYNTH, VALIDATE
 from fmb.detect.tasks import DETECT
-from fmb.embed.extract import EMBED
+from fmb.embed.extract import EMBED as _EMBED
+from fmb.embed.store import damaged_parts
 from fmb.models.tasks import ADAPT
 from fmb.stage import Stage
+
+
+def _damaged_embeddings(config: ResolvedConfig, model: str) -> list:
+    return damaged_parts(config.layout.embeddings(model).dir)
+
+
+#: embed, whose finished parts are checked against their manifest before it is skipped: a damaged
+#: part is redone by the next `fmb embed` (the engine's repair), the others kept
+EMBED = replace(_EMBED, damaged=_damaged_embeddings)
 
 
 def build_stages(config: ResolvedConfig) -> list[Stage]:

@@ -28,8 +28,9 @@ class ShardCounts:
 
 def stage_states(config: ResolvedConfig) -> dict[str, dict]:
     """The engine's record of each stage's last run (status, seconds, error)."""
-    path = config.layout.state
-    return read_json_object(path, "delete it to rerun every stage from the start") if path.is_file() else {}
+    from fmb.run.engine import State
+
+    return State(config.layout.state).entries
 
 
 def shard_counts(config: ResolvedConfig) -> list[ShardCounts]:
