@@ -86,12 +86,14 @@ def morphology(bands: np.ndarray) -> dict[str, float]:
     return dict(zip(FEATURES, measure_central(bands, find_central(bands))))
 
 
-@pytest.mark.parametrize("n, tolerance", [(1.0, 0.3), (2.0, 0.5), (4.0, 1.0)])
-def test_sersic_index_and_effective_radius(n, tolerance):
+@pytest.mark.parametrize("n, tolerance, radius_tolerance", [(1.0, 0.3, 0.1), (2.0, 0.5, 0.1), (4.0, 1.0, 0.35)])
+def test_sersic_index_and_effective_radius(n, tolerance, radius_tolerance):
+    """Recovered within the tolerances; a de Vaucouleurs profile 6 px across loses part of its wings
+    to the local background (and to the PSF), which biases n and r50 low (documented, morphology.py)."""
     m = morphology(sersic_cutout(n, 6.0))
     assert m["sersic_n"] == pytest.approx(n, abs=tolerance)
-    assert 10 ** m["log_r_e"] == pytest.approx(6.0, rel=0.2)
-    assert 10 ** m["log_r50"] == pytest.approx(6.0, rel=0.2)
+    assert 10 ** m["log_r_e"] == pytest.approx(6.0, rel=radius_tolerance)
+    assert 10 ** m["log_r50"] == pytest.approx(6.0, rel=radius_tolerance)
 
 
 def test_concentration_gini_and_m20_order_discs_and_spheroids():

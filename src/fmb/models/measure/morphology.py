@@ -17,7 +17,9 @@ VIS band (the sharpest) unless said otherwise:
   segment, whose edge moves when a neighbour takes pixels from it);
 * Sersic index and effective radius: the curve of growth fitted on a grid of Sersic curves of
   growth (n 0.5-6, r_e on a log grid), both truncated at the same radius (the PSF is not
-  deconvolved: VIS's 1.7 px FWHM biases n low only for sources a few pixels across);
+  deconvolved: VIS's 1.7 px FWHM biases n low only for sources a few pixels across; the local
+  background of `deblend` takes part of a de Vaucouleurs profile's wings: for n = 4 and r_e = 6 px
+  in a 64 px cutout, n reads ~3 and r50 ~0.7 r_e, measured);
 * ellipticity 1 - b/a from the second moments of the segment.
 """
 
@@ -81,11 +83,11 @@ def _petrosian_radius(image: np.ndarray, radius: np.ndarray) -> float:
 
 
 def _curve_of_growth(image: np.ndarray, radius: np.ndarray, total_radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """(radii, enclosed flux / flux within `total_radius`) on 0.5-px steps."""
+    """(radii, enclosed flux / flux within `total_radius`) on 0.5-px steps (half-pixel rings summed
+    with one bincount: no sort)."""
     edges = np.arange(0.5, total_radius + 0.5, 0.5)
-    order = np.argsort(radius.ravel())
-    sorted_radius, cumulative = radius.ravel()[order], np.cumsum(image.ravel()[order])
-    enclosed = cumulative[np.clip(np.searchsorted(sorted_radius, edges, side="right") - 1, 0, None)]
+    rings = np.minimum((2 * radius).astype(int).ravel(), len(edges))  # ring k holds radii in [k/2, (k+1)/2)
+    enclosed = np.cumsum(np.bincount(rings, weights=image.ravel(), minlength=len(edges) + 1))[:len(edges)]
     return edges, enclosed / max(enclosed[-1], 1e-12)
 
 
