@@ -52,7 +52,7 @@ def measure_central(bands: np.ndarray, central: Central) -> np.ndarray:
     clean = ~(central.neighbours | central.blank)
     vis = images[0]
     height, width = vis.shape
-    y, x = np.mgrid[0:height, 0:width]
+    y, x = _grid(height, width)
     radius = np.hypot(x - central.centre[0], y - central.centre[1])
     r_petrosian = _petrosian_radius(vis, radius)
     total_radius = min(TOTAL_RADII * r_petrosian, np.hypot(height, width) / 2)
@@ -69,6 +69,11 @@ def measure_central(bands: np.ndarray, central: Central) -> np.ndarray:
                      _smoothness(vis, radius, r_petrosian),
                      *_gini_m20(vis, (radius <= ASYMMETRY_RADII * r_petrosian) & clean, x, y, central.centre),
                      n, np.log10(r_e), _ellipticity(vis, central.segment, x, y)])
+
+
+@functools.lru_cache(maxsize=8)  # one per cutout shape; shared, never written to
+def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.mgrid[0:height, 0:width]
 
 
 def _petrosian_radius(image: np.ndarray, radius: np.ndarray) -> float:
