@@ -1,112 +1,198 @@
-"""Embedding throughput: the original research code's way vs fmb's extraction, side by side.
+"""Embedding throughput, side by side in one run: the original's loop, today's fmb and this fmb.
 
-For each model, on the same synthetic objects and the same random weights:
+For each model, on the same synthetic objects and the same weights, three columns, each in its own
+fresh process (so each has its own peak memory) and run one after another per model (so the machine's
+load falls on all three alike):
 
-* original: fp32, the original batch sizes (AstroPT 16, AION 1, AstroCLIP 16), rows read, checked
-  and preprocessed in the main process between forward passes (no prefetch), AstroPT running all
-  blocks (`get_embeddings`) although it reads the middle one;
-* fmb: `fmb.embed.extract.embed` — DataLoader workers prefetching preprocessed batches, larger
-  batches, bf16 autocast on GPU, AstroPT stopping at the block it reads.
+* original: the original research code's loop (reference_fmb.md section 5) on the package modules as
+  they are: fp32, the original batch sizes (AstroPT 16, AION 1, AstroCLIP 16), rows read, checked and
+  preprocessed in the main process between forward passes, AION's three `encode` calls (image, spectrum,
+  both), AstroPT running all blocks (`get_embeddings`) although it reads the middle one. It runs on
+  the fmb of `--base` (its models are the unswapped package modules there);
+* today: `fmb.embed.extract.embed` of the fmb in `--base` (a `git worktree add` of an earlier commit);
+* fmb: `fmb.embed.extract.embed` of the fmb in `--src` (default: this checkout).
 
-Prints objects/s for both and the ratio. Usage:
+Objects/s exclude the model's loading (timed apart), include everything else: reading, checking,
+preprocessing, the model, writing. Peak memory is the resident set of the process (and, apart, of its
+largest DataLoader worker). Weights are random (hub weights cannot be fetched here); at the full presets
+AION's are the size of AION-base (ViT-B-like 12+12 blocks of 768, the default-size codecs), saved as a
+local snapshot and loaded through the real loading code by both fmb versions.
 
-    python benchmarks/embed_throughput.py --preset full --n 256          # real-size models (GPU)
-    python benchmarks/embed_throughput.py --preset tiny --n 256          # CPU smoke figures
+    git worktree add /tmp/fmb_base <commit>
+    python benchmarks/embed_throughput.py --preset tiny --n 256 --base /tmp/fmb_base/src
+    python benchmarks/embed_throughput.py --preset full --n 16 --base /tmp/fmb_base/src
+    python benchmarks/embed_throughput.py --preset full --n 512      # fmb alone (e.g. on a GPU)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from fmb.config import load_config
-from fmb.data.index import ObjectIndex
-from fmb.data.sources import open_source
-from fmb.data.synth import synthesize
-from fmb.data.tasks import index
-from fmb.data.validate import RowChecker
-from fmb.embed.extract import embed
-from fmb.models.base import pick_device
-from fmb.models.registry import build_encoder
-
 ORIGINAL_BATCH = {"astropt": 16, "aion": 1, "astroclip": 16}
+COLUMNS = ("original", "today", "fmb")
+#: The demo's tiny settings (configs/adapt/tiny.yaml), and fmb's defaults at the full presets.
+PRESET_SETS = {
+    "tiny": {"aion": ["preset=tiny", "adapter_hidden=8", "embed.batch_size=32"],
+             "astropt": ["preset=tiny", "image_size=64", "embed.batch_size=64"],
+             "astroclip": ["preset=tiny", "embed.batch_size=64"]},
+    "full": {"aion": ["preset=full", "embed.batch_size=8"],
+             "astropt": ["preset=full", "weights=random", "embed.batch_size=8"],
+             "astroclip": ["preset=full", "weights=random", "embed.batch_size=8"]},
+}
+AION_BASE = dict(dim=768, encoder_depth=12, decoder_depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=False,
+                 proj_bias=False, mlp_bias=False, norm_bias=False, act_layer="SiLU", gated_mlp=True, qk_norm=False)
 
 
-def original_loop(encoder, source, object_index: ObjectIndex, batch_size: int, device: torch.device) -> int:
-    """The original pattern: sequential read -> check -> preprocess -> fp32 forward, no overlap."""
-    checker, done = RowChecker(), 0
+# -- the parent: data, weights, the columns, the table ------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=256, help="objects")
+    parser.add_argument("--preset", choices=["full", "tiny"], default="tiny")
+    parser.add_argument("--models", nargs="+", default=["aion", "astropt", "astroclip"])
+    parser.add_argument("--base", type=Path, help="src/ of today's fmb (a git worktree); without it only fmb's column")
+    parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src", help="src/ of this fmb")
+    parser.add_argument("--columns", nargs="+", choices=COLUMNS, default=list(COLUMNS))
+    parser.add_argument("--workers", type=int, default=1, help="fmb's DataLoader workers (both versions)")
+    parser.add_argument("--column", help=argparse.SUPPRESS)  # internal: run one column in this process
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--sets", nargs="*", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.base is None:
+        args.columns = ["fmb"]
+    if args.column:
+        print("RESULT " + json.dumps(run_column(args.column, args.model, args.project, args.sets)), flush=True)
+        return
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="embed_throughput_") as tmp:
+        tmp = Path(tmp)
+        sys.path.insert(0, str(args.src))
+        from fmb.data.synth import synthesize
+
+        synthesize(tmp / "survey", args.n, seed=3, workers=2)
+        weights = {"aion": [f"weights={plant_aion_base(tmp / 'aion-base')}"]} if args.preset == "full" and "aion" in args.models else {}
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        print(f"preset {args.preset}, {args.n} objects, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start; "
+              f"today = {args.base}, fmb = {args.src}")
+        print(f"{'model':10s} " + " ".join(f"{c + ' obj/s':>14s} {'peak MB':>8s}" for c in args.columns)
+              + "  fmb/today  fmb/original")
+        for model in args.models:
+            sets = [f"models.{model}.{s}" for s in PRESET_SETS[args.preset][model] + weights.get(model, [])]
+            sets += [f"models.{model}.embed.num_workers={args.workers}", f"models.{model}.embed.rows_per_shard={args.n}",
+                     f"data.source={tmp / 'survey'}"]
+            results = {column: spawn(column, model, tmp / f"{model}-{column}", sets, args) for column in args.columns}
+            print(f"{model:10s} " + " ".join(f"{r['rate']:14.4g} {r['peak_mb']:8.0f}" for r in results.values())
+                  + "".join(f"  {results['fmb']['rate'] / results[c]['rate']:9.2f}x" for c in ("today", "original")
+                            if c in results and "fmb" in results), flush=True)
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+def spawn(column: str, model: str, project: Path, sets: list[str], args) -> dict:
+    """One column in a fresh process, importing the fmb of `--base` (original, today) or `--src`."""
+    project.mkdir()
+    (project / "fmb.yaml").write_text("name: bench\n")
+    src = args.src if column == "fmb" else args.base
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    command = [sys.executable, __file__, "--column", column, "--model", model,
+               "--project", str(project), "--sets", *sets]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise SystemExit(f"{model} {column} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def plant_aion_base(directory: Path) -> Path:
+    """AION-base-sized random weights (image + DESI spectrum domains) and default-size codecs, saved in
+    the hub repository's layout, loaded by fmb's local-snapshot path. Seeded: the same for every column."""
+    import torch
+    from aion import AION
+    from aion.codecs import ImageCodec, SpectrumCodec
+    from aion.modalities import DESISpectrum, HSCImage
+
+    torch.manual_seed(0)
+    domains = ["tok_image_hsc", "tok_spectrum_desi"]
+    AION(dict(domains_in=domains, domains_out=domains, **AION_BASE)).save_pretrained(directory)
+    ImageCodec(quantizer_levels=[7, 5, 5, 5, 5]).save_pretrained(directory, modality=HSCImage)
+    SpectrumCodec(embedding_dim=10, latent_channels=768).save_pretrained(directory, modality=DESISpectrum)
+    return directory
+
+
+# -- one column, in its own process -------------------------------------------------------------------
+def run_column(column: str, model: str, project: Path, sets: list[str]) -> dict:
+    from fmb.config import load_config
+    from fmb.data.tasks import index
+
+    config = load_config(root=project, sets=sets)
+    index(config)
+    if column == "original":
+        objects, seconds = original_loop(config, model)
+    else:
+        objects, seconds = fmb_embed(config, model)
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"objects": objects, "seconds": seconds, "rate": objects / seconds, "peak_mb": self_kb / 1024,
+            "worker_peak_mb": workers_kb / 1024}
+
+
+def fmb_embed(config, model: str) -> tuple[int, float]:
+    """`embed` as `fmb embed` runs it, less the time it spends loading the model."""
+    from fmb.embed import extract
+
+    loading = []
+    build = extract.build_encoder
+
+    def timed_build(*a, **k):
+        started = time.perf_counter()
+        encoder = build(*a, **k)
+        loading.append(time.perf_counter() - started)
+        return encoder
+
+    extract.build_encoder = timed_build
+    started = time.perf_counter()
+    summary = extract.embed(config, model)
+    return summary["objects"], time.perf_counter() - started - sum(loading)
+
+
+def original_loop(config, model: str) -> tuple[int, float]:
+    """The original pattern: one object read at a time -> check -> preprocess -> fp32 forward, no overlap."""
+    import torch
+    from fmb.data.index import ObjectIndex
+    from fmb.data.sources import open_source
+    from fmb.data.validate import RowChecker
+    from fmb.models.registry import build_encoder
+
+    encoder = build_encoder(config, model, weights="base").eval()
+    source, checker, done = open_source(config), RowChecker(), 0
+    object_index = ObjectIndex.load(config.layout.data.dir)
     ids = list(object_index.ids)
     locations = object_index.locate(ids)
+    batch_size = ORIGINAL_BATCH[model]
+    started = time.perf_counter()
     for start in range(0, len(ids), batch_size):
-        chunk = locations[start : start + batch_size]
-        rows = [source.read_rows(shard, [row])[0] for shard, row in chunk]  # one object at a time
+        rows = [source.read_rows(shard, [row])[0] for shard, row in locations[start : start + batch_size]]
         samples = [s for s in (checker.check(r)[0] for r in rows) if s is not None and encoder.preprocessor.usable(s) is None]
         if not samples:
             continue
-        batch = {k: v.to(device) for k, v in encoder.preprocessor(samples).items()}
+        batch = encoder.preprocessor(samples)
         with torch.no_grad():
-            if encoder.name == "astropt":  # all blocks, as `get_embeddings` does
-                inputs = {k: v for k, v in batch.items() if k != "object_id"}
-                tokens = encoder.gpt.get_embeddings(inputs)
+            if model == "astropt":  # all blocks, as `get_embeddings` does
+                tokens = encoder.gpt.get_embeddings({k: v for k, v in batch.items() if k != "object_id"})
                 [t.mean(1).cpu() for t in tokens.values()]
             else:
                 [t.cpu() for t in encoder.embed(batch).values()]
         done += len(samples)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return done
-
-
-def measure(model: str, config, device: torch.device) -> tuple[float, float]:
-    encoder = build_encoder(config, model, weights="base").to(device).eval()
-    source = open_source(config)
-    object_index = ObjectIndex.load(config.layout.data.dir)
-    original_loop(encoder, source, ObjectIndex(object_index_table(config, 8)), ORIGINAL_BATCH[model], device)  # warm-up
-    started = time.perf_counter()
-    n_original = original_loop(encoder, source, object_index, ORIGINAL_BATCH[model], device)
-    original = n_original / (time.perf_counter() - started)
-    started = time.perf_counter()
-    summary = embed(config, model)
-    fmb = summary["objects"] / (time.perf_counter() - started)
-    return original, fmb
-
-
-def object_index_table(config, n: int):
-    import pyarrow.parquet as pq
-
-    return pq.read_table(config.layout.data.index).slice(0, n)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--preset", choices=["full", "tiny"], default="full")
-    parser.add_argument("--models", nargs="+", default=["astropt", "aion", "astroclip"])
-    parser.add_argument("--batch-size", type=int, default=64, help="fmb's batch size")
-    parser.add_argument("--workers", type=int, default=4, help="fmb's DataLoader workers")
-    args = parser.parse_args()
-    device = pick_device("auto")
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "fmb.yaml").write_text("name: bench\n")
-        synthesize(root / "survey", args.n, seed=3, workers=2)
-        sets = ["data.source=survey"]
-        for model in args.models:
-            sets += [f"models.{model}.preset={args.preset}", f"models.{model}.weights=random",
-                     f"models.{model}.embed.batch_size={args.batch_size}", f"models.{model}.embed.num_workers={args.workers}",
-                     f"models.{model}.embed.rows_per_shard={args.n}"]
-        config = load_config(root=root, sets=sets)
-        index(config)
-        print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}  "
-              f"torch threads: {torch.get_num_threads()}  preset: {args.preset}  objects: {args.n}")
-        print(f"{'model':10s} {'original obj/s':>15s} {'fmb obj/s':>10s} {'ratio':>7s}")
-        for model in args.models:
-            original, fmb = measure(model, config, device)
-            print(f"{model:10s} {original:15.1f} {fmb:10.1f} {fmb / original:7.2f}x", flush=True)
+    return done, time.perf_counter() - started
 
 
 if __name__ == "__main__":
