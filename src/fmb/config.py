@@ -74,9 +74,9 @@ class DataConfig(_Section):
     catalog: str | None = Field(
         None, description="catalog file (TARGETID, Z, LOGM, LOGSFR, SPECTYPE); default <source>/catalog.parquet"
     )
-    spectrum_length: int = Field(7781, gt=0, description="expected number of spectrum pixels")
-    min_cutout_px: int = Field(16, gt=0, description="smallest accepted cutout side, pixels")
-    max_cutout_px: int = Field(1024, gt=0, description="largest accepted cutout side, pixels")
+    spectrum_length: int = Field(7781, gt=0, le=1_000_000, description="expected number of spectrum pixels")
+    min_cutout_px: int = Field(16, gt=0, le=65536, description="smallest accepted cutout side, pixels")
+    max_cutout_px: int = Field(1024, gt=0, le=65536, description="largest accepted cutout side, pixels")
     max_bad_pixel_fraction: float = Field(
         0.25, ge=0, le=1, description="a 4-band image is dropped when any one band has more bad pixels "
         "(NaN, inf, beyond float32) than this fraction"
@@ -93,7 +93,7 @@ class SkyConfig(_Section):
     """The nuisances of a real sky around every synthetic object (fmb.data.synth.sky): not anomalies."""
 
     enabled: bool = Field(True, description="draw the nuisances; false: a clean survey (one galaxy per cutout)")
-    field_galaxies: float = Field(2.0, ge=0, allow_inf_nan=False,
+    field_galaxies: float = Field(2.0, ge=0, le=1000, allow_inf_nan=False,
                                   description="mean number of faint (VIS 23.5-26.5) field galaxies per cutout")
     neighbour_rate: float = Field(0.15, ge=0, le=1, description="probability of a bright neighbour")
     blend_fraction: float = Field(0.3, ge=0, le=1, description="fraction of the neighbours blended with the object")
@@ -101,26 +101,26 @@ class SkyConfig(_Section):
                              "the cutout")
     edge_rate: float = Field(0.03, ge=0, le=1, description="probability that a detector edge truncates the cutout")
     nisp_correlated_noise: bool = Field(True, description="NISP noise correlated by resampling 0.3\" pixels to 0.1\"")
-    sky_residual: float = Field(1.0, ge=0, allow_inf_nan=False,
+    sky_residual: float = Field(1.0, ge=0, le=1000, allow_inf_nan=False,
                                 description="scale of the sky-line and telluric residuals in the spectra (0: none)")
 
 
 class SynthConfig(_Section):
-    n: int = Field(2000, gt=0, description="number of objects")
+    n: int = Field(2000, gt=0, le=100_000_000, description="number of objects")
     out: str = Field("data/synth", description="output directory (Parquet parts, catalog, truth)")
-    cutout_px: int = Field(64, ge=32, description="cutout side in pixels (0.1 arcsec/px)")
+    cutout_px: int = Field(64, ge=32, le=4096, description="cutout side in pixels (0.1 arcsec/px)")
     anomaly_rate: float = Field(0.0075, ge=0, le=0.12, description="fraction of objects in each anomaly class")
-    psf_scale: float = Field(1.0, gt=0, allow_inf_nan=False,
+    psf_scale: float = Field(1.0, gt=0, le=1000, allow_inf_nan=False,
                              description="multiplies the FWHM of the VIS and NISP PSFs (> 1: blurrier images)")
-    noise_scale: float = Field(1.0, gt=0, allow_inf_nan=False,
+    noise_scale: float = Field(1.0, gt=0, le=1000, allow_inf_nan=False,
                                description="multiplies the noise sigma of every image band and of the spectrum "
                                "(> 1: a shallower survey)")
     # the keys are fmb.data.synth.population.TRACERS, spelled out: config sits below fmb.data
     population_mix: dict[Literal["BGS", "LRG", "ELG"], float] | None = Field(
         None, description="relative weights of the BGS, LRG and ELG tracers (renormalised); default: the DESI-like mix"
     )
-    workers: int = runtime_only(2, "worker processes (the survey is the same for any number)", ge=1)
-    shard_size: int = Field(1024, gt=0, description="objects per Parquet part")
+    workers: int = runtime_only(2, "worker processes (the survey is the same for any number)", ge=1, le=1024)
+    shard_size: int = Field(1024, gt=0, le=10_000_000, description="objects per Parquet part")
     sky: SkyConfig = SkyConfig()
 
     @field_validator("population_mix")
@@ -140,25 +140,25 @@ class SynthConfig(_Section):
 
 class ShowConfig(_Section):
     object_id: int | None = Field(None, description="object to draw; default: the first indexed object")
-    smooth_px: float = Field(2.0, ge=0, description="Gaussian smoothing of the spectrum, pixels")
+    smooth_px: float = Field(2.0, ge=0, le=1000, description="Gaussian smoothing of the spectrum, pixels")
 
 
 class AdaptSettings(_Section):
     """Stage 1: light adaptation of a model to Euclid x DESI (the shared trainer's settings)."""
 
-    epochs: int = Field(3, ge=1, description="passes over the training objects")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
-    max_objects: int | None = Field(None, ge=2, description="train on at most this many objects")
-    batch_size: int = Field(16, ge=1, description="objects per optimiser micro-step over all processes "
+    epochs: int = Field(3, ge=1, le=100_000, description="passes over the training objects")
+    max_steps: int | None = Field(None, ge=1, le=1_000_000_000, description="stop after this many optimiser steps")
+    max_objects: int | None = Field(None, ge=2, le=1_000_000_000, description="train on at most this many objects")
+    batch_size: int = Field(16, ge=1, le=1_000_000, description="objects per optimiser micro-step over all processes "
                             "(under torchrun each takes batch_size / processes)")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    grad_accum: int = Field(1, ge=1, le=100_000, description="micro-batches per optimiser step")
     lr: float = Field(1e-4, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm (0 = off)")
     warmup_fraction: float = Field(0.05, ge=0, le=1, description="share of steps in linear warm-up")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * this")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="objects held out for validation (by id hash)")
-    patience: int = Field(3, ge=1, description="epochs without validation improvement before stopping")
+    patience: int = Field(3, ge=1, le=100_000, description="epochs without validation improvement before stopping")
     min_delta: float = Field(1e-4, ge=0)
     amp: Literal["auto", "bf16", "fp16", "fp32", "off"] = Field(
         "auto", description="autocast dtype: auto = bf16 on GPUs that compute it natively, else fp32; fp16 with "
@@ -167,17 +167,17 @@ class AdaptSettings(_Section):
     gradient_checkpointing: bool = runtime_only(False, "recompute the model's blocks in the backward pass instead of "
                                                 "keeping their activations: less memory, one more forward of them")
     # not runtime_only: workers read units in turn, so their number changes the order of training batches
-    num_workers: int = Field(1, ge=0, description="DataLoader worker processes (changes the batch order)")
+    num_workers: int = Field(1, ge=0, le=1024, description="DataLoader worker processes (changes the batch order)")
 
 
 class EmbedSettings(_Section):
     """Stage 2: embedding extraction."""
 
     weights: Literal["adapted", "base"] = Field("adapted", description="use the adapted weights when they exist")
-    batch_size: int = runtime_only(32, "objects per forward pass", ge=1)
-    num_workers: int = runtime_only(1, "DataLoader worker processes (0 = in the main process)", ge=0)
-    prefetch: int = runtime_only(4, "batches prefetched per worker", ge=1)
-    rows_per_shard: int = Field(2048, ge=1, description="objects per output Parquet part (the unit of resume)")
+    batch_size: int = runtime_only(32, "objects per forward pass", ge=1, le=1_000_000)
+    num_workers: int = runtime_only(1, "DataLoader worker processes (0 = in the main process)", ge=0, le=1024)
+    prefetch: int = runtime_only(4, "batches prefetched per worker", ge=1, le=1024)
+    rows_per_shard: int = Field(2048, ge=1, le=10_000_000, description="objects per output Parquet part (the unit of resume)")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="autocast: auto = bf16 on GPU")
 
 
@@ -219,9 +219,9 @@ class DetectSettings(_Section):
     models: list[str] | None = Field(None, description="models to score; default: every model with embeddings")
     methods: list[str] = Field(["flow", "iforest", "lof", "knn", "ecod"],
                                description="registered detectors run on each modality (density flow, PyOD baselines)")
-    pca_components: int = Field(64, ge=2, description="PCA components before every detector")
-    folds: int = Field(5, ge=2, description="cross-fitting folds: each object is scored by a model that never saw it")
-    max_fit: int = Field(50_000, ge=100, description="objects sampled to fit the detectors")
+    pca_components: int = Field(64, ge=2, le=4096, description="PCA components before every detector")
+    folds: int = Field(5, ge=2, le=100, description="cross-fitting folds: each object is scored by a model that never saw it")
+    max_fit: int = Field(50_000, ge=100, le=100_000_000, description="objects sampled to fit the detectors")
     fusion_method: str = Field("ensemble", description="whose image/spectrum/joint percentiles the original's "
                                "percentile fusions (fused_geo, ...) read: 'ensemble' (the calibrated combination of "
                                "`methods`) or one of `methods`")
@@ -272,7 +272,7 @@ def _detect_config(detectors: tuple) -> type[DetectSettings]:
 
 class EvaluateConfig(_Section):
     truth: str | None = Field(None, description="truth table; default <data.source>/truth.parquet (synthetic survey)")
-    max_objects: int = Field(2_000_000, ge=100, description="objects evaluated at most: above it, a seeded share of "
+    max_objects: int = Field(2_000_000, ge=100, le=10_000_000_000, description="objects evaluated at most: above it, a seeded share of "
                              "the truth table's ids, so memory stays bounded; the metrics are then estimates")
 
 
@@ -284,7 +284,7 @@ class AgreementConfig(_Section):
     top_pct: float = Field(1.0, gt=0, lt=100, description="top-k percent for Jaccard and disagreement")
     retention_pcts: list[float] = Field([1.0, 10.0], description="retention@k percent levels")
     beyond_pct: float = Field(50.0, gt=0, lt=100, description="a disagreement: top in one system, beyond this in another")
-    max_objects: int = Field(2_000_000, ge=100, description="objects compared at most: above it, a seeded share of "
+    max_objects: int = Field(2_000_000, ge=100, le=10_000_000_000, description="objects compared at most: above it, a seeded share of "
                              "the ids (the same objects in every table) is read, so memory stays bounded whatever "
                              "the survey's size; the figures are then estimates and the disagreements come from "
                              "that share")
@@ -293,22 +293,22 @@ class AgreementConfig(_Section):
 class SimilarityConfig(_Section):
     """Nearest-neighbour search on cosine similarity of the embeddings (faiss)."""
 
-    k: int = Field(10, ge=1, description="neighbours returned per query")
-    exact_max: int = Field(100_000, ge=1, description="up to this many objects the index is exact (flat)")
-    nprobe: int = Field(32, ge=1, description="inverted lists visited per query by a compressed index")
+    k: int = Field(10, ge=1, le=10_000, description="neighbours returned per query")
+    exact_max: int = Field(100_000, ge=1, le=1_000_000_000, description="up to this many objects the index is exact (flat)")
+    nprobe: int = Field(32, ge=1, le=65536, description="inverted lists visited per query by a compressed index")
     queries: list[int] = Field([], description="object ids to show; default: the top fused anomalies")
-    n_examples: int = Field(3, ge=0, description="example queries drawn when none are given")
+    n_examples: int = Field(3, ge=0, le=1000, description="example queries drawn when none are given")
 
 
 class ProbesConfig(_Section):
     """Decodability of physical parameters from the embeddings."""
 
     targets: list[str] = Field(["Z", "LOGM", "LOGSFR"], description="catalog columns to predict")
-    folds: int = Field(5, ge=2, description="cross-validation folds")
-    bootstraps: int = Field(50, ge=0, description="bootstrap resamples for the PR / PR90 / EPD errors")
-    max_objects: int = Field(20_000, ge=50, description="objects sampled per probe")
+    folds: int = Field(5, ge=2, le=100, description="cross-validation folds")
+    bootstraps: int = Field(50, ge=0, le=100_000, description="bootstrap resamples for the PR / PR90 / EPD errors")
+    max_objects: int = Field(20_000, ge=50, le=1_000_000_000, description="objects sampled per probe")
     lightgbm: bool = Field(True, description="also fit LightGBM (non-linear decodability and SHAP)")
-    shap_max: int = Field(2000, ge=50, description="held-out objects explained by SHAP per fold")
+    shap_max: int = Field(2000, ge=50, le=10_000_000, description="held-out objects explained by SHAP per fold")
 
 
 class FiguresConfig(_Section):
@@ -316,11 +316,11 @@ class FiguresConfig(_Section):
 
     color_by: str = Field("Z", description="catalog column colouring the UMAP maps: a number (Z, LOGM) on a colour "
                           "scale, or a class (SPECTYPE) with one colour per class")
-    umap_neighbors: int = Field(15, ge=2)
+    umap_neighbors: int = Field(15, ge=2, le=10_000)
     umap_min_dist: float = Field(0.1, ge=0)
-    umap_max_objects: int = Field(50_000, ge=100, description="objects sampled for UMAP")
-    mosaic_cells: int = Field(12, ge=2, description="thumbnail mosaic: cells per side")
-    gallery_size: int = Field(12, ge=1, description="top-ranked objects per outlier gallery")
+    umap_max_objects: int = Field(50_000, ge=100, le=100_000_000, description="objects sampled for UMAP")
+    mosaic_cells: int = Field(12, ge=2, le=1000, description="thumbnail mosaic: cells per side")
+    gallery_size: int = Field(12, ge=1, le=10_000, description="top-ranked objects per outlier gallery")
     gallery_score: str | None = Field(None, description="score column ranking the galleries; default: fmb's "
                                       "default ranking (fused_cauchy, see fmb.detect.scores)")
 
@@ -354,38 +354,39 @@ class SlurmSettings(_Section):
     partition: str | None = Field(None, description="partition (-p); default: the cluster's default")
     account: str | None = Field(None, description="account to charge (-A)")
     qos: str | None = Field(None, description="quality of service (--qos)")
-    gpus_per_task: int = Field(0, ge=0, description="GPUs per array task (one shard uses them in turn)")
-    cpus_per_task: int = Field(4, ge=1, description="CPUs per array task (data-loading workers + 1)")
-    mem_gb: float = Field(16, gt=0, description="memory per array task, GB")
-    timeout_min: int = Field(240, ge=1, description="wall time per task; a task that runs out is requeued and "
+    gpus_per_task: int = Field(0, ge=0, le=64, description="GPUs per array task (one shard uses them in turn)")
+    cpus_per_task: int = Field(4, ge=1, le=4096, description="CPUs per array task (data-loading workers + 1)")
+    mem_gb: float = Field(16, gt=0, le=100_000, description="memory per array task, GB")
+    timeout_min: int = Field(240, ge=1, le=525_600, description="wall time per task; a task that runs out is requeued and "
                              "resumes its shard")
-    max_requeues: int = Field(3, ge=0, description="times a timed-out or preempted task is requeued")
-    array_parallelism: int = Field(64, ge=1, description="tasks of one array running at once (%N)")
-    max_array_size: int | None = Field(None, ge=1, description="largest array the cluster accepts; default: "
+    max_requeues: int = Field(3, ge=0, le=1000, description="times a timed-out or preempted task is requeued")
+    array_parallelism: int = Field(64, ge=1, le=1_000_000, description="tasks of one array running at once (%N)")
+    max_array_size: int | None = Field(None, ge=1, le=10_000_000, description="largest array the cluster accepts; default: "
                                        "MaxArraySize from `scontrol show config`")
     additional: dict[str, str | int] = Field({}, description="extra #SBATCH options, e.g. {constraint: a100}")
     setup: list[str] = Field([], description="shell lines run before each task (module load ..., source "
                              ".venv/bin/activate)")
-    poll_s: float = Field(15, gt=0, description="seconds between checks of running jobs")
+    poll_s: float = Field(15, gt=0, le=3600, description="seconds between checks of running jobs")
 
 
 class ExecutorConfig(_Section):
     """Where the shards of a stage run. Never part of a stage's key: the outputs are the same."""
 
     kind: Literal["local", "slurm"] = Field("local", description="local: this machine; slurm: job arrays")
-    workers: int = Field(1, ge=1, description="local: shards run at once, each in its own process "
+    workers: int = Field(1, ge=1, le=4096, description="local: shards run at once, each in its own process "
                          "(one per GPU on a multi-GPU node)")
-    shards: int | None = Field(None, ge=1, description="shards per stage; default: local, one per worker; "
+    shards: int | None = Field(None, ge=1, le=10_000_000, description="shards per stage; default: local, one per worker; "
                                "slurm, one per work unit")
-    merge_memory_gb: float = Field(2.0, gt=0, description="memory the steps that see every object at once (ranks, "
+    merge_memory_gb: float = Field(2.0, gt=0, le=100_000, description="memory the steps that see every object at once (ranks, "
                                    "percentiles, the consensus join) may hold; the rest spills to disk under the run")
     slurm: SlurmSettings = SlurmSettings()
 
 
 class FmbConfig(_Section):
-    name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$",
-                      description="run name: outputs go to runs/<name>/ (letters, digits, . _ -; not . or ..)")
-    seed: int = Field(42, ge=0, description="seed for everything random (numpy seeds are >= 0)")
+    name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$", max_length=100,
+                      description="run name: outputs go to runs/<name>/ (letters, digits, . _ -; not . or ..; "
+                      "at most 100 characters)")
+    seed: int = Field(42, ge=0, le=2**63 - 1, description="seed for everything random (numpy seeds are >= 0)")
     data: DataConfig = DataConfig()
     synth: SynthConfig = SynthConfig()
     show: ShowConfig = ShowConfig()
@@ -584,8 +585,16 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE (e.g. synth.n=500), got {item!r}")
-        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:  # a broken [list, a tag such as !!python/object
+            raise ConfigError(f"--set {key.strip()}: {raw[:80]!r} is not a YAML value ({_one_line(exc)}); quote "
+                              "a plain string, close brackets, and use no !!tags") from None
     return parsed
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:200]
 
 
 def _read_yaml(path: Path) -> dict:
@@ -593,8 +602,10 @@ def _read_yaml(path: Path) -> dict:
         content = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (a YAML file is)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_one_line(exc)}") from None
     if not isinstance(content, dict):
         raise ConfigError(f"config file {path} must be a mapping of keys to values")
     return content

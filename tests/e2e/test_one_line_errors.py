@@ -86,7 +86,8 @@ def test_damaged_embeddings_are_named(project: Path, monkeypatch, capsys, damage
     line = one_line(err)
     assert code == 2
     assert ("manifest.json is corrupt" in line) if damage == "corrupt manifest" else (
-        "part-00000.parquet is missing or unreadable" in line)
+        "part-00000.parquet is missing or unreadable" in line) if damage == "missing part" else (
+        "part-00000.parquet does not match the sha256 its manifest records" in line)
     assert "embed" in line  # what to do
 
 
@@ -151,3 +152,80 @@ def test_a_non_numeric_sed_and_a_decompression_bomb_are_noted_and_dropped(tmp_pa
     assert (101, "RGB_image", "modality dropped") in found
     bomb = rejects[(rejects.object_id == 101) & (rejects.field == "RGB_image")].reason.iloc[0]
     assert "not decoded" in bomb
+
+
+# -- issue 27: every error a user can cause is one line saying what to do ----------------------------
+RUN = ["--run", "pipeline"]
+
+
+@pytest.mark.parametrize("value, said", [
+    ("detect.flow.hidden=[1,2", "detect.flow.hidden: '[1,2' is not a YAML value"),
+    ("seed=!!python/object/apply:os.system [echo x]", "seed: "),
+    ("detect.folds=1000000000", "detect.folds: Input should be less than or equal to 100"),
+    ("synth.n=100000000000", "synth.n: Input should be less than or equal to"),
+    ("name=" + "a" * 300, "name: String should have at most 100 characters"),
+    ("data.\x1e=1", "data."),
+])
+def test_a_bad_set_value_is_one_line(tmp_path: Path, monkeypatch, capsys, value: str, said: str):
+    code, err = fmb(tmp_path, monkeypatch, capsys, "config", "show", "--set", value)
+    assert code == 2 and said in one_line(err), err
+
+
+def test_a_huge_float_count_in_a_task_file_is_refused(tmp_path: Path, monkeypatch, capsys):
+    (tmp_path / "task.yaml").write_text("synth: {n: 1.0e+30}\ndetect: {folds: 1.0e+9}\n")
+    code, err = fmb(tmp_path, monkeypatch, capsys, "config", "show", "--config", "task.yaml")
+    line = one_line(err)
+    assert code == 2 and "synth.n: " in line and "detect.folds: Input should be less than or equal to 100" in line
+    assert "task.yaml" in line
+
+
+def test_a_state_file_of_other_values_is_named(pipeline_copy: Path, monkeypatch, capsys):
+    load_config(root=pipeline_copy, cli={"name": "pipeline"}).layout.state.write_text('{"synth": 5}')
+    for command in (["status"], ["run", "--dry-run"]):
+        code, err = fmb(pipeline_copy, monkeypatch, capsys, *command, *RUN)
+        assert code == 2 and "state.json is not a record fmb wrote" in one_line(err) and "delete it" in err
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_a_truncated_score_table_or_index_is_one_line_with_what_to_do(pipeline_copy: Path, monkeypatch, capsys):
+    run = load_config(root=pipeline_copy, cli={"name": "pipeline"}).layout
+    _truncate(run.scores.table("pixels"))
+    code, err = fmb(pipeline_copy, monkeypatch, capsys, "analyze", "agreement", "--force", *RUN)
+    line = one_line(err)
+    assert code == 2 and "pixels.parquet, an input of agreement, is damaged" in line and "--force" in line
+    _truncate(run.data.index)
+    code, err = fmb(pipeline_copy, monkeypatch, capsys, "data", "show", "5", *RUN)
+    line = one_line(err)
+    assert code == 2 and "index.parquet" in line and "redo the stage that writes it with --force" in line
+
+
+def test_detect_score_out_a_directory_is_one_line(pipeline_copy: Path, monkeypatch, capsys):
+    embeddings = load_config(root=pipeline_copy, cli={"name": "pipeline"}).layout.embeddings("pixels").dir
+    code, err = fmb(pipeline_copy, monkeypatch, capsys, "detect", "score", "pixels", "--embeddings", str(embeddings),
+                    "--out", "runs", *RUN)
+    assert code == 2 and "--out runs is a directory" in one_line(err)
+
+
+def test_synth_claims_an_existing_empty_directory(tmp_path: Path, monkeypatch, capsys):
+    (tmp_path / "empty").mkdir()
+    code, err = fmb(tmp_path, monkeypatch, capsys, "data", "synth", "--out", "empty", "--n", "12", "--workers", "1")
+    assert code == 0, err
+    assert (tmp_path / "empty" / "catalog.parquet").is_file() and (tmp_path / "empty" / ".fmb-made").is_file()
+
+
+def test_a_damaged_umap_cache_is_built_again(tmp_path: Path):
+    import numpy as np
+
+    from fmb.viz.umap_map import UmapSettings, cache_key, umap_coordinates
+
+    ids, vectors = np.arange(30), np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    settings = UmapSettings(neighbors=5, min_dist=0.1, max_objects=100, seed=0)
+    damaged = tmp_path / f"umap-pixels-{cache_key(ids, vectors, settings)}.npz"
+    damaged.write_bytes(b"PK\x03\x04 truncated")
+    mapped, xy = umap_coordinates("pixels", ids, vectors, settings, tmp_path)
+    assert xy.shape == (30, 2) and np.isfinite(xy).all()
+    with np.load(damaged) as rebuilt:  # the cache is whole again
+        np.testing.assert_array_equal(rebuilt["xy"], xy)

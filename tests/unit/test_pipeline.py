@@ -3,6 +3,7 @@
     source -> a -> b -> c        d (reads only the source)
 """
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,14 @@ from fmb.run.engine import execute, select
 from fmb.stage import Stage
 
 
+def toy_dir(config, name: str) -> Path:
+    """A toy stage's output: a directory of the run the layout gives it."""
+    return config.layout.cache(f"toy_{name}")
+
+
 def toy_output(config, name: str, suffix: str = "txt") -> Path:
-    """<name>.<suffix> of a toy stage, in a directory of the run the layout gives these stages."""
-    return config.layout.cache("toy_stages") / f"{name}.{suffix}"
+    """<name>.<suffix> of a toy stage, in its output directory."""
+    return toy_dir(config, name) / f"{name}.{suffix}"
 
 
 def written(project: Path, name: str, suffix: str = "txt") -> Path:
@@ -38,7 +44,7 @@ def _writer(name: str, reads: str | None, runs: list[str], fail: set[str] | None
 
 def graph(runs: list[str], fail: set[str] | None = None) -> list[Stage]:
     def made(name):
-        return lambda c: [toy_output(c, name)]
+        return lambda c: [toy_dir(c, name)]
 
     def read(name):
         return lambda c: [toy_output(c, name)]
@@ -86,7 +92,7 @@ def test_a_changed_input_file_reruns_its_readers(project: Path):
 
 def test_a_deleted_output_reruns_its_stage(project: Path):
     run(project)
-    written(project, "b").unlink()
+    shutil.rmtree(written(project, "b").parent)  # the stage's output directory
     # inputs are fingerprinted by content: b writes the same bytes again, so c's key is unchanged
     assert run(project) == ["b"]
     assert written(project, "b").read_text() == "b(a(v1, hidden=128), hidden=128)"
@@ -100,26 +106,35 @@ def test_from_forces_a_stage_and_everything_downstream(project: Path):
         run(project, start="nope")
 
 
-def test_an_interrupted_stage_resumes_on_its_outputs_and_a_changed_one_starts_clean(project: Path):
+def test_an_interrupted_stage_resumes_on_its_staging_copy_and_a_changed_one_starts_clean(project: Path):
+    """A failed stage leaves its outputs as they were and its unfinished work in its staging copy,
+    where a rerun with the same key resumes; a different key starts from an empty copy."""
     run(project)
+    finished = written(project, "b").read_text()
     with pytest.raises(RuntimeError, match="b broke"):
         run(project, "detect.flow.hidden=9", fail={"b"})
-    partial = written(project, "b", "partial")
-    assert partial.is_file()
-    written(project, "b").write_text("kept")  # what a resumable stage would build on
-    assert run(project, "detect.flow.hidden=9") == ["b", "c"]  # same key: outputs kept, stage reruns
-    # a different key removes the stage's outputs first
-    written(project, "b").write_text("stale")
+    assert written(project, "b").read_text() == finished
     runs: list[str] = []
-    config = load_config(root=project, sets=["detect.flow.hidden=11"])
-    stages = graph(runs)
     seen = {}
-    original = stages[1].action
 
-    def check_clean(config, log):
-        seen["existed"] = toy_output(config, "b").exists()
-        return original(config, log)
+    def stages_seeing_their_copy(config):
+        stages = graph(runs)
+        original = stages[1].action
 
-    stages[1] = Stage("b", check_clean, ("detect.flow",), stages[1].inputs, stages[1].outputs, after=("a",))
-    execute(config, select(stages), log=lambda _line: None)
-    assert seen == {"existed": False}
+        def check(config, log):
+            seen["partial"] = toy_output(config, "b", "partial").exists()
+            return original(config, log)
+
+        stages[1] = Stage("b", check, ("detect.flow",), stages[1].inputs, stages[1].outputs, after=("a",))
+        return stages
+
+    config = load_config(root=project, sets=["detect.flow.hidden=9"])
+    execute(config, select(stages_seeing_their_copy(config)), log=lambda _line: None)
+    assert runs == ["b", "c"] and seen == {"partial": True}  # same key: resumed on what the failed run wrote
+    assert written(project, "b").read_text() != finished
+    with pytest.raises(RuntimeError, match="b broke"):
+        run(project, "detect.flow.hidden=10", fail={"b"})
+    runs.clear()
+    config = load_config(root=project, sets=["detect.flow.hidden=11"])
+    execute(config, select(stages_seeing_their_copy(config)), log=lambda _line: None)
+    assert seen == {"partial": False}  # another key: a clean copy

@@ -57,6 +57,9 @@ def main() -> None:
     except FmbError as exc:
         _fail(str(exc), 2, debug)
     except Exception as exc:  # a bug, or an input fmb does not check yet
+        if type(exc).__module__.startswith("pyarrow"):  # a file fmb reads back is damaged (truncated, not Parquet)
+            _fail(f"a file fmb reads is damaged or not what fmb wrote ({(str(exc).splitlines() or [''])[0][:300]}); "
+                  "redo the stage that writes it with --force (`fmb status` lists the run's stages)", 2, debug)
         log = _write_crash_log()
         summary = (str(exc).splitlines() or [""])[0][:300]
         _fail(f"unexpected {type(exc).__name__}: {summary} (the full traceback is in {log}; please report it "
@@ -74,6 +77,8 @@ def _take_flag(argv: list[str], flag: str) -> bool:
 def _fail(message: str, code: int, debug: bool) -> None:
     if debug:
         traceback.print_exc()
+    # one line whatever the message holds (a key or value typed with a newline or a control character)
+    message = "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
     Console(stderr=True).print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     sys.exit(code)
 

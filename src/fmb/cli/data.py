@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from fmb.cli.common import Force, RunName, Sets, SourceOption, TaskFile, app, build_config, console, run_stage
+from fmb.cli.common import Force, RunName, Sets, SourceOption, TaskFile, app, build_config, console, log, run_stage
 
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 data_app = typer.Typer(help="Stage 0: synthesise, index, validate and look at input data.", no_args_is_help=True)
@@ -104,4 +104,4 @@ def data_show(
 
     resolved = build_config(config, set_, name, **{"show.object_id": object_id, "data.source": source,
                                                    "show.smooth_px": smooth})
-    console.print(f"wrote {show(resolved, out)}")
+    log(f"wrote {show(resolved, out)}")

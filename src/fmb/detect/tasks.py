@@ -98,7 +98,7 @@ def detect_outputs(config: ResolvedConfig) -> list[Path]:
     and the summary; other models' tables stay as they are."""
     files = config.layout.scores
     per_model = [path for model in detect_models(config) for path in (files.table(model), files.detectors(model).parent)]
-    return [*per_model, files.consensus, files.summary, files.spill]  # spill: the merge's, in its staging copy
+    return [*per_model, files.consensus, files.summary]
 
 
 # -- 1. fit, on one node: a sample of each model's embeddings, read part by part ----------------------

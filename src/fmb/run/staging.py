@@ -93,6 +93,7 @@ class Staging:
         self.dir = self.files.dir
         self.staged = {Path(output): self._copy_of(Path(output)) for output in outputs}
         self.config = StagedConfig(config, self.staged)
+        self.found = {output: _identity(output) for output in self.staged}  # as the stage started
 
     def _copy_of(self, output: Path) -> Path:
         if output.is_relative_to(self.run_root):
@@ -126,20 +127,34 @@ class Staging:
         return False
 
     def commit(self) -> None:
-        """Move every staged output into place; remove an old output the stage did not make again."""
+        """Move every staged output into place; remove an old output the stage did not make again
+        (one the stage's code wrote in place, by a path it joined itself, is kept)."""
         for output, copy in self.staged.items():
             aside = StagingFiles.replaced(output)
             if copy.exists() or copy.is_symlink():
                 _replace(copy, output, aside)
-            elif output.exists():
+            elif output.exists() and _identity(output) == self.found[output]:
                 _move_aside(output, aside)
         shutil.rmtree(self.dir, ignore_errors=True)
+        try:  # the run's staging directory too, once no stage has copies there
+            self.dir.parent.rmdir()
+        except OSError:
+            pass
 
     def discard(self) -> None:
         for copy in self.staged.values():
             if not copy.is_relative_to(self.dir):
                 _delete(copy)
         _delete(self.dir)
+
+
+def _identity(path: Path) -> tuple | None:
+    """What changes when a file or directory is written (a new file renamed in, an entry added)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def _link_copy(output: Path, copy: Path, dropped: set[Path]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -68,8 +69,11 @@ def umap_coordinates(name: str, ids: np.ndarray, vectors: np.ndarray, settings: 
     key = cache_key(ids, vectors, settings)
     path = cache_dir / f"umap-{name}-{key}.npz"
     if path.is_file():
-        with np.load(path) as cached:
-            return cached["ids"], cached["xy"]
+        try:
+            with np.load(path) as cached:
+                return cached["ids"], cached["xy"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: built again below
+            pass
     chosen = subsample(len(ids), settings.max_objects, settings.seed)
     xy = fit_umap(vectors[chosen], settings)
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
