@@ -101,7 +101,8 @@ class HeldOutBest:
             else:
                 chosen = torch.from_numpy(np.flatnonzero(improved))
                 for name, p in params.items():
-                    self.state[name][chosen] = p[chosen.to(p.device)].to(self.state[name].device)
+                    index = chosen.to(p.device)
+                    self.state[name][index] = p[index]
         return bool(self.stopped.all())
 
     def restore(self, module: torch.nn.Module) -> None:
