@@ -4,6 +4,8 @@ cancelled mid-way: the run reports that shard as failed (so does `fmb status`, w
 log), the rerun runs only it, and the outputs equal a local run object for object."""
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -113,3 +115,61 @@ def test_a_stage_without_shards_is_one_job_and_a_refused_submission_is_one_line(
         output = result.stdout + result.stderr
         assert result.returncode == 2 and "Traceback" not in output, output
         assert f"sbatch refused {what}: sbatch: error:" in output and "nosuch" in output, output
+
+
+def _timed_lines(process: subprocess.Popen) -> list[tuple[float, str]]:
+    """(seconds since start, line) of everything the command printed, as it printed it."""
+    started, lines = time.monotonic(), []
+    for line in process.stdout:
+        lines.append((time.monotonic() - started, line.rstrip("\n")))
+    process.wait(timeout=60)
+    return lines
+
+
+def test_force_on_slurm_resubmits_every_shard_and_says_how_it_goes(project: Path):
+    """`--force` with `--slurm` starts the stage's shards over on the cluster (none counts as done
+    from the last run) and finishes; while it waits the command prints a progress line at least
+    every 30 s; the summary counts the parts the tasks wrote."""
+    first = fmb(project, "embed", "pixels", sets=SETTINGS + SLURM)
+    assert first.returncode == 0, first.stderr
+    assert "(4 of 4 parts written now" in first.stdout, first.stdout
+    slow = [s for s in SLURM if not s.startswith("executor.slurm.setup")] + ["executor.slurm.setup=[\"sleep 40\"]"]
+    command = [sys.executable, "-c", "from fmb.cli import main; main()", "embed", "pixels", "--force",
+               *[arg for s in SETTINGS + slow for arg in ("--set", s)]]
+    process = subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+    lines = _timed_lines(process)
+    text = "\n".join(line for _, line in lines)
+    assert process.returncode == 0, text
+    assert "4 shards (0 done before), 4 to run on slurm" in text and "(4 of 4 parts written now" in text, text
+    waiting = [at for at, line in lines if line.strip().startswith("waiting for 4 SLURM task(s): ")]
+    assert waiting and re.search(r"\d+ done, \d+ running or queued, \d+ failed", text), text
+    submitted = next(at for at, line in lines if "to run on slurm" in line)
+    marks = [submitted, *waiting]  # the tasks sleep 40 s first: the command waits longer than 30 s
+    assert max(b - a for a, b in zip(marks, marks[1:])) < 30, lines
+    detect = fmb(project, "detect", "--force", sets=SETTINGS + SLURM)
+    assert detect.returncode == 0, detect.stderr
+    status = fmb(project, "status").stdout
+    assert "embed:pixels: 4 shards on slurm: 4 done" in status and "detect: 4 shards on slurm: 4 done" in status, status
+
+
+def test_a_task_cancelled_while_its_python_runs_shows_its_log_in_status(project: Path):
+    """Cancelled once its Python has started (submitit's first log line, before the shard runs):
+    the command and `fmb status` name the task's log, never a traceback."""
+    process = fmb(project, "embed", "pixels", sets=SETTINGS + SLURM, background=True)
+    jobs = Path(str(load_config(root=project, sets=SETTINGS).layout.shards("embed:pixels").job_logs).replace("%j", ""))
+    deadline, victim = time.time() + 300, None
+    while victim is None and time.time() < deadline:
+        for log in jobs.glob("*/*_log.*"):
+            if "Starting with JobEnvironment" in log.read_text(errors="replace"):
+                victim = log.name.rsplit("_log.", 1)[0].rsplit("_", 1)[0]  # <job>_<array task>_<rank>_log.out
+                break
+        time.sleep(0.1)
+    assert victim, "no task started"
+    subprocess.run(["scancel", "--signal=KILL", "--full", victim], check=True)  # at once, not after KillWait
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 2 and "Traceback" not in err and "_log.err" in err, err
+    status = fmb(project, "status")
+    assert "Traceback" not in status.stdout + status.stderr, status.stdout
+    failed = [line for line in status.stdout.splitlines() if "failed:" in line and "shard" in line]
+    assert len(failed) == 1 and re.search(r"\(log \S+_log\.err\)", failed[0]), status.stdout

@@ -77,11 +77,12 @@ class ShardJob:
 
     def __call__(self, shard: Shard) -> ShardOutcome:
         write_json({"shard": asdict(shard), "status": "running", "host": socket.gethostname(), "pid": os.getpid(),
-                    "job": _slurm_task_id(), "started": time.time()}, self.files.status(shard.index))
+                    "job": _slurm_task_id(), "log": _task_log(), "started": time.time()}, self.files.status(shard.index))
         try:
             result = self.run(self.config, shard)
         except Exception as error:  # a failed shard is data for `fmb status`, not the end of the run
-            outcome = ShardOutcome(shard, "failed", error=_one_line(error), log=traceback.format_exc())
+            traceback.print_exc()  # into the task's log, which the record names
+            outcome = ShardOutcome(shard, "failed", error=_one_line(error), log=_task_log())
         else:
             outcome = ShardOutcome(shard, "done", result=_plain(result))
         record_outcome(self.files, outcome)
@@ -150,9 +151,13 @@ class SlurmExecutor(Executor):
     """Job arrays through submitit. `cluster` is submitit's: None (auto: slurm when sbatch is there),
     "slurm", or "local"/"debug" to run the same submissions without a cluster (tests)."""
 
-    def __init__(self, settings: SlurmSettings, folder: Path, cluster: str | None = "slurm"):
-        """`folder`: where submitit keeps each job's files and logs (`ShardFiles.job_logs`)."""
-        self.settings, self.folder, self.cluster = settings, folder, cluster
+    #: the longest the submitting command stays silent while it waits
+    PROGRESS_EVERY_S = 25.0
+
+    def __init__(self, settings: SlurmSettings, folder: Path, cluster: str | None = "slurm", log=print):
+        """`folder`: where submitit keeps each job's files and logs (`ShardFiles.job_logs`); `log`
+        gets a progress line (tasks done / running or queued / failed) while the command waits."""
+        self.settings, self.folder, self.cluster, self.log = settings, folder, cluster, log
 
     def executor(self, n_tasks: int):
         """A submitit executor with every setting of `executor.slurm`."""
@@ -203,6 +208,7 @@ class SlurmExecutor(Executor):
     def _wait(self, jobs: list) -> None:
         """Until every job has a result or has left the queue (twice in a row: a result file may lag)."""
         absent: dict[str, int] = {}
+        started = said = time.monotonic()
         while True:
             waiting = [j for j in jobs if not self._finished(j) and absent.get(j.job_id, 0) < 2]
             if not waiting:
@@ -213,7 +219,13 @@ class SlurmExecutor(Executor):
                     absent[submitted.job_id] = absent.get(submitted.job_id, 0) + 1
                 elif queued is None and submitted.done():
                     absent[submitted.job_id] = 2
-            time.sleep(self.settings.poll_s)
+            if time.monotonic() - said >= self.PROGRESS_EVERY_S:
+                said = time.monotonic()
+                done = sum(1 for j in jobs if self._finished(j))
+                gone = sum(1 for j in jobs if not self._finished(j) and absent.get(j.job_id, 0) >= 2)
+                self.log(f"waiting for {len(jobs)} SLURM task(s): {done} done, {len(jobs) - done - gone} running "
+                         f"or queued, {gone} failed ({said - started:.0f} s)")
+            time.sleep(min(self.settings.poll_s, self.PROGRESS_EVERY_S))
 
     @staticmethod
     def _finished(submitted) -> bool:
@@ -283,10 +295,22 @@ def max_array_size() -> int:
     return int(found.group(1)) if found else 1001
 
 
-def executor_for(settings: ExecutorConfig, folder: Path) -> Executor:
+def executor_for(settings: ExecutorConfig, folder: Path, log=print) -> Executor:
     if settings.kind == "slurm":
-        return SlurmExecutor(settings.slurm, folder)
+        return SlurmExecutor(settings.slurm, folder, log=log)
     return LocalExecutor(settings.workers)
+
+
+def _task_log() -> str:
+    """The log this SLURM task writes (its stderr), or "" outside SLURM."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return ""
+    try:
+        import submitit
+
+        return str(submitit.JobEnvironment().paths.stderr)
+    except Exception:  # not started by submitit: no log path to name
+        return ""
 
 
 def _slurm_task_id() -> str | None:
@@ -340,4 +364,4 @@ class OneJob:
     def __call__(self, config: ResolvedConfig, log_line):
         files = config.layout.shards(self.name)
         log_line(f"submitting {self.name} as one {config.executor.kind} job (logs under {files.dir})")
-        return executor_for(config.executor, files.job_logs).call(self.action, config, print)
+        return executor_for(config.executor, files.job_logs, log_line).call(self.action, config, print)

@@ -29,7 +29,7 @@ def run_sharded(config: ResolvedConfig, stage: Stage, key: str, log) -> dict:
     """Run `stage`'s shards not yet done under this plan; the stage's summary once all are done.
     Failed shards are collected, then reported together (rerunning retries only them)."""
     files = config.layout.shards(stage.name)
-    executor = executor_for(config.executor, files.job_logs)
+    executor = executor_for(config.executor, files.job_logs, log)
     if stage.sharding.prepare is not None:  # one job (a fit on a sample) that every shard then reads
         log(f"preparing {stage.name} on {config.executor.kind} (one job)")
         executor.call(stage.sharding.prepare, config)
@@ -50,7 +50,10 @@ def run_sharded(config: ResolvedConfig, stage: Stage, key: str, log) -> dict:
         raise FmbError(f"{len(failed)} of {len(shards)} shards of {stage.name} failed (shard {first.shard.index}: "
                        f"{first.error}; log {first.log or files.status(first.shard.index)}); `fmb status` lists "
                        "them, and rerunning the same command runs only those")
-    return stage.sharding.finish(config, log)
+    summary = stage.sharding.finish(config, log)
+    if isinstance(summary, dict) and isinstance(summary.get("units_done_now"), int):  # the shards did them
+        summary["units_done_now"] += sum(int((o.result or {}).get("units_done_now") or 0) for o in outcomes)
+    return summary
 
 
 def _shard_count(config: ResolvedConfig, n_units: int) -> int:
