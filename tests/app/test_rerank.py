@@ -20,7 +20,7 @@ from fmb.app.rerankers.active_search import ActiveSearch
 from fmb.app.rerankers.propagation import LabelPropagation
 from fmb.plugins import reranker_class, reranker_names
 from fmb.cli import app
-from fmb.detect.scores import rank_descending
+from fmb.detect.scores import DEFAULT_RANKING as HEADLINE, rank_descending
 from fmb.errors import FmbError
 
 HIDDEN = 25  # unlabelled members of the interesting cluster
@@ -247,7 +247,7 @@ def test_discovery_curve_by_hand():
 def test_a_runs_rerank_follows_its_labels(scored_run: Path):
     config = run_config(scored_run)
     inputs = load_inputs(config)
-    assert inputs.model == "pixels" and inputs.ranking == "fused_cauchy" and len(inputs.object_ids) == 300
+    assert inputs.model == "pixels" and inputs.ranking == HEADLINE and len(inputs.object_ids) == 300
     # the joint embedding (2 x 8 components) beside the evidence profile (3 modalities, misalignment)
     embedding, profile = inputs.features[:, :16], inputs.features[:, 16:]
     assert profile.shape == (300, 4) and embedding.var(axis=0).sum() == pytest.approx(1)
@@ -273,21 +273,21 @@ def test_fmb_rerank_writes_what_rerank_gives(scored_run: Path, monkeypatch):
     store = LabelStore(config.layout.app.labels_db)
     try:
         for rank, object_id in enumerate(load_inputs(config).object_ids[:6], start=1):
-            store.add(int(object_id), rank % 6, ["lens"], user="ann", ranking="fused_cauchy", rank=rank)
+            store.add(int(object_id), rank % 6, ["lens"], user="ann", ranking=HEADLINE, rank=rank)
         out = scored_run / "reranked.parquet"
         started = time.time()
         result = CliRunner().invoke(app, ["rerank", "--method", "gp_ei", "--out", str(out)])
         assert result.exit_code == 0, result.output
-        assert "300 objects ranked by gp_ei from 6 labels (pixels, fused_cauchy)" in result.output
-        expected = rerank(config, "pixels", "fused_cauchy", "gp_ei", store.current())
+        assert f"300 objects ranked by gp_ei from 6 labels (pixels, {HEADLINE})" in result.output
+        expected = rerank(config, "pixels", HEADLINE, "gp_ei", store.current())
         pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
         made = read_reranked(out)  # how it was made travels with it
-        assert (made.method, made.model, made.ranking, made.labels, made.seed) == ("gp_ei", "pixels", "fused_cauchy", 6,
+        assert (made.method, made.model, made.ranking, made.labels, made.seed) == ("gp_ei", "pixels", HEADLINE, 6,
                                                                                   config.seed)
         assert made.event == store.events().id.max() and started <= made.time <= time.time()
         default = CliRunner().invoke(app, ["rerank", "--at", "0"])  # before any label: the plain ranking
         assert default.exit_code == 0 and "from 0 labels" in default.output
-        written = config.layout.app.reranked(ranking_name("pixels", "fused_cauchy", "propagation"))  # the default re-ranker
+        written = config.layout.app.reranked(ranking_name("pixels", HEADLINE, "propagation"))  # the default re-ranker
         plain = rerank(config, None, None, "propagation", store.current(0)).object_id.tolist()
         assert pd.read_parquet(written).object_id.tolist() == plain and read_reranked(written).event == 0
     finally:

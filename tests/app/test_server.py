@@ -14,7 +14,7 @@ from fmb.app.labels import LabelStore
 from fmb.app.rerank import DEFAULT_METHOD, ranking_name
 from fmb.plugins import RERANKERS
 from fmb.app.server import MAX_BODY_BYTES, create_app, is_loopback, serve
-from fmb.detect.scores import ranked
+from fmb.detect.scores import DEFAULT_RANKING as HEADLINE, ranked
 from fmb.errors import FmbError
 from tests.app.live import LiveServer, private_copy, raw_get
 
@@ -40,7 +40,7 @@ def client(config) -> TestClient:
 @pytest.fixture(scope="module")
 def plain(config):
     """The default ranking as the score table gives it: object ids best first."""
-    return ranked(pd.read_parquet(config.layout.scores.table("pixels")), "fused_cauchy").object_id.tolist()
+    return ranked(pd.read_parquet(config.layout.scores.table("pixels")), HEADLINE).object_id.tolist()
 
 
 def ids_of(page: dict) -> list[int]:
@@ -51,7 +51,7 @@ def ids_of(page: dict) -> list[int]:
 def test_the_list_pages_the_default_ranking(client: TestClient, plain: list[int]):
     first = client.get("/api/list", params={"page_size": 20}).json()
     second = client.get("/api/list", params={"page_size": 20, "page": 1}).json()
-    assert (first["model"], first["column"], first["total"], first["pages"]) == ("pixels", "fused_cauchy", 300, 15)
+    assert (first["model"], first["column"], first["total"], first["pages"]) == ("pixels", HEADLINE, 300, 15)
     assert ids_of(first) + ids_of(second) == plain[:40]
     assert [item["rank"] for item in first["items"]][:3] == [1, 2, 3]
     assert first["items"][0]["ranks"] == {"pixels": 1} and not any(item["random"] for item in first["items"])
@@ -76,7 +76,7 @@ def test_filters_and_jump(client: TestClient, config, plain: list[int]):
 def test_object_view_has_every_score_and_its_neighbours(client: TestClient, config, plain: list[int]):
     view = client.get(f"/api/object/{plain[0]}").json()
     scores = {row["column"]: row for row in view["scores"]["pixels"]}
-    assert scores["fused_cauchy"]["rank"] == 1 and scores["fused_cauchy"]["pct"] == 1.0
+    assert scores[HEADLINE]["rank"] == 1 and scores[HEADLINE]["pct"] == 1.0
     assert {"score_image_flow", "score_spectrum_knn", "mismatch"} <= set(scores)
     assert view["has_image"] and view["has_spectrum"] and "SPECTYPE" in view["catalog"]
     neighbours = client.get(f"/api/object/{plain[0]}/neighbours").json()["pixels"]
@@ -105,16 +105,17 @@ def test_images_are_drawn_once_then_cached(client: TestClient, config, plain: li
         assert answer.status_code == 400 and "error" in answer.json(), bad
 
 
-def test_the_discovery_curve_is_drawn_only_when_it_says_something(client: TestClient, config, plain: list[int]):
+def test_the_discovery_curve_is_drawn_only_when_it_says_something(scored_run: Path, tmp_path: Path, plain: list[int]):
     """Before any object is labelled 4 or 5 both lines are flat at zero: the list says so instead."""
+    project = private_copy(scored_run, tmp_path / "project", run_config(scored_run).layout.app.dir)
+    client = TestClient(create_app(run_config(project)), base_url=LOCAL)
     assert client.get("/api/list").json()["discovery"] is False
     assert client.get("/img/discovery.png").status_code == 404
-    client.post("/api/labels", json={"object_id": plain[40], "interest": 5, "user": "curve"})
-    try:
-        assert client.get("/api/list").json()["discovery"] is True
-        assert client.get("/img/discovery.png").content.startswith(PNG)
-    finally:
-        assert client.post("/api/undo", json={"user": "curve"}).json()["object_id"] == str(plain[40])
+    client.post("/api/labels", json={"object_id": plain[40], "interest": 3, "user": "curve"})
+    assert client.get("/api/list").json()["discovery"] is False
+    client.post("/api/labels", json={"object_id": plain[41], "interest": 5, "user": "curve"})
+    assert client.get("/api/list").json()["discovery"] is True
+    assert client.get("/img/discovery.png").content.startswith(PNG)
 
 
 def test_an_object_carries_its_sky_position_and_links(client: TestClient, plain: list[int]):
@@ -126,7 +127,7 @@ def test_an_object_carries_its_sky_position_and_links(client: TestClient, plain:
 
 def test_labels_round_trip_and_undo(client: TestClient, config, plain: list[int]):
     body = {"object_id": str(plain[2]), "interest": 4, "tags": ["lens", "lens", "merger"], "user": "tester",
-            "ranking": "pixels:fused_cauchy", "rank": 3}
+            "ranking": f"pixels:{HEADLINE}", "rank": 3}
     saved = client.post("/api/labels", json=body)
     assert saved.status_code == 201 and saved.json()["event"] >= 1
     state = saved.json()["label"]  # read back from the log: what the page confirms
@@ -155,7 +156,7 @@ def test_rerank_changes_the_order_and_marks_the_random_slice(client: TestClient,
     assert client.post("/api/rerank", json={"method": "astronomaly"}).json()["labelled"] >= 6
     page = client.get("/api/list", params={"rerank": "astronomaly", "page_size": 20}).json()
     chosen = [int(item["object_id"]) for item in page["items"] if not item["random"]]
-    assert page["ranking"] == "pixels:fused_cauchy:rerank=astronomaly"
+    assert page["ranking"] == f"pixels:{HEADLINE}:rerank=astronomaly"
     assert sum(item["random"] for item in page["items"]) == 2 and chosen != plain[:18]
     assert not set(plain[:6]) & set(chosen[:6])
     assert page["pages"] == -(-300 // 18)  # 18 of the ranking a page, 2 drawn from below it
@@ -171,7 +172,7 @@ def test_the_last_rerank_is_saved_and_shown_after_a_restart(client: TestClient, 
     done = client.post("/api/rerank", json={"method": "propagation"}).json()["rerank"]
     events = LabelStore(config.layout.app.labels_db).events()
     assert done["event"] == events.id.max() and done["method"] == "propagation" and done["labels"] >= 3
-    saved = config.layout.app.reranked(ranking_name("pixels", "fused_cauchy", "propagation"))
+    saved = config.layout.app.reranked(ranking_name("pixels", HEADLINE, "propagation"))
     assert read_reranked(saved).describe() == done
     assert list(config.layout.app.graph("x").parent.glob("knn-*.npz"))  # the graph it learnt on, kept
     shown = client.get("/api/list", params={"rerank": "propagation", "page_size": 10}).json()
@@ -188,7 +189,7 @@ def test_the_last_rerank_is_saved_and_shown_after_a_restart(client: TestClient, 
     original = table.read_bytes()
     frame = pd.read_parquet(table)
     try:
-        frame.assign(fused_cauchy=-frame["fused_cauchy"]).to_parquet(table)
+        frame.assign(**{HEADLINE: -frame[HEADLINE]}).to_parquet(table)
         fresh = TestClient(create_app(config), base_url=LOCAL).get(
             "/api/list", params={"rerank": "propagation"}).json()["rerank"]
         assert fresh["time"] > by_cli["time"] and fresh["source"] != by_cli["source"]
@@ -199,8 +200,8 @@ def test_the_last_rerank_is_saved_and_shown_after_a_restart(client: TestClient, 
 def test_the_consensus_is_one_more_ranking(config, plain: list[int]):
     """With several models, `fmb detect` writes a cross-model consensus: the list offers it as a model."""
     consensus = config.layout.scores.consensus
-    scores = pd.read_parquet(config.layout.scores.table("pixels"), columns=["object_id", "fused_cauchy"])
-    scores.rename(columns={"fused_cauchy": "fused_consensus"}).to_parquet(consensus)
+    scores = pd.read_parquet(config.layout.scores.table("pixels"), columns=["object_id", HEADLINE])
+    scores.rename(columns={HEADLINE: "fused_consensus"}).to_parquet(consensus)
     try:
         client = TestClient(create_app(config), base_url=LOCAL)
         page = client.get("/api/list", params={"model": "consensus", "page_size": 5}).json()

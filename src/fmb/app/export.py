@@ -78,9 +78,10 @@ def _add_labels(table, labels: pd.DataFrame) -> None:
     """interest (-1: none), tags (joined by ';'), note, user, labelled_at (unix time; NaN: not labelled)."""
     table["interest"] = labels["interest"].astype("Float64").fillna(-1).to_numpy(np.int64)
     table["interest"].description = "0-5, -1 where the object has no interest label"
-    table["tags"] = [TAG_SEPARATOR.join(tags) if isinstance(tags, list) else "" for tags in labels["tags"]]
-    table["note"] = labels["note"].fillna("").astype(str).to_numpy()
-    table["user"] = labels["user"].fillna("").astype(str).to_numpy()
+    table["tags"] = np.array([TAG_SEPARATOR.join(tags) if isinstance(tags, list) else "" for tags in labels["tags"]],
+                             dtype=str)
+    table["note"] = np.array(labels["note"].fillna("").tolist(), dtype=str)  # text columns, not objects
+    table["user"] = np.array(labels["user"].fillna("").tolist(), dtype=str)
     table["labelled_at"] = labels["time"].to_numpy(np.float64)
 
 

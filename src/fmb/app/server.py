@@ -189,7 +189,8 @@ def guard(app: FastAPI, token: str | None) -> None:
 
 class BodyLimit:
     """ASGI middleware: a request whose body is over `limit` bytes is a 413 before more than `limit`
-    bytes of it are read (by its Content-Length when it gives one, else while it streams)."""
+    bytes of it are read: by its Content-Length when it gives one (the server reads no more), else
+    (a chunked body) read here up to the limit and handed on whole."""
 
     def __init__(self, app, limit: int = MAX_BODY_BYTES):
         self.app, self.limit = app, limit
@@ -197,22 +198,35 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.limit:
-            response = error_response(413, f"the request body is over {self.limit} bytes")
-            response.headers.update(SECURITY_HEADERS)
-            return await response(scope, receive, send)
-        received = 0
-
-        async def limited():
-            nonlocal received
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                return await self.refuse(scope, receive, send)
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:  # a chunked body with no length: stop reading it here
-                raise HTTPException(413, f"the request body is over {self.limit} bytes")
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self.refuse(scope, receive, send)
+        replayed = False
 
-        return await self.app(scope, limited, send)
+        async def whole():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, whole, send)
+
+    async def refuse(self, scope, receive, send) -> None:
+        response = error_response(413, f"the request body is over {self.limit} bytes")
+        response.headers.update(SECURITY_HEADERS)
+        await response(scope, receive, send)
 
 
 def handle_errors(app: FastAPI) -> None:
