@@ -39,7 +39,7 @@ import pandas as pd
 
 from fmb.analyze.evaluate import EVALUATE
 from fmb.config import load_config
-from fmb.detect.scores import DEFAULT_RANKING, MISMATCH
+from fmb.detect.scores import CALIBRATED_FUSION, DEFAULT_RANKING, MISMATCH, REDSHIFT_CHANNEL
 from fmb.detect.tasks import DETECT
 from fmb.embed.extract import EMBED
 from fmb.models.tasks import ADAPT
@@ -75,13 +75,14 @@ SURVEYS = {
 }
 
 
-def survey_config(out: Path, name: str, survey: Survey):
+def survey_config(out: Path, name: str, survey: Survey, models=MODELS, scale: float = 1.0):
     project = out / name
     project.mkdir(parents=True, exist_ok=True)
     (project / "fmb.yaml").write_text(f"name: {name}\n")
     tasks = [ROOT / "configs/tasks/demo.yaml", ROOT / "configs/adapt/tiny.yaml"]
-    sets = [f"seed={survey.seed}", f"synth.n={survey.n}", f"synth.out=data/{name}", f"data.source=data/{name}",
-            f"name={name}", "detect.folds=5", f"run.models={json.dumps(MODELS)}", "synth.anomaly_rate=0.0075"]
+    sets = [f"seed={survey.seed}", f"synth.n={round(survey.n * scale)}", f"synth.out=data/{name}",
+            f"data.source=data/{name}", f"name={name}", "detect.folds=5", f"run.models={json.dumps(list(models))}",
+            "synth.anomaly_rate=0.0075"]
     sets += [f"synth.{key}={json.dumps(value)}" for key, value in survey.synth.items()]
     return load_config(tasks, root=project, sets=sets)
 
@@ -89,7 +90,8 @@ def survey_config(out: Path, name: str, survey: Survey):
 def run_survey(config, measure: bool, reembed: list[str]) -> None:
     """synth .. embed through the engine (skipped when unchanged, `reembed` models embedded again);
     then, when `measure`, detect and evaluate, always rerun since they are what is measured."""
-    stages = [SYNTH, INDEX, *ADAPT.expand(MODELS), *EMBED.expand(MODELS)] + ([DETECT, EVALUATE] if measure else [])
+    models = config.run.models
+    stages = [SYNTH, INDEX, *ADAPT.expand(models), *EMBED.expand(models)] + ([DETECT, EVALUATE] if measure else [])
     forced = {DETECT.name, EVALUATE.name} | {EMBED.for_model(model).name for model in reembed}
     for stage in stages:
         started = time.perf_counter()
@@ -114,7 +116,8 @@ def half_report(metrics: pd.DataFrame, half: str, classes) -> dict:
     print(f"  best PyOD baseline (picked with labels): {baseline.model}/{baseline.score} {baseline.mean_class_ap:.3f}")
     print(f"  better trivial score:                   {trivial.score} {trivial.mean_class_ap:.3f}")
     print(f"  default ranking ({DEFAULT_RANKING}) per model: mean class AP, x baseline, x trivial")
-    for row in [*defaults.itertuples(), *consensus.itertuples()]:
+    before = table[table.score.isin([CALIBRATED_FUSION, REDSHIFT_CHANNEL]) & ~table.model.isin([TRIVIAL, CONSENSUS])]
+    for row in [*defaults.itertuples(), *consensus.itertuples(), *before.itertuples()]:
         print(f"    {row.model:10s} {row.score:16s} {row.mean_class_ap:.3f}  {row.mean_class_ap / baseline.mean_class_ap:5.2f}x"
               f"  {row.mean_class_ap / trivial.mean_class_ap:5.2f}x")
     shown = metrics[metrics["class"].isin(classes) & (((metrics.score == DEFAULT_RANKING) & (metrics.model != CONSENSUS))
@@ -168,13 +171,15 @@ def main() -> None:
     parser.add_argument("--prepare", action="store_true", help="synthesise and embed only (no detect, no report)")
     parser.add_argument("--report-only", action="store_true", help="print the report of the last run")
     parser.add_argument("--reembed", nargs="+", default=[], metavar="MODEL", help="embed these models again")
+    parser.add_argument("--models", nargs="+", default=MODELS, metavar="MODEL", help="the models run (default: all)")
+    parser.add_argument("--scale", type=float, default=1.0, help="a share of each survey's objects (a quick run)")
     args = parser.parse_args()
     names = list(SURVEYS) if args.survey == "all" else [args.survey]
     results = {}
     for name in names:
         survey = SURVEYS[name]
-        config = survey_config(args.out, name, survey)
-        print(f"== {name} survey: seed {survey.seed}, {survey.n} objects, {survey.synth or 'default generator'}", flush=True)
+        config = survey_config(args.out, name, survey, args.models, args.scale)
+        print(f"== {name} survey: seed {survey.seed}, {config.synth.n} objects, {survey.synth or 'default generator'}", flush=True)
         if not args.report_only:
             run_survey(config, measure=not args.prepare, reembed=args.reembed)
         if not args.prepare:
