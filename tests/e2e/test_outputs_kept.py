@@ -42,7 +42,7 @@ def assert_kept(before: dict[str, str], project: Path) -> None:
 
 
 def one_line(err: str) -> str:
-    assert "Traceback" not in err and "unexpected" not in err, err
+    assert "Traceback" not in err and "error: unexpected" not in err, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from fmb.cli.common import Force, RunName, Sets, SourceOption, TaskFile, app, build_config, console, log, run_stage
@@ -25,7 +26,8 @@ def config_show(config: TaskFile = None, set_: Sets = None, name: RunName = None
         table.add_column(column)
     for key, value, origin in resolved.explain():
         table.add_row(key, repr(value), origin, style=None if origin == "default" else "bold")
-    console.print(table)
+    # whole keys, values and origins when read by a program or a file (no terminal width to fit)
+    (console if console.is_terminal else Console(file=console.file, width=10_000)).print(table)
 
 
 @data_app.command("synth")
