@@ -213,7 +213,9 @@ def test_synth_claims_an_existing_empty_directory(tmp_path: Path, monkeypatch, c
     (tmp_path / "empty").mkdir()
     code, err = fmb(tmp_path, monkeypatch, capsys, "data", "synth", "--out", "empty", "--n", "12", "--workers", "1")
     assert code == 0, err
-    assert (tmp_path / "empty" / "catalog.parquet").is_file() and (tmp_path / "empty" / ".fmb-made").is_file()
+    from fmb.layout import SurveyLayout, owner_marker
+
+    assert SurveyLayout(tmp_path / "empty").catalog.is_file() and owner_marker(tmp_path / "empty").is_file()
 
 
 def test_a_damaged_umap_cache_is_built_again(tmp_path: Path):
