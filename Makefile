@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo app test install clean-demo
+.PHONY: demo app test test-fast install clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 	# imports run downward only (the layers contract in pyproject.toml)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# The tests that neither start processes nor build a run (a minute or two): for the edit-test loop.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The demo: `fmb run` on a small synthetic survey with tiny random-weight models adapted briefly:
 # data, adaptation, embeddings, anomaly scores, their evaluation against the injected truth, agreement,

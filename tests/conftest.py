@@ -146,3 +146,15 @@ def fmb_main(project: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_:
         main()
     return exit_.value.code, capsys.readouterr().err
+
+
+#: Fixtures that build or copy a whole run: a test that uses one is slow whatever directory it is in.
+RUN_FIXTURES = {"pipeline", "pipeline_copy", "scored_run"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """`slow` marks every test that starts processes or builds a run (all of tests/e2e, and any test
+    using a run fixture), so `make test-fast` (-m "not slow") leaves exactly those out."""
+    for item in items:
+        if "e2e" in item.path.parts or RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

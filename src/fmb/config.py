@@ -5,8 +5,8 @@
 
 A run remembers its settings: every stage writes the resolved configuration it ran with into
 ``runs/<name>/run/settings.json`` (`run_settings`), and every later command on that run starts
-from what its task files and command lines gave (`executor.*` excepted: where a command runs is
-its own business), so `fmb app --run demo` needs no other flag. `ResolvedConfig.run_changes` says
+from what its task files and command lines gave (`executor.*` and `detect.models` excepted: where
+a command runs and which models it scores are its own business), so `fmb app --run demo` needs no other flag. `ResolvedConfig.run_changes` says
 which result-changing keys differ from what the run last ran with.
 
 Every relative path is resolved under the project root (the directory holding `fmb.yaml`, else the
@@ -491,8 +491,9 @@ def run_settings(config: ResolvedConfig) -> dict:
             "results": result_values(config.values)}
 
 
-#: Keys a run does not carry over to the next command on it: where a command runs is its own choice.
-_NOT_REMEMBERED = ("executor", "name")
+#: Keys a run does not carry over to the next command on it: where a command runs, and which models
+#: one `fmb detect --model M` scored, are that command's own choice.
+_NOT_REMEMBERED = ("executor", "name", "detect.models")
 _REMEMBERED_ORIGINS = ("task file", "command line", "run ")
 
 
@@ -572,7 +573,8 @@ def _remembered_layers(record: dict) -> list[tuple[str, dict]]:
     by_origin: dict[str, dict] = {}
     for key, value in _flatten(record["values"]):
         origin = str(record["origins"].get(key, ""))
-        if origin.startswith(_REMEMBERED_ORIGINS) and key.split(".")[0] not in _NOT_REMEMBERED:
+        if origin.startswith(_REMEMBERED_ORIGINS) and not any(
+                key == skipped or key.startswith(skipped + ".") for skipped in _NOT_REMEMBERED):
             label = origin if origin.startswith("run ") else f"run {record['values'].get('name')}: {origin}"
             by_origin.setdefault(label, {})[key] = value
     return [(label, _unflatten(keys)) for label, keys in by_origin.items()]

@@ -314,10 +314,9 @@ class AppFiles(_Directory):
         """A re-ranker's k-nearest-neighbour graph, by the key of what it was built from."""
         return self.dir / "graphs" / f"knn-{key}.npz"
 
-    @property
-    def samp(self) -> Path:
-        """Tables the app sent over SAMP (a SAMP client loads a table from a URL: a file here)."""
-        return self.dir / "samp"
+    def samp_table(self, run: str) -> Path:
+        """The table the app last sent over SAMP (a SAMP client loads a table from a URL: a file here)."""
+        return self.dir / "samp" / f"{run}-candidates.vot"
 
 
 def lock_file(project_root: Path) -> Path:

@@ -11,9 +11,18 @@ from typer.testing import CliRunner
 
 from fmb.cli import app
 from fmb.config import load_config
-from tests.e2e.test_run import SMALL, statuses
+from tests.e2e.test_run import statuses
 
 runner = CliRunner()
+SMALL = ["--set", "run.synth=true", "--set", "run.models=[pixels]", "--set", "synth.n=120",
+         "--set", "synth.anomaly_rate=0.05", "--set", "synth.workers=1",
+         "--set", "detect.folds=2", "--set", "detect.pca_components=8", "--set", "detect.flow.hidden=16",
+         "--set", "detect.flow.min_steps=40", "--set", "detect.flow.max_steps=40",
+         "--set", "detect.mismatch.min_steps=40", "--set", "detect.mismatch.max_steps=40",
+         "--set", "models.pixels.components=8", "--set", "models.pixels.image_size=8",
+         "--set", "models.pixels.embed.num_workers=0", "--set", "models.pixels.adapt.num_workers=0",
+         "--set", "analyze.probes.folds=2", "--set", "analyze.probes.bootstraps=5",
+         "--set", "analyze.figures.umap_neighbors=5", "--set", "analyze.similarity.n_examples=1"]
 UNIT = 20  # rows per work unit: the first unit is the first 20 rows of the first file
 
 
@@ -50,7 +59,7 @@ def test_an_all_unusable_unit_runs_through_detect_and_analysis(tmp_path: Path):
     layout = load_config(root=tmp_path).layout
     empty = pq.read_table(layout.embeddings("pixels").part(0))
     assert empty.num_rows == 0
-    assert set(empty.column_names) == set(pq.read_table(layout.embeddings("pixels").part(1)).column_names) == {
+    assert set(empty.column_names) == set(pq.read_table(layout.embeddings("pixels").part(1)).column_names) >= {
         "object_id", "image", "spectrum", "joint", "image_residual", "spectrum_residual"}
     scores = pq.read_table(layout.scores.table("pixels")).to_pandas()
     assert len(scores) == 120 - UNIT

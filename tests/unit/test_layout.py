@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: on the hub, of a `datasets.save_to_disk` folder, package data, a user's directory of DESI cutouts (<TARGETID>.fits), and a cache's names
 #: for its own entries inside the directory the layout gives it.
 NOT_RUN_PATHS = {"src/fmb/models/aion.py", "src/fmb/data/sources/hf.py", "src/fmb/data/synth/library.py", "src/fmb/data/sources/desi.py", "src/fmb/viz/umap_map.py",
-                  "src/fmb/data/sources/arrow.py"}
+                  "src/fmb/data/sources/arrow.py",
+                  "src/fmb/app/export.py"}  # `fmb export --objects`: one FITS file per object in the user's directory
 
 
 def _names_of_the_layout() -> set[str]:

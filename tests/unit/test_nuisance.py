@@ -82,7 +82,7 @@ def test_bins_are_never_smaller_than_their_share_and_the_calibrator_saves(tmp_pa
 
 
 def test_the_context_reads_redshifts_and_covariates_by_object_id(tmp_path):
-    catalog, table = tmp_path / "catalog.parquet", tmp_path / "crowding.parquet"
+    catalog, table = tmp_path / "redshifts.parquet", tmp_path / "crowding.parquet"
     pd.DataFrame({"TARGETID": [3, 1, 2], "Z": [0.3, 0.1, np.nan]}).to_parquet(catalog)
     pd.DataFrame({"object_id": [2, 3], "neighbours": [1.0, 4.0], "label": ["a", "b"]}).to_parquet(table)
     context = object_context(catalog, [table])

@@ -1,5 +1,5 @@
 """The shared trainer on a small real regression problem (no mocks: a linear model is an Adaptable).
-Several processes: tests/unit/test_ddp.py."""
+Several processes: tests/e2e/test_ddp.py."""
 
 import json
 import math

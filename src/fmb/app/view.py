@@ -303,7 +303,7 @@ class RunView:
     def send_samp(self, model: str | None, column: str | None, top: int) -> dict:
         """The export table sent over SAMP to every client that loads VOTables (TOPCAT, Aladin)."""
         table = self.candidates(model, column, top)
-        path = write_export(table, self.config.layout.app.samp / f"{self.config.name}-candidates.vot")
+        path = write_export(table, self.config.layout.app.samp_table(self.config.name))
         return {"objects": len(table), "sent_to": send_table(path, f"fmb {self.config.name} candidates")}
 
 

@@ -22,7 +22,7 @@ def rerank_command(
                                                   "(Astronomaly's neighbour score) or gp_ei (Gaussian process, "
                                                   "expected improvement).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Parquet file to write; default: "
-                                                "runs/<name>/app/rerank/<model>-<ranking>-<method>.parquet.",
+                                                "runs/<name>/app/rerank/<model>:<ranking>:rerank=<method>.parquet (the list's name in the app).",
                                                 dir_okay=False)] = None,
     at: Annotated[Optional[float], typer.Option("--at", help="Use the labels as they stood at this unix time "
                                                 "(replay); default: now.")] = None,

@@ -40,6 +40,7 @@ from fmb.detect.calibrate import TailCalibrator
 from fmb.detect.conditional import REDSHIFT_COLUMN, hat_basis, ridge
 from fmb.detect.scores import percentile
 from fmb.embed.store import embedding_parts
+from fmb.layout import EmbeddingFiles
 
 COVARIATE_PREFIX = "covariate_"  # the columns of nuisance covariates stored beside a model's embeddings
 _KNOTS = 6  # knots per covariate of the level regression
@@ -161,7 +162,7 @@ def _lookup(column: pd.Series, ids: np.ndarray) -> pd.Series:
 def _stamp(path: str) -> tuple[str, float]:
     """(path, its modification time): a changed file is read again."""
     target = Path(path)
-    stamp = target / "manifest.json" if target.is_dir() else target
+    stamp = EmbeddingFiles(target).manifest if target.is_dir() else target
     return path, stamp.stat().st_mtime if stamp.exists() else 0.0
 
 

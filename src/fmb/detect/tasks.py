@@ -280,7 +280,7 @@ def _fit(config: ResolvedConfig, model: str, ids: np.ndarray, matrices: dict, re
             fitted.mismatch[column] = _crossfit(config, make, pair, ids[fit])
             seconds[column] += time.perf_counter() - started
     started = time.perf_counter()
-    fitted.context = object_context(catalog_path(config), covariate_sources(  # every model's: crowding is the object's
+    fitted.context = object_context(_catalog(config), covariate_sources(  # every model's: crowding is the object's
         [config.layout.embeddings(name).dir for name in embedded_models(config)]))
     z = fitted.context.redshift(ids[fit])
     has_z = np.isfinite(z)
@@ -289,6 +289,15 @@ def _fit(config: ResolvedConfig, model: str, ids: np.ndarray, matrices: dict, re
                           for modality, x in reduced.items()} if has_z.sum() >= MIN_REDSHIFTS else {}
     seconds[REDSHIFT] += time.perf_counter() - started
     return fitted
+
+
+def _catalog(config: ResolvedConfig) -> Path | None:
+    """The catalog whose redshifts the conditional score reads; None when the survey cannot be
+    opened here: detect needs only the embeddings, and then scores without the redshift channel."""
+    try:
+        return catalog_path(config)
+    except FmbError:
+        return None
 
 
 def _crossfit(config: ResolvedConfig, make, x: np.ndarray, ids: np.ndarray) -> CrossFitted:

@@ -133,7 +133,8 @@ def write_part(path: Path, object_ids: np.ndarray, embeddings: dict[str, np.ndar
     if schema is None:
         prefix = covariate_key("")
         schema = part_schema({m: v.shape[1] for m, v in embeddings.items() if m in MODALITIES},
-                             tuple(m for m in MODALITIES if residual_key(m) in embeddings))
+                             tuple(m for m in MODALITIES if residual_key(m) in embeddings),
+                             tuple(key[len(prefix):] for key in embeddings if key.startswith(prefix)))
     ids = np.asarray(object_ids, dtype=np.int64)
     columns = [pa.array(ids)]
     for field in list(schema)[1:]:
@@ -198,6 +199,20 @@ def load_embeddings_and_residuals(directory: Path, modalities: tuple[str, ...] =
     return ids, out, residuals
 
 
+def load_covariates(directory: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(object ids, {covariate: (N,) float64}) of the nuisance covariates the model stored beside its
+    embeddings (`covariate_key` columns; none for most models), in unit order."""
+    prefix = covariate_key("")
+    ids, columns = [], {}
+    for part in embedding_parts(directory):
+        names = [name for name in pq.read_schema(part.path).names if name.startswith(prefix)]
+        table = read_part(part.path, {"object_id", *names})
+        ids.append(table.column("object_id").to_numpy())
+        for name in names:
+            columns.setdefault(name[len(prefix):], []).append(table.column(name).to_numpy().astype(np.float64))
+    return (np.concatenate(ids) if ids else np.array([], np.int64)), {k: np.concatenate(v) for k, v in columns.items()}
+
+
 @dataclass(frozen=True)
 class Part:
     unit: int
@@ -214,20 +229,6 @@ def embedding_parts(directory: Path) -> list[Part]:
     manifest = read_manifest(path)
     return [Part(int(unit), directory / entry["file"], int(entry["rows"]))
             for unit, entry in sorted(manifest["parts"].items(), key=lambda kv: int(kv[0]))]
-
-def load_covariates(directory: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(object ids, {covariate: (N,) float64}) of the nuisance covariates the model stored beside its
-    embeddings (`covariate_key` columns; none for most models), in unit order."""
-    prefix = covariate_key("")
-    ids, columns = [], {}
-    for part in embedding_parts(directory):
-        names = [name for name in pq.read_schema(part.path).names if name.startswith(prefix)]
-        table = read_part(part.path, {"object_id", *names})
-        ids.append(table.column("object_id").to_numpy())
-        for name in names:
-            columns.setdefault(name[len(prefix):], []).append(table.column(name).to_numpy().astype(np.float64))
-    return (np.concatenate(ids) if ids else np.array([], np.int64)), {k: np.concatenate(v) for k, v in columns.items()}
-
 
 
 def read_rows(parts: list[Part], positions: np.ndarray, modalities: tuple[str, ...] = MODALITIES

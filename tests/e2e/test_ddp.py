@@ -108,7 +108,7 @@ def stop_after_epoch(epoch: int, stop):
 # -- the worker: this module under torchrun ------------------------------------------------------------
 def worker(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
-    plugins.register_encoder(TOY, "tests.unit.test_ddp:DdpToy")
+    plugins.register_encoder(TOY, "tests.e2e.test_ddp:DdpToy")
     tasks._UNIT_ROWS = UNIT
     rank = int(os.environ["RANK"])
     if rank:
@@ -190,7 +190,7 @@ def torchrun(spec: dict, spec_file: Path) -> subprocess.CompletedProcess:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(port), "-m", "tests.unit.test_ddp", str(spec_file)]
+               "--master-port", str(port), "-m", "tests.e2e.test_ddp", str(spec_file)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
@@ -211,7 +211,7 @@ def runs(tmp_path_factory):
     C: one process killed after epoch 2, resumed on two. E: two processes stopped after epoch 2,
     resumed on two. D: two processes SIGKILLed after epoch 2, resumed in one."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(plugins.ENCODERS, TOY, "tests.unit.test_ddp:DdpToy")
+        patch.setitem(plugins.ENCODERS, TOY, "tests.e2e.test_ddp:DdpToy")
         plugins.load.cache_clear()
         patch.setattr(tasks, "_UNIT_ROWS", UNIT)
         root = tmp_path_factory.mktemp("ddp")

@@ -16,7 +16,7 @@ from fmb import plugins
 from fmb.config import load_config
 from fmb.errors import ConfigError
 
-TOY = "tests.unit.toy_detector:ToyDetector"
+TOY = "tests.e2e.toy_detector:ToyDetector"
 
 
 @pytest.fixture

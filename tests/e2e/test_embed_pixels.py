@@ -20,6 +20,7 @@ from fmb.embed import store
 from fmb.embed.extract import embed
 from fmb.embed.legacy import import_embeddings
 from fmb.errors import FmbError
+from fmb.layout import EmbeddingFiles
 from fmb.models import tasks as model_tasks
 from tests.conftest import tagged_row, write_rows
 
@@ -208,28 +209,32 @@ def kill_embed_mid_run(project: Path):
     for step in (("data", "index"), ("adapt", "pixels")):
         assert run(*step, *args).returncode == 0
     process = subprocess.Popen(cli + ["embed", "pixels", *args], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    files = load_config(root=project, sets=sets).layout.embeddings("pixels")
+    layout = load_config(root=project, sets=sets).layout
+    files = layout.embeddings("pixels")
+    # the stage writes into its staging copy (fmb.run.staging); the embeddings appear when it finishes
+    staged = EmbeddingFiles(layout.staging("embed:pixels").copy(files.dir.relative_to(layout.root)))
     deadline = time.time() + 120
-    while time.time() < deadline and len(files.unit_records()) < 3:
+    while time.time() < deadline and len(staged.unit_records()) < 3:
         time.sleep(0.02)
     assert process.poll() is None, "the run finished before it could be killed; make the survey larger"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert 3 <= len(files.unit_records()) < 30 and not files.manifest.is_file()  # incomplete: no manifest yet
-    return run, args, files
+    assert 3 <= len(staged.unit_records()) < 30 and not staged.manifest.is_file()  # incomplete: no manifest yet
+    assert not files.dir.exists()  # nothing half-made where the embeddings belong
+    return run, args, files, staged
 
 
 def test_real_kill_9_then_resume_loses_and_duplicates_nothing(project: Path):
-    run, args, embeddings = kill_embed_mid_run(project)
+    run, args, embeddings, _ = kill_embed_mid_run(project)
     assert run("embed", "pixels", *args).returncode == 0
     ids, _ = store.load_embeddings(embeddings.dir)
     assert len(ids) == 600 and len(set(ids)) == 600
 
 
 def test_data_changed_between_kill_and_resume_is_refused_not_mixed(project: Path):
-    run, args, embeddings = kill_embed_mid_run(project)
-    before = {path.name: path.read_text() for path in embeddings.unit_records()}
-    started_on = json.loads(embeddings.signature.read_text())["data_sha256"]
+    run, args, embeddings, staged = kill_embed_mid_run(project)
+    before = {path.name: path.read_text() for path in staged.unit_records()}
+    started_on = json.loads(staged.signature.read_text())["data_sha256"]
     rows = [tagged_row(1000 + i, size=32, seed=1000 + i) for i in range(300, 600)]  # same ids, other pixels
     write_rows(project / "survey" / "part-1.parquet", rows, row_group_size=5)
 
@@ -239,7 +244,7 @@ def test_data_changed_between_kill_and_resume_is_refused_not_mixed(project: Path
     message = resumed.stderr.strip()
     assert "changed since it was indexed" in message and "fmb data index" in message
     assert "Traceback" not in resumed.stderr and len(message.splitlines()) == 1
-    assert {path.name: path.read_text() for path in embeddings.unit_records()} == before  # nothing added
+    assert {path.name: path.read_text() for path in staged.unit_records()} == before  # nothing added
 
     assert run("data", "index", *args).returncode == 0  # indexed again: the embeddings start over
     assert run("embed", "pixels", *args).returncode == 0

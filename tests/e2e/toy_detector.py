@@ -1,4 +1,4 @@
-"""A detector defined outside fmb, registered at run time by tests/unit/test_detector_registry.py."""
+"""A detector defined outside fmb, registered at run time by tests/e2e/test_detector_registry.py."""
 
 from __future__ import annotations
 
