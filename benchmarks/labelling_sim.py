@@ -102,12 +102,17 @@ def labelling_loop(inputs: RerankInputs, interesting: np.ndarray, method: str, s
     re-ranker is refitted on every label."""
     position = pd.Index(inputs.object_ids)
     shown, random = np.array([], dtype=np.int64), np.array([], dtype=bool)
+    previous = None  # the last list, whose `chosen_by` (the bandit's) says which arm each label rewards
     for round_ in range(ROUNDS):
         positions = position.get_indexer(shown)
         labels = pd.DataFrame({"object_id": shown, "interest": np.where(interesting[positions], INTERESTING, DULL)})
-        order = rerank_loaded(inputs, method, labels, seed, graphs).object_id.to_numpy()
+        reranked = rerank_loaded(inputs, method, labels, seed, graphs, previous)
+        order = reranked.object_id.to_numpy()
         unseen = order[~np.isin(order, shown)]
         page, drawn = page_positions(len(unseen), 0, PAGE, DEFAULT_RANDOM_FRACTION, seed + round_)
+        if "chosen_by" in reranked:  # a pick of the random slice rewards no arm
+            previous = reranked[["object_id", "chosen_by"]].copy()
+            previous.loc[previous.object_id.isin(unseen[page][drawn]), "chosen_by"] = "random"
         shown, random = np.concatenate([shown, unseen[page]]), np.concatenate([random, drawn])
     return shown, random
 

@@ -49,6 +49,7 @@ RERANKERS: dict[str, str] = {
     "gp_ei": "fmb.app.rerankers.gp_ei:GaussianProcessEI",
     "propagation": "fmb.app.rerankers.propagation:LabelPropagation",
     "active_search": "fmb.app.rerankers.active_search:ActiveSearch",
+    "bandit": "fmb.app.rerankers.bandit:Bandit",
 }
 
 _KINDS = {"encoder": ENCODERS, "detector": DETECTORS, "reranker": RERANKERS}

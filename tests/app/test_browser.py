@@ -112,14 +112,15 @@ def test_list_object_keyboard_label_reload_and_rerank(browser, server: LiveServe
     assert reranked != plain and not set(plain[:5]) & set(reranked[:5])
     assert page.locator(".card.random .badge").count() == 5 and "at random" in page.inner_text("#random-note")
 
-    default = page.locator("select[name=rerank] option[value=propagation]")
-    assert default.inner_text() == "propagation (default)"
-    assert "nearest-neighbour graph" in default.get_attribute("title")  # what it does, on hover
+    default = page.locator("select[name=rerank] option[value=bandit]")
+    assert default.inner_text() == "bandit (default)"
+    assert "compete" in default.get_attribute("title")  # what it does, on hover
     page.select_option("select[name=rerank]", "")  # none chosen: the button re-ranks with the default
     page.wait_for_selector("#random-note[hidden]", state="attached")
     page.click("#rerank-button")
     wait_for_status(page, "re-ranked")
-    assert page.input_value("select[name=rerank]") == "propagation"
+    assert page.input_value("select[name=rerank]") == "bandit"
+    page.wait_for_selector(".card .badge.chosen-by")  # each object says which re-ranker chose it
     assert errors == []
 
 

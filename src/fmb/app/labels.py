@@ -32,6 +32,8 @@ from fmb.errors import DataError, FmbError
 from fmb.io import write_csv, write_table
 
 MAX_INTEREST = 5
+#: An interest at or above which a label says the object is interesting (the discovery curve, the bandit).
+INTERESTING = 4
 TAG = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 USER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MAX_NOTE = 4000

@@ -26,15 +26,14 @@ from fmb.errors import FmbError
 from fmb.io import write_table
 from fmb.plugins import reranker_class, reranker_names
 
-#: Label propagation: of the first three, the only re-ranker that can lift an object above unexplored
-#: ones of higher anomaly (Astronomaly's factor is at most 1 and only demotes; expected improvement
-#: explores away from what was found), and the best on the development survey's seen classes
-#: (benchmarks/RESULTS.md, issue 15: 1.88x the plain ranking against 0.88x and 1.21x), chosen there,
-#: not on a held-out survey. Active search, added later, tied with it there (27.25 each): a tie keeps
-#: the default.
-DEFAULT_METHOD = "propagation"
+#: The bandit (issue 30): which re-ranker finds what a user is after differs from survey to survey
+#: (benchmarks/RESULTS.md: propagation and active search tied on the development survey, active
+#: search ahead on another), so the app lets them compete for each page's slots and learns from the
+#: labels which one works for this user, rather than betting on one.
+DEFAULT_METHOD = "bandit"
 MODALITY = "joint"  # the embedding the re-rankers learn on: image and spectrum together
 METADATA_KEY = b"fmb.rerank"  # the Parquet schema metadata of a re-ranked list: how it was made
+ORDER_COLUMNS = ("object_id", "score", "rank", "chosen_by")  # chosen_by: only where an arm chose each
 
 
 def reranker(method: str, seed: int = 0, graphs: GraphCache | None = None) -> Reranker:
@@ -114,13 +113,30 @@ def labelled_positions(inputs: RerankInputs, labels: pd.DataFrame) -> tuple[np.n
 
 
 def rerank_loaded(inputs: RerankInputs, method: str, labels: pd.DataFrame, seed: int = 0,
-                  graphs: GraphCache | None = None) -> pd.DataFrame:
+                  graphs: GraphCache | None = None, previous: pd.DataFrame | None = None) -> pd.DataFrame:
     """(object_id, score, rank), best first by the ranking rule, of `method` fitted on `labels`
-    (object_id, interest: `LabelStore.current()`); `graphs` keeps the nearest-neighbour graphs."""
+    (object_id, interest: `LabelStore.current()`); `graphs` keeps the nearest-neighbour graphs. A
+    re-ranker that says which of its arms chose each object (the bandit) adds `chosen_by`, and learns
+    from the `chosen_by` of the `previous` list (object_id, chosen_by), the one the labels were given in."""
     labelled, interest = labelled_positions(inputs, labels)
-    scores = reranker(method, seed, graphs).fit(inputs.features, inputs.anomaly, labelled, interest).scores_
-    frame = ranked(pd.DataFrame({"object_id": inputs.object_ids, "score": scores}), "score")
-    return frame[["object_id", "score", "rank"]].reset_index(drop=True)
+    estimator = reranker(method, seed, graphs)
+    if "chosen_by" in inspect.signature(estimator.fit).parameters:
+        estimator.fit(inputs.features, inputs.anomaly, labelled, interest, chosen_by(inputs, labelled, previous))
+    else:
+        estimator.fit(inputs.features, inputs.anomaly, labelled, interest)
+    frame = pd.DataFrame({"object_id": inputs.object_ids, "score": estimator.scores_})
+    if hasattr(estimator, "chosen_by_"):
+        frame["chosen_by"] = estimator.chosen_by_.astype(str)
+    frame = ranked(frame, "score")
+    return frame[[column for column in ORDER_COLUMNS if column in frame]].reset_index(drop=True)
+
+
+def chosen_by(inputs: RerankInputs, labelled: np.ndarray, previous: pd.DataFrame | None) -> np.ndarray:
+    """The arm of `previous` that chose each labelled object ("" where none did)."""
+    if previous is None or "chosen_by" not in previous:
+        return np.full(len(labelled), "", dtype=object)
+    arms = previous.set_index("object_id")["chosen_by"]
+    return arms.reindex(inputs.object_ids[labelled]).fillna("").to_numpy(object)
 
 
 def rerank(config, model: str | None, ranking_column: str | None, method: str, labels: pd.DataFrame) -> pd.DataFrame:
@@ -133,7 +149,7 @@ def rerank(config, model: str | None, ranking_column: str | None, method: str, l
 class Reranked:
     """A re-ranked list and how it was made: what the app shows after a restart and `fmb rerank` writes."""
 
-    order: pd.DataFrame  # object_id, score, rank: best first
+    order: pd.DataFrame  # object_id, score, rank (and chosen_by for the bandit): best first
     method: str
     model: str
     ranking: str
@@ -154,9 +170,10 @@ def source_key(object_ids: np.ndarray, anomaly: np.ndarray) -> str:
 
 
 def rerank_snapshot(inputs: RerankInputs, method: str, labels: pd.DataFrame, event: int, seed: int = 0,
-                    graphs: GraphCache | None = None) -> Reranked:
-    """`rerank_loaded` on the labels of `LabelStore.snapshot` (labels, event), with how it was made."""
-    order = rerank_loaded(inputs, method, labels, seed, graphs)
+                    graphs: GraphCache | None = None, previous: Reranked | None = None) -> Reranked:
+    """`rerank_loaded` on the labels of `LabelStore.snapshot` (labels, event), with how it was made;
+    `previous`: the last list of `method`, the one the labels were given in."""
+    order = rerank_loaded(inputs, method, labels, seed, graphs, None if previous is None else previous.order)
     return Reranked(order, method, inputs.model, inputs.ranking, int(event),
                     len(labelled_positions(inputs, labels)[0]), time.time(), int(seed),
                     source_key(inputs.object_ids, inputs.anomaly))
@@ -178,7 +195,8 @@ def read_reranked(path: Path) -> Reranked | None:
     try:
         table = pq.read_table(path)
         made = json.loads(table.schema.metadata[METADATA_KEY])
-        order = table.to_pandas()[["object_id", "score", "rank"]]
+        order = table.to_pandas()
+        order = order[[column for column in ORDER_COLUMNS if column in order]]
         return Reranked(order, **{key: made[key] for key in Reranked.__dataclass_fields__ if key != "order"})
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):  # damaged or foreign: computed again
         return None
@@ -204,6 +222,8 @@ def rerank_run(config, model: str | None = None, ranking: str | None = None, met
     empty = (pd.DataFrame(columns=list(COLUMNS)), 0)
     labels, event = LabelStore(database).snapshot(at) if database.is_file() else empty
     inputs = load_inputs(config, model, ranking)
-    done = rerank_snapshot(inputs, method, labels, event, config.seed, GraphCache(config.layout.app.graph))
-    path = write_reranked(done, out or config.layout.app.reranked(ranking_name(inputs.model, inputs.ranking, method)))
+    saved = config.layout.app.reranked(ranking_name(inputs.model, inputs.ranking, method))
+    done = rerank_snapshot(inputs, method, labels, event, config.seed, GraphCache(config.layout.app.graph),
+                           read_reranked(saved))
+    path = write_reranked(done, out or saved)
     return {"path": path, "objects": len(done.order), **done.describe()}

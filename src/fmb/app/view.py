@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from fmb.app.export import candidate_table, export_bytes, write_export
 from fmb.app.graph import GraphCache
-from fmb.app.labels import LABEL, MAX_INTEREST, LabelStore
+from fmb.app.labels import INTERESTING, LABEL, MAX_INTEREST, LabelStore
 from fmb.app.neighbours import Neighbours
 from fmb.app.pages import DEFAULT_RANDOM_FRACTION, discovery_curve, page_count, page_positions, slice_sizes
 from fmb.app.render import Renderer, figure_png
@@ -37,7 +37,7 @@ from fmb.viz.stretch import STRETCHES
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 PAGE_SIZE_MAX = 200
 PAGE_MAX = 10**9
-DISCOVERY_THRESHOLD = 4
+DISCOVERY_THRESHOLD = INTERESTING
 #: The discovery curve is drawn from this many objects labelled >= DISCOVERY_THRESHOLD: before the
 #: first, both of its lines are flat at zero and say nothing.
 DISCOVERY_MIN_FOUND = 1
@@ -159,9 +159,11 @@ class RunView:
         if (model, column) not in self._rerank_inputs:  # the embeddings are read once, labels every time
             self._rerank_inputs[(model, column)] = load_inputs(self.config, model, column)
         labels, event = self.labels.snapshot()
+        path = self.config.layout.app.reranked(ranking_name(model, column, method))
+        previous = self._reranked.get((model, column, method)) or read_reranked(path)  # the list labelled in
         done = rerank_snapshot(self._rerank_inputs[(model, column)], method, labels, event, self.config.seed,
-                               self.graphs)
-        write_reranked(done, self.config.layout.app.reranked(ranking_name(model, column, method)))
+                               self.graphs, previous)
+        write_reranked(done, path)
         self._reranked[(model, column, method)] = done
         return done
 
@@ -213,14 +215,18 @@ class RunView:
         return query.page
 
     def items(self, shown: pd.DataFrame, random: np.ndarray, labels: pd.DataFrame, first_position: int) -> list[dict]:
+        """The page's objects; `chosen_by`: the bandit's arm that chose each ("random": the random
+        slice; None in a list that no bandit made)."""
         ids = shown["object_id"].to_numpy()
         ranks = {model: table.ranks(table.default).reindex(ids) for model, table in self.tables.items()}
+        arms = shown["chosen_by"] if "chosen_by" in shown else [None] * len(shown)
         return [{"object_id": str(object_id), "position": first_position + offset, "rank": int(rank),
                  "score": finite_or_none(score), "random": bool(is_random),
+                 "chosen_by": "random" if is_random and arm is not None else arm,
                  "ranks": {model: finite_or_none(ranks[model].iat[offset]) for model in ranks},
                  "label": label_of(labels, int(object_id))}
-                for offset, (object_id, score, rank, is_random)
-                in enumerate(zip(ids, shown["score"], shown["rank"], random))]
+                for offset, (object_id, score, rank, is_random, arm)
+                in enumerate(zip(ids, shown["score"], shown["rank"], random, arms))]
 
     # -- one object -----------------------------------------------------------------------------------
     def require(self, object_id: int) -> int:

@@ -6,7 +6,7 @@ middle of the scale (the cold start: labels can only push objects down), the lis
 object per neighbourhood (a greedy independent set of the graph, best first): the label of one
 object says what its neighbours are, so a page of neighbours asks one question many times.
 
-The default re-ranker (`fmb.app.rerank.DEFAULT_METHOD` says why)."""
+The bandit's first arm (`fmb.app.rerankers.bandit`): after its head, the bandit's list follows it."""
 
 from __future__ import annotations
 

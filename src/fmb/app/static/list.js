@@ -110,6 +110,8 @@ function card(item) {
     el("img", {src: `/img/${item.object_id}/thumbnail.png`, alt: `object ${item.object_id}`, loading: "lazy"}),
     el("span", {class: "rank", text: `#${item.rank}`}),
     item.random ? el("span", {class: "badge", text: "random"}) : null,
+    item.chosen_by && !item.random ? el("span", {class: "badge chosen-by", title: "the re-ranker that chose it",
+                                                 text: item.chosen_by}) : null,
     el("span", {class: "id", text: String(item.object_id)}),
     el("span", {class: "score", text: `score ${formatNumber(item.score)}`}),
     el("span", {class: "ranks", text: otherRanks}),
