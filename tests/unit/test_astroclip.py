@@ -183,3 +183,15 @@ def test_a_spectrum_backbone_under_a_frozen_spectrum_head_is_a_config_error(proj
         load_config(root=project, sets=["models.astroclip.finetune_backbone=spectrum",
                                         "models.astroclip.finetune_spectrum=false"])
     assert "finetune_spectrum" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_weights_file_that_is_not_a_checkpoint_is_one_line(tmp_path: Path):
+    """`models.astroclip.weights=evil.pt` of plain bytes: named, not an unexpected RuntimeError."""
+    from fmb.models.astroclip import read_checkpoint
+    from fmb.models.base import WeightsError
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(b"plain bytes, not a checkpoint" * 10)
+    with pytest.raises(WeightsError, match="evil.pt: not a readable astroclip checkpoint") as error:
+        read_checkpoint(path)
+    assert "\n" not in str(error.value)

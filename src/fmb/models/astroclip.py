@@ -438,5 +438,9 @@ def _hub_file(item: str) -> hub.HubFile | None:
 
 def read_checkpoint(path: str | Path) -> Mapping:
     """A checkpoint file's tensors, every other object a stub (`_TensorsOnlyUnpickler`), so that
-    reading it never runs code."""
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+    reading it never runs code; a file that is not a PyTorch checkpoint is one line naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise WeightsError(f"{path}: not a readable astroclip checkpoint ({type(error).__name__}: "
+                           f"{(str(error).splitlines() or [''])[0][:160]}); give a checkpoint file, or a hub item") from None
