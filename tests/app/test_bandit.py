@@ -105,10 +105,14 @@ def test_the_bandit_is_the_default_and_a_page_marks_who_chose_each_object(client
         interest = 5 if item["chosen_by"] == DIVERSE else 0
         body = {"object_id": int(item["object_id"]), "interest": interest, "user": "bandit"}
         assert client.post("/api/labels", json=body).status_code == 201
+    drawn = [int(item["object_id"]) for item in cold["items"] if item["random"]]
+    for object_id in drawn:  # a label on the random slice rewards no arm
+        assert client.post("/api/labels", json={"object_id": object_id, "interest": 5, "user": "bandit"}).status_code == 201
     assert client.post("/api/rerank", json={"method": "bandit"}).json()["labelled"] >= len(shown)
     saved = read_reranked(config.layout.app.reranked(ranking_name("pixels", HEADLINE, "bandit")))
     credited = saved.order.set_index("object_id").chosen_by
     assert [credited[int(item["object_id"])] for item in shown] == [item["chosen_by"] for item in shown]
+    assert [credited[object_id] for object_id in drawn] == ["random"] * len(drawn)
     warm = client.get("/api/list", params={"rerank": "bandit", "page_size": 20}).json()
     arms = {item["chosen_by"] for item in warm["items"] if not item["random"]}
     assert arms and arms <= {"propagation", "active_search", "astronomaly", "gp_ei"}  # interest found: the re-rankers

@@ -6,6 +6,7 @@ run does not hold, `FmbError` for a request it refuses) and `fmb.app.server` tur
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from collections.abc import Callable
 from typing import Literal
 
@@ -79,6 +80,7 @@ class RunView:
         self._reranked: dict[tuple[str, str, str], Reranked] = {}  # the last list of each re-ranker
         self._rerank_inputs: dict[tuple[str, str], object] = {}
         self._reranking = threading.Lock()
+        self._drawn: dict[tuple[str, str, str], set[int]] = {}  # shown in a random slice: a label there rewards no arm
         self.graphs = GraphCache(config.layout.app.graph)
 
     # -- what the list page offers --------------------------------------------------------------------
@@ -112,6 +114,9 @@ class RunView:
         page = self.page_number(order, query, fraction)
         positions, random = page_positions(len(order), page, query.page_size, fraction, self.config.seed)
         self.renderer.ahead.schedule(order["object_id"].to_numpy()[positions])
+        if reranked is not None:
+            self._drawn.setdefault((model, column, query.rerank), set()).update(
+                order["object_id"].to_numpy()[positions[random]].tolist())
         return {"ranking": ranking_name(model, column, query.rerank), "model": model, "column": column,
                 "page": page, "pages": page_count(len(order), query.page_size, fraction), "total": len(order),
                 "page_size": query.page_size, "rerank": reranked.describe() if reranked else None,
@@ -161,6 +166,10 @@ class RunView:
         labels, event = self.labels.snapshot()
         path = self.config.layout.app.reranked(ranking_name(model, column, method))
         previous = self._reranked.get((model, column, method)) or read_reranked(path)  # the list labelled in
+        if previous is not None and "chosen_by" in previous.order:
+            drawn = previous.order["object_id"].isin(self._drawn.get((model, column, method), ()))
+            previous = replace(previous, order=previous.order.assign(
+                chosen_by=previous.order["chosen_by"].where(~drawn, "random")))
         done = rerank_snapshot(self._rerank_inputs[(model, column)], method, labels, event, self.config.seed,
                                self.graphs, previous)
         write_reranked(done, path)
