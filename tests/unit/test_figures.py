@@ -14,7 +14,7 @@ from fmb.analyze.figures import colour_panels, figures, gallery_title
 from fmb.config import load_config
 from fmb.data.tasks import index
 from fmb.detect.fusion import Calibration, calibrate, fuse
-from fmb.detect.scores import DEFAULT_RANKING, frame_headline, load_score_tables, top
+from fmb.detect.scores import frame_headline, load_score_tables, top
 from fmb.embed import store
 from fmb.io import write_table
 from fmb.layout import EmbeddingFiles, SurveyLayout
@@ -164,7 +164,7 @@ def test_maps_are_coloured_by_catalog_row_of_each_object_else_by_anomaly_percent
     scores = load_score_tables(tiny_run)
     label = colour_panels(tiny_run, [panel], [JOINT], scores)
     assert label.startswith("anomaly percentile")
-    most_anomalous = scores[JOINT].sort_values(DEFAULT_RANKING).object_id.iloc[-1]
+    most_anomalous = scores[JOINT].sort_values(frame_headline(scores[JOINT])).object_id.iloc[-1]
     assert panel.values[shuffled == most_anomalous] == 100
 
     unscored = [MapPanel(JOINT, IDS, np.zeros((N, 2)), None), MapPanel(IMAGE_ONLY, IDS, np.zeros((N, 2)), None)]
