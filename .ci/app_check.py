@@ -50,21 +50,22 @@ def check(run: str) -> None:
             page.set_default_timeout(WAIT_MS)
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
+            # locators and selectors only: the app's CSP forbids the eval that string waits would need
             page.goto(url)  # the app answers once uvicorn is up; goto waits for the first response
             page.wait_for_selector(".card")
-            first = page.eval_on_selector(".card", "card => card.dataset.id")
+            first = page.locator(".card").first.get_attribute("data-id")
             print(f"list: {page.locator('.card').count()} objects on the first page")
             page.click(f".card[data-id='{first}']")
             page.wait_for_selector("#interest-buttons button")
-            page.wait_for_function("[...document.images].every(image => image.complete && image.naturalWidth > 0)")
+            page.wait_for_load_state("networkidle")  # the object's images and panels drawn
             page.keyboard.press("4")
-            page.wait_for_function("document.getElementById('status').textContent.includes('saved')")
+            page.locator("#status", has_text="saved").wait_for()
             stored = get_json(f"{url}api/object/{first}")["label"]
             if not stored or stored.get("interest") != 4:
                 raise SystemExit(f"object {first}: the label given in the page was not stored ({stored})")
             print(f"object {first}: labelled 4 in the page, read back from the server: {stored}")
             page.keyboard.press("u")  # leave the demo run's labels as they were
-            page.wait_for_function("document.getElementById('status').textContent.includes('undone')")
+            page.locator("#status", has_text="undone").wait_for()
             browser.close()
         if errors:
             raise SystemExit(f"the pages raised: {errors}")
