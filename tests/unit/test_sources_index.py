@@ -36,10 +36,11 @@ def test_index_maps_every_id_and_ignores_catalog_and_truth(survey: Path):
     assert result.issues == []
     table = result.table.to_pandas().set_index("object_id")
     assert len(table) == 17
-    assert tuple(table.loc[204]) == ("sub/part-1.parquet", 4)
+    assert tuple(table.loc[204, ["shard", "row"]]) == ("sub/part-1.parquet", 4)
+    assert table[["ra", "dec"]].isna().all().all()  # these rows carry no sky position
 
 
-def test_index_reads_only_the_id_column(survey: Path, monkeypatch):
+def test_index_reads_only_the_id_and_position_columns(survey: Path, monkeypatch):
     requested = []
     original = pq.ParquetFile.read
 
@@ -49,7 +50,8 @@ def test_index_reads_only_the_id_column(survey: Path, monkeypatch):
 
     monkeypatch.setattr(pq.ParquetFile, "read", spy)
     build_index(ParquetSource(survey))
-    assert requested and all(set(columns) <= {"object_id", "targetid"} for columns in requested)
+    allowed = {"object_id", "targetid", "ra", "dec", "target_ra", "target_dec"}  # never a cutout or spectrum
+    assert requested and all({column.lower() for column in columns} <= allowed for columns in requested)
 
 
 def test_fetcher_returns_the_right_rows_in_request_order(survey: Path):
