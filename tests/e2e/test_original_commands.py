@@ -156,7 +156,8 @@ def test_regression_runs_probes_as_one_job_with_slurm(detected: Path, config, mo
     from fmb.run import executors
 
     monkeypatch.setattr(executors, "executor_for",
-                        lambda settings, folder: executors.SlurmExecutor(settings.slurm, folder, cluster="local"))
+                        lambda settings, folder, log=print: executors.SlurmExecutor(settings.slurm, folder,
+                                                                                      cluster="local", log=log))
     output = same_stage(detected, ["analyze", "regression", "--slurm", "--set", "executor.slurm.poll_s=0.2"],
                         ["analyze", "probes"], "probes")
     assert "submitting probes as one slurm job" in output

@@ -97,8 +97,11 @@ def detect_outputs(config: ResolvedConfig) -> list[Path]:
     """What a run of detect replaces: the table and detectors of each model it scores, the consensus
     and the summary; other models' tables stay as they are."""
     files = config.layout.scores
-    per_model = [path for model in detect_models(config) for path in (files.table(model), files.detectors(model).parent)]
-    return [*per_model, files.consensus, files.summary]
+    models = detect_models(config)
+    per_model = [path for model in models for path in (files.table(model), files.detectors(model).parent)]
+    # the consensus needs two models' tables (this run's and those already there): none with one
+    tabled = set(models) | {model for model in embedded_models(config) if files.table(model).is_file()}
+    return [*per_model, *([files.consensus] if len(tabled) >= 2 else []), files.summary]
 
 
 # -- 1. fit, on one node: a sample of each model's embeddings, read part by part ----------------------
