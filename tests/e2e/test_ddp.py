@@ -205,6 +205,14 @@ def files(project: Path):
     return ModelFiles(model_dir(project))
 
 
+def staged_files(project: Path):
+    """The model's files in the staging copy an unfinished adaptation writes (`fmb.run.staging`)."""
+    from fmb.layout import ModelFiles
+
+    layout = load_config(root=project, sets=SETS).layout
+    return ModelFiles(layout.staging(f"adapt:{TOY}").copy(model_dir(project).relative_to(layout.root)))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A: one process. B: two processes (with gradient checkpointing), then again (nothing changed).
@@ -231,7 +239,7 @@ def runs(tmp_path_factory):
         log = launched.stdout[-3000:] + launched.stderr[-6000:]
         assert launched.returncode != 0 and (root / "outcomes.json").exists(), log  # the last job kills them
         outcomes = json.loads((root / "outcomes.json").read_text())
-        stopped = read_torch(files(d).checkpoint, "checkpoint")
+        stopped = read_torch(staged_files(d).checkpoint, "checkpoint")  # killed: still in its staging copy
         assert (stopped["epoch"], stopped["world_size"]) == (KILLED_AFTER, 2), log
         assert not files(d).history.exists()
         adapt_everywhere(load_config(root=d, sets=SETS))

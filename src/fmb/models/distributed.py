@@ -113,19 +113,21 @@ def session(device: torch.device) -> Iterator[tuple[Ranks, torch.device]]:
             dist.destroy_process_group()
 
 
-def lead_and_follow(ranks: Ranks, lead: Callable[[Callable[[Callable], object]], object], follow: Callable[[], object]):
+def lead_and_follow(ranks: Ranks, lead: Callable[[Callable[..., object]], object], follow: Callable[[object], object]):
     """One command on every rank with rank 0 in charge: rank 0 runs `lead(joined)`, and each time it
-    calls `joined(work)` (which runs `work()`), every other rank runs `follow()` beside it, so that the
-    collectives inside match. Rank 0 returns what `lead` returns, the others None once it is over."""
+    calls `joined(work, shared)` (which runs `work()`), every other rank runs `follow(shared)` beside
+    it (`shared`: a small picklable object of rank 0's, such as the config its engine staged the outputs
+    in), so that the collectives inside match. Rank 0 returns what `lead` returns, the others None once
+    it is over."""
     if not ranks.main:
-        while ranks.share(None) == _WORK:
-            follow()
+        while (order := ranks.share(None))[0] == _WORK:
+            follow(order[1])
         return None
     inside = False
 
-    def joined(work: Callable):
+    def joined(work: Callable, shared=None):
         nonlocal inside
-        ranks.share(_WORK)
+        ranks.share((_WORK, shared))
         inside = True
         result = work()
         inside = False
@@ -135,4 +137,4 @@ def lead_and_follow(ranks: Ranks, lead: Callable[[Callable[[Callable], object]],
         return lead(joined)
     finally:
         if not inside:  # after an error inside `work` the others wait in a collective: torchrun ends them
-            ranks.share(_OVER)
+            ranks.share((_OVER, None))

@@ -56,8 +56,11 @@ def adapt_on_every_rank(config: ResolvedConfig, model: str, run_stage: Callable[
         if config.executor.kind == "slurm":  # the job would train alone, the other ranks here wait for it
             raise FmbError("fmb adapt under torchrun trains in the processes torchrun started: leave out --slurm "
                            "(executor.kind slurm), or run torchrun inside the SLURM job")
-        return lead_and_follow(ranks, lambda joined: run_stage(lambda cfg, log: joined(lambda: adapt(cfg, model, log))),
-                               lambda: adapt(config, model, log=lambda _: None))
+        # every rank adapts with the config rank 0's engine gives the stage (its outputs in their
+        # staging copy), so a resumed run reads the same checkpoint on every rank
+        return lead_and_follow(ranks, lambda joined: run_stage(lambda cfg, log: joined(lambda: adapt(cfg, model, log),
+                                                                                       cfg)),
+                               lambda staged: adapt(staged, model, log=lambda _: None))
 
 
 @dataclass
