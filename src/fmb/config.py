@@ -6,8 +6,9 @@
 A run remembers its settings: every stage writes the resolved configuration it ran with into
 ``runs/<name>/run/settings.json`` (`run_settings`), and every later command on that run starts
 from what its task files and command lines gave (`executor.*` and `detect.models` excepted: where
-a command runs and which models it scores are its own business), so `fmb app --run demo` needs no other flag. `ResolvedConfig.run_changes` says
-which result-changing keys differ from what the run last ran with.
+a command runs and which models it scores are its own business), so `fmb app --run demo` needs no
+other flag. `ResolvedConfig.run_changes` says which result-changing keys differ from what the run
+last ran with.
 
 Every relative path is resolved under the project root (the directory holding `fmb.yaml`, else the
 current directory) and every output goes under the run root `runs/<name>/`. Nothing here touches the

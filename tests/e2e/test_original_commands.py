@@ -7,20 +7,17 @@ importers of the original's files through the CLI.
 One project is built once for the module (synth, index, adapt and embed the pixel reference); the
 stages each test needs run on it once, whichever test comes first."""
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from fmb.cli import app
 from fmb.config import load_config
 from fmb.embed.store import load_embeddings
 from fmb.layout import RunLayout
+from tests.conftest import run_cli
 
-runner = CliRunner()
 N = 80
 PROJECT = f"""name: test
 data: {{source: data/synth}}
@@ -36,12 +33,7 @@ analyze: {{probes: {{folds: 2, bootstraps: 5}}, figures: {{umap_neighbors: 5}}, 
 
 
 def invoke(project: Path, *args: str) -> str:
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        result = runner.invoke(app, list(args))
-    finally:
-        os.chdir(cwd)
+    result = run_cli(project, *args)
     assert result.exit_code == 0, (args, result.output, result.exception)
     return result.output
 

@@ -1,19 +1,16 @@
 """A work unit in which no object is usable: its part is written with every column (empty), and
 detection and every analysis stage after it run through to the report."""
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from typer.testing import CliRunner
 
-from fmb.cli import app
 from fmb.config import load_config
+from tests.conftest import run_cli
 from tests.e2e.test_run import statuses
 
-runner = CliRunner()
 SMALL = ["--set", "run.synth=true", "--set", "run.models=[pixels]", "--set", "synth.n=120",
          "--set", "synth.anomaly_rate=0.05", "--set", "synth.workers=1",
          "--set", "detect.folds=2", "--set", "detect.pca_components=8", "--set", "detect.flow.hidden=16",
@@ -27,12 +24,7 @@ UNIT = 20  # rows per work unit: the first unit is the first 20 rows of the firs
 
 
 def invoke(project: Path, *args: str):
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        result = runner.invoke(app, [*args, *SMALL, "--set", f"models.pixels.embed.rows_per_shard={UNIT}"])
-    finally:
-        os.chdir(cwd)
+    result = run_cli(project, *args, *SMALL, "--set", f"models.pixels.embed.rows_per_shard={UNIT}")
     assert result.exit_code == 0, result.output
     return result
 
