@@ -31,7 +31,9 @@ PROJECT_FILE = "fmb.yaml"
 DEFAULT_HF_DATASET = "msiudek/astroPT_euclid_Q1_desi_dr1_dataset"
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -63,7 +65,7 @@ def _json_value(value: Any) -> Any:
     return TypeAdapter(Any).dump_python(value, mode="json")
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     source: str = Field(
         "data/synth",
         description="where rows come from: a directory of Parquet files, 'hf:<dataset id or local "
@@ -90,7 +92,7 @@ class DataConfig(_Section):
     )
 
 
-class SkyConfig(_Section):
+class SkyConfig(Section):
     """The nuisances of a real sky around every synthetic object (fmb.data.synth.sky): not anomalies."""
 
     enabled: bool = Field(True, description="draw the nuisances; false: a clean survey (one galaxy per cutout)")
@@ -106,7 +108,7 @@ class SkyConfig(_Section):
                                 description="scale of the sky-line and telluric residuals in the spectra (0: none)")
 
 
-class SynthConfig(_Section):
+class SynthConfig(Section):
     n: int = Field(2000, gt=0, le=100_000_000, description="number of objects")
     out: str = Field("data/synth", description="output directory (Parquet parts, catalog, truth)")
     cutout_px: int = Field(64, ge=32, le=4096, description="cutout side in pixels (0.1 arcsec/px)")
@@ -139,12 +141,12 @@ class SynthConfig(_Section):
         return {name: weight / total for name, weight in mix.items()}
 
 
-class ShowConfig(_Section):
+class ShowConfig(Section):
     object_id: int | None = Field(None, description="object to draw; default: the first indexed object")
     smooth_px: float = Field(2.0, ge=0, le=1000, description="Gaussian smoothing of the spectrum, pixels")
 
 
-class AdaptSettings(_Section):
+class AdaptSettings(Section):
     """Stage 1: light adaptation of a model to Euclid x DESI (the shared trainer's settings)."""
 
     epochs: int = Field(3, ge=1, le=100_000, description="passes over the training objects")
@@ -171,7 +173,7 @@ class AdaptSettings(_Section):
     num_workers: int = Field(1, ge=0, le=1024, description="DataLoader worker processes (changes the batch order)")
 
 
-class EmbedSettings(_Section):
+class EmbedSettings(Section):
     """Stage 2: embedding extraction."""
 
     weights: Literal["adapted", "base"] = Field("adapted", description="use the adapted weights when they exist")
@@ -182,7 +184,7 @@ class EmbedSettings(_Section):
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="autocast: auto = bf16 on GPU")
 
 
-class ModelSection(_Section):
+class ModelSection(Section):
     preset: Literal["full", "tiny"] = Field("full", description="architecture: released size, or tiny for tests")
     weights: str | None = Field(
         None, description="hub id or local file of pretrained weights; default: the released weights "
@@ -197,24 +199,25 @@ class ModelSection(_Section):
     embed: EmbedSettings = EmbedSettings()
 
 
-def models_config_class() -> type[_Section]:
-    """`models.<name>` for every registered encoder, each its encoder's own section class
-    (`Encoder.section`); built from the registry, so a new model needs no line here."""
+def models_config_class() -> type[Section]:
+    """`models.<name>` for every registered encoder, each its encoder's own section class, found
+    through the registry without importing the encoder (`fmb.plugins.section_class`), so a new model
+    needs no line here and loading a config imports no model code."""
     from pydantic import create_model
 
-    from fmb.plugins import encoder_class, encoder_names
+    from fmb.plugins import encoder_names, section_class
 
-    fields = {name: (encoder_class(name).section, Field(default_factory=encoder_class(name).section))
-              for name in encoder_names()}
-    return create_model("ModelsConfig", __base__=_Section, __doc__="Per-model settings (one section per encoder).",
-                        **fields)
-
-
-#: The misalignment critic behind ``detect.mismatch`` (not a per-modality detector, so not in the registry).
-MISMATCH_CRITIC = "fmb.detect.mismatch:ContrastiveMismatch"
+    sections = {name: section_class("encoder", name) for name in encoder_names()}
+    return create_model("ModelsConfig", __base__=Section, __doc__="Per-model settings (one section per encoder).",
+                        **{name: (section, Field(default_factory=section)) for name, section in sections.items()})
 
 
-class DetectSettings(_Section):
+#: The hyper-parameters of the misalignment critic behind ``detect.mismatch`` (not a per-modality
+#: detector, so not in the registry).
+MISMATCH_SECTION = "fmb.detect.sections:MismatchSection"
+
+
+class DetectSettings(Section):
     """Stage 3: anomaly scores per model and modality, misalignment and fusion."""
 
     models: list[str] | None = Field(None, description="models to score; default: every model with embeddings")
@@ -248,36 +251,36 @@ class DetectSettings(_Section):
 
 def detect_config_class() -> type[DetectSettings]:
     """`DetectSettings` plus ``detect.<name>`` for every registered detector and ``detect.mismatch``,
-    each built from its class's ``__init__`` signature (`fmb.plugins.signature_section`), so a new
-    detector needs no line here. Rebuilt when the detector registry changes."""
-    from fmb.plugins import DETECTORS
+    each its detector's section class found through the registry without importing the detector
+    (`fmb.plugins.section_class`), so a new detector needs no line here. Rebuilt when the detector
+    registry changes."""
+    from fmb.plugins import DETECTOR_SECTIONS, DETECTORS
 
-    return _detect_config(tuple(DETECTORS.items()))
+    return _detect_config(tuple(DETECTORS.items()), tuple(DETECTOR_SECTIONS.items()))
 
 
 @cache
-def _detect_config(detectors: tuple) -> type[DetectSettings]:
+def _detect_config(detectors: tuple, _sections: tuple) -> type[DetectSettings]:
     from pydantic import create_model
 
-    from fmb.plugins import detector_class, import_target, signature_section
+    from fmb.plugins import import_target, section_class
 
     clashing = [name for name, _ in detectors if name in DetectSettings.model_fields or name == "mismatch"]
     if clashing:
         raise ConfigError(f"detector name(s) {', '.join(clashing)} clash with keys of the detect section")
-    classes = {name: detector_class(name) for name, _ in detectors}
-    classes["mismatch"] = import_target(MISMATCH_CRITIC)
-    sections = {name: signature_section(cls, _Section) for name, cls in classes.items()}
+    sections = {name: section_class("detector", name) for name, _ in detectors}
+    sections["mismatch"] = import_target(MISMATCH_SECTION)
     return create_model("DetectConfig", __base__=DetectSettings, __doc__=DetectSettings.__doc__,
                         **{name: (section, Field(default_factory=section)) for name, section in sections.items()})
 
 
-class EvaluateConfig(_Section):
+class EvaluateConfig(Section):
     truth: str | None = Field(None, description="truth table; default <data.source>/truth.parquet (synthetic survey)")
     max_objects: int = Field(2_000_000, ge=100, le=10_000_000_000, description="objects evaluated at most: above it, a seeded share of "
                              "the truth table's ids, so memory stays bounded; the metrics are then estimates")
 
 
-class AgreementConfig(_Section):
+class AgreementConfig(Section):
     """How much the anomaly rankings of different (model, modality, method) systems agree."""
 
     methods: list[str] = Field(["ensemble", "mismatch", "fused_cauchy"], description="score families compared: "
@@ -291,7 +294,7 @@ class AgreementConfig(_Section):
                              "that share")
 
 
-class SimilarityConfig(_Section):
+class SimilarityConfig(Section):
     """Nearest-neighbour search on cosine similarity of the embeddings (faiss)."""
 
     k: int = Field(10, ge=1, le=10_000, description="neighbours returned per query")
@@ -301,7 +304,7 @@ class SimilarityConfig(_Section):
     n_examples: int = Field(3, ge=0, le=1000, description="example queries drawn when none are given")
 
 
-class ProbesConfig(_Section):
+class ProbesConfig(Section):
     """Decodability of physical parameters from the embeddings."""
 
     targets: list[str] = Field(["Z", "LOGM", "LOGSFR"], description="catalog columns to predict")
@@ -312,7 +315,7 @@ class ProbesConfig(_Section):
     shap_max: int = Field(2000, ge=50, le=10_000_000, description="held-out objects explained by SHAP per fold")
 
 
-class FiguresConfig(_Section):
+class FiguresConfig(Section):
     """Stage-5 figures: UMAP maps, score distributions, outlier galleries."""
 
     color_by: str = Field("Z", description="catalog column colouring the UMAP maps: a number (Z, LOGM) on a colour "
@@ -326,14 +329,14 @@ class FiguresConfig(_Section):
                                       "default ranking (fused_cauchy, see fmb.detect.scores)")
 
 
-class AnalyzeConfig(_Section):
+class AnalyzeConfig(Section):
     agreement: AgreementConfig = AgreementConfig()
     similarity: SimilarityConfig = SimilarityConfig()
     probes: ProbesConfig = ProbesConfig()
     figures: FiguresConfig = FiguresConfig()
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """`fmb run`: which stages the pipeline holds."""
 
     synth: bool = Field(False, description="generate the synthetic survey (the synth section) as the first stage")
@@ -349,7 +352,7 @@ class RunConfig(_Section):
         return models
 
 
-class SlurmSettings(_Section):
+class SlurmSettings(Section):
     """SLURM job arrays through submitit (`--executor slurm`): one array task per shard."""
 
     partition: str | None = Field(None, description="partition (-p); default: the cluster's default")
@@ -370,7 +373,7 @@ class SlurmSettings(_Section):
     poll_s: float = Field(15, gt=0, le=3600, description="seconds between checks of running jobs")
 
 
-class ExecutorConfig(_Section):
+class ExecutorConfig(Section):
     """Where the shards of a stage run. Never part of a stage's key: the outputs are the same."""
 
     kind: Literal["local", "slurm"] = Field("local", description="local: this machine; slurm: job arrays")
@@ -383,7 +386,7 @@ class ExecutorConfig(_Section):
     slurm: SlurmSettings = SlurmSettings()
 
 
-class FmbConfig(_Section):
+class FmbConfig(Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$", max_length=100,
                       description="run name: outputs go to runs/<name>/ (letters, digits, . _ -; not . or ..; "
                       "at most 100 characters)")
@@ -391,7 +394,7 @@ class FmbConfig(_Section):
     data: DataConfig = DataConfig()
     synth: SynthConfig = SynthConfig()
     show: ShowConfig = ShowConfig()
-    models: _Section | None = None  # built from the encoder registry by `build_schema`
+    models: Section | None = None  # built from the encoder registry by `build_schema`
     detect: DetectSettings | None = None  # built from the detector registry by `build_schema`
     evaluate: EvaluateConfig = EvaluateConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
@@ -409,13 +412,14 @@ class FmbConfig(_Section):
 def build_schema() -> type[FmbConfig]:
     """The root config class with one section per registered plugin (encoders under ``models``),
     rebuilt when a registry changes so that a model registered at run time gets its section."""
-    from fmb.plugins import DETECTORS, ENCODERS
+    from fmb.plugins import DETECTOR_SECTIONS, DETECTORS, ENCODER_SECTIONS, ENCODERS
 
-    return _schema(tuple(ENCODERS.items()), tuple(DETECTORS.items()))
+    return _schema(tuple(ENCODERS.items()), tuple(DETECTORS.items()), tuple(ENCODER_SECTIONS.items()),
+                   tuple(DETECTOR_SECTIONS.items()))
 
 
 @cache
-def _schema(_encoders: tuple, _detectors: tuple) -> type[FmbConfig]:
+def _schema(_encoders: tuple, _detectors: tuple, _encoder_sections: tuple, _detector_sections: tuple) -> type[FmbConfig]:
     from pydantic import create_model
 
     models = models_config_class()  # encoder sections (models.<name>)

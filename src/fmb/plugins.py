@@ -1,17 +1,21 @@
 """The registries: which encoders, detectors and re-rankers fmb has, by name, and where their code lives.
 
-One line per plugin. Adding a model or a detector is one new module plus one line here (or one
-`register_*` call, for code outside fmb). The registries hold import paths, not classes, so that
-listing or validating names never imports torch or PyOD; a class is imported when it is used.
+One line per plugin, and one per config section. Adding a model or a detector is one new module,
+one section class and a line in each table here (or one `register_*` call, for code outside fmb).
+The registries hold import paths, not classes, so that listing or validating names never imports
+torch or PyOD; a class is imported when it is used. A plugin's config section is named apart from
+its class (`ENCODER_SECTIONS`, `DETECTOR_SECTIONS`), in a module that imports neither
+(`fmb.models.sections`, `fmb.detect.sections`): loading a configuration, `fmb config show` and
+`fmb --help` build the schema from the sections alone and never import a model or a detector.
 
 Each plugin class describes itself:
 
 * an encoder (`fmb.models.base.Encoder`): ``name``, ``label`` (for figures and the report),
   ``aligned`` (its image and spectrum spaces are aligned by training, so their cosine means
   something), ``section`` (its config section class, ``models.<name>``) and its own ``adapt``;
-* a detector (`fmb.detect.base.Detector`): ``name`` and explicit keyword hyper-parameters in
-  ``__init__`` (scikit-learn style); its config section ``detect.<name>`` is built from that
-  signature by `signature_section`;
+* a detector (`fmb.detect.base.Detector`): ``name`` and ``section`` (its config section class,
+  ``detect.<name>``), whose fields are the keyword hyper-parameters of its ``__init__``
+  (scikit-learn style, validated and defaulted by the section);
 * a re-ranker (`fmb.app.rerankers.base.Reranker`): explicit keyword parameters in ``__init__`` (all with
   defaults, ``seed`` among them) and ``summary``, one line saying what it does.
 
@@ -21,9 +25,7 @@ This module sits at the bottom of the import layers: it imports nothing of fmb b
 from __future__ import annotations
 
 import importlib
-import inspect
 from functools import cache
-from typing import Annotated, Any, get_args, get_origin
 
 from fmb.errors import ConfigError
 
@@ -52,17 +54,39 @@ RERANKERS: dict[str, str] = {
     "bandit": "fmb.app.rerankers.bandit:Bandit",
 }
 
+#: Each plugin's config section class ("module:Class", the same class as the plugin's ``section``),
+#: importable without the plugin's own code. A plugin missing here has its class imported for it.
+ENCODER_SECTIONS: dict[str, str] = {
+    "pixels": "fmb.models.sections:PixelsSection",
+    "physical": "fmb.models.sections:PhysicalSection",
+    "aion": "fmb.models.sections:AionSection",
+    "aion_codec": "fmb.models.sections:AionCodecSection",
+    "astropt": "fmb.models.sections:AstroPTSection",
+    "astroclip": "fmb.models.sections:AstroCLIPSection",
+}
+
+DETECTOR_SECTIONS: dict[str, str] = {
+    "flow": "fmb.detect.sections:FlowSection",
+    "iforest": "fmb.detect.sections:IForestSection",
+    "lof": "fmb.detect.sections:LOFSection",
+    "knn": "fmb.detect.sections:KNNSection",
+    "ecod": "fmb.detect.sections:ECODSection",
+}
+
 _KINDS = {"encoder": ENCODERS, "detector": DETECTORS, "reranker": RERANKERS}
+_SECTIONS = {"encoder": ENCODER_SECTIONS, "detector": DETECTOR_SECTIONS}
 
 
-def register_encoder(name: str, target: str) -> None:
-    """Add an encoder: `target` is "package.module:Class"."""
-    _register("encoder", name, target)
+def register_encoder(name: str, target: str, section: str | None = None) -> None:
+    """Add an encoder: `target` is "package.module:Class", `section` its config section class
+    (default: read from the class, which is then imported whenever a config is loaded)."""
+    _register("encoder", name, target, section)
 
 
-def register_detector(name: str, target: str) -> None:
-    """Add a detector: `target` is "package.module:Class"."""
-    _register("detector", name, target)
+def register_detector(name: str, target: str, section: str | None = None) -> None:
+    """Add a detector: `target` is "package.module:Class", `section` its config section class
+    (default: read from the class, which is then imported whenever a config is loaded)."""
+    _register("detector", name, target, section)
 
 
 def register_reranker(name: str, target: str) -> None:
@@ -70,10 +94,15 @@ def register_reranker(name: str, target: str) -> None:
     _register("reranker", name, target)
 
 
-def _register(kind: str, name: str, target: str) -> None:
-    if ":" not in target:
-        raise ConfigError(f"a {kind} target is 'module:Class', got {target!r}")
+def _register(kind: str, name: str, target: str, section: str | None = None) -> None:
+    for given in (target, section or ":"):
+        if ":" not in given:
+            raise ConfigError(f"a {kind} target is 'module:Class', got {given!r}")
     _KINDS[kind][name] = target
+    if section:
+        _SECTIONS[kind][name] = section
+    else:
+        _SECTIONS[kind].pop(name, None)
     load.cache_clear()
 
 
@@ -110,6 +139,13 @@ def load(kind: str, name: str):
     return import_target(registry[name])
 
 
+def section_class(kind: str, name: str):
+    """The config section class of the encoder or detector `name`: from its section table when it is
+    there (the plugin's own module is not imported), else the plugin class's ``section``."""
+    target = _SECTIONS[kind].get(name)
+    return import_target(target) if target else load(kind, name).section
+
+
 def import_target(target: str):
     """The object named by "package.module:Name" (imported now)."""
     module_name, object_name = target.split(":")
@@ -121,34 +157,3 @@ def check_names(kind: str, names, key: str) -> None:
     unknown = [name for name in names if name not in _KINDS[kind]]
     if unknown:
         raise ValueError(f"{key}: unknown {kind} {', '.join(map(repr, unknown))}; choose from {', '.join(_KINDS[kind])}")
-
-
-def hyper_parameters(cls) -> dict[str, tuple[Any, Any]]:
-    """{name: (annotation, default)} of the hyper-parameters of `cls.__init__`: every parameter with a
-    default except `seed` (the run's seed is given to every detector)."""
-    parameters = inspect.signature(cls.__init__, eval_str=True).parameters
-    return {name: (parameter.annotation, parameter.default) for name, parameter in parameters.items()
-            if name != "seed" and parameter.default is not inspect.Parameter.empty}
-
-
-def signature_section(cls, base):
-    """A config section class (subclass of `base`) with one field per hyper-parameter of `cls`.
-
-    ``Annotated[int, Field(ge=1, description=...)] = 5`` in the signature becomes a validated field
-    with that description, so a detector's parameters, defaults and limits are written once.
-    """
-    from pydantic import create_model
-
-    fields = {name: _field(annotation, default) for name, (annotation, default) in hyper_parameters(cls).items()}
-    return create_model(f"{cls.__name__}Section", __base__=base, __doc__=(cls.__doc__ or "").strip().split("\n")[0],
-                        **fields)
-
-
-def _field(annotation, default):
-    """(type, FieldInfo) for one hyper-parameter; an `Annotated[T, Field(...)]` keeps its constraints."""
-    from pydantic import Field
-
-    if get_origin(annotation) is Annotated:
-        base, *extras = get_args(annotation)
-        return Annotated[base, *extras], default
-    return annotation, Field(default)

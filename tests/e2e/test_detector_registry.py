@@ -1,4 +1,4 @@
-"""Detectors come from the registry: config sections built from their signatures, validated names,
+"""Detectors come from the registry: config sections named beside them, validated names,
 a detector registered at run time runs through `fmb detect`, and configured values reach PyOD."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_the_registration_ends_with_the_test(project):
         load_config(sets=["detect.toy.some_param=3"], root=project)
 
 
-def test_detector_and_critic_sections_match_their_signatures(project):
+def test_detector_and_critic_sections_hold_their_defaults(project):
     detect = load_config(root=project).detect
     assert detect.flow.model_dump() == {"transforms": 5, "hidden": 128, "epochs": 30, "batch_size": 512, "lr": 1e-3,
                                         "patience": 4, "min_steps": 800, "max_steps": 2000, "check_every": 100}

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import numpy as np
 from pydantic import Field
 
+from fmb.config import Section
 from fmb.detect.base import Detector
+
+
+class ToySection(Section):
+    """Distance from the mean of the fit sample, times `some_param`."""
+
+    some_param: int = Field(1, ge=1, description="multiplies the distance")
 
 
 class ToyDetector(Detector):
     """Distance from the mean of the fit sample, times `some_param`."""
 
     name = "toy"
-
-    def __init__(self, *, some_param: Annotated[int, Field(ge=1, description="multiplies the distance")] = 1,
-                 seed: int = 0):
-        self.some_param, self.seed = some_param, seed
+    section = ToySection
 
     def fit(self, x: np.ndarray) -> "ToyDetector":
         self.mean_ = np.asarray(x, dtype=np.float64).mean(0)

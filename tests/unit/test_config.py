@@ -68,3 +68,48 @@ def test_several_task_files_later_wins(project: Path):
 def test_settings_that_used_to_end_in_a_traceback_are_one_line_config_errors(project: Path, setting: str, key: str):
     with pytest.raises(ConfigError, match=key):
         load_config(root=project, sets=[setting])
+
+
+#: Runs the real entry point (`fmb.cli.main`, the `fmb` script's) with the given arguments, then prints
+#: which modules it imported: what a user's `fmb config show` or `fmb --help` loads.
+_IMPORTS_OF_A_COMMAND = """
+import json, sys
+from fmb.cli import main
+sys.argv = ["fmb", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exit:
+    code = exit.code or 0
+print("MODULES " + json.dumps(sorted(sys.modules)))
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("args", [["config", "show"], ["--help"], ["detect", "--help"]])
+def test_config_show_and_help_import_no_model_detector_or_torch(project: Path, args: list[str]):
+    """The config schema comes from the section modules alone (`fmb.plugins.ENCODER_SECTIONS`,
+    `DETECTOR_SECTIONS`): loading it imports neither torch nor any model's or detector's code."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _IMPORTS_OF_A_COMMAND, *args], cwd=project, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    output, _, modules = result.stdout.rpartition("MODULES ")
+    assert "detect.flow.hidden" in output if args == ["config", "show"] else "Usage" in output
+    loaded = set(json.loads(modules))
+    plugin_code = {m for m in loaded if m.startswith(("fmb.models.", "fmb.detect."))
+                   and m not in ("fmb.models.sections", "fmb.detect.sections")}
+    assert "torch" not in loaded and not plugin_code, sorted(plugin_code)
+
+
+def test_each_section_table_names_its_plugins_own_section():
+    """The torch-free section tables and the plugin classes agree: one section class per plugin."""
+    from fmb import plugins
+
+    for kind, classes, sections in (("encoder", plugins.ENCODERS, plugins.ENCODER_SECTIONS),
+                                    ("detector", plugins.DETECTORS, plugins.DETECTOR_SECTIONS)):
+        assert set(sections) == set(classes)
+        for name, target in sections.items():
+            assert plugins.import_target(target) is plugins.load(kind, name).section, (kind, name)

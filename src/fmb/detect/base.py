@@ -1,10 +1,11 @@
 """What every detector is, and the one training loop of those trained by gradient steps.
 
 * `Detector`: ``fit(x) -> self``, then ``score(x)`` (higher = more anomalous), on reduced features.
-  A detector's hyper-parameters are explicit keyword arguments of its ``__init__`` (scikit-learn
-  style), each ``Annotated[T, Field(..., description=...)]`` with its default, plus ``seed``; its
-  config section ``detect.<name>`` is built from that signature (`fmb.plugins.signature_section`).
-  Fitted state lives in ``attr_`` attributes.
+  A detector's hyper-parameters are keyword arguments of its ``__init__`` (scikit-learn style),
+  plus ``seed``; they are the fields of its ``section`` (`fmb.detect.sections`: type, limits,
+  default and description written once, torch-free, so that the config section ``detect.<name>``
+  is built without importing the detector), set as attributes of the same names. Fitted state
+  lives in ``attr_`` attributes.
 * `FoldBatchedDetector`: a detector trained by gradient steps (the flow, the contrastive critic)
   whose k cross-fitting copies (`fmb.detect.density.CrossFitted`) train as one model: `stack_folds`
   turns k modules into one with a leading fold dimension (k batches in, one batched matmul per
@@ -39,6 +40,12 @@ class Detector(ABC):
     """One anomaly detector on reduced features: `fit(x)`, then `score(x)` (higher = more anomalous)."""
 
     name: ClassVar[str]
+    section: ClassVar[type]  # its hyper-parameters, a subclass of fmb.config.Section
+
+    def __init__(self, *, seed: int = 0, **hyper_parameters):
+        """The section's fields as attributes, validated (a wrong name or value raises) and defaulted."""
+        vars(self).update(self.section(**hyper_parameters).model_dump())
+        self.seed = seed
 
     @abstractmethod
     def fit(self, x: np.ndarray) -> "Detector": ...

@@ -22,16 +22,14 @@ For AstroCLIP the plain cosine is also reported and compared with the learned sc
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from sklearn.linear_model import RidgeCV
 
 from fmb.detect.base import (Detector, FoldBatchedDetector, FoldBatches, one_thread, seeded, stack_folds, step_budget,
                              train_with_held_out, training_device, unstack_folds)
+from fmb.detect.sections import MismatchSection
 
 _ALPHAS = np.logspace(-3, 3, 13)
 _PMI_BATCH = 8192  # objects per scoring chunk: the chunk x references logits stay ~130 MB
@@ -86,31 +84,11 @@ class ContrastiveMismatch(FoldBatchedDetector):
     """
 
     name = "mismatch"
+    section = MismatchSection
 
-    def __init__(
-        self,
-        n_image: int,
-        *,
-        hidden: Annotated[int, Field(ge=8, description="hidden units of each modality's tower")] = 128,
-        dim: Annotated[int, Field(ge=2, description="dimension of the shared space")] = 64,
-        epochs: Annotated[int, Field(ge=1, description="passes over the fit data, counted in steps within "
-                                     "[min_steps, max_steps]")] = 40,
-        min_steps: Annotated[int, Field(ge=1, description="optimiser steps at least")] = 300,
-        max_steps: Annotated[int, Field(ge=1, description="optimiser steps at most")] = 3000,
-        batch_size: Annotated[int, Field(ge=8, description="pairs per step: each is contrasted with the others in "
-                                         "its batch")] = 256,
-        lr: Annotated[float, Field(gt=0, description="learning rate (AdamW)")] = 1e-3,
-        references: Annotated[int, Field(ge=16, description="fit objects kept to estimate the marginals when "
-                                         "scoring")] = 4096,
-        check_every: Annotated[int, Field(ge=1, description="steps between checks of the held-out (10 %) "
-                                          "contrastive loss")] = 50,
-        patience: Annotated[int, Field(ge=1, description="checks without improvement before training stops (best "
-                                       "state kept)")] = 5,
-        seed: int = 0,
-    ):
-        self.n_image, self.hidden, self.dim, self.epochs, self.lr = n_image, hidden, dim, epochs, lr
-        self.min_steps, self.max_steps, self.batch_size, self.references = min_steps, max_steps, batch_size, references
-        self.check_every, self.patience, self.seed = check_every, patience, seed
+    def __init__(self, n_image: int, *, seed: int = 0, **hyper_parameters):
+        super().__init__(seed=seed, **hyper_parameters)
+        self.n_image = n_image
 
     def fit_folds(self, x: np.ndarray, train: np.ndarray) -> list["ContrastiveMismatch"]:
         image, spectrum = _split_tensors(x, self.n_image)

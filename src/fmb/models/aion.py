@@ -48,32 +48,18 @@ import json
 from abc import abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from pydantic import Field
 
-from fmb.config import ModelSection
 from fmb.data.schema import BAND_NAMES, ZEROPOINT_NJY_PER_ADU
 from fmb.data.validate import Sample
 from fmb.models import hub
 from fmb.models.attention import use_sdpa
 from fmb.models.base import Encoder, Preprocessor, WeightsError, base_weights, load_strict
 from fmb.models.inputs import bands_batch, object_ids, spectrum_batch
-
-
-class AionInputs(ModelSection):
-    """What both AION routes share: how the Euclid bands are prepared."""
-
-    image_size: int = Field(96, ge=96, description="Euclid bands are resized to this (the codec crops 96)")
-    max_abs: float = Field(100.0, gt=0, description="clamp of the nanomaggy fluxes")
-
-
-class AionSection(AionInputs):
-    adapter_hidden: int = Field(16, ge=4, description="width of the Euclid<->HSC U-Net adapters")
-    codec_grad: Literal["ste", "full"] = Field("ste", description="straight-through or full codec gradient")
+from fmb.models.sections import AionInputs, AionSection
 
 DEFAULT_WEIGHTS = "polymathic-ai/aion-base"
 HSC_BANDS = ["HSC-G", "HSC-R", "HSC-I", "HSC-Z", "HSC-Y"]

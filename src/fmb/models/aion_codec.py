@@ -23,30 +23,22 @@ transformer has embeddings for, fed under the same token key as the adapter rout
 
 from __future__ import annotations
 
-from typing import Literal
 
 import numpy as np
 import torch
 
-from pydantic import Field
 
-from fmb.config import AdaptSettings, ResolvedConfig
+from fmb.config import ResolvedConfig
 from fmb.data.index import read_index_table
 from fmb.data.loader import BatchStream, is_validation, plan_units
 from fmb.data.sources import open_source
 from fmb.errors import FmbError
-from fmb.models.aion import EUCLID_TO_HSC, HSC_TO_EUCLID, HSC_BANDS, AionInputs, AionRoute, codec_crop
+from fmb.models.aion import EUCLID_TO_HSC, HSC_TO_EUCLID, HSC_BANDS, AionRoute, codec_crop
 from fmb.models.base import pick_device
 from fmb.models.registry import build_encoder
+from fmb.models.sections import AionCodecSection
 
 ROUTES = {"adapter": "aion", "codec": "aion_codec"}  # route -> model name
-
-
-class AionCodecSection(AionInputs):
-    codec_train: Literal["all", "bands"] = Field(
-        "all", description="what adapts: the codec's whole encoder and decoder, or only its band maps and "
-        "quantisation projections (the quantiser never)")
-    adapt: AdaptSettings = AdaptSettings(lr=1e-5, weight_decay=0.0)  # fine-tuning a pretrained codec
 
 
 class EuclidImageCodec(torch.nn.Module):

@@ -28,35 +28,16 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from pydantic import Field, model_validator
 
-from fmb.config import AdaptSettings, ModelSection
 from fmb.data.validate import Sample
 from fmb.models import hub
 from fmb.models.base import Encoder, Preprocessor, WeightsError, base_weights, check_keys
 from fmb.models.inputs import object_ids, rgb_batch, spectrum_batch
-
-
-class AstroCLIPSection(ModelSection):
-    image_size: int = Field(144, description="AstroDINO input size")
-    learnable_scale: bool = Field(True, description="learn the CLIP temperature (as exp of its log)")
-    finetune_spectrum: bool = Field(True, description="also adapt the spectrum head")
-    finetune_backbone: Literal["none", "spectrum", "both"] = Field(
-        "none", description="backbones adapted beyond the heads: none, SpecFormer (spectrum), or SpecFormer and "
-        "AstroDINO (both)")
-    adapt: AdaptSettings = AdaptSettings(lr=3e-5, batch_size=64, weight_decay=0.05)
-
-    @model_validator(mode="after")
-    def _spectrum_head_with_its_backbone(self) -> "AstroCLIPSection":
-        if self.finetune_backbone != "none" and not self.finetune_spectrum:
-            raise ValueError(f"finetune_backbone={self.finetune_backbone} adapts SpecFormer under a frozen spectrum "
-                             "head; set finetune_spectrum=true or finetune_backbone=none")
-        return self
+from fmb.models.sections import AstroCLIPSection
 
 DEFAULT_WEIGHTS = "polymathic-ai/astroclip"
 CHECKPOINT_FILES = {"polymathic-ai/astroclip": "astroclip.ckpt", "polymathic-ai/astrodino": "astrodino.ckpt",

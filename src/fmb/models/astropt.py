@@ -31,27 +31,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
 import einops
 import torch
 import torch.nn.functional as F
 
-from pydantic import Field
 
-from fmb.config import AdaptSettings, ModelSection
 from fmb.data.validate import Sample
 from fmb.io import read_torch
 from fmb.models import hub
 from fmb.models.attention import swap_modules
 from fmb.models.base import Encoder, Preprocessor, WeightsError, base_weights, load_strict
 from fmb.models.inputs import object_ids, rgb_batch, spectrum_batch
-
-
-class AstroPTSection(ModelSection):
-    image_size: int = Field(224, ge=16, multiple_of=16, description="RGB resized to this (multiple of the 16 px patch)")
-    layer: Literal["middle", "last"] = Field("middle", description="read embeddings after the middle block or ln_f")
-    adapt: AdaptSettings = AdaptSettings(lr=3e-5, batch_size=8, grad_accum=4)
+from fmb.models.sections import AstroPTSection
 
 IMAGE_PATCH = 16
 SPECTRUM_PATCH = 10

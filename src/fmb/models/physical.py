@@ -26,23 +26,18 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from fmb.config import ModelSection
 from fmb.data.validate import Sample
 from fmb.models.base import FittedEncoder, Preprocessor, covariate_key
 from fmb.models.measure.deblend import COVARIATES, find_central
 from fmb.models.measure.morphology import FEATURES as IMAGE_FEATURES
 from fmb.models.measure.morphology import measure_central
 from fmb.models.measure.spectral import feature_names, measure_spectra
+from fmb.models.sections import PhysicalSection
 
 SPECTRUM_FEATURES = tuple(feature_names())
 #: Standardised values beyond this are clipped: finite for every detector, still far in the tail.
 CLIP = 1e3
-
-
-class PhysicalSection(ModelSection):
-    fit_objects: int = Field(5000, ge=10, description="objects sampled to fit the robust standardisation")
 
 
 class PhysicalPreprocessor(Preprocessor):

@@ -40,19 +40,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pydantic import Field
 
-from fmb.config import ModelSection
 from fmb.data.validate import Sample
 from fmb.models.base import FittedEncoder, Preprocessor, covariate_key, residual_key
 from fmb.models.measure.deblend import COVARIATES, find_central
-
-
-class PixelsSection(ModelSection):
-    image_size: int = Field(32, ge=8, description="bands resized to this before PCA")
-    components: int = Field(64, ge=6, description="dimensions per modality: PCA components, then log fluxes "
-                            "(4 for the image bands, 1 for the spectrum)")
-    fit_objects: int = Field(5000, ge=10, description="objects sampled to fit the PCA")
+from fmb.models.sections import PixelsSection
 
 _SPECTRUM_BIN_PX = 4  # 3.2 A: noise halved, emission lines (a few pixels wide) still resolved
 _SPECTRUM_LENGTH = 7781

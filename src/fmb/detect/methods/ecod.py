@@ -17,6 +17,7 @@ import torch
 from scipy.stats import skew
 
 from fmb.detect.base import Detector
+from fmb.detect.sections import ECODSection
 
 
 class ECODDetector(Detector):
@@ -24,9 +25,7 @@ class ECODDetector(Detector):
     skewness (left, right or the more extreme), against the fit sample's empirical distributions."""
 
     name = "ecod"
-
-    def __init__(self, *, seed: int = 0):
-        self.seed = seed  # ECOD has no randomness; kept for the one detector signature
+    section = ECODSection
 
     def fit(self, x: np.ndarray) -> "ECODDetector":
         x = np.asarray(x, dtype=np.float32)

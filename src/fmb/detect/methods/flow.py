@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import numpy as np
 import torch
-from pydantic import Field
 
 from fmb.detect.base import (SCORE_BATCH, FoldBatchedDetector, FoldBatches, clip_fold_gradients, one_thread, seeded,
                              stack_folds, step_budget, train_with_held_out, training_device, unstack_folds)
+from fmb.detect.sections import FlowSection
 
 
 class FlowDetector(FoldBatchedDetector):
@@ -22,25 +20,7 @@ class FlowDetector(FoldBatchedDetector):
     """
 
     name = "flow"
-
-    def __init__(
-        self,
-        *,
-        transforms: Annotated[int, Field(ge=1, description="MAF transforms")] = 5,
-        hidden: Annotated[int, Field(ge=8, description="hidden units per layer of each transform")] = 128,
-        epochs: Annotated[int, Field(ge=1, description="passes over the fit data, counted in steps within "
-                                     "[min_steps, max_steps]")] = 30,
-        batch_size: Annotated[int, Field(ge=16, description="objects per optimiser step")] = 512,
-        lr: Annotated[float, Field(gt=0, description="peak learning rate (Adam, cosine decay)")] = 1e-3,
-        patience: Annotated[int, Field(ge=1, description="held-out checks without improvement before stopping")] = 4,
-        min_steps: Annotated[int, Field(ge=1, description="optimiser steps per flow at least")] = 800,
-        max_steps: Annotated[int, Field(ge=1, description="optimiser steps per flow at most")] = 2000,
-        check_every: Annotated[int, Field(ge=1, description="steps between held-out checks")] = 100,
-        seed: int = 0,
-    ):
-        self.transforms, self.hidden, self.epochs, self.batch_size, self.lr = transforms, hidden, epochs, batch_size, lr
-        self.patience, self.min_steps, self.max_steps, self.check_every = patience, min_steps, max_steps, check_every
-        self.seed = seed
+    section = FlowSection
 
     def _new_flow(self, features: int, seed: int) -> torch.nn.Module:
         import zuko

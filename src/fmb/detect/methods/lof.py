@@ -3,13 +3,11 @@ novelty LOF, as PyOD wraps it, with the neighbours found by faiss: see `_neighbo
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import numpy as np
-from pydantic import Field
 
 from fmb.detect.base import Detector
 from fmb.detect.methods._neighbours import fit_matrix, nearest
+from fmb.detect.sections import LOFSection
 
 _EPSILON = 1e-10  # scikit-learn's guard against duplicated points (infinite density)
 
@@ -18,10 +16,7 @@ class LOFDetector(Detector):
     """Local Outlier Factor: score = local density of the neighbours over the object's own."""
 
     name = "lof"
-
-    def __init__(self, *, n_neighbors: Annotated[int, Field(ge=1, description="neighbours defining the local "
-                                                                 "density")] = 20, seed: int = 0):
-        self.n_neighbors, self.seed = n_neighbors, seed
+    section = LOFSection
 
     def fit(self, x: np.ndarray) -> "LOFDetector":
         self.fit_x_ = fit_matrix(x)
