@@ -76,11 +76,10 @@ def test_a_nuisance_moves_the_central_measurements_by_less_than_their_noise(kind
             shifts.append(shift)
     assert len(shifts) >= 5  # most nuisances are separated
     typical = {name: round(float(value), 2) for name, value in zip(FEATURES, np.nanmedian(shifts, axis=0))}
-    # the typical galaxy: every measurement moves by less than one noise sigma, except the asymmetry
-    # (a known shortfall, reported: masking the nuisance drops pixels from the rotation, which moves
-    # A by 1-2 of its tiny noise sigmas on bright galaxies)
-    assert max(value for name, value in typical.items() if name != "asymmetry") < 1.0, typical
-    assert typical["asymmetry"] < 2.5, typical
+    # the typical galaxy: every measurement moves by less than one noise sigma (the asymmetry too:
+    # its noise term uses the sky's noise, which the nuisance does not inflate, its mask is symmetric
+    # and its centre the one that minimises it)
+    assert max(typical.values()) < 1.0, typical
     # one that was not separated either left the measurements as they were or is flagged (edge: the
     # merged segment reaches the border), for the detect stage's nuisance adjustment
     for shift, crowding in unseparated:

@@ -28,6 +28,7 @@ DEBLEND_LEVELS, DEBLEND_CONTRAST = 32, 0.005  # SExtractor's defaults
 CENTRAL_RADIUS_PX = 4.0
 MASK_GROW_PX = 5  # ~ the NISP PSF's FWHM (4.8 px): the neighbours' wings in Y, J and H
 BACKGROUND_MESH_PX = 16
+MIN_SKY_PX = 256  # sky pixels for the noise after detection (a 0.75 % error on a sigma); fewer: the first guess
 COVARIATES = ("neighbours", "neighbour_flux_ratio", "neighbour_distance_px", "blended", "edge")
 
 
@@ -79,7 +80,9 @@ def find_central(bands: np.ndarray) -> Central:
     neighbours = binary_dilation(np.isin(segmentation, others), iterations=MASK_GROW_PX) & ~segment
     if central is not None:
         centre = (float(sources["x"][central]), float(sources["y"][central]))
-    background = _local_background(bands, binary_dilation(segmentation > 0, iterations=MASK_GROW_PX) | blank)
+    sources_or_blank = binary_dilation(segmentation > 0, iterations=MASK_GROW_PX) | blank
+    background = _local_background(bands, sources_or_blank)
+    noise = _sky_noise(bands - background, ~sources_or_blank, noise)
     covariates = _crowding(sources, central, segment, segmentation, others, blank, centre, (height, width))
     return Central(segment, neighbours, blank, noise, background, centre, covariates)
 
@@ -93,6 +96,15 @@ def _local_background(bands: np.ndarray, sources: np.ndarray) -> np.ndarray:
     return np.stack([sep.Background(np.ascontiguousarray(band, dtype=np.float64), mask=sources,
                                     bw=BACKGROUND_MESH_PX, bh=BACKGROUND_MESH_PX, fw=3, fh=3).back()
                      for band in bands])
+
+
+def _sky_noise(residual: np.ndarray, sky: np.ndarray, first_guess: np.ndarray) -> np.ndarray:
+    """Each band's robust sigma over the pixels off every source (grown) after the local background:
+    the noise of the sky alone, which a bright star or neighbour in the cutout does not inflate (the
+    first guess, over all data pixels, is what detection needs before there are segments)."""
+    if sky.sum() < MIN_SKY_PX:
+        return first_guess
+    return np.array([_robust_sigma(band[sky]) for band in residual])
 
 
 def _robust_sigma(values: np.ndarray) -> float:

@@ -8,9 +8,10 @@ VIS band (the sharpest) unless said otherwise:
   radii in all four bands (log10 ADU, floored at the aperture's noise) and the three colours
   (magnitude differences of neighbouring bands);
 * r20, r50, r80 from the curve of growth to that radius; concentration C = 5 log10(r80 / r20);
-* asymmetry A (Conselice 2000): sum |I - I_180| / (2 sum |I|) inside 1.5 Petrosian radii about the
-  source's centre, over the pixels that are clean and whose mirror is clean (the neighbours' masks
-  left out, as statmorph does), minus the same of pure noise (2 sigma / sqrt(pi) a pixel);
+* asymmetry A (Conselice 2000): sum |I - I_180| / (2 sum |I|) inside 1.5 Petrosian radii, over the
+  pixels that are clean and whose mirror is clean (the neighbours' masks left out symmetrically, as
+  statmorph does), minus the same of pure noise (2 sigma / sqrt(pi) a pixel, sigma the sky's noise
+  off every source, see `deblend`), least over rotation centres within a pixel of the centroid;
 * smoothness S: the positive residual of the image minus its boxcar smoothing (width 0.25 r_P)
   over the flux, inside 1.5 r_P but outside 0.25 r_P;
 * Gini and M20 (Lotz et al. 2004) over the clean pixels within 1.5 Petrosian radii (not the
@@ -130,17 +131,29 @@ def _sersic_fit(radii: np.ndarray, enclosed: np.ndarray, total_radius: float) ->
 
 
 def _asymmetry(image: np.ndarray, central: Central, aperture: np.ndarray) -> float:
-    """Rotational asymmetry about the source's centre (rounded to the half pixel), noise-corrected."""
+    """Rotational asymmetry, noise-corrected, least over rotation centres within a pixel of the
+    source's centre on a half-pixel grid (Conselice 2000: A is defined at the centre that minimises
+    it; a centroid pulled by half a pixel otherwise moves A by many of its noise sigmas)."""
     height, width = image.shape
-    shift_y = int(round(2 * central.centre[1])) - (height - 1)
-    shift_x = int(round(2 * central.centre[0])) - (width - 1)
-    rotate = lambda array: np.roll(array[::-1, ::-1], (shift_y, shift_x), axis=(0, 1))  # noqa: E731
     clean = ~(central.neighbours | central.blank)  # replaced pixels say nothing about the source's symmetry
+    base_y = int(round(2 * central.centre[1])) - (height - 1)
+    base_x = int(round(2 * central.centre[0])) - (width - 1)
+    values = [_asymmetry_about(image, clean, aperture, base_y + dy, base_x + dx, central.noise[0])
+              for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return float(np.nanmin(values)) if np.isfinite(values).any() else float("nan")
+
+
+def _asymmetry_about(image: np.ndarray, clean: np.ndarray, aperture: np.ndarray, shift_y: int, shift_x: int,
+                     noise: float) -> float:
+    """A for the rotation that maps pixel p to (shift - p): over the aperture's pixels that are clean
+    and whose mirror is clean (the symmetric mask: a pixel counts only with its counterpart, as in
+    statmorph), minus the same of pure noise (2 sigma / sqrt(pi) a pixel, sigma the sky's)."""
+    rotate = lambda array: np.roll(array[::-1, ::-1], (shift_y, shift_x), axis=(0, 1))  # noqa: E731
     inside = aperture & rotate(aperture) & clean & rotate(clean)
     total = np.abs(image[inside]).sum()
     if total <= 0:
         return float("nan")
-    noise_term = inside.sum() * 2 * central.noise[0] / np.sqrt(np.pi)
+    noise_term = inside.sum() * 2 * noise / np.sqrt(np.pi)
     return float((np.abs(image - rotate(image))[inside].sum() - noise_term) / (2 * total))
 
 
