@@ -9,10 +9,15 @@ window's observed pixels (masked pixels have ivar 0), so sky-line pixels count l
 * Lick/Balmer indices (Worthey et al. 1994; Worthey & Ottaviani 1997 for HdeltaA, HgammaA): the
   equivalent width of the central band against the straight line through the two pseudo-continua,
   EW = W (1 - <F>_central / F_c(centre)), rest-frame Angstrom;
-* emission lines: flux (continuum-subtracted sum over the line window, 1e-17 erg/s/cm^2), its
-  error, rest equivalent width, and for the main lines the width (sigma, km/s) and the shape
-  (velocity offset, km/s, and skewness) from the moments of the positive excess;
-* line ratios: log10 of flux ratios, each flux floored at its 1-sigma error (upper limits stay finite);
+* emission lines: flux (continuum-subtracted sum over the line window, 1e-17 erg/s/cm^2), rest
+  equivalent width, and for the main lines the width (sigma, km/s) and the shape (velocity offset,
+  km/s, and skewness) from the moments of the positive excess. A line is *detected* when its flux
+  is at least `DETECTION_SNR` times its error; a measurement of a line not detected is noise and
+  carries no information about the line, so it is not kept: its flux is the upper limit
+  (`DETECTION_SNR` x error), its equivalent width 0 (the line's absence) and its width and shape
+  NaN (not measured: the reference's standardisation sets them to the median, a neutral value);
+* line ratios: log10 of the two lines' fluxes as above (a detection against an upper limit is a
+  limit, kept); NaN when neither line is detected (a ratio of two upper limits says nothing);
 * continuum colours: 2.5 log10 of <f_nu> ratios of line-free rest-frame windows, and the level
   (log10 <f_lambda> at 4150-4250 A rest).
 
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 C_KMS = 299_792.458
+DETECTION_SNR = 3.0  # the conventional 3-sigma detection of a line
 
 
 @dataclass(frozen=True)
@@ -100,14 +106,14 @@ def measure_spectra(flux: np.ndarray, ivar: np.ndarray, wave: np.ndarray, z: np.
     columns += [_index(batch, index) for index in INDICES]
     lines = {}
     for line in LINES:
-        measured = _line(batch, line)
+        measured = _detected_only(_line(batch, line))
         lines[line.name] = measured
-        columns += [np.log10(np.maximum(measured["flux"], measured["error"])), measured["ew"]]
+        columns += [np.log10(measured["flux"]), measured["ew"]]
         if line.main:
             columns += [measured["sigma_kms"], measured["offset_kms"], measured["skew"]]
     for a, b in RATIOS:
-        columns.append(np.log10(np.maximum(lines[a]["flux"], lines[a]["error"])
-                                / np.maximum(lines[b]["flux"], lines[b]["error"])))
+        either = lines[a]["detected"] | lines[b]["detected"]
+        columns.append(np.where(either, np.log10(lines[a]["flux"] / lines[b]["flux"]), np.nan))
     fnu = [batch.mean_fnu(*window) for window in COLOUR_WINDOWS]
     columns += [2.5 * np.log10(np.abs(red) / np.abs(blue)) for blue, red in zip(fnu[:-1], fnu[1:])]
     columns.append(np.log10(np.abs(batch.mean_flambda(*LEVEL_WINDOW))))
@@ -167,6 +173,21 @@ def _index(batch: _Batch, index: Index) -> np.ndarray:
     central = batch.mean_flambda(*index.central)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (index.central[1] - index.central[0]) * (1.0 - central / continuum)
+
+
+def _detected_only(measured: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A line's measurements with those of an undetected line (flux < DETECTION_SNR error, or an
+    absorption of any depth: an emission line's flux is floored at the limit) replaced as the module
+    doc says; "detected" added."""
+    limit = DETECTION_SNR * measured["error"]
+    with np.errstate(invalid="ignore"):
+        detected = measured["flux"] >= limit
+    out = {"detected": detected, "flux": np.where(detected, measured["flux"], limit),
+           "ew": np.where(detected | np.isnan(measured["ew"]), measured["ew"], 0.0)}
+    for shape in ("sigma_kms", "offset_kms", "skew"):
+        if shape in measured:
+            out[shape] = np.where(detected, measured[shape], np.nan)
+    return out
 
 
 def _line(batch: _Batch, line: Line) -> dict[str, np.ndarray]:
