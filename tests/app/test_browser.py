@@ -224,3 +224,37 @@ def test_the_pages_run_under_their_own_policy(browser, server: LiveServer):
     page.wait_for_selector("#interest-buttons button")
     page.wait_for_selector(".model-scores summary")
     assert refused == []
+
+
+def test_the_object_page_shows_its_crowding_and_holds_its_first_screen(browser, server: LiveServer):
+    """Issue 29 item 2: the crowding the pixel reference measured while deblending (neighbours, flux
+    ratio and distance, blend and edge flags) on the object page; and the first screen's panels are in
+    the page the server sends (asked for before any script runs), the same the script would ask for."""
+    from fmb.detect.nuisance import run_crowding
+
+    covariates = run_crowding(run_config(server.project))
+    blended = covariates[covariates["blended"] == 1]
+    assert len(blended), "the survey's realistic sky gives some blends"
+    target = int(blended.index[0])
+    expected = covariates.loc[target]
+    page = browser.new_page(**PAGE_OPTIONS)
+    page.set_default_timeout(WAIT_MS)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(f"{server.url}/object/{target}")
+    page.wait_for_selector("#crowding th")
+    shown = dict(zip(page.locator("#crowding th").all_inner_texts(), page.locator("#crowding td").all_inner_texts()))
+    assert shown["neighbours"] == str(int(expected["neighbours"])) and shown["blended"] == "yes"
+    assert shown["cut by a detector edge"] == ("yes" if expected["edge"] else "no")
+    assert abs(float(shown["nearest neighbour, px"]) - expected["neighbour_distance_px"]) < 0.01 * expected["neighbour_distance_px"]
+    assert page.locator("#crowding tr.flagged").count() >= 1
+
+    page.wait_for_function("[...document.querySelectorAll('#panels img'), document.getElementById('spectrum')]"
+                           ".every(image => image.complete && image.naturalWidth > 0)")
+    panels = [url for url in requested if f"/img/{target}/" in url]
+    assert len(panels) == 6 and len(set(panels)) == 6, panels  # the server's panels, not asked for again by the script
+    page.select_option("#stretch", "linear")  # a control changed: the script redraws the panels
+    page.wait_for_function("document.querySelector('#panels img').src.includes('stretch=linear')")
+    assert errors == []

@@ -85,6 +85,32 @@ def test_object_view_has_every_score_and_its_neighbours(client: TestClient, conf
     assert all(len(found) == k and str(plain[0]) not in {n["object_id"] for n in found} for found in neighbours.values())
 
 
+def test_the_object_page_holds_its_first_screen_and_names_its_files_by_content(client: TestClient, plain: list[int]):
+    """The panels and the spectrum are in the page the server sends, at the settings the draw-ahead
+    draws (the browser asks for them before any script runs); static files named with their
+    content's hash are kept by the browser for good."""
+    import html
+    import re
+
+    from fmb.app.render import FIRST_SPECTRUM
+
+    page = client.get(f"/object/{plain[5]}")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    sources = [html.unescape(source) for source in re.findall(r'<img (?:id="spectrum" )?src="([^"]+)"', page.text)]
+    contrast = "stretch=asinh&low=1&high=99.5"  # Contrast()'s defaults, as the page's controls say them
+    assert sources == [f"/img/{plain[5]}/rgb.png?{contrast}",
+                       *(f"/img/{plain[5]}/band/{band}.png?{contrast}" for band in range(4)),
+                       f"/img/{plain[5]}/spectrum.png?frame={FIRST_SPECTRUM[0]}&smooth={FIRST_SPECTRUM[1]:g}"]
+    for source in sources:
+        answer = client.get(source)
+        assert answer.status_code == 200 and answer.content.startswith(PNG), source
+    scripts = re.findall(r'src="(/static/[a-z]+\.js\?v=[0-9a-f]+)"', page.text)
+    assert len(scripts) == 2
+    assert client.get(scripts[0]).headers["cache-control"] == "public, max-age=31536000, immutable"
+    for unversioned in (scripts[0].split("?")[0], scripts[0].split("?")[0] + "?v=stale"):
+        assert client.get(unversioned).headers["cache-control"] == "no-cache"
+
+
 def test_images_are_drawn_once_then_cached(client: TestClient, config, plain: list[int]):
     urls = [f"/img/{plain[1]}/thumbnail.png", f"/img/{plain[1]}/rgb.png?stretch=log&low=2&high=98",
             f"/img/{plain[1]}/band/3.png?stretch=linear", f"/img/{plain[1]}/spectrum.png?frame=observed&smooth=4",

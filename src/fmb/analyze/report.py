@@ -30,7 +30,7 @@ def report(config: ResolvedConfig) -> Path:
     run = config.layout
     sections = [section for section in (
         _data_section(run), _models_section(run, config.run.models), _quality_section(run), _galleries_section(run),
-        _candidates_section(config),
+        _candidates_section(config), _crowding_section(config),
         _agreement_section(run), _probes_section(run), _similarity_section(run), _maps_section(run),
         _timings_section(run)) if section]
     return write_page(run.report, f"fmb report: {config.name}", _subtitle(config), sections)
@@ -140,6 +140,56 @@ def _candidates_section(config: ResolvedConfig, count: int = 10):
     content = note(f"The first {count} objects of {model}'s default ranking ({DEFAULT_RANKING}), with links to sky "
                    "viewers and archive searches at their position (`fmb export` writes them all as FITS or VOTable).")
     return "candidates", "Where the top anomalies are", content + link_table(frame, [p["links"] if p else {} for p in positions], 5)
+
+
+#: The top of each default ranking compared with all objects in the crowding section: this share, at least 10.
+CROWDING_TOP_SHARE = 0.01
+
+
+def _crowding_section(config: ResolvedConfig):
+    """How crowded the cutouts are (the nuisance covariates measured while deblending), over every
+    object and at the top of each model's default ranking: a top far more crowded than the survey
+    is a ranking that sees the neighbours, not the object."""
+    frame = crowding_table(config)
+    if frame is None:
+        return None
+    content = note(f"Crowding of each cutout, measured while deblending it (pixel reference): its neighbours, the "
+                   f"brightest one's flux over the object's and the nearest one's distance, and whether the object "
+                   f"is blended or cut by a detector edge. A nuisance, not an anomaly: the default ranking "
+                   f"({DEFAULT_RANKING}) is calibrated among objects observed alike, so its top "
+                   f"{CROWDING_TOP_SHARE:.0%} should be about as crowded as all objects.")
+    return "crowding", "Crowding", content + table(frame, digits=2)
+
+
+def crowding_table(config: ResolvedConfig) -> pd.DataFrame | None:
+    """One row per group of objects (all of them; the top of each model's default ranking): the
+    shares with a neighbour, blended and cut by an edge, and the neighbours' typical numbers; None
+    when no model of the run stores crowding."""
+    from fmb.detect.nuisance import run_crowding
+    from fmb.detect.scores import ranked, score_tables
+
+    crowding = run_crowding(config)
+    if not {"neighbours", "blended", "edge"} <= set(crowding.columns):
+        return None
+    groups = {f"all {len(crowding):,} objects": crowding}
+    for model, path in score_tables(config).items():
+        if DEFAULT_RANKING in pq.read_schema(path).names:
+            order = ranked(pd.read_parquet(path, columns=["object_id", DEFAULT_RANKING]), DEFAULT_RANKING)
+            top = order["object_id"].head(max(10, round(CROWDING_TOP_SHARE * len(order)))).to_numpy()
+            groups[f"top {len(top)}, {model} ranking"] = crowding.reindex(top)
+    return pd.DataFrame([{"objects": name, **_crowding_summary(group)} for name, group in groups.items()])
+
+
+def _crowding_summary(group: pd.DataFrame) -> dict:
+    crowded = group[group["neighbours"] > 0]
+    summary = {share: f"{(group[column] > 0).mean():.1%}" for share, column in
+               (("with a neighbour", "neighbours"), ("blended", "blended"), ("cut by an edge", "edge"))}
+    summary["mean neighbours"] = group["neighbours"].mean()
+    if "neighbour_flux_ratio" in group:
+        summary["median flux ratio (with a neighbour)"] = crowded["neighbour_flux_ratio"].median()
+    if "neighbour_distance_px" in group:
+        summary["median distance, px (with a neighbour)"] = crowded["neighbour_distance_px"].median()
+    return summary
 
 
 def _agreement_section(run: RunLayout):

@@ -41,13 +41,14 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fmb.app.export import EXPORT_FORMATS, TOP_DEFAULT, TOP_MAX
 from fmb.app.labels import MAX_INTEREST, MAX_NOTE, MAX_RANKING
 from fmb.app.tables import NotFound
+from fmb.app.templates import ObjectPage, static_version
 from fmb.app.view import INT64_MAX, INT64_MIN, ListQuery, RunView
 from fmb.config import ResolvedConfig
 from fmb.data.schema import BAND_NAMES
@@ -57,7 +58,7 @@ from fmb.viz.stretch import STRETCHES, Contrast
 
 ObjectId = Annotated[int, PathParameter(ge=INT64_MIN, le=INT64_MAX, description="a 64-bit object id")]
 STATIC_DIR = Path(__file__).with_name("static")
-PAGES = {"list": "index.html", "object": "object.html"}
+LIST_PAGE = "index.html"
 MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png",
                ".svg": "image/svg+xml"}
 TOKEN_HEADER, TOKEN_COOKIE, TOKEN_QUERY = "x-fmb-token", "fmb_token", "token"
@@ -260,24 +261,27 @@ def create_app(config: ResolvedConfig, token: str | None = None) -> FastAPI:
     """The app over `config`'s run; with `token`, every request must carry it."""
     view = RunView(config)
     files = static_files()
+    version = static_version(files)
+    object_page_html = ObjectPage(version)
     app = FastAPI(title=f"fmb discovery: {config.name}", docs_url=None, redoc_url=None, openapi_url=None)
     guard(app, token)
     app.add_middleware(BodyLimit)
     handle_errors(app)
 
-    def static(name: str) -> FileResponse:
+    def static(name: str, v: Annotated[str | None, Query(max_length=64)] = None) -> FileResponse:
+        """A static file; asked for with its content's hash (``?v=``, as the object page names them), kept for good."""
         if name not in files:
             raise HTTPException(404, "no such file")
         return FileResponse(files[name], media_type=MEDIA_TYPES[files[name].suffix],
-                            headers={"Cache-Control": "no-cache"})
+                            headers={"Cache-Control": "public, max-age=31536000, immutable" if v == version else "no-cache"})
 
-    app.get("/")(lambda: static(PAGES["list"]))
+    app.get("/")(lambda: static(LIST_PAGE))
     app.get("/static/{name}")(static)
 
     @app.get("/object/{object_id}")
     def object_page(object_id: ObjectId):
-        view.require(object_id)
-        return static(PAGES["object"])
+        """The object page with its first screen's images in it (`fmb.app.templates`)."""
+        return HTMLResponse(object_page_html.render(view.require(object_id)), headers={"Cache-Control": "no-cache"})
 
     @app.get("/api/choices")
     def choices():

@@ -29,6 +29,7 @@ from fmb.config import ResolvedConfig
 from fmb.data.catalog import load_catalog
 from fmb.data.schema import BAND_NAMES
 from fmb.data.sky import object_coordinates, sky_position
+from fmb.detect.nuisance import run_crowding
 from fmb.errors import FmbError
 from fmb.plugins import reranker_class, reranker_names
 from fmb.viz.discovery import draw_discovery
@@ -76,6 +77,7 @@ class RunView:
         self.labels = LabelStore(config.layout.app.labels_db)
         self.renderer = Renderer(config)
         self.coordinates = object_coordinates(self.renderer.fetcher.index, catalog)
+        self.crowded = run_crowding(config)  # how each object was observed: its cutout's crowding
         self.neighbours = Neighbours(config)
         self._reranked: dict[tuple[str, str, str], Reranked] = {}  # the last list of each re-ranker
         self._rerank_inputs: dict[tuple[str, str], object] = {}
@@ -252,7 +254,15 @@ class RunView:
                 "has_image": sample.bands is not None or sample.rgb is not None,
                 "has_spectrum": sample.spectrum is not None, "bands": list(BAND_NAMES),
                 "catalog": self.catalog.row(object_id), "label": self.labels.label(object_id),
+                "crowding": self.crowding(object_id),
                 "scores": {model: table.scores_of(object_id) for model, table in self.tables.items()}}
+
+    def crowding(self, object_id: int) -> dict:
+        """The object's nuisance covariates (neighbours, flux ratio, distance, blend and edge flags) as
+        the run's models measured them; empty when none stores them."""
+        if object_id not in self.crowded.index:
+            return {}
+        return {name: finite_or_none(value) for name, value in self.crowded.loc[object_id].items()}
 
     def sample(self, object_id: int):
         try:

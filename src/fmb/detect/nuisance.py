@@ -39,10 +39,11 @@ from fmb.data.catalog import read_catalog
 from fmb.detect.calibrate import TailCalibrator
 from fmb.detect.conditional import REDSHIFT_COLUMN, hat_basis, ridge
 from fmb.detect.scores import percentile
-from fmb.embed.store import embedding_parts
+from fmb.embed.store import embedded_models, embedding_parts
 from fmb.layout import EmbeddingFiles
 
 COVARIATE_PREFIX = "covariate_"  # the columns of nuisance covariates stored beside a model's embeddings
+CROWDING_PREFIX = "crowding_"  # the covariates of the cutout's crowding, among them
 _KNOTS = 6  # knots per covariate of the level regression
 
 
@@ -153,6 +154,17 @@ def covariate_table(sources: list[str]) -> pd.DataFrame:
         new = [c for c in frame.columns if c not in table.columns]
         table = table.join(frame[new], how="outer") if new else table
     return table
+
+
+def run_crowding(config) -> pd.DataFrame:
+    """The crowding of each object's cutout as the run's models measured it while deblending
+    (``crowding_<name>`` covariates, names of `fmb.models.measure.deblend.COVARIATES`: neighbours,
+    the brightest one's flux ratio, the nearest one's distance, blend and edge flags), by object id,
+    the prefix dropped; a table without columns when no model stores it."""
+    directories = [config.layout.embeddings(model).dir for model in embedded_models(config)]
+    table = covariate_table([str(source) for source in covariate_sources(directories)])
+    crowding = [name for name in table.columns if name.startswith(CROWDING_PREFIX)]
+    return table[crowding].rename(columns=lambda name: name.removeprefix(CROWDING_PREFIX))
 
 
 def _lookup(column: pd.Series, ids: np.ndarray) -> pd.Series:

@@ -171,6 +171,7 @@ function imageQuery() {
   return query.toString();
 }
 
+/** The panels at the controls' settings; the server's page holds them at the initial ones (data-query). */
 function renderPanels(object) {
   const panels = document.getElementById("panels");
   if (!object.has_image) {
@@ -178,6 +179,8 @@ function renderPanels(object) {
     return;
   }
   const query = imageQuery();
+  if (panels.dataset.query === query) return; // shown already
+  panels.dataset.query = query;
   panels.replaceChildren(
     el("figure", {}, el("img", {src: `/img/${objectId}/rgb.png?${query}`, alt: "RGB composite"}),
        el("figcaption", {text: "RGB (H, Y, VIS)"})),
@@ -201,7 +204,8 @@ function renderSpectrum(object) {
   }
   if (low !== "") query.set("low", low);
   if (high !== "") query.set("high", high);
-  image.src = `/img/${objectId}/spectrum.png?${query}`;
+  const source = `/img/${objectId}/spectrum.png?${query}`;
+  if (image.getAttribute("src") !== source) image.src = source; // the server's page holds the first one
 }
 
 function resetZoom() {
@@ -239,6 +243,22 @@ function renderSky(sky) {
       el("a", {href: url, target: "_blank", rel: "noopener noreferrer", text: name}))));
 }
 
+/** The nuisance covariates of the cutout (fmb.models.measure.deblend.COVARIATES), flags as yes / no. */
+const CROWDING = {neighbours: ["neighbours", "count"], neighbour_flux_ratio: ["brightest neighbour / object, flux", "ratio"],
+                  neighbour_distance_px: ["nearest neighbour, px", "distance"], blended: ["blended", "flag"],
+                  edge: ["cut by a detector edge", "flag"]};
+
+function renderCrowding(crowding) {
+  const rows = Object.entries(crowding).map(([name, value]) => {
+    const [title, kind] = CROWDING[name] || [name.replaceAll("_", " "), "number"];
+    const text = value === null ? "–" : kind === "flag" ? (value ? "yes" : "no") : kind === "count" ? String(value)
+      : formatNumber(value);
+    return el("tr", {class: kind === "flag" && value ? "flagged" : null}, el("th", {text: title}), el("td", {text}));
+  });
+  document.getElementById("crowding").replaceChildren(
+    ...(rows.length ? rows : [el("tr", {}, el("td", {class: "help", text: "not measured: no model of the run stores crowding"}))]));
+}
+
 function renderCatalog(object) {
   const rows = {redshift: object.redshift, ...object.catalog};
   document.getElementById("catalog").replaceChildren(...Object.entries(rows).map(([name, value]) =>
@@ -260,10 +280,6 @@ async function renderNeighbours() {
   }
 }
 
-function fillSelect(id, values) {
-  document.getElementById(id).replaceChildren(...values.map((value) => el("option", {value, text: value})));
-}
-
 async function start() {
   bindUserField();
   bindJumpField(params);
@@ -282,12 +298,11 @@ async function start() {
   label = object.label;
   assignTagKeys(choices.tags);
   renderLabel();
-  fillSelect("stretch", choices.stretches);
-  fillSelect("frame", [...choices.frames].reverse());
   renderPanels(object);
   renderSpectrum(object);
   renderNote();
   renderSky(object.sky);
+  renderCrowding(object.crowding);
   renderScores(object);
   renderCatalog(object);
   for (const id of ["stretch", "low", "high"]) document.getElementById(id).addEventListener("change", () => renderPanels(object));
