@@ -1,7 +1,7 @@
 """The loop around the model in `fmb embed` (`fmb.embed.extract`): a batch that runs out of memory is
 split and the smaller size kept, never a crash; the GPU batch-size probe's arithmetic; channels_last
 leaves the weights and the embeddings as they were; the progress line reports the share of time
-spent waiting for data."""
+spent waiting for data; the model computes on the cores the DataLoader workers leave free."""
 
 import io
 
@@ -17,6 +17,7 @@ from fmb.embed.extract import Embedder, fitting_batch_size
 from fmb.errors import FmbError
 from fmb.models.aion import AionEncoder, AionSection
 from fmb.models.astroclip import AstroCLIPEncoder, AstroCLIPSection
+from fmb.models import base
 from fmb.models.base import state_sha256
 from tests.conftest import tagged_row, write_rows
 
@@ -105,3 +106,45 @@ def test_the_progress_line_shows_the_rate_and_the_time_waiting_for_data(project,
     assert "6/6 objects" in last and "objects/s" in last and "waiting for data" in last and "% of the time" in last
     ids, _ = store.load_embeddings(config.layout.embeddings("astroclip").dir)
     assert len(ids) == 6
+
+
+@pytest.mark.parametrize("cores, workers, expected", [(2, 1, 1), (2, 0, 2), (2, 3, 1), (16, 4, 2)])
+def test_the_model_computes_on_the_cores_the_data_workers_leave_free(monkeypatch, cores, workers, expected):
+    # the machine's core count is out of a test's reach: the affinity mask is given, torch's threads are real
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # torch's default on a 2-core machine (its physical cores): never raised
+    try:
+        with base.model_threads(workers) as threads:
+            assert threads == expected == torch.get_num_threads()
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_omp_num_threads_set_by_the_user_wins(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with base.model_threads(1) as threads:
+            assert threads == 2 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_embedding_runs_with_the_threads_the_workers_leave(project, monkeypatch):
+    write_rows(project / "survey" / "part-0.parquet", [tagged_row(800 + i, size=40, seed=i) for i in range(4)])
+    config = load_config(root=project, sets=["data.source=survey", "models.astroclip.preset=tiny",
+                                             "models.astroclip.embed.num_workers=1"])
+    index(config)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1})  # this machine's 2 cores, wherever it runs
+    seen = []
+    embed = AstroCLIPEncoder.embed
+    monkeypatch.setattr(AstroCLIPEncoder, "embed", lambda self, batch: seen.append(torch.get_num_threads()) or embed(self, batch))
+    before = torch.get_num_threads()
+    extract.embed(config, "astroclip")
+    assert seen and set(seen) == {max(1, min(before, 2 - 1))}
+    assert torch.get_num_threads() == before

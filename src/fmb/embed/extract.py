@@ -17,7 +17,7 @@ whose measured memory per object fits the free memory, up to `embed.batch_size` 
 `PROBE_GROWTH`. On any device a batch that runs out of memory is split in halves, and the smaller
 size is kept (a single object that does not fit is a one-line error). The progress line shows
 objects/s and the share of the time the model waited for data (more than a few percent: more
-`embed.num_workers`).
+`embed.num_workers`). The model computes on the cores the workers leave free (`model_threads`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from fmb.data.scan import write_rejects
 from fmb.data.sources import open_source
 from fmb.data.validate import SKIPPED, Issue
 from fmb.embed.store import Manifest, part_schema, write_part
-from fmb.models.base import Encoder, autocast_dtype, file_sha256, pick_device, state_sha256
+from fmb.models.base import (Encoder, autocast_dtype, file_sha256, model_threads, pick_device, state_sha256,
+                             to_device)
 from fmb.layout import EmbeddingFiles
 from fmb.models.registry import build_encoder
 from fmb.progress import progress_bar
@@ -125,7 +126,7 @@ def _run(encoder, device, source, config, settings, todo, manifest: Manifest, to
     dims = encoder.describe()["dims"]
     schema = part_schema({m: dims[m] for m in encoder.modalities}, encoder.residual_modalities, encoder.covariates)
     written, waited, started = 0, 0.0, time.perf_counter()
-    with progress_bar(f"embedding {encoder.name}", total) as advance:
+    with model_threads(workers), progress_bar(f"embedding {encoder.name}", total) as advance:
         items = iter(loader)
         while True:
             asked = time.perf_counter()
@@ -176,7 +177,7 @@ class Embedder:
                     torch.cuda.empty_cache()
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        batch = {k: _to_device(v, self.device) for k, v in batch.items()}
+        batch = {k: to_device(v, self.device) for k, v in batch.items()}
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             out = self.encoder.embed(batch)
         return {modality: tensor.float().cpu().numpy() for modality, tensor in out.items()}
@@ -209,11 +210,6 @@ def fitting_batch_size(free_bytes: float, bytes_per_object: float, largest: int,
 def _objects(batch: dict[str, torch.Tensor], start: int, stop: int, n: int) -> dict[str, torch.Tensor]:
     """Objects start:stop of a batch (every tensor's first axis runs over its n objects)."""
     return batch if (start, stop) == (0, n) else {k: v[start:stop] for k, v in batch.items()}
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    tensor = tensor.to(device, non_blocking=True)
-    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
 
 
 def _out_of_memory(exc: Exception) -> bool:

@@ -46,7 +46,7 @@ from fmb.config import AdaptSettings
 from fmb.errors import FmbError
 from fmb.io import atomic_path, read_torch, write_json, write_torch
 from fmb.layout import ModelFiles
-from fmb.models.base import autocast_dtype
+from fmb.models.base import autocast_dtype, to_device
 from fmb.models.distributed import SINGLE, Ranks
 
 CHECKPOINT_FORMAT = 2  # 1 (no "format" key): + RNG states of the one process, now seeded per epoch and rank
@@ -387,7 +387,7 @@ def plot_history(history: History, path: Path) -> None:
 def _to_device(batch: dict | None, device: torch.device) -> dict | None:
     if batch is None:
         return None
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {k: to_device(v, device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _batch_size(batch: dict | None) -> int:
