@@ -39,7 +39,7 @@ def main(project: Path, name: str, half: str) -> None:
     fitted = ModelDetectors({}, {}, {}, {}, ["ecod"], "ensemble", Calibration(0.05), False)
     reduced = {}
     for modality, matrix in matrices.items():
-        fitted.reducers[modality] = Reducer(32, seed=0).fit(matrix)
+        fitted.reducers[modality] = Reducer(32).fit(matrix)
         reduced[modality] = fitted.reducers[modality].transform(matrix)
         fitted.detectors[(modality, "ecod")] = CrossFitted(ECODDetector, 5, 0).fit(reduced[modality], ids)
     pair = np.hstack([reduced["image"], reduced["spectrum"]])

@@ -276,3 +276,55 @@ def test_the_out_of_core_merge_gives_the_in_memory_fusion_part_by_part(tmp_path,
     expected = fuse(frame, "flow")
     for column in merged.columns:
         pd.testing.assert_series_equal(merged[column], expected[column], check_dtype=False, obj=column)
+
+
+def test_reducer_is_the_exact_pca_and_pooled_moments_equal_one_pass():
+    """The components span the leading right singular vectors of the centred sample (exact, not a
+    randomized approximation), the scale is the components' mean variance, and moments pooled over
+    parts equal those of the whole (what the cross-fitted residual's copies are fitted from)."""
+    from fmb.detect.density import Moments
+
+    x, _ = mixture(n=2000, d=12)
+    x[:, 0] += 1e3  # a large mean: the pooling must not lose the spread to cancellation
+    reducer = Reducer(5).fit(x)
+    exact = np.linalg.svd(x - x.mean(0), full_matrices=False)[2][:5]
+    cosines = np.linalg.svd(exact @ reducer.components_.T.astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(cosines, 1.0, atol=1e-5)
+    projected = (x - x.mean(0)) @ reducer.components_.T.astype(np.float64)
+    np.testing.assert_allclose(reducer.scale_, np.sqrt(projected.var(0).mean()), rtol=1e-5)
+    pooled = Moments.of(x[:700]) + Moments.of(x[700:1500]) + Moments.of(x[1500:])
+    whole = Moments.of(x)
+    assert pooled.n == whole.n == 2000
+    np.testing.assert_allclose(pooled.mean, x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(pooled.scatter, whole.scatter, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(whole.scatter, (x - x.mean(0)).T @ (x - x.mean(0)), rtol=1e-9, atol=1e-6)
+
+
+def test_cross_fitted_residual_copies_equal_residuals_fitted_on_their_folds():
+    """The k copies come from one pass (each fold's moments pooled): each scores exactly like a
+    residual fitted on its own training folds alone, whose scale is the fit rows' mean residual."""
+    from fmb.detect.residual import PCAResidual
+
+    x, ids = mixture(n=1500, d=10)
+    crossfit = CrossFitted(partial(PCAResidual, 4), n_folds=3, seed=0).fit(x, ids)
+    for fold, copy in enumerate(crossfit.detectors):
+        alone = PCAResidual(4).fit(x[crossfit.fit_folds != fold])
+        np.testing.assert_allclose(copy.score(x), alone.score(x), rtol=1e-4)
+        np.testing.assert_allclose(alone._squared(x[crossfit.fit_folds != fold]).mean(), alone.scale_, rtol=1e-4)
+
+
+def test_flows_of_several_modalities_trained_as_one_model_equal_their_separate_fits():
+    """A model's modalities train their flows together (one stacked model, the same batches a fit of
+    each alone draws): each modality's cross-fitted scores are those of its own fit, to float
+    tolerance, and so are the steps each fold trained. Few steps: over hundreds, the batched and
+    the single products' rounding differences grow into ~1 % differences of the scores."""
+    x, ids = mixture(n=900, d=4)
+    other = np.tanh(x[:, ::-1]) * 3
+    short = partial(CrossFitted, partial(FlowDetector, **FAST_FLOW | dict(min_steps=30, max_steps=30, check_every=10,
+                                                                          patience=1)), 3, 0)
+    together = short().fit_each([x, other], ids)
+    for matrix, fitted in zip([x, other], together):
+        alone = short().fit(matrix, ids)
+        np.testing.assert_allclose(fitted.score(matrix, ids), alone.score(matrix, ids), rtol=1e-4, atol=1e-4)
+        assert [d.steps_trained_ for d in fitted.detectors] == [d.steps_trained_ for d in alone.detectors]
+        np.testing.assert_array_equal(fitted.fit_folds, alone.fit_folds)

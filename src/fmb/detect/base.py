@@ -13,6 +13,9 @@
   mask that keeps a fold's objects out of its own model), and one optimiser step updates every
   fold. Elementwise optimisers (Adam, AdamW) on stacked parameters are k independent optimisers;
   the gradient clipping is per fold. A single detector is the case k = 1 of the same code.
+  `fit_stacked` trains the copies of several matrices of one width (a model's modalities) in the
+  same model. The PCA residual (`fmb.detect.residual`) is one too: its k copies come from one
+  pass over the data, each fold's moments pooled.
 * `train_with_held_out`: the loop shared by the flow and the contrastive critic: a budget of
   optimiser steps, each fold's held-out loss checked every `check_every` steps and at the last
   step, early stopping per fold (`HeldOutBest`: a fold that stopped keeps its best state and is
@@ -68,6 +71,11 @@ class FoldBatchedDetector(Detector):
     def fit_folds(self, x: np.ndarray, train: np.ndarray) -> list["FoldBatchedDetector"]:
         """k fitted detectors, the f-th trained on the rows of `x` where `train[f]` (a k x n mask)
         is true, initialised with seed ``self.seed + f``."""
+
+    def fit_stacked(self, xs: list[np.ndarray], train: np.ndarray) -> list[list["FoldBatchedDetector"]]:
+        """`fit_folds` of each matrix of `xs` (the same objects, the same width); a detector that
+        trains them all as one model overrides it."""
+        return [self.fit_folds(x, train) for x in xs]
 
     def _with_seed(self, seed: int) -> "FoldBatchedDetector":
         twin = copy.copy(self)

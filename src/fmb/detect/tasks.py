@@ -58,12 +58,43 @@ class ModelDetectors:
     fit_ids: np.ndarray | None = None  # the objects of the fit sample
     context: ObjectContext | None = None  # where redshifts and nuisance covariates are read (None: saved before them)
     conditional: dict | None = None  # modality -> CrossFitted RedshiftConditional on [z, reduced embedding]
+    fit_scores: dict | None = None  # score column -> the fit sample's cross-fitted scores, in fit_ids' order
 
     @property
     def population_fusion(self) -> str | None:
         """Whose percentiles the original's percentile fusions read (`detect.fusion_method`), or None
         where they do not apply (no misalignment or no joint embedding)."""
         return self.fusion_method if self.mismatch and "joint" in self.reducers else None
+
+    def known_scores(self, ids: np.ndarray) -> "KnownScores | None":
+        """The cross-fitted scores already computed for those of `ids` in the fit sample (None: none)."""
+        if not self.fit_scores or self.fit_ids is None:
+            return None
+        order = np.argsort(self.fit_ids)
+        position = np.clip(np.searchsorted(self.fit_ids, ids, sorter=order), 0, len(order) - 1)
+        inside = self.fit_ids[order[position]] == ids
+        return KnownScores(inside, order[position[inside]], self.fit_scores) if inside.any() else None
+
+
+@dataclass
+class KnownScores:
+    """Scores of the fit sample's objects computed when the calibrations were fitted, by the same
+    detectors on the same embeddings: the run's own parts take them instead of scoring those
+    objects a second time (at `max_fit` objects or fewer, that is every object)."""
+
+    inside: np.ndarray  # per row: in the fit sample
+    positions: np.ndarray  # for the rows inside: their place in `columns`' arrays
+    columns: dict
+
+    def score(self, column: str, crossfit, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if column not in self.columns:
+            return crossfit.score(x, ids)
+        out = np.empty(len(ids), dtype=np.float64)
+        out[self.inside] = self.columns[column][self.positions]
+        rest = ~self.inside
+        if rest.any():
+            out[rest] = crossfit.score(x[rest], ids[rest])
+        return out
 
 
 def detect(config: ResolvedConfig, log=print) -> dict:
@@ -123,7 +154,8 @@ def fit_detectors(config: ResolvedConfig, log=print) -> None:
         every = np.ones(len(ids), dtype=bool)
         fitted = _fit(config, model, ids, matrices, residuals, every, seconds)
         fitted.fit_ids = np.asarray(ids, dtype=np.int64)
-        score_objects(fitted, ids, matrices, residuals, every, seconds)  # fits the calibrations
+        frame = score_objects(fitted, ids, matrices, residuals, every, seconds)  # fits the calibrations
+        fitted.fit_scores = {column: frame[column].to_numpy(dtype=np.float64) for column in _cross_fitted_columns(fitted)}
         save(fitted, files.detectors(model))  # the record last: it says the fit is complete
         write_json({"objects": total, "fit_objects": len(ids), "population_fusion": fitted.population_fusion,
                     "seconds": dict(seconds)}, files.fit_record(model))
@@ -182,7 +214,7 @@ def _score_part(config: ResolvedConfig, model: str, part, fitted: "ModelDetector
     files = config.layout.scores
     seconds: dict[str, float] = defaultdict(float)
     ids, matrices, residuals = part_arrays(read_part(part.path))
-    frame = score_objects(fitted, ids, matrices, residuals, None, seconds)
+    frame = score_objects(fitted, ids, matrices, residuals, None, seconds, known=fitted.known_scores(ids))
     write_table(pa.Table.from_pandas(frame, preserve_index=False), files.part(model, part.unit))
     write_json({"rows": len(ids), "seconds": dict(seconds)}, files.part_record(model, part.unit))
 
@@ -264,13 +296,17 @@ def _fit(config: ResolvedConfig, model: str, ids: np.ndarray, matrices: dict, re
                             Calibration(settings.tail), encoder_class(model).aligned)
     reduced = {}
     for modality, matrix in matrices.items():
-        fitted.reducers[modality] = Reducer(settings.pca_components, seed=config.seed).fit(matrix[fit])
+        fitted.reducers[modality] = Reducer(settings.pca_components).fit(matrix[fit])
         reduced[modality] = fitted.reducers[modality].transform(matrix[fit])
-        for method in settings.methods:
-            started = time.perf_counter()
-            fitted.detectors[(modality, method)] = _crossfit(config, _factory(method, config), reduced[modality],
-                                                             ids[fit])
-            seconds[method] += time.perf_counter() - started
+    by_method = {}
+    for method in settings.methods:  # every modality at once: the flows of all of them train as one model
+        started = time.perf_counter()
+        crossfit = CrossFitted(_factory(method, config), config.detect.folds, config.seed)
+        by_method[method] = dict(zip(reduced, crossfit.fit_each(list(reduced.values()), ids[fit])))
+        seconds[method] += time.perf_counter() - started
+    for modality, matrix in matrices.items():
+        for method in settings.methods:  # the table's columns in the order of modality, then method
+            fitted.detectors[(modality, method)] = by_method[method][modality]
         if modality not in residuals and matrix.shape[1] > fitted.reducers[modality].components_.shape[0]:
             started = time.perf_counter()  # a PCA that keeps every dimension leaves no residual
             fitted.residuals[modality] = _crossfit(config, partial(PCAResidual, settings.pca_components),
@@ -321,18 +357,25 @@ def population_columns(frame: pd.DataFrame, fusion: str | None) -> pd.DataFrame:
 
 
 def score_objects(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, residuals: dict,
-                  reference: np.ndarray | None, seconds: dict | None = None) -> pd.DataFrame:
+                  reference: np.ndarray | None, seconds: dict | None = None,
+                  known: KnownScores | None = None) -> pd.DataFrame:
     """The scores of the contract that each object has on its own, whatever else is scored with
     it: detector scores, robust z and tail probabilities against the fit sample, the calibrated
     combinations. `reference` marks the fit sample, on which calibrations not fitted yet are
-    fitted (None: all must be fitted already)."""
+    fitted (None: all must be fitted already). `known`: the run's own objects of the fit sample,
+    whose cross-fitted scores were computed with the fit (`ModelDetectors.known_scores`)."""
     seconds = defaultdict(float) if seconds is None else seconds
+
+    def cross_fitted(column: str, crossfit, x: np.ndarray) -> np.ndarray:
+        return crossfit.score(x, ids) if known is None else known.score(column, crossfit, x, ids)
+
     frame = pd.DataFrame({"object_id": ids})
     reduced = {m: fitted.reducers[m].transform(x) for m, x in matrices.items() if m in fitted.reducers}
     for (modality, method), crossfit in fitted.detectors.items():
         if modality in reduced:
             started = time.perf_counter()
-            frame[score_column(modality, method)] = crossfit.score(reduced[modality], ids)
+            frame[score_column(modality, method)] = cross_fitted(score_column(modality, method), crossfit,
+                                                                 reduced[modality])
             frame[z_column(modality, method)] = fitted.calibration.z(
                 score_column(modality, method), frame[score_column(modality, method)].to_numpy(), reference)
             seconds[method] += time.perf_counter() - started
@@ -340,12 +383,13 @@ def score_objects(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, resid
         if modality in residuals:
             frame[score_column(modality, RESIDUAL)] = residuals[modality]
         elif modality in fitted.residuals and modality in matrices:
-            frame[score_column(modality, RESIDUAL)] = fitted.residuals[modality].score(matrices[modality], ids)
+            frame[score_column(modality, RESIDUAL)] = cross_fitted(score_column(modality, RESIDUAL),
+                                                                   fitted.residuals[modality], matrices[modality])
     if {"image", "spectrum"} <= set(reduced):
         pair = np.hstack([reduced["image"], reduced["spectrum"]])
         for column, crossfit in fitted.mismatch.items():
             started = time.perf_counter()
-            frame[column] = crossfit.score(pair, ids)
+            frame[column] = cross_fitted(column, crossfit, pair)
             seconds[column] += time.perf_counter() - started
         if fitted.aligned:  # image and spectrum spaces aligned by training: the cosine means something
             frame["mismatch_cosine"] = cosine_mismatch(matrices["image"], matrices["spectrum"])
@@ -357,12 +401,20 @@ def score_objects(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, resid
         z = fitted.context.redshift(ids)
         for modality, crossfit in fitted.conditional.items():
             if modality in reduced:
-                frame[score_column(modality, REDSHIFT)] = crossfit.score(with_redshift(z, reduced[modality]), ids)
+                frame[score_column(modality, REDSHIFT)] = cross_fitted(score_column(modality, REDSHIFT), crossfit,
+                                                                       with_redshift(z, reduced[modality]))
         frame = adjust(frame, fitted.calibration, fitted.context.covariate_matrix(ids), reference)
         seconds[REDSHIFT] += time.perf_counter() - started
     if fitted.fit_ids is not None:
         frame[FIT_SAMPLE] = np.isin(ids, fitted.fit_ids)
     return frame
+
+
+def _cross_fitted_columns(fitted: ModelDetectors) -> list[str]:
+    """The score columns computed by cross-fitted detectors (what `KnownScores` keeps)."""
+    return [*(score_column(modality, method) for modality, method in fitted.detectors),
+            *(score_column(modality, RESIDUAL) for modality in fitted.residuals), *fitted.mismatch,
+            *(score_column(modality, REDSHIFT) for modality in (fitted.conditional or {}))]
 
 
 def _factory(method: str, config: ResolvedConfig):
