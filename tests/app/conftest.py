@@ -1,13 +1,11 @@
 """A tiny scored run for the app's tests: a 300-object synthetic survey (5 % of each anomaly class)
 through the real CLI (synth, index, adapt, embed and detect with the pixel reference)."""
 
-import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from fmb.cli import app
+from tests.conftest import run_cli
 
 #: The small, fast settings of tests/e2e/test_detect_evaluate.py for 300 objects, in the project file,
 #: so every command and every `load_config(root=project)` sees the same run.
@@ -29,9 +27,9 @@ models:
 """
 
 
-def run_fmb(*args: str):
-    """`fmb <args>` in the current directory; fails the test on a non-zero exit."""
-    result = CliRunner().invoke(app, list(args))
+def run_fmb(project: Path, *args: str):
+    """`fmb <args>` in `project` (the shared `run_cli`); fails the test on a non-zero exit."""
+    result = run_cli(project, *args)
     assert result.exit_code == 0, result.output
     return result
 
@@ -50,11 +48,6 @@ def scored_run(tmp_path_factory) -> Path:
     writes only under the run's app directory, and leaves what it wrote as it found it."""
     project = tmp_path_factory.mktemp("scored")
     (project / "fmb.yaml").write_text(PROJECT_FILE)
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        for command in (["data", "synth"], ["data", "index"], ["adapt", "pixels"], ["embed", "pixels"], ["detect"]):
-            run_fmb(*command)
-    finally:
-        os.chdir(cwd)
+    for command in (["data", "synth"], ["data", "index"], ["adapt", "pixels"], ["embed", "pixels"], ["detect"]):
+        run_fmb(project, *command)
     return project

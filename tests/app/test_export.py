@@ -58,10 +58,9 @@ def labels_of(table: Table) -> dict:
             for row in table if text(row["user"])}
 
 
-def test_fmb_export_writes_fits_votable_and_csv_with_positions_and_labels(project: Path, labelled: dict, monkeypatch):
-    monkeypatch.chdir(project)
+def test_fmb_export_writes_fits_votable_and_csv_with_positions_and_labels(project: Path, labelled: dict):
     for suffix, kind in (("fits", "fits"), ("vot", "votable"), ("csv", "ascii.csv")):
-        run_fmb("export", f"out/candidates.{suffix}", "--top", "20")
+        run_fmb(project, "export", f"out/candidates.{suffix}", "--top", "20")
         table = Table.read(project / f"out/candidates.{suffix}", format=kind)
         assert len(table) == 20 + 3 and sum(str(value) == "True" for value in table["in_top"]) == 20
         assert labels_of(table) == labelled
@@ -72,9 +71,8 @@ def test_fmb_export_writes_fits_votable_and_csv_with_positions_and_labels(projec
     assert str(votable["ra"].unit) == "deg" and votable["ra"].meta.get("ucd") == "pos.eq.ra;meta.main"
 
 
-def test_fmb_export_objects_writes_cutouts_and_spectra(project: Path, monkeypatch):
-    monkeypatch.chdir(project)
-    run_fmb("export", "out/top.fits", "--top", "2", "--objects")
+def test_fmb_export_objects_writes_cutouts_and_spectra(project: Path):
+    run_fmb(project, "export", "out/top.fits", "--top", "2", "--objects")
     files = sorted((project / "out/top-objects").glob("*.fits"))
     assert len(files) == 2 + 3
     with fits.open(files[0]) as units:
@@ -83,11 +81,10 @@ def test_fmb_export_objects_writes_cutouts_and_spectra(project: Path, monkeypatc
         assert np.isfinite(units[0].header["RA"])
 
 
-def test_export_then_labels_import_on_a_fresh_run_gives_the_same_labels(project: Path, labelled: dict, monkeypatch):
-    monkeypatch.chdir(project)
+def test_export_then_labels_import_on_a_fresh_run_gives_the_same_labels(project: Path, labelled: dict):
     for suffix in ("fits", "vot", "csv"):
-        run_fmb("export", f"out/round.{suffix}", "--top", "5")
-        run_fmb("labels", "import", f"out/round.{suffix}", "--name", f"fresh-{suffix}", "--user", "import")
+        run_fmb(project, "export", f"out/round.{suffix}", "--top", "5")
+        run_fmb(project, "labels", "import", f"out/round.{suffix}", "--name", f"fresh-{suffix}", "--user", "import")
         fresh = LabelStore(run_config(project).layout.app.labels_db.parents[2] / f"fresh-{suffix}/app/labels.sqlite")
         events = fresh.events()
         assert set(events.kind) == {"import"} and len(events) == 3  # merged as events, the unlabelled rows skipped

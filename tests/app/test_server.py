@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from fmb.app.labels import LabelStore
 from fmb.app.rerank import DEFAULT_METHOD, ranking_name
 from fmb.plugins import RERANKERS
-from fmb.app.server import MAX_BODY_BYTES, create_app, is_loopback, serve
+from fmb.app.access import MAX_BODY_BYTES, is_loopback
+from fmb.app.server import create_app, serve
 from fmb.detect.scores import DEFAULT_RANKING as HEADLINE, ranked
 from fmb.errors import FmbError
 from tests.app.live import LiveServer, private_copy, raw_get

@@ -15,7 +15,7 @@ import io
 import logging
 import tempfile
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +36,7 @@ PANEL_PX = 256
 #: ahead for the objects of a list page, so that opening one paints from the cache.
 FIRST_SPECTRUM = ("rest", 2.0, (None, None))
 SAMPLES_KEPT = 64  # the object view asks for six panels of one object: read it once
+DRAWN_KEPT = 4096  # objects the draw-ahead remembers having drawn
 _MATPLOTLIB = threading.Lock()
 log = logging.getLogger("fmb.app")
 
@@ -97,10 +98,13 @@ def data_generation(config: ResolvedConfig) -> str:
 
 class DrawAhead:
     """One background thread drawing what `draw(object_id)` draws for the ids last `schedule`d, in
-    order; a new schedule replaces what is still pending (the page the user is on now comes first)."""
+    order; a new schedule replaces what is still pending (the page the user is on now comes first).
+    The last `DRAWN_KEPT` ids drawn are remembered and not drawn again (each object page asks for its
+    list page, which schedules the page's objects once more)."""
 
     def __init__(self, draw: Callable[[int], None]):
         self.draw = draw
+        self._drawn: OrderedDict[int, None] = OrderedDict()
         self._pending: deque[int] = deque()
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -108,7 +112,7 @@ class DrawAhead:
     def schedule(self, object_ids) -> None:
         with self._ready:
             self._pending.clear()
-            self._pending.extend(int(object_id) for object_id in object_ids)
+            self._pending.extend(int(object_id) for object_id in object_ids if int(object_id) not in self._drawn)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="fmb-draw-ahead", daemon=True)
                 self._thread.start()
@@ -123,9 +127,14 @@ class DrawAhead:
             try:
                 self.draw(object_id)
             except FmbError:  # the object lacks an image or a spectrum: the page will say so
-                continue
+                pass
             except Exception:  # a bug: logged, and the page draws it itself when asked
                 log.exception("drawing object %s ahead failed", object_id)
+                continue
+            with self._ready:
+                self._drawn[object_id] = None
+                if len(self._drawn) > DRAWN_KEPT:
+                    self._drawn.popitem(last=False)
 
 
 class Renderer:

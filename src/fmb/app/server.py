@@ -3,8 +3,10 @@
 `create_app` builds the FastAPI application over one run directory; `serve` runs it with uvicorn.
 This module is the HTTP side only: what the app shows and records is `fmb.app.view.RunView`, which
 raises fmb errors that the handlers here turn into JSON 4xx answers.
-Pages are plain HTML and JavaScript from the package's static directory; every image is drawn here
+Pages are plain HTML and JavaScript from the package's static directory (the object page rendered
+with its first screen's images in it, `fmb.app.templates`); every image is drawn here
 (`fmb.app.render`) and every list is computed here, so the browser holds no state but the page it shows.
+Who may ask and what every answer carries is `fmb.app.access` (ASGI middleware).
 
 What a request can reach, and nothing else:
 
@@ -16,7 +18,7 @@ What a request can reach, and nothing else:
   one) and the nearest-neighbour graph it learns on, and a similarity index the run lacks where
   `fmb analyze similarity` puts it;
 * every error is a JSON ``{"error": ...}`` with a 4xx status (a 500 is a bug, and is JSON too);
-  request bodies are capped (`MAX_BODY_BYTES`) before they are read;
+  request bodies are capped (`fmb.app.access.MAX_BODY_BYTES`) before they are read;
 * every response forbids framing (``X-Frame-Options: DENY``) and carries a restrictive
   Content-Security-Policy: the app's own scripts, styles and images only, nothing inline, no
   connection anywhere but the app (the sky-viewer links are plain links, opened by the user);
@@ -31,20 +33,18 @@ What a request can reach, and nothing else:
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import logging
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fmb.app.access import BodyLimit, Guard, error_response, is_loopback
 from fmb.app.export import EXPORT_FORMATS, TOP_DEFAULT, TOP_MAX
 from fmb.app.labels import MAX_INTEREST, MAX_NOTE, MAX_RANKING
 from fmb.app.tables import NotFound
@@ -61,20 +61,6 @@ STATIC_DIR = Path(__file__).with_name("static")
 LIST_PAGE = "index.html"
 MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png",
                ".svg": "image/svg+xml"}
-TOKEN_HEADER, TOKEN_COOKIE, TOKEN_QUERY = "x-fmb-token", "fmb_token", "token"
-LOOPBACK_NAMES = {"localhost"}
-#: The largest request body read: a label with the longest note and every tag is under 8 KiB.
-MAX_BODY_BYTES = 64 * 1024
-#: Sent with every response: no page may frame the app, and a page of the app loads and runs only
-#: the app's own files (a note or a catalog value can never become script).
-SECURITY_HEADERS = {
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-                               "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 log = logging.getLogger("fmb.app")
 
 
@@ -130,10 +116,6 @@ class SpectrumQuery(BaseModel):
 
 
 # -- responses -------------------------------------------------------------------------------------------
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 def png_response(data: bytes) -> Response:
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
@@ -147,87 +129,6 @@ def validation_message(error: RequestValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
     return f"{where}: {first.get('msg', 'invalid')}"
-
-
-# -- access ----------------------------------------------------------------------------------------------
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address, as uvicorn binds it) is this machine only."""
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def refusal(request: Request, token: str | None) -> tuple[int, str] | None:
-    """Why a request is refused (status, message), or None."""
-    if token is None:
-        host = urlsplit(f"//{request.headers.get('host', '')}").hostname or ""
-        if not is_loopback(host):
-            return 400, f"this app answers requests for localhost only, not for {host!r}"
-        return None
-    given = (request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE)
-             or request.query_params.get(TOKEN_QUERY) or "")
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        return 401, "this app needs its token: open it once with ?token=... or send the X-Fmb-Token header"
-    return None
-
-
-def guard(app: FastAPI, token: str | None) -> None:
-    """Refuse what `refusal` refuses; remember a token given in the query string in a cookie; send
-    `SECURITY_HEADERS` with every answer, refusals included."""
-
-    @app.middleware("http")
-    async def check(request: Request, call_next):
-        refused = refusal(request, token)
-        response = error_response(*refused) if refused else await call_next(request)
-        if not refused and token is not None and request.query_params.get(TOKEN_QUERY):
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
-        response.headers.update(SECURITY_HEADERS)
-        return response
-
-
-class BodyLimit:
-    """ASGI middleware: a request whose body is over `limit` bytes is a 413 before more than `limit`
-    bytes of it are read: by its Content-Length when it gives one (the server reads no more), else
-    (a chunked body) read here up to the limit and handed on whole."""
-
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None:
-            if not length.isdigit() or int(length) > self.limit:
-                return await self.refuse(scope, receive, send)
-            return await self.app(scope, receive, send)
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return None
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                return await self.refuse(scope, receive, send)
-        replayed = False
-
-        async def whole():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.app(scope, whole, send)
-
-    async def refuse(self, scope, receive, send) -> None:
-        response = error_response(413, f"the request body is over {self.limit} bytes")
-        response.headers.update(SECURITY_HEADERS)
-        await response(scope, receive, send)
 
 
 def handle_errors(app: FastAPI) -> None:
@@ -264,7 +165,7 @@ def create_app(config: ResolvedConfig, token: str | None = None) -> FastAPI:
     version = static_version(files)
     object_page_html = ObjectPage(version)
     app = FastAPI(title=f"fmb discovery: {config.name}", docs_url=None, redoc_url=None, openapi_url=None)
-    guard(app, token)
+    app.add_middleware(Guard, token=token)
     app.add_middleware(BodyLimit)
     handle_errors(app)
 

@@ -247,7 +247,8 @@ class RunView:
 
     def object(self, object_id: int) -> dict:
         sample = self.sample(self.require(object_id))
-        ra, dec = self.coordinates.loc[object_id, ["ra", "dec"]] if object_id in self.coordinates.index else (np.nan,) * 2
+        known = object_id in self.coordinates.index
+        ra, dec = (self.coordinates.at[object_id, "ra"], self.coordinates.at[object_id, "dec"]) if known else (np.nan,) * 2
         return {"object_id": str(object_id), "redshift": finite_or_none(sample.redshift),
                 "sky": sky_position(float(ra), float(dec)),
                 "headlines": {model: table.default for model, table in self.tables.items()},

@@ -9,6 +9,10 @@ let tagKeys = {}; // key -> tag, shown on the tag buttons
 let tagMode = false; // after "t": the next key chooses a tag
 const place = {ranking: null, position: null, pageSize: Number(params.get("page_size") || PAGE_SIZE)};
 const pages = new Map(); // page number -> items, of the list this object is shown in
+const FIRST_SCREEN = { // the image settings the server's page starts with (before any control changes them)
+  panels: document.getElementById("panels").dataset.query,
+  spectrum: new URL(document.getElementById("spectrum").src).search,
+};
 
 // -- the list this object belongs to: its position, the previous and the next object ----------------
 async function listPage(page) {
@@ -41,6 +45,24 @@ async function locate() {
   }
   document.getElementById("position").textContent =
     place.position === null ? "not in the current list" : `#${place.position + 1} in ${place.ranking}`;
+}
+
+/** The first screen's image URLs of `id` at the settings the server's page starts with (this page's own). */
+function firstScreenUrls(id) {
+  const panels = [...document.querySelectorAll("#panels img")].length - 1; // the bands, beside the RGB
+  return [`/img/${id}/rgb.png?${FIRST_SCREEN.panels}`,
+          ...Array.from({length: Math.max(panels, 0)}, (_, band) => `/img/${id}/band/${band}.png?${FIRST_SCREEN.panels}`),
+          `/img/${id}/spectrum.png${FIRST_SCREEN.spectrum}`];
+}
+
+/** Once this object's own images are in, the next object's are asked for: the browser keeps them
+ * (Cache-Control), so "next" paints from its cache, and the server draws them if it had not yet. */
+async function prefetchNext() {
+  if (place.position === null) return;
+  const position = place.position + 1;
+  const next = (await listPage(Math.floor(position / place.pageSize)))[position % place.pageSize];
+  if (!next) return;
+  for (const href of firstScreenUrls(next.object_id)) document.head.append(el("link", {rel: "prefetch", href}));
 }
 
 async function go(delta) {
@@ -330,8 +352,14 @@ async function start() {
     if (event.key === "Escape") newTag.blur();
   });
   document.addEventListener("keydown", onKey);
-  locate().catch((error) => showStatus(error.message, true));
+  // the object's own images first (they are in the server's page): the list it is in, its neighbours
+  // (each a thumbnail to draw) and the next object's images are asked for once they are in
+  const loaded = document.readyState === "complete" ? Promise.resolve()
+    : new Promise((resolve) => window.addEventListener("load", resolve, {once: true}));
+  await loaded;
   renderNeighbours();
+  locate().then(() => prefetchNext().catch(() => {}), // a prefetch that fails costs nothing
+                (error) => showStatus(error.message, true));
 }
 
 start();
