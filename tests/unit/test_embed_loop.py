@@ -1,7 +1,8 @@
 """The loop around the model in `fmb embed` (`fmb.embed.extract`): a batch that runs out of memory is
 split and the smaller size kept, never a crash; the GPU batch-size probe's arithmetic; channels_last
 leaves the weights and the embeddings as they were; the progress line reports the share of time
-spent waiting for data; the model computes on the cores the DataLoader workers leave free."""
+spent waiting for data; the model computes on the cores the DataLoader workers leave free, in
+embedding and in adaptation (which keeps images and convolutions in channels_last too)."""
 
 import io
 
@@ -147,4 +148,29 @@ def test_embedding_runs_with_the_threads_the_workers_leave(project, monkeypatch)
     before = torch.get_num_threads()
     extract.embed(config, "astroclip")
     assert seen and set(seen) == {max(1, min(before, 2 - 1))}
+    assert torch.get_num_threads() == before
+
+
+def test_adaptation_runs_with_the_threads_the_workers_leave_and_images_in_channels_last(project, monkeypatch):
+    from fmb.models import tasks
+
+    write_rows(project / "survey" / "part-0.parquet", [tagged_row(900 + i, size=40, seed=i) for i in range(12)])
+    config = load_config(root=project, sets=["data.source=survey", "models.astroclip.preset=tiny",
+                                             "models.astroclip.adapt.epochs=1", "models.astroclip.adapt.batch_size=4",
+                                             "models.astroclip.adapt.num_workers=1"])
+    index(config)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1})  # this machine's 2 cores, wherever it runs
+    seen = []
+    loss = AstroCLIPEncoder.training_loss
+
+    def recorded(self, batch):
+        seen.append((torch.get_num_threads(), batch["image"].is_contiguous(memory_format=torch.channels_last),
+                     self.image_encoder.backbone.patch_embed.proj.weight.is_contiguous(memory_format=torch.channels_last)))
+        return loss(self, batch)
+
+    monkeypatch.setattr(AstroCLIPEncoder, "training_loss", recorded)
+    before = torch.get_num_threads()
+    tasks.adapt(config, "astroclip", log=lambda _: None)
+    assert seen and set(seen) == {(max(1, min(before, 2 - 1)), True, True)}
     assert torch.get_num_threads() == before
