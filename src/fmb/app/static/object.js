@@ -55,14 +55,16 @@ function firstScreenUrls(id) {
           `/img/${id}/spectrum.png${FIRST_SCREEN.spectrum}`];
 }
 
-/** Once this object's own images are in, the next object's are asked for: the browser keeps them
- * (Cache-Control), so "next" paints from its cache, and the server draws them if it had not yet. */
+/** Once this object's own images are in, the next object's page and images are asked for: the
+ * browser keeps them (a prefetch, five minutes), so "next" paints from its cache, and the server
+ * draws them if it had not yet. */
 async function prefetchNext() {
   if (place.position === null) return;
   const position = place.position + 1;
   const next = (await listPage(Math.floor(position / place.pageSize)))[position % place.pageSize];
   if (!next) return;
-  for (const href of firstScreenUrls(next.object_id)) document.head.append(el("link", {rel: "prefetch", href}));
+  const page = el("link", {rel: "prefetch", as: "document", href: objectUrl(next.object_id, params, position)});
+  document.head.append(page, ...firstScreenUrls(next.object_id).map((href) => el("link", {rel: "prefetch", href})));
 }
 
 async function go(delta) {
