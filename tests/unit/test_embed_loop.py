@@ -135,13 +135,19 @@ def test_omp_num_threads_set_by_the_user_wins(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_embedding_runs_with_the_threads_the_workers_leave(project, monkeypatch):
-    write_rows(project / "survey" / "part-0.parquet", [tagged_row(800 + i, size=40, seed=i) for i in range(4)])
-    config = load_config(root=project, sets=["data.source=survey", "models.astroclip.preset=tiny",
-                                             "models.astroclip.embed.num_workers=1"])
+def two_core_astroclip_project(project, monkeypatch, n: int, sets: list[str]):
+    """An indexed tiny-AstroCLIP project of `n` objects on a machine of 2 cores, as this one: the
+    affinity mask is given (the machine's core count is out of a test's reach), torch's threads are real."""
+    write_rows(project / "survey" / "part-0.parquet", [tagged_row(800 + i, size=40, seed=i) for i in range(n)])
+    config = load_config(root=project, sets=["data.source=survey", "models.astroclip.preset=tiny", *sets])
     index(config)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1})  # this machine's 2 cores, wherever it runs
+    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1})
+    return config
+
+
+def test_embedding_runs_with_the_threads_the_workers_leave(project, monkeypatch):
+    config = two_core_astroclip_project(project, monkeypatch, 4, ["models.astroclip.embed.num_workers=1"])
     seen = []
     embed = AstroCLIPEncoder.embed
     monkeypatch.setattr(AstroCLIPEncoder, "embed", lambda self, batch: seen.append(torch.get_num_threads()) or embed(self, batch))
@@ -154,13 +160,8 @@ def test_embedding_runs_with_the_threads_the_workers_leave(project, monkeypatch)
 def test_adaptation_runs_with_the_threads_the_workers_leave_and_images_in_channels_last(project, monkeypatch):
     from fmb.models import tasks
 
-    write_rows(project / "survey" / "part-0.parquet", [tagged_row(900 + i, size=40, seed=i) for i in range(12)])
-    config = load_config(root=project, sets=["data.source=survey", "models.astroclip.preset=tiny",
-                                             "models.astroclip.adapt.epochs=1", "models.astroclip.adapt.batch_size=4",
-                                             "models.astroclip.adapt.num_workers=1"])
-    index(config)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1})  # this machine's 2 cores, wherever it runs
+    config = two_core_astroclip_project(project, monkeypatch, 12, [
+        "models.astroclip.adapt.epochs=1", "models.astroclip.adapt.batch_size=4", "models.astroclip.adapt.num_workers=1"])
     seen = []
     loss = AstroCLIPEncoder.training_loss
 
