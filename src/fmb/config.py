@@ -342,6 +342,9 @@ class RunConfig(Section):
     synth: bool = Field(False, description="generate the synthetic survey (the synth section) as the first stage")
     models: list[str] = Field(["pixels", "aion", "astropt", "astroclip"],
                               description="models adapted, embedded and analysed (registered encoders)")
+    parallel: int = runtime_only(1, "stages run at once (local executor), each in its own process once the stages it "
+                                 "comes after are done, the cores shared out among them; 1: one after another",
+                                 ge=1, le=64)
 
     @field_validator("models")
     @classmethod

@@ -45,3 +45,28 @@ def test_rerun_skips_everything_and_one_changed_setting_reruns_only_downstream(p
     assert set(invoke(pipeline_copy).values()) == {"unchanged, skipped"}
     changed = invoke(pipeline_copy, "--set", "detect.flow.hidden=24")
     assert {stage for stage, status in changed.items() if status == "ran"} == DOWNSTREAM_OF_DETECT
+
+
+def test_stages_run_at_once_with_the_same_outputs_and_records(pipeline: Path, pipeline_copy: Path):
+    """run.parallel=2: with the analysis stages' outputs removed, those stages run two at a time in
+    worker processes (their windows overlap), each recorded as done under the key it had, they
+    write what the run in order wrote, and the report, which reads them, starts only after them
+    (it reruns where a figure's bytes differ from the run in order's, else it is unchanged)."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    layouts = [load_config(cli={"name": "pipeline"}, root=root).layout for root in (pipeline, pipeline_copy)]
+    analysis = {"evaluate": "evaluation", "agreement": "agreement", "similarity": "similarity", "figures": "figures"}
+    for directory in analysis.values():
+        shutil.rmtree(getattr(layouts[1], directory).dir)
+    ran = invoke(pipeline_copy, "--set", "run.parallel=2")
+    assert set(analysis) <= {stage for stage, status in ran.items() if status == "ran"} <= {*analysis, "report"}
+    before, after = (json.loads(layout.state.read_text()) for layout in layouts)
+    windows = {stage: (after[stage]["finished"] - after[stage]["seconds"], after[stage]["finished"]) for stage in analysis}
+    assert all(after[stage]["status"] == "done" and after[stage]["key"] == before[stage]["key"] for stage in analysis)
+    assert any(a[0] < b[1] and b[0] < a[1] for s, a in windows.items() for t, b in windows.items() if s < t), windows
+    if ran.get("report") == "ran":
+        assert after["report"]["finished"] - after["report"]["seconds"] >= max(end for _, end in windows.values())
+    pd.testing.assert_frame_equal(*(pd.read_csv(layout.evaluation.metrics) for layout in layouts))

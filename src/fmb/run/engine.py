@@ -35,6 +35,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from fmb import __version__
@@ -198,13 +199,46 @@ def _read_state(path: Path) -> dict:
 
 # -- running ------------------------------------------------------------------------------------------
 def execute(config: ResolvedConfig, plan: Plan, log: Callable[[str], None] = print) -> list[Outcome]:
-    """Run the plan in order. A failing stage raises; its outputs stay, so the next run resumes it."""
+    """Run the plan: in order in this process, or (`run.parallel` > 1, local executor) up to that
+    many stages at once, each started once its upstream stages are done (`fmb.run.parallel`).
+    A failing stage raises; its outputs stay, so the next run resumes it."""
     state = State(config.layout.state)
-    return [_run_stage(config, stage, stage.name in plan.forced, state, log)
-            for stage in plan.stages if stage.name in plan.selected]
+    stages = [stage for stage in plan.stages if stage.name in plan.selected]
+    if config.run.parallel > 1 and config.executor.kind == "local" and len(stages) > 1:
+        from fmb.run.parallel import execute_parallel
+
+        return execute_parallel(config, stages, plan.forced, state, log)
+    outcomes = []
+    for stage in stages:
+        outcome = _start_stage(config, stage, stage.name in plan.forced, state, log)
+        if isinstance(outcome, Started):
+            outcome = _finish_stage(outcome, state, log, partial(_act, outcome.staging.config, stage, outcome.key,
+                                                                 _indented(log)))
+        outcomes.append(outcome)
+    return outcomes
 
 
-def _run_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State, log) -> Outcome:
+def _indented(log):
+    return lambda line: log(f"  {line}")
+
+
+@dataclass
+class Started:
+    """A stage whose outputs are staged and whose run is recorded as running: what is left is its
+    action (`_act`, here or in a worker process) and `_finish_stage`."""
+
+    stage: Stage
+    key: str
+    parts: dict
+    attempt: dict
+    staging: Staging
+    previous: dict
+    clock: float
+
+
+def _start_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State, log) -> "Started | Outcome":
+    """Everything before a stage's action: skipped or not applicable (an `Outcome`), else its outputs
+    staged, its run recorded as running (`Started`)."""
     reason = stage.applies(config)
     if reason:
         log(f"[{stage.name}] not applicable: {reason}")
@@ -236,17 +270,26 @@ def _run_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State,
     state.attempt(stage.name, status="running", **attempt)
     write_json(run_settings(config), config.layout.settings)  # the next command on this run starts from it
     log(f"[{stage.name}] running" + (" (resuming its unfinished outputs)" if resumed else ""))
-    started = time.perf_counter()
+    return Started(stage, key, parts, attempt, staging, previous, time.perf_counter())
+
+
+def _finish_stage(started: Started, state: State, log, action: Callable[[], object]) -> Outcome:
+    """The stage's action (`action()`: runs it here, or waits for the worker that runs it and
+    returns its result or raises its error), then its staged outputs committed and its run
+    recorded as done; a failure is recorded the same way wherever the action ran."""
+    stage = started.stage
     try:
-        result = _act(staging.config, stage, key, lambda line: log(f"  {line}"))
-        staging.commit()
+        result = action()
+        started.staging.commit()
     except BaseException as error:  # the staging copies stay for a resume; the outputs are untouched
-        state.attempt(stage.name, status="failed", error=_one_line(error), **attempt)
+        state.attempt(stage.name, status="failed", error=_one_line(error), **started.attempt)
         if isinstance(error, Exception):
-            log(f"[{stage.name}] failed: {_one_line(error)}" + ("; its previous outputs are kept" if previous else ""))
+            log(f"[{stage.name}] failed: {_one_line(error)}" + ("; its previous outputs are kept" if started.previous
+                                                                else ""))
         raise
-    seconds = time.perf_counter() - started
-    state.record(stage.name, key=key, parts=parts, status="done", seconds=round(seconds, 2), finished=time.time())
+    seconds = time.perf_counter() - started.clock
+    state.record(stage.name, key=started.key, parts=started.parts, status="done", seconds=round(seconds, 2),
+                 finished=time.time())
     return Outcome(stage.name, "ran", seconds, _describe(result), result)
 
 

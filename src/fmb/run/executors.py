@@ -274,6 +274,11 @@ def _start_worker(devices, threads: int) -> None:
     gpu = devices.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    use_threads(threads)
+
+
+def use_threads(threads: int) -> None:
+    """A worker process's share of the cores, set before its torch or BLAS start a thread pool."""
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(variable, str(threads))
     # a spawned worker first imports the parent's main module; if that loaded torch, torch has read
