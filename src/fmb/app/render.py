@@ -32,7 +32,7 @@ from fmb.viz.stretch import Contrast, band_image, rgb_image
 
 THUMBNAIL_PX = 112
 PANEL_PX = 256
-#: What the object page first asks for (its controls' initial values, `fmb.app.templates`): drawn
+#: What the object page first asks for (its controls' initial values, `fmb.app.object_page`): drawn
 #: ahead for the objects of a list page, so that opening one paints from the cache.
 FIRST_SPECTRUM = ("rest", 2.0, (None, None))
 SAMPLES_KEPT = 64  # the object view asks for six panels of one object: read it once

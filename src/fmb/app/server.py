@@ -4,7 +4,7 @@
 This module is the HTTP side only: what the app shows and records is `fmb.app.view.RunView`, which
 raises fmb errors that the handlers here turn into JSON 4xx answers.
 Pages are plain HTML and JavaScript from the package's static directory (the object page rendered
-with its first screen's images in it, `fmb.app.templates`); every image is drawn here
+with its first screen's images in it, `fmb.app.object_page`); every image is drawn here
 (`fmb.app.render`) and every list is computed here, so the browser holds no state but the page it shows.
 Who may ask and what every answer carries is `fmb.app.access` (ASGI middleware).
 
@@ -48,7 +48,7 @@ from fmb.app.access import BodyLimit, Guard, error_response, is_loopback
 from fmb.app.export import EXPORT_FORMATS, TOP_DEFAULT, TOP_MAX
 from fmb.app.labels import MAX_INTEREST, MAX_NOTE, MAX_RANKING
 from fmb.app.tables import NotFound
-from fmb.app.templates import ObjectPage, static_version
+from fmb.app.object_page import ObjectPage, static_version
 from fmb.app.view import INT64_MAX, INT64_MIN, ListQuery, RunView
 from fmb.config import ResolvedConfig
 from fmb.data.schema import BAND_NAMES
@@ -181,7 +181,7 @@ def create_app(config: ResolvedConfig, token: str | None = None) -> FastAPI:
 
     @app.get("/object/{object_id}")
     def object_page(object_id: ObjectId):
-        """The object page with its first screen's images in it (`fmb.app.templates`)."""
+        """The object page with its first screen's images in it (`fmb.app.object_page`)."""
         return HTMLResponse(object_page_html.render(view.require(object_id)), headers={"Cache-Control": "no-cache"})
 
     @app.get("/api/choices")
