@@ -1,8 +1,8 @@
 """Embedding throughput, side by side in one run: the original's loop, today's fmb and this fmb.
 
 For each model, on the same synthetic objects and the same weights, three columns, each in its own
-fresh process (so each has its own peak memory) and run one after another per model (so the machine's
-load falls on all three alike):
+fresh process (so each has its own peak memory) and run one after another per model, `--repeats` times
+interleaved (so the machine's load falls on all three alike; the median rate is shown):
 
 * original: the original research code's loop (reference_fmb.md section 5) on the package modules as
   they are: fp32, the original batch sizes (AstroPT 16, AION 1, AstroCLIP 16), rows read, checked and
@@ -19,7 +19,7 @@ AION's are the size of AION-base (ViT-B-like 12+12 blocks of 768, the default-si
 local snapshot and loaded through the real loading code by both fmb versions.
 
     git worktree add /tmp/fmb_base <commit>
-    python benchmarks/embed_throughput.py --preset tiny --n 256 --base /tmp/fmb_base/src
+    python benchmarks/embed_throughput.py --preset tiny --n 256 --base /tmp/fmb_base/src --repeats 3
     python benchmarks/embed_throughput.py --preset full --n 16 --base /tmp/fmb_base/src
     python benchmarks/embed_throughput.py --preset full --n 512      # fmb alone (e.g. on a GPU)
 """
@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src", help="src/ of this fmb")
     parser.add_argument("--columns", nargs="+", choices=COLUMNS, default=list(COLUMNS))
     parser.add_argument("--workers", type=int, default=1, help="fmb's DataLoader workers (both versions)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each column, interleaved; the median rate is shown")
     parser.add_argument("--column", help=argparse.SUPPRESS)  # internal: run one column in this process
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
@@ -90,11 +91,23 @@ def main() -> None:
             sets = [f"models.{model}.{s}" for s in PRESET_SETS[args.preset][model] + weights.get(model, [])]
             sets += [f"models.{model}.embed.num_workers={args.workers}", f"models.{model}.embed.rows_per_shard={args.n}",
                      f"data.source={tmp / 'survey'}"]
-            results = {column: spawn(column, model, tmp / f"{model}-{column}", sets, args) for column in args.columns}
+            runs = {column: [] for column in args.columns}
+            for repeat in range(args.repeats):  # interleaved: A B C A B C, so the load falls on every column alike
+                for column in args.columns:
+                    runs[column].append(spawn(column, model, tmp / f"{model}-{column}-{repeat}", sets, args))
+            results = {column: _median_run(done) for column, done in runs.items()}
             print(f"{model:10s} " + " ".join(f"{r['rate']:14.4g} {r['peak_mb']:8.0f}" for r in results.values())
                   + "".join(f"  {results['fmb']['rate'] / results[c]['rate']:9.2f}x" for c in ("today", "original")
                             if c in results and "fmb" in results), flush=True)
+            if args.repeats > 1:
+                print(f"{'':10s} every run's obj/s: " + "; ".join(f"{c} {r['rates']}" for c, r in results.items()), flush=True)
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median rate (the lower middle one of an even count) and the largest peak memory."""
+    middle = sorted(runs, key=lambda r: r["rate"])[(len(runs) - 1) // 2]
+    return {**middle, "peak_mb": max(r["peak_mb"] for r in runs), "rates": [round(r["rate"], 4) for r in runs]}
 
 
 def spawn(column: str, model: str, project: Path, sets: list[str], args) -> dict:
