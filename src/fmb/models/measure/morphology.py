@@ -134,27 +134,41 @@ def _asymmetry(image: np.ndarray, central: Central, aperture: np.ndarray) -> flo
     """Rotational asymmetry, noise-corrected, least over rotation centres within a pixel of the
     source's centre on a half-pixel grid (Conselice 2000: A is defined at the centre that minimises
     it; a centroid pulled by half a pixel otherwise moves A by many of its noise sigmas)."""
-    height, width = image.shape
     clean = ~(central.neighbours | central.blank)  # replaced pixels say nothing about the source's symmetry
-    base_y = int(round(2 * central.centre[1])) - (height - 1)
-    base_x = int(round(2 * central.centre[0])) - (width - 1)
-    values = [_asymmetry_about(image, clean, aperture, base_y + dy, base_x + dx, central.noise[0])
+    twice_y, twice_x = int(round(2 * central.centre[1])), int(round(2 * central.centre[0]))
+    values = [_asymmetry_about(image, clean, aperture, twice_y + dy, twice_x + dx, central.noise[0])
               for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     return float(np.nanmin(values)) if np.isfinite(values).any() else float("nan")
 
 
-def _asymmetry_about(image: np.ndarray, clean: np.ndarray, aperture: np.ndarray, shift_y: int, shift_x: int,
+def _asymmetry_about(image: np.ndarray, clean: np.ndarray, aperture: np.ndarray, twice_y: int, twice_x: int,
                      noise: float) -> float:
-    """A for the rotation that maps pixel p to (shift - p): over the aperture's pixels that are clean
-    and whose mirror is clean (the symmetric mask: a pixel counts only with its counterpart, as in
-    statmorph), minus the same of pure noise (2 sigma / sqrt(pi) a pixel, sigma the sky's)."""
-    rotate = lambda array: np.roll(array[::-1, ::-1], (shift_y, shift_x), axis=(0, 1))  # noqa: E731
-    inside = aperture & rotate(aperture) & clean & rotate(clean)
-    total = np.abs(image[inside]).sum()
+    """A about the centre (twice_x / 2, twice_y / 2), pixel (y, x) against (twice_y - y, twice_x - x):
+    over the aperture's pixels that are clean and whose mirror is in the cutout and clean (the
+    symmetric mask: a pixel counts only with its counterpart, as in statmorph), minus the same of
+    pure noise (2 sigma / sqrt(pi) a pixel, sigma the sky's). Views of the arrays, no copies."""
+    rows = _mirrored(twice_y, image.shape[0])
+    cols = _mirrored(twice_x, image.shape[1])
+    if rows is None or cols is None:
+        return float("nan")
+    (here_y, there_y), (here_x, there_x) = rows, cols
+    here, there = (here_y, here_x), (there_y, there_x)
+    inside = aperture[here] & aperture[there][::-1, ::-1] & clean[here] & clean[there][::-1, ::-1]
+    values = image[here][inside]
+    total = np.abs(values).sum()
     if total <= 0:
         return float("nan")
     noise_term = inside.sum() * 2 * noise / np.sqrt(np.pi)
-    return float((np.abs(image - rotate(image))[inside].sum() - noise_term) / (2 * total))
+    return float((np.abs(values - image[there][::-1, ::-1][inside]).sum() - noise_term) / (2 * total))
+
+
+def _mirrored(twice_centre: int, size: int) -> tuple[slice, slice] | None:
+    """(the pixels p of an axis whose mirror twice_centre - p is on it too, those mirrors in ascending
+    order), or None when there are none."""
+    low, high = max(0, twice_centre - size + 1), min(size - 1, twice_centre)
+    if high < low:
+        return None
+    return slice(low, high + 1), slice(twice_centre - high, twice_centre - low + 1)
 
 
 def _smoothness(image: np.ndarray, radius: np.ndarray, r_petrosian: float) -> float:
