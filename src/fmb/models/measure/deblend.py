@@ -1,8 +1,10 @@
 """The central source of a cutout, not its neighbours: detection and deblending with SEP (Source
 Extractor's library, Barbary 2016), the neighbours' pixels masked, and the crowding as covariates.
 
-Detection runs on the VIS band (the sharpest); the noise is the robust (MAD) sigma of the pixels
-that hold data (a detector edge leaves exact zeros, masked). The central source is the segment
+Detection runs on the VIS band (the sharpest), thresholded on the robust (MAD) sigma of the pixels
+that hold data (a detector edge leaves exact zeros, masked); the noise the measurements use
+(`Central.noise`) is then each band's robust sigma off every grown source after the local
+background, the sky's alone, which a bright star or neighbour does not inflate. The central source is the segment
 under the cutout's centre, else the detected source nearest to it within `CENTRAL_RADIUS_PX`. Its
 neighbours' segments, grown by `MASK_GROW_PX` because the NISP PSF is ~3x wider than VIS, are
 replaced by the point reflection of the cutout through its centre (the central source's own light
@@ -39,7 +41,7 @@ class Central:
     segment: np.ndarray  # (H, W) bool, the central source's pixels (empty when nothing was detected)
     neighbours: np.ndarray  # (H, W) bool, pixels of other sources (grown)
     blank: np.ndarray  # (H, W) bool, pixels without data
-    noise: np.ndarray  # (bands,) robust sigma per band
+    noise: np.ndarray  # (bands,) robust sigma of the sky per band (module doc)
     background: np.ndarray  # (bands, H, W) local background (halos, neighbours' wings), every source masked
     centre: tuple[float, float]  # (x, y) of the central source (the cutout centre when undetected)
     covariates: np.ndarray  # (len(COVARIATES),) float
