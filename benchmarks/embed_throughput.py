@@ -116,6 +116,10 @@ def spawn(column: str, model: str, project: Path, sets: list[str], args) -> dict
     (project / "fmb.yaml").write_text("name: bench\n")
     src = args.src if column == "fmb" else args.base
     env = {**os.environ, "PYTHONPATH": str(src)}
+    if column == "fmb":  # as the `fmb` command runs it (earlier fmbs did not set it)
+        from fmb.cli import sleeping_openmp_threads  # this checkout's: a child imports the fmb of its column
+
+        sleeping_openmp_threads(env)
     command = [sys.executable, __file__, "--column", column, "--model", model,
                "--project", str(project), "--sets", *sets]
     done = subprocess.run(command, env=env, capture_output=True, text=True)

@@ -52,6 +52,7 @@ def main() -> None:
     else is unexpected, exits 1 and says where its full traceback was written. ``--debug`` anywhere on
     the command line, or ``FMB_DEBUG=1``, prints the traceback as well."""
     debug = _take_flag(sys.argv, "--debug") or os.environ.get("FMB_DEBUG", "0") not in ("", "0")
+    sleeping_openmp_threads(os.environ)
     try:
         app()
     except FmbError as exc:
@@ -64,6 +65,15 @@ def main() -> None:
         summary = (str(exc).splitlines() or [""])[0][:300]
         _fail(f"unexpected {type(exc).__name__}: {summary} (the full traceback is in {log}; please report it "
               "with that file)", 1, debug)
+
+
+def sleeping_openmp_threads(environ) -> None:
+    """OpenMP threads that wait at a barrier sleep instead of spinning, unless the user chose otherwise.
+    Read once, when torch loads; the stage workers and data loaders inherit it. A spinning team stalls at
+    every small operation when a data-loading worker or another job holds one of its cores; a sleeping
+    one lets the model use every core whether the machine is quiet or not (tiny AION 2.3x -> 3.6x
+    da96805's rate on a quiet 2-core machine; benchmarks/RESULTS.md, session 12)."""
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _take_flag(argv: list[str], flag: str) -> bool:

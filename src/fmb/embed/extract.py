@@ -17,7 +17,9 @@ whose measured memory per object fits the free memory, up to `embed.batch_size` 
 `PROBE_GROWTH`. On any device a batch that runs out of memory is split in halves, and the smaller
 size is kept (a single object that does not fit is a one-line error). The progress line shows
 objects/s and the share of the time the model waited for data (more than a few percent: more
-`embed.num_workers`). The model computes on the cores the workers leave free (`model_threads`).
+`embed.num_workers`). The model computes on all the cores beside its workers: the `fmb` command makes
+OpenMP's idle threads sleep instead of spin (`fmb.cli.main`), so a worker that takes a core does not
+stall the model's threads.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from fmb.data.scan import write_rejects
 from fmb.data.sources import open_source
 from fmb.data.validate import SKIPPED, Issue
 from fmb.embed.store import Manifest, part_schema, write_part
-from fmb.models.base import (Encoder, autocast_dtype, file_sha256, model_threads, pick_device, state_sha256,
+from fmb.models.base import (Encoder, autocast_dtype, file_sha256, pick_device, state_sha256,
                              to_device)
 from fmb.layout import EmbeddingFiles
 from fmb.models.registry import build_encoder
@@ -126,7 +128,7 @@ def _run(encoder, device, source, config, settings, todo, manifest: Manifest, to
     dims = encoder.describe()["dims"]
     schema = part_schema({m: dims[m] for m in encoder.modalities}, encoder.residual_modalities, encoder.covariates)
     written, waited, started = 0, 0.0, time.perf_counter()
-    with model_threads(workers), progress_bar(f"embedding {encoder.name}", total) as advance:
+    with progress_bar(f"embedding {encoder.name}", total) as advance:
         items = iter(loader)
         while True:
             asked = time.perf_counter()

@@ -18,10 +18,8 @@ never a model silently left with random weights.
 from __future__ import annotations
 
 import hashlib
-import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -236,22 +234,3 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     which embedding and adaptation keep the models' convolutions (what oneDNN and cuDNN prefer)."""
     tensor = tensor.to(device, non_blocking=True)
     return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
-
-
-@contextmanager
-def model_threads(data_workers: int) -> Iterator[int]:
-    """For its length, the model computes on the cores its `data_workers` DataLoader worker processes
-    leave free: torch's intra-op threads = its default (the physical cores), at most the cores this
-    process may run on less one per worker, at least one (`OMP_NUM_THREADS`, where set, wins).
-    Yields the number. Why: a team of OpenMP threads waits at the end of every parallel region for
-    its slowest thread, so one thread more than there are free cores stalls each of the model's many
-    small operations whenever a worker (or anything else) holds a core; on this 2-core machine, one
-    worker beside two threads made tiny AION's adaptation 5x slower under load (benchmarks/RESULTS.md)."""
-    before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = before if "OMP_NUM_THREADS" in os.environ else max(1, min(before, cores - data_workers))
-    torch.set_num_threads(threads)
-    try:
-        yield threads
-    finally:
-        torch.set_num_threads(before)

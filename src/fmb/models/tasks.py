@@ -26,7 +26,7 @@ from fmb.data.sources import open_source
 from fmb.errors import FmbError
 from fmb.io import write_torch
 from fmb.layout import ModelFiles
-from fmb.models.base import Encoder, model_threads, pick_device
+from fmb.models.base import Encoder, pick_device
 from fmb.models.distributed import SINGLE, Ranks, lead_and_follow, session
 from fmb.models.registry import build_encoder
 from fmb.models.trainer import History, Trainer
@@ -81,9 +81,8 @@ class AdaptRun:
         # channels_last: the layout oneDNN's and cuDNN's convolutions prefer (AION's adapters: 1.3x less
         # CPU a step); the batches' images follow it (`fmb.models.trainer`)
         self.encoder.to(self.device, memory_format=torch.channels_last)
-        with model_threads(self.section.adapt.num_workers):
-            history = _train(self.config, self.encoder, self.units, self.section.adapt, self.files.dir, self.device,
-                             self.log, self.ranks)
+        history = _train(self.config, self.encoder, self.units, self.section.adapt, self.files.dir, self.device,
+                         self.log, self.ranks)
         return {"epochs": len(history.epochs), "best_val_loss": history.best_val_loss,
                 "stopped_early": history.stopped_early}
 
