@@ -210,9 +210,9 @@ def execute(config: ResolvedConfig, plan: Plan, log: Callable[[str], None] = pri
         return execute_parallel(config, stages, plan.forced, state, log)
     outcomes = []
     for stage in stages:
-        outcome = _start_stage(config, stage, stage.name in plan.forced, state, log)
+        outcome = start_stage(config, stage, stage.name in plan.forced, state, log)
         if isinstance(outcome, Started):
-            outcome = _finish_stage(outcome, state, log, partial(_act, outcome.staging.config, stage, outcome.key,
+            outcome = finish_stage(outcome, state, log, partial(act, outcome.staging.config, stage, outcome.key,
                                                                  _indented(log)))
         outcomes.append(outcome)
     return outcomes
@@ -225,7 +225,7 @@ def _indented(log):
 @dataclass
 class Started:
     """A stage whose outputs are staged and whose run is recorded as running: what is left is its
-    action (`_act`, here or in a worker process) and `_finish_stage`."""
+    action (`act`, here or in a worker process) and `finish_stage`."""
 
     stage: Stage
     key: str
@@ -236,7 +236,7 @@ class Started:
     clock: float
 
 
-def _start_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State, log) -> "Started | Outcome":
+def start_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: State, log) -> "Started | Outcome":
     """Everything before a stage's action: skipped or not applicable (an `Outcome`), else its outputs
     staged, its run recorded as running (`Started`)."""
     reason = stage.applies(config)
@@ -273,7 +273,7 @@ def _start_stage(config: ResolvedConfig, stage: Stage, forced: bool, state: Stat
     return Started(stage, key, parts, attempt, staging, previous, time.perf_counter())
 
 
-def _finish_stage(started: Started, state: State, log, action: Callable[[], object]) -> Outcome:
+def finish_stage(started: Started, state: State, log, action: Callable[[], object]) -> Outcome:
     """The stage's action (`action()`: runs it here, or waits for the worker that runs it and
     returns its result or raises its error), then its staged outputs committed and its run
     recorded as done; a failure is recorded the same way wherever the action ran."""
@@ -297,7 +297,7 @@ def _one_line(error: BaseException) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0] or type(error).__name__
 
 
-def _act(config: ResolvedConfig, stage: Stage, key: str, log):
+def act(config: ResolvedConfig, stage: Stage, key: str, log):
     if uses_shards(config, stage):
         return run_sharded(config, stage, key, log)
     return stage.action(config, log)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fmb.config import ResolvedConfig
 from fmb.errors import FmbError
-from fmb.run.engine import Outcome, Started, State, _act, _finish_stage, _start_stage, upstream_in
+from fmb.run.engine import Outcome, Started, State, act, finish_stage, start_stage, upstream_in
 from fmb.stage import Stage
 
 
@@ -43,7 +43,7 @@ def execute_parallel(config: ResolvedConfig, stages: list[Stage], forced: set[st
                     break
                 pending.remove(ready)
                 try:
-                    started = _start_stage(config, ready, ready.name in forced, state, log)
+                    started = start_stage(config, ready, ready.name in forced, state, log)
                 except Exception as error:  # a refusal: nothing of it was written
                     failure = error
                     break
@@ -63,8 +63,8 @@ def execute_parallel(config: ResolvedConfig, stages: list[Stage], forced: set[st
 
 def _finish(started: Started, future: Future, state: State, log, outcomes: dict) -> BaseException | None:
     try:
-        outcomes[started.stage.name] = _finish_stage(started, state, log, future.result)
-    except Exception as error:  # recorded as failed by _finish_stage; the others run on
+        outcomes[started.stage.name] = finish_stage(started, state, log, future.result)
+    except Exception as error:  # recorded as failed by finish_stage; the others run on
         return error
     return None
 
@@ -120,4 +120,4 @@ def run_action(config: ResolvedConfig, name: str, key: str):
     from fmb.run.stages import stage_named
 
     stage = on_executor(config, stage_named(config, name))
-    return _act(config, stage, key, lambda line: print(f"  [{name}] {line}", flush=True))
+    return act(config, stage, key, lambda line: print(f"  [{name}] {line}", flush=True))
