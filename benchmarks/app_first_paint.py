@@ -58,7 +58,15 @@ FIRST_SCREEN_TIMER = """(() => {
     if (window.__firstScreen !== undefined || images.length < 6
         || !images.every(image => image && image.complete && image.naturalWidth > 0)) return;
     window.__firstScreen = null;
-    Promise.all(images.map(image => image.decode())).then(() => { window.__firstScreen = performance.now(); });
+    Promise.all(images.map(image => image.decode())).then(() => {
+      window.__firstScreen = performance.now();
+      // where the time went: the page's HTML in, the first image asked for, the last image's bytes in
+      const own = new Set(images.map(image => image.currentSrc));
+      const fetched = performance.getEntriesByType('resource').filter(entry => own.has(entry.name));
+      window.__phases = [performance.getEntriesByType('navigation')[0].responseEnd,
+                         Math.min(...fetched.map(entry => entry.requestStart)),
+                         Math.max(...fetched.map(entry => entry.responseEnd))];
+    });
   };
   document.addEventListener('load', check, true);  // every image's load event, seen in the capture phase
 })();"""
@@ -91,11 +99,12 @@ def build(project: Path, n: int) -> None:
         os.chdir(cwd)
 
 
-def first_screen(page, url: str) -> tuple[float, float]:
-    """(in the page, as polled by Playwright): ms from the navigation's start."""
+def first_screen(page, url: str) -> tuple[float, float, list[float]]:
+    """(in the page, as polled by Playwright, the phases): ms from the navigation's start."""
     page.goto(url)
     polled = float(page.wait_for_function(LOADED, timeout=120_000).json_value())
-    return float(page.wait_for_function("() => window.__firstScreen", timeout=120_000).json_value()), polled
+    shown = float(page.wait_for_function("() => window.__firstScreen", timeout=120_000).json_value())
+    return shown, polled, page.evaluate("() => window.__phases")
 
 
 def settle(cache: Path, quiet_s: float = 3.0) -> int:
@@ -177,15 +186,25 @@ def server_side(config, ids: list[str]) -> None:
           f"p50 {np.percentile(times, 50):.0f} ms, p95 {np.percentile(times, 95):.0f} ms")
 
 
-def report_next(following: list[tuple[float, float]], options) -> None:
+def report_next(following: list[tuple], options) -> None:
     shown = [f[0] for f in following]
     polled = [f[1] for f in following]
     print(f"next, {options.pause:g} s on each object, {len(shown)} objects: p50 {np.percentile(shown, 50):.0f}, "
           f"p95 {np.percentile(shown, 95):.0f} [{np.percentile(polled, 50):.0f}, {np.percentile(polled, 95):.0f}]; "
           f"goal p95 <= 150 ms: {'met' if np.percentile(shown, 95) <= 150 else 'NOT met'}")
+    print(phases_line(following))
 
 
-def report(cold: list[tuple[float, float]], ahead: list[tuple[float, float]], options, drawn: int) -> None:
+def phases_line(runs: list[tuple]) -> str:
+    """Where a first screen's time went (p50 / p95 over the objects): the page's HTML in, its first
+    image asked for, its last image's bytes in, and the six images decoded and shown."""
+    phases = np.array([[*run[2], run[0]] for run in runs])
+    names = ("HTML in", "first image asked", "last image in", "shown")
+    return "  phases, ms from the navigation's start (p50 / p95): " + ", ".join(
+        f"{name} {np.percentile(column, 50):.0f} / {np.percentile(column, 95):.0f}" for name, column in zip(names, phases.T))
+
+
+def report(cold: list[tuple], ahead: list[tuple], options, drawn: int) -> None:
     def stats(values):
         return np.percentile(values, 50), np.percentile(values, 95)
 
@@ -197,6 +216,7 @@ def report(cold: list[tuple[float, float]], ahead: list[tuple[float, float]], op
           f"[{polled_cold50:.0f}, {polled_cold95:.0f}]")
     print(f"drawn ahead, {len(ahead)} objects: p50 {ahead50:.0f}, p95 {ahead95:.0f} [{polled50:.0f}, {polled95:.0f}] "
           f"({drawn} images in the cache after the list page)")
+    print(phases_line(ahead))
     print(f"ratio cold / ahead: p50 {cold50 / ahead50:.1f}x, p95 {cold95 / ahead95:.1f}x; "
           f"goal p95 <= 150 ms drawn ahead: {'met' if ahead95 <= 150 else 'NOT met'}")
 

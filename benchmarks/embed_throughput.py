@@ -66,11 +66,12 @@ def main() -> None:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sets", nargs="*", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.base is None:
         args.columns = ["fmb"]
     if args.column:
-        print("RESULT " + json.dumps(run_column(args.column, args.model, args.project, args.sets)), flush=True)
+        print("RESULT " + json.dumps(run_column(args.column, args.model, args.project, args.sets, args.count)), flush=True)
         return
     import torch
 
@@ -85,6 +86,9 @@ def main() -> None:
         print(f"preset {args.preset}, {args.n} objects, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start; "
               f"today = {args.base}, fmb = {args.src}")
+        peak = matmul_peak()
+        print(f"matrix-product peak of this device, measured now: {peak['flops'] / 1e9:.0f} GFLOP/s ({peak['dtype']}, "
+              f"{peak['size']}x{peak['size']}, the best of {peak['repeats']} products)")
         print(f"{'model':10s} " + " ".join(f"{c + ' obj/s':>14s} {'peak MB':>8s}" for c in args.columns)
               + "  fmb/today  fmb/original")
         for model in args.models:
@@ -94,23 +98,57 @@ def main() -> None:
             runs = {column: [] for column in args.columns}
             for repeat in range(args.repeats):  # interleaved: A B C A B C, so the load falls on every column alike
                 for column in args.columns:
-                    runs[column].append(spawn(column, model, tmp / f"{model}-{column}-{repeat}", sets, args))
+                    count = column == "fmb" and repeat == 0  # the model's FLOPs per object, counted once
+                    runs[column].append(spawn(column, model, tmp / f"{model}-{column}-{repeat}", sets, args, count))
             results = {column: _median_run(done) for column, done in runs.items()}
             print(f"{model:10s} " + " ".join(f"{r['rate']:14.4g} {r['peak_mb']:8.0f}" for r in results.values())
                   + "".join(f"  {results['fmb']['rate'] / results[c]['rate']:9.2f}x" for c in ("today", "original")
                             if c in results and "fmb" in results), flush=True)
+            print(f"{'':10s} {utilisation(results['fmb'], peak)}", flush=True)
             if args.repeats > 1:
                 print(f"{'':10s} every run's obj/s: " + "; ".join(f"{c} {r['rates']}" for c, r in results.items()), flush=True)
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
+def matmul_peak(size: int = 4096, repeats: int = 8) -> dict:
+    """What the device computes at best: the fastest of `repeats` square matrix products, in the dtype fmb
+    computes in there (bf16 on a GPU that computes it natively, fp32 otherwise). The denominator of the
+    model FLOPs utilisation (MFU) printed beside each model; a spec sheet's peak would be higher."""
+    import torch
+
+    from fmb.models.base import autocast_dtype, pick_device
+
+    device = pick_device("auto")
+    dtype = autocast_dtype("auto", device) or torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return {"flops": 2 * size**3 / best, "dtype": str(dtype).removeprefix("torch."), "size": size, "repeats": repeats}
+
+
+def utilisation(result: dict, peak: dict) -> str:
+    if not result.get("flops"):
+        return "model FLOPs not counted"
+    achieved = result["flops"] * result["rate"]
+    return (f"fmb: {result['flops'] / 1e9:.1f} GFLOP per object (counted), {achieved / 1e9:.1f} GFLOP/s achieved, "
+            f"{achieved / peak['flops']:.0%} of the measured peak (MFU)")
+
+
 def _median_run(runs: list[dict]) -> dict:
     """The run of median rate (the lower middle one of an even count) and the largest peak memory."""
     middle = sorted(runs, key=lambda r: r["rate"])[(len(runs) - 1) // 2]
-    return {**middle, "peak_mb": max(r["peak_mb"] for r in runs), "rates": [round(r["rate"], 4) for r in runs]}
+    flops = next((r["flops"] for r in runs if r.get("flops")), None)
+    return {**middle, "peak_mb": max(r["peak_mb"] for r in runs), "rates": [round(r["rate"], 4) for r in runs], "flops": flops}
 
 
-def spawn(column: str, model: str, project: Path, sets: list[str], args) -> dict:
+def spawn(column: str, model: str, project: Path, sets: list[str], args, count: bool = False) -> dict:
     """One column in a fresh process, importing the fmb of `--base` (original, today) or `--src`."""
     project.mkdir()
     (project / "fmb.yaml").write_text("name: bench\n")
@@ -121,7 +159,7 @@ def spawn(column: str, model: str, project: Path, sets: list[str], args) -> dict
 
         sleeping_openmp_threads(env)
     command = [sys.executable, __file__, "--column", column, "--model", model,
-               "--project", str(project), "--sets", *sets]
+               "--project", str(project), *(["--count"] if count else []), "--sets", *sets]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -146,7 +184,7 @@ def plant_aion_base(directory: Path) -> Path:
 
 
 # -- one column, in its own process -------------------------------------------------------------------
-def run_column(column: str, model: str, project: Path, sets: list[str]) -> dict:
+def run_column(column: str, model: str, project: Path, sets: list[str], count: bool = False) -> dict:
     from fmb.config import load_config
     from fmb.data.tasks import index
 
@@ -156,10 +194,11 @@ def run_column(column: str, model: str, project: Path, sets: list[str]) -> dict:
         objects, seconds = original_loop(config, model)
     else:
         objects, seconds = fmb_embed(config, model)
+    flops = count_flops(config, model) if count else None
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     workers_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"objects": objects, "seconds": seconds, "rate": objects / seconds, "peak_mb": self_kb / 1024,
-            "worker_peak_mb": workers_kb / 1024}
+            "worker_peak_mb": workers_kb / 1024, "flops": flops}
 
 
 def fmb_embed(config, model: str) -> tuple[int, float]:
@@ -179,6 +218,63 @@ def fmb_embed(config, model: str) -> tuple[int, float]:
     started = time.perf_counter()
     summary = extract.embed(config, model)
     return summary["objects"], time.perf_counter() - started - sum(loading)
+
+
+def count_flops(config, model: str, objects: int = 4) -> float:
+    """The model's FLOPs per object in one `embed` call on `objects` objects, counted with torch's FLOP
+    formulas (`torch.utils.flop_counter`: matrix products, convolutions, attention; element-wise work
+    is not counted). The CPU's fused attention kernel has no formula in torch: it is counted as the two
+    matrix products it computes (a causal mask's skipped half included, as torch counts attention)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry, sdpa_flop_count, shape_wrapper
+
+    from fmb.models.registry import build_encoder
+
+    def attention(query, key, value, *_, out_shape=None, **__) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    formulas = {**flop_registry, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: shape_wrapper(attention)}
+
+    class Counter(TorchDispatchMode):  # FlopCounterMode's own module tracker cannot run under inference_mode
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            formula = formulas.get(func._overloadpacket)
+            if formula is None:  # a composite op (linear, under inference_mode): counted through its parts
+                with self:
+                    decomposed = func.decompose(*args, **kwargs)
+                if decomposed is not NotImplemented:
+                    return decomposed
+            out = func(*args, **kwargs)
+            if formula is not None:
+                Counter.total += formula(*args, **kwargs, out_val=out)
+            return out
+
+    encoder = build_encoder(config, model, weights="base").eval()
+    batch = encoder.preprocessor(_samples(config, encoder, objects))
+    with torch.inference_mode(), Counter():
+        encoder.embed(batch)
+    return Counter.total / len(batch["object_id"])
+
+
+def _samples(config, encoder, n: int) -> list:
+    """The first `n` objects the encoder can use, read and checked as fmb reads them."""
+    from fmb.data.index import ObjectIndex
+    from fmb.data.sources import open_source
+    from fmb.data.validate import RowChecker
+
+    source, checker = open_source(config), RowChecker()
+    object_index = ObjectIndex.load(config.layout.data.dir)
+    samples = []
+    for shard, row in object_index.locate(list(object_index.ids)):
+        sample = checker.check(source.read_rows(shard, [row])[0])[0]
+        if sample is not None and encoder.preprocessor.usable(sample) is None:
+            samples.append(sample)
+        if len(samples) == n:
+            return samples
+    return samples
 
 
 def original_loop(config, model: str) -> tuple[int, float]:
