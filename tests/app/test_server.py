@@ -88,7 +88,8 @@ def test_object_view_has_every_score_and_its_neighbours(client: TestClient, conf
 
 def test_the_object_page_holds_its_first_screen_and_names_its_files_by_content(client: TestClient, plain: list[int]):
     """The panels and the spectrum are in the page the server sends, at the settings the draw-ahead
-    draws (the browser asks for them before any script runs); static files named with their
+    draws (the browser asks for them before any script runs, and from the response's Link header
+    before it reads the page); static files named with their
     content's hash are kept by the browser for good."""
     import html
     import re
@@ -105,6 +106,8 @@ def test_the_object_page_holds_its_first_screen_and_names_its_files_by_content(c
     for source in sources:
         answer = client.get(source)
         assert answer.status_code == 200 and answer.content.startswith(PNG), source
+    # the same URLs preloaded from the headers (a URL that differs from its <img> would be fetched twice)
+    assert re.findall(r"<([^>]+)>; rel=preload; as=image", page.headers["link"]) == sources
     scripts = re.findall(r'src="(/static/[a-z]+\.js\?v=[0-9a-f]+)"', page.text)
     assert len(scripts) == 2
     assert client.get(scripts[0]).headers["cache-control"] == "public, max-age=31536000, immutable"

@@ -3,7 +3,8 @@
 The object's panels and spectrum are `<img>` tags of the page the server sends, at the controls'
 initial settings (what `fmb.app.render.Renderer.first_screen` draws ahead): the browser asks for
 them as soon as it reads the HTML, beside the scripts, instead of after the scripts and two API
-answers. The scripts fill in the rest (label, scores, sky position, catalog, neighbours) and redraw
+answers; the same URLs go in the response's ``Link`` header, so it asks for them even before it
+reads the body. The scripts fill in the rest (label, scores, sky position, catalog, neighbours) and redraw
 a panel only when a control changes. The static files are named with a hash of their content
 (``?v=``), so a browser keeps them and asks again only when the app's files change.
 """
@@ -48,5 +49,18 @@ class ObjectPage:
             "spectrum_query": urlencode({"frame": frame, "smooth": smooth}),
         }
 
+    def image_urls(self, object_id: int) -> dict[str, str | list[str]]:
+        """The first screen's image URLs: ``rgb``, ``bands`` (one per band) and ``spectrum``."""
+        panels, spectrum = self.settings["image_query"], self.settings["spectrum_query"]
+        return {"rgb": f"/img/{int(object_id)}/rgb.png?{panels}",
+                "bands": [f"/img/{int(object_id)}/band/{index}.png?{panels}" for index in range(len(BAND_NAMES))],
+                "spectrum": f"/img/{int(object_id)}/spectrum.png?{spectrum}"}
+
     def render(self, object_id: int) -> str:
-        return self.template.render(object_id=str(int(object_id)), **self.settings)
+        return self.template.render(object_id=str(int(object_id)), urls=self.image_urls(object_id), **self.settings)
+
+    def preload_header(self, object_id: int) -> str:
+        """An HTTP ``Link`` header asking for the first screen's images with the page's headers, before
+        its body is read (the browser's preload reuses them for the page's own `<img>` tags)."""
+        urls = self.image_urls(object_id)
+        return ", ".join(f"<{url}>; rel=preload; as=image" for url in [urls["rgb"], *urls["bands"], urls["spectrum"]])

@@ -182,7 +182,9 @@ def create_app(config: ResolvedConfig, token: str | None = None) -> FastAPI:
     @app.get("/object/{object_id}")
     def object_page(object_id: ObjectId):
         """The object page with its first screen's images in it (`fmb.app.object_page`)."""
-        return HTMLResponse(object_page_html.render(view.require(object_id)), headers={"Cache-Control": "no-cache"})
+        object_id = view.require(object_id)
+        return HTMLResponse(object_page_html.render(object_id), headers={
+            "Cache-Control": "no-cache", "Link": object_page_html.preload_header(object_id)})
 
     @app.get("/api/choices")
     def choices():

@@ -4,6 +4,7 @@
 const objectId = window.location.pathname.split("/").pop(); // the server answered this page: a known id
 const params = new URLSearchParams(window.location.search);
 const DEFAULT_TAGS = {a: "artefact", l: "lens", g: "AGN", m: "merger"};
+const NEIGHBOURS_AFTER_MS = 300; // a user paging with "n" has left by then; one looking has not yet scrolled
 let label = null; // the object's label as the server last returned it
 let tagKeys = {}; // key -> tag, shown on the tag buttons
 let tagMode = false; // after "t": the next key chooses a tag
@@ -354,12 +355,14 @@ async function start() {
     if (event.key === "Escape") newTag.blur();
   });
   document.addEventListener("keydown", onKey);
-  // the object's own images first (they are in the server's page): the list it is in, its neighbours
-  // (each a thumbnail to draw) and the next object's images are asked for once they are in
+  // the object's own images first (they are in the server's page): the list it is in and the next
+  // object's images are asked for once they are in; the neighbours (a search of every index and a
+  // thumbnail each) once the user has stayed a moment, so paging through objects with "n" does not
+  // leave the server searching for pages already left while it answers the next one
   const loaded = document.readyState === "complete" ? Promise.resolve()
     : new Promise((resolve) => window.addEventListener("load", resolve, {once: true}));
   await loaded;
-  renderNeighbours();
+  setTimeout(renderNeighbours, NEIGHBOURS_AFTER_MS);
   locate().then(() => prefetchNext().catch(() => {}), // a prefetch that fails costs nothing
                 (error) => showStatus(error.message, true));
 }
