@@ -134,17 +134,17 @@ def _asymmetry(image: np.ndarray, central: Central, aperture: np.ndarray) -> flo
     """Rotational asymmetry, noise-corrected, least over rotation centres within a pixel of the
     source's centre on a half-pixel grid (Conselice 2000: A is defined at the centre that minimises
     it; a centroid pulled by half a pixel otherwise moves A by many of its noise sigmas)."""
-    clean = ~(central.neighbours | central.blank)  # replaced pixels say nothing about the source's symmetry
+    # replaced pixels say nothing about the source's symmetry
+    usable = aperture & ~(central.neighbours | central.blank)
     twice_y, twice_x = int(round(2 * central.centre[1])), int(round(2 * central.centre[0]))
-    values = [_asymmetry_about(image, clean, aperture, twice_y + dy, twice_x + dx, central.noise[0])
+    values = [_asymmetry_about(image, usable, twice_y + dy, twice_x + dx, central.noise[0])
               for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     return float(np.nanmin(values)) if np.isfinite(values).any() else float("nan")
 
 
-def _asymmetry_about(image: np.ndarray, clean: np.ndarray, aperture: np.ndarray, twice_y: int, twice_x: int,
-                     noise: float) -> float:
+def _asymmetry_about(image: np.ndarray, usable: np.ndarray, twice_y: int, twice_x: int, noise: float) -> float:
     """A about the centre (twice_x / 2, twice_y / 2), pixel (y, x) against (twice_y - y, twice_x - x):
-    over the aperture's pixels that are clean and whose mirror is in the cutout and clean (the
+    over the `usable` pixels (in the aperture and clean) whose mirror is in the cutout and usable (the
     symmetric mask: a pixel counts only with its counterpart, as in statmorph), minus the same of
     pure noise (2 sigma / sqrt(pi) a pixel, sigma the sky's). Views of the arrays, no copies."""
     rows = _mirrored(twice_y, image.shape[0])
@@ -153,7 +153,7 @@ def _asymmetry_about(image: np.ndarray, clean: np.ndarray, aperture: np.ndarray,
         return float("nan")
     (here_y, there_y), (here_x, there_x) = rows, cols
     here, there = (here_y, here_x), (there_y, there_x)
-    inside = aperture[here] & aperture[there][::-1, ::-1] & clean[here] & clean[there][::-1, ::-1]
+    inside = usable[here] & usable[there][::-1, ::-1]
     values = image[here][inside]
     total = np.abs(values).sum()
     if total <= 0:
@@ -200,10 +200,8 @@ def _ellipticity(image: np.ndarray, segment: np.ndarray, x: np.ndarray, y: np.nd
     weight = np.clip(image[segment], 0, None)
     if weight.sum() <= 0:
         return float("nan")
-    xs, ys = x[segment], y[segment]
-    mx, my = np.average(xs, weights=weight), np.average(ys, weights=weight)
-    cxx = np.average((xs - mx) ** 2, weights=weight)
-    cyy = np.average((ys - my) ** 2, weights=weight)
-    cxy = np.average((xs - mx) * (ys - my), weights=weight)
+    weight = weight / weight.sum()
+    dx, dy = x[segment] - weight @ x[segment], y[segment] - weight @ y[segment]
+    cxx, cyy, cxy = weight @ (dx * dx), weight @ (dy * dy), weight @ (dx * dy)
     eigen = np.linalg.eigvalsh(np.array([[cxx, cxy], [cxy, cyy]]))
     return float(1 - np.sqrt(max(eigen[0], 0) / max(eigen[1], 1e-12)))

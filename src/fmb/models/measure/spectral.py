@@ -129,6 +129,9 @@ class _Batch:
         self.flux, self.ivar, self.z = flux, np.where(np.isfinite(ivar), ivar, 0.0), z
         self.wave = np.broadcast_to(wave, flux.shape)
         self.shared_grid = wave.ndim == 1 or bool((wave == wave[:1]).all())
+        # each pixel's width, once per batch (every window of every line reads it)
+        step = np.gradient(self.wave[0])[None, :] if self.shared_grid else np.gradient(self.wave, axis=1)
+        self.step = np.broadcast_to(step, flux.shape)
 
     def window(self, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(flux, ivar, observed wavelength, pixel width) of the pixels of rest [lo, hi) per object,
@@ -141,9 +144,7 @@ class _Batch:
         inside = index < stop[:, None]
         index = np.minimum(index, self.flux.shape[1] - 1)
         take = lambda array: np.take_along_axis(array, index, axis=1)  # noqa: E731
-        wave = take(self.wave)
-        step = np.gradient(self.wave, axis=1) if not self.shared_grid else np.gradient(self.wave[0])[None, :]
-        return take(self.flux), np.where(inside, take(self.ivar), 0.0), wave, take(np.broadcast_to(step, self.flux.shape))
+        return take(self.flux), np.where(inside, take(self.ivar), 0.0), take(self.wave), take(self.step)
 
     def _searchsorted(self, edges: np.ndarray) -> np.ndarray:
         if self.shared_grid:
