@@ -138,7 +138,7 @@ class LocalExecutor(Executor):
         gpus = visible_gpus() if self.gpus is None else self.gpus
         for worker in range(self.workers):
             devices.put(gpus[worker % len(gpus)] if gpus else None)
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        threads = max(1, usable_cores() // self.workers)
         with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
                                  initargs=(devices, threads)) as pool:
             return list(pool.map(job, shards))
@@ -265,6 +265,15 @@ def visible_gpus() -> list[str]:
         return [str(index) for index in range(torch.cuda.device_count())]
     except ImportError:
         return []
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what a SLURM allocation, `taskset` or a
+    container's cpuset grants), not every core of the machine (`os.cpu_count()`), which on a shared
+    node would give each worker threads for cores it cannot use."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _start_worker(devices, threads: int) -> None:

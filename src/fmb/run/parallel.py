@@ -19,7 +19,6 @@ first error is raised. Outcomes come back in the plan's order.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -99,7 +98,9 @@ def _within(path: Path, output: Path) -> bool:
 
 
 def _workers(parallel: int) -> ProcessPoolExecutor:
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    from fmb.run.executors import usable_cores
+
+    threads = max(1, usable_cores() // parallel)
     return ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
                                initargs=(threads,))
 
