@@ -64,11 +64,12 @@ def measure_central(bands: np.ndarray, central: Central) -> np.ndarray:
     radii, enclosed = _curve_of_growth(vis, radius, total_radius)
     r20, r50, r80 = (_radius_at(radii, enclosed, fraction) for fraction in (0.2, 0.5, 0.8))
     n, r_e = _sersic_fit(radii, enclosed, total_radius)
+    aperture = radius <= ASYMMETRY_RADII * r_petrosian
     return np.array([*np.log10(fluxes), *colours, np.log10(r_petrosian), np.log10(max(r50, 0.1)),
                      5 * np.log10(max(r80, 0.1) / max(r20, 0.1)),
-                     _asymmetry(vis, central, radius <= ASYMMETRY_RADII * r_petrosian),
+                     _asymmetry(vis, central, aperture),
                      _smoothness(vis, radius, r_petrosian),
-                     *_gini_m20(vis, (radius <= ASYMMETRY_RADII * r_petrosian) & clean, x, y, central.centre),
+                     *_gini_m20(vis, aperture & clean, x, y, central.centre),
                      n, np.log10(r_e), _ellipticity(vis, central.segment, x, y)])
 
 
@@ -123,9 +124,9 @@ def _sersic_curves() -> np.ndarray:
 def _sersic_fit(radii: np.ndarray, enclosed: np.ndarray, total_radius: float) -> tuple[float, float]:
     """(n, r_e in pixels) of the grid's Sersic curve of growth closest to the measured one."""
     wanted = total_radius * np.exp(-np.arange(_FIT_RADII) * _LOG_STEP)
-    usable = wanted >= 1.0  # inside a pixel the curve is the PSF's
-    measured = np.interp(wanted, radii, enclosed, left=0.0)
-    misfit = ((_sersic_curves() - measured) ** 2 * usable).sum(2)
+    usable = int((wanted >= 1.0).sum())  # a prefix (the radii fall): inside a pixel the curve is the PSF's
+    measured = np.interp(wanted[:usable], radii, enclosed, left=0.0)
+    misfit = ((_sersic_curves()[..., :usable] - measured) ** 2).sum(2)
     i, j = np.unravel_index(np.argmin(misfit), misfit.shape)
     return float(SERSIC_N[i]), float(_RE_GRID[j] * total_radius)
 
@@ -134,9 +135,15 @@ def _asymmetry(image: np.ndarray, central: Central, aperture: np.ndarray) -> flo
     """Rotational asymmetry, noise-corrected, least over rotation centres within a pixel of the
     source's centre on a half-pixel grid (Conselice 2000: A is defined at the centre that minimises
     it; a centroid pulled by half a pixel otherwise moves A by many of its noise sigmas)."""
+    box = _bounding_box(aperture, margin=0)
+    if box is None:
+        return float("nan")
+    # a pixel counts only with its mirror, both in the aperture: its bounding box holds every pair
+    (y0, y1), (x0, x1) = box
     # replaced pixels say nothing about the source's symmetry
-    usable = aperture & ~(central.neighbours | central.blank)
-    twice_y, twice_x = int(round(2 * central.centre[1])), int(round(2 * central.centre[0]))
+    usable = (aperture & ~(central.neighbours | central.blank))[y0:y1, x0:x1]
+    image = image[y0:y1, x0:x1]
+    twice_y, twice_x = int(round(2 * central.centre[1])) - 2 * y0, int(round(2 * central.centre[0])) - 2 * x0
     values = [_asymmetry_about(image, usable, twice_y + dy, twice_x + dx, central.noise[0])
               for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     return float(np.nanmin(values)) if np.isfinite(values).any() else float("nan")
@@ -173,20 +180,36 @@ def _mirrored(twice_centre: int, size: int) -> tuple[slice, slice] | None:
 
 def _smoothness(image: np.ndarray, radius: np.ndarray, r_petrosian: float) -> float:
     size = max(int(round(SMOOTHING_FRACTION * r_petrosian)), 2)
-    smooth = uniform_filter(image, size=size, mode="constant")
     ring = (radius <= ASYMMETRY_RADII * r_petrosian) & (radius >= SMOOTHING_FRACTION * r_petrosian)
+    box = _bounding_box(ring, margin=size)  # the ring's pixels and every pixel their boxcar reaches
+    if box is None:
+        return float("nan")
+    (y0, y1), (x0, x1) = box
+    image, ring = image[y0:y1, x0:x1], ring[y0:y1, x0:x1]
+    smooth = uniform_filter(image, size=size, mode="constant")
     total = image[ring].sum()
     return float(np.clip(image - smooth, 0, None)[ring].sum() / total) if total > 0 else float("nan")
 
 
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """((y0, y1), (x0, x1)) of the mask's true pixels grown by `margin` and clipped to the image: what
+    a measurement within an aperture needs, not the whole cutout; None when no pixel is true."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return None
+    height, width = mask.shape
+    return ((max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, height)),
+            (max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, width)))
+
+
 def _gini_m20(image: np.ndarray, segment: np.ndarray, x: np.ndarray, y: np.ndarray, centre) -> tuple[float, float]:
-    values = np.abs(image[segment])
+    flux = image[segment]
+    values = np.abs(flux)
     if values.size < 3 or values.sum() <= 0:
         return float("nan"), float("nan")
     ordered = np.sort(values)
     n = ordered.size
     gini = float(((2 * np.arange(1, n + 1) - n - 1) * ordered).sum() / (ordered.sum() * (n - 1)))
-    flux = image[segment]
     moment = flux * ((x[segment] - centre[0]) ** 2 + (y[segment] - centre[1]) ** 2)
     order = np.argsort(flux)[::-1]
     brightest = np.cumsum(flux[order]) <= 0.2 * flux.sum()
