@@ -100,8 +100,7 @@ def feature_names() -> list[str]:
 def measure_spectra(flux: np.ndarray, ivar: np.ndarray, wave: np.ndarray, z: np.ndarray) -> np.ndarray:
     """(B, len(feature_names())) measurements of spectra (B, L) with observed wavelengths (B, L) or
     (L,) in Angstrom and redshifts (B,); NaN where a quantity cannot be measured."""
-    batch = _Batch(np.asarray(flux, np.float64), np.asarray(ivar, np.float64), np.asarray(wave, np.float64),
-                   np.asarray(z, np.float64))
+    batch = _Batch(np.asarray(flux), np.asarray(ivar), np.asarray(wave), np.asarray(z, np.float64))
     columns = [batch.mean_fnu(*D4000_RED) / batch.mean_fnu(*D4000_BLUE)]
     columns += [_index(batch, index) for index in INDICES]
     lines = {}
@@ -123,19 +122,22 @@ def measure_spectra(flux: np.ndarray, ivar: np.ndarray, wave: np.ndarray, z: np.
 
 
 class _Batch:
-    """Spectra of a batch and the gathering of their pixels in rest-frame windows."""
+    """Spectra of a batch and the gathering of their pixels in rest-frame windows. The spectra stay in
+    the dtype they came in; the pixels of each window are gathered, then computed on in float64 (the
+    same numbers as converting the whole spectra first, at a fraction of the memory traffic)."""
 
     def __init__(self, flux: np.ndarray, ivar: np.ndarray, wave: np.ndarray, z: np.ndarray):
-        self.flux, self.ivar, self.z = flux, np.where(np.isfinite(ivar), ivar, 0.0), z
+        self.flux, self.ivar, self.z = flux, ivar, z
         self.wave = np.broadcast_to(wave, flux.shape)
         self.shared_grid = wave.ndim == 1 or bool((wave == wave[:1]).all())
-        # each pixel's width, once per batch (every window of every line reads it)
-        step = np.gradient(self.wave[0])[None, :] if self.shared_grid else np.gradient(self.wave, axis=1)
+        # the grid searched, and each pixel's width, once per batch (every window of every line reads them)
+        self.grid = self.wave[0].astype(np.float64) if self.shared_grid else self.wave.astype(np.float64)
+        step = np.gradient(self.grid)[None, :] if self.shared_grid else np.gradient(self.grid, axis=1)
         self.step = np.broadcast_to(step, flux.shape)
 
     def window(self, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(flux, ivar, observed wavelength, pixel width) of the pixels of rest [lo, hi) per object,
-        (B, K) blocks with ivar 0 beyond the window or the spectrum."""
+        (B, K) float64 blocks with ivar 0 beyond the window or the spectrum, or where it is not finite."""
         scale = 1.0 + self.z
         start = self._searchsorted(lo * scale)
         stop = self._searchsorted(hi * scale)
@@ -143,13 +145,14 @@ class _Batch:
         index = start[:, None] + np.arange(width)[None, :]
         inside = index < stop[:, None]
         index = np.minimum(index, self.flux.shape[1] - 1)
-        take = lambda array: np.take_along_axis(array, index, axis=1)  # noqa: E731
-        return take(self.flux), np.where(inside, take(self.ivar), 0.0), take(self.wave), take(self.step)
+        take = lambda array: np.take_along_axis(array, index, axis=1).astype(np.float64)  # noqa: E731
+        ivar = take(self.ivar)
+        return take(self.flux), np.where(inside & np.isfinite(ivar), ivar, 0.0), take(self.wave), take(self.step)
 
     def _searchsorted(self, edges: np.ndarray) -> np.ndarray:
         if self.shared_grid:
-            return np.searchsorted(self.wave[0], edges)
-        return np.array([np.searchsorted(row, edge) for row, edge in zip(self.wave, edges)])
+            return np.searchsorted(self.grid, edges)
+        return np.array([np.searchsorted(row, edge) for row, edge in zip(self.grid, edges)])
 
     def mean_flambda(self, lo: float, hi: float) -> np.ndarray:
         flux, ivar, _, _ = self.window(lo, hi)
