@@ -138,6 +138,7 @@ def test_object_page_sky_note_zoom_help_scores_and_export(browser, server: LiveS
     target = shown_ids(page)[7]
     page.goto(f"{server.url}/object/{target}?pos=7")
     page.wait_for_selector("#sky .links a")
+    page.wait_for_selector(".neighbour img")  # the page settled: its last part (drawn 300 ms after load) is in
 
     # where it is, and a link out that carries the position (the sky viewer itself is out of reach
     # here, no network: its answer is stubbed, the link and the page it opens are real)
@@ -152,7 +153,6 @@ def test_object_page_sky_note_zoom_help_scores_and_export(browser, server: LiveS
     viewer.close()
 
     # the neighbours are on the first screen: the scores fold to one line per model
-    page.wait_for_selector(".neighbour img")
     assert page.eval_on_selector("#neighbours", "box => box.getBoundingClientRect().top") < 1000
     assert page.locator(".model-scores").count() == 1 and not page.is_visible(".model-scores table")
     page.click(".model-scores summary")
