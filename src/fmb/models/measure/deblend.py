@@ -63,11 +63,11 @@ def find_central(bands: np.ndarray) -> Central:
     """Detect and deblend the VIS band of a (bands, H, W) cutout; see the module doc."""
     height, width = bands.shape[-2:]
     blank = (bands == 0).all(0)
-    noise = np.array([_robust_sigma(band[~blank]) for band in bands])
+    vis_noise = _robust_sigma(bands[0][~blank])  # detection's; the other bands' first guesses only if needed
     vis = np.ascontiguousarray(bands[0], dtype=np.float64)
     centre = ((width - 1) / 2, (height - 1) / 2)
     try:
-        sources, segmentation = sep.extract(vis, DETECT_SIGMA, err=float(noise[0]), mask=blank, minarea=MIN_AREA_PX,
+        sources, segmentation = sep.extract(vis, DETECT_SIGMA, err=float(vis_noise), mask=blank, minarea=MIN_AREA_PX,
                                             deblend_nthresh=DEBLEND_LEVELS, deblend_cont=DEBLEND_CONTRAST,
                                             segmentation_map=True)
     except Exception as error:  # SEP gives up on pathological images (too many pixels above threshold)
@@ -84,7 +84,7 @@ def find_central(bands: np.ndarray) -> Central:
         centre = (float(sources["x"][central]), float(sources["y"][central]))
     sources_or_blank = binary_dilation(segmentation > 0, iterations=MASK_GROW_PX) | blank
     background = _local_background(bands, sources_or_blank)
-    noise = _sky_noise(bands - background, ~sources_or_blank, noise)
+    noise = _sky_noise(bands - background, ~sources_or_blank, bands, blank)
     covariates = _crowding(sources, central, segment, segmentation, others, blank, centre, (height, width))
     return Central(segment, neighbours, blank, noise, background, centre, covariates)
 
@@ -100,12 +100,13 @@ def _local_background(bands: np.ndarray, sources: np.ndarray) -> np.ndarray:
                      for band in bands])
 
 
-def _sky_noise(residual: np.ndarray, sky: np.ndarray, first_guess: np.ndarray) -> np.ndarray:
+def _sky_noise(residual: np.ndarray, sky: np.ndarray, bands: np.ndarray, blank: np.ndarray) -> np.ndarray:
     """Each band's robust sigma over the pixels off every source (grown) after the local background:
-    the noise of the sky alone, which a bright star or neighbour in the cutout does not inflate (the
-    first guess, over all data pixels, is what detection needs before there are segments)."""
+    the noise of the sky alone, which a bright star or neighbour in the cutout does not inflate. With
+    too few such pixels, the first guess: each band's robust sigma over all its data pixels (what
+    detection needs before there are segments)."""
     if sky.sum() < MIN_SKY_PX:
-        return first_guess
+        return np.array([_robust_sigma(band[~blank]) for band in bands])
     return np.array([_robust_sigma(band[sky]) for band in residual])
 
 
