@@ -1,8 +1,9 @@
 """The loop around the model in `fmb embed` (`fmb.embed.extract`): a batch that runs out of memory is
 split and the smaller size kept, never a crash; the GPU batch-size probe's arithmetic; channels_last
 leaves the weights and the embeddings as they were; the progress line reports the share of time
-spent waiting for data; the model computes on the cores the DataLoader workers leave free, in
-embedding and in adaptation (which keeps images and convolutions in channels_last too)."""
+spent waiting for data; the model computes on every core beside its DataLoader workers, in
+embedding and in adaptation (which keeps images and convolutions in channels_last too), and the `fmb`
+command makes OpenMP's idle threads sleep so the workers do not stall it."""
 
 import io
 import os

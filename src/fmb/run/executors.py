@@ -138,7 +138,7 @@ class LocalExecutor(Executor):
         gpus = visible_gpus() if self.gpus is None else self.gpus
         for worker in range(self.workers):
             devices.put(gpus[worker % len(gpus)] if gpus else None)
-        threads = max(1, usable_cores() // self.workers)
+        threads = threads_per_worker(self.workers)
         with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
                                  initargs=(devices, threads)) as pool:
             return list(pool.map(job, shards))
@@ -267,13 +267,12 @@ def visible_gpus() -> list[str]:
         return []
 
 
-def usable_cores() -> int:
-    """The cores this process may run on: its CPU affinity (what a SLURM allocation, `taskset` or a
-    container's cpuset grants), not every core of the machine (`os.cpu_count()`), which on a shared
-    node would give each worker threads for cores it cannot use."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
+def threads_per_worker(workers: int) -> int:
+    """Each of `workers` processes' share of the cores this process may run on: its CPU affinity (what a
+    SLURM allocation, `taskset` or a container's cpuset grants), not every core of the machine
+    (`os.cpu_count()`), which on a shared node would give each worker threads for cores it cannot use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers)
 
 
 def _start_worker(devices, threads: int) -> None:

@@ -98,11 +98,10 @@ def _within(path: Path, output: Path) -> bool:
 
 
 def _workers(parallel: int) -> ProcessPoolExecutor:
-    from fmb.run.executors import usable_cores
+    from fmb.run.executors import threads_per_worker
 
-    threads = max(1, usable_cores() // parallel)
     return ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                               initargs=(threads,))
+                               initargs=(threads_per_worker(parallel),))
 
 
 def _start_worker(threads: int) -> None:

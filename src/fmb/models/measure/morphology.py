@@ -224,7 +224,8 @@ def _ellipticity(image: np.ndarray, segment: np.ndarray, x: np.ndarray, y: np.nd
     if weight.sum() <= 0:
         return float("nan")
     weight = weight / weight.sum()
-    dx, dy = x[segment] - weight @ x[segment], y[segment] - weight @ y[segment]
+    xs, ys = x[segment], y[segment]
+    dx, dy = xs - weight @ xs, ys - weight @ ys
     cxx, cyy, cxy = weight @ (dx * dx), weight @ (dy * dy), weight @ (dx * dy)
     eigen = np.linalg.eigvalsh(np.array([[cxx, cxy], [cxy, cyy]]))
     return float(1 - np.sqrt(max(eigen[0], 0) / max(eigen[1], 1e-12)))
