@@ -168,3 +168,61 @@ def test_a_detector_edge_is_flagged():
     bands = sersic_cutout(1.0, 3.0)
     bands[:, :, :12] = 0.0
     assert dict(zip(COVARIATES, find_central(bands).covariates))["edge"] == 1
+
+
+def crowded_cutout() -> np.ndarray:
+    """A galaxy with a bright neighbour and a detector edge: replaced pixels on both sides."""
+    bands = sersic_cutout(1.0, 5.0, flux=2e4) + galsim.Gaussian(fwhm=0.17, flux=4e4).shift(1.5, -0.8).drawImage(
+        nx=64, ny=64, scale=0.1).array[None]
+    bands[:, :, :6] = 0.0
+    return bands
+
+
+def test_cleaned_sums_are_the_sums_of_the_cleaned_bands():
+    bands = crowded_cutout()
+    central = find_central(bands)
+    assert central.neighbours.any() and central.blank.any()
+    y, x = np.mgrid[0:64, 0:64]
+    for radius in (5, 12, 30):
+        region = np.hypot(x - central.centre[0], y - central.centre[1]) <= radius
+        assert central.cleaned_sums(bands, region) == pytest.approx(central.cleaned(bands)[:, region].sum(1), rel=1e-12)
+
+
+def test_asymmetry_about_each_of_the_nine_centres_is_the_symmetric_mask_formula():
+    """The vectorised asymmetries against the formula written out on the whole cutout, per centre."""
+    from fmb.models.measure.morphology import _asymmetry_per_centre
+
+    bands = crowded_cutout()
+    central = find_central(bands)
+    image = central.cleaned(bands)[0]
+    y, x = np.mgrid[0:64, 0:64]
+    aperture = np.hypot(x - central.centre[0], y - central.centre[1]) <= 14
+    usable = aperture & ~(central.neighbours | central.blank)
+    values = []
+    for twice_y in np.arange(-1, 2) + int(round(2 * central.centre[1])):
+        for twice_x in np.arange(-1, 2) + int(round(2 * central.centre[0])):
+            my, mx = twice_y - y, twice_x - x
+            on = (my >= 0) & (my < 64) & (mx >= 0) & (mx < 64)
+            pair = usable & on & usable[np.clip(my, 0, 63), np.clip(mx, 0, 63)]
+            mirror = image[np.clip(my, 0, 63), np.clip(mx, 0, 63)]
+            noise = pair.sum() * 2 * central.noise[0] / np.sqrt(np.pi)
+            values.append((np.abs(image - mirror)[pair].sum() - noise) / (2 * np.abs(image[pair]).sum()))
+    assert _asymmetry_per_centre(image, central, aperture) == pytest.approx(values, rel=1e-10)
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 7])
+def test_boxcar_mean_is_scipys_uniform_filter(size):
+    from scipy.ndimage import uniform_filter
+
+    from fmb.models.measure.morphology import _boxcar_mean
+
+    image = np.random.default_rng(size).normal(0, 50, (23, 31))
+    assert np.allclose(_boxcar_mean(image, size), uniform_filter(image, size=size, mode="constant"), rtol=0, atol=1e-11)
+
+
+def test_spectra_on_their_own_grids_measure_as_one_at_a_time():
+    flux, ivar, _ = spectra(fnu_break=1.5, line_flux=30.0, noise=0.02)
+    grids = WAVE[None] + np.array([0.0, 0.3, -0.2])[:, None]  # three different grids
+    together = measure_spectra(flux, ivar, grids, Z)
+    alone = np.stack([measure_spectra(flux[k:k + 1], ivar[k:k + 1], grids[k], Z[k:k + 1])[0] for k in range(3)])
+    assert np.allclose(together, alone, rtol=1e-12, equal_nan=True)

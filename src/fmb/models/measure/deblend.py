@@ -48,8 +48,9 @@ class Central:
 
     def cleaned(self, bands: np.ndarray, subtract_median: bool = False) -> np.ndarray:
         """The bands (median-subtracted if asked: the pixel reference's normalisation; cutouts are
-        sky-subtracted already) with the neighbours' and the blank pixels replaced (module doc)."""
-        centred = bands - self.background
+        sky-subtracted already) with the neighbours' and the blank pixels replaced (module doc).
+        `bands` may be the cutout's first k bands only."""
+        centred = bands - self.background[:len(bands)]
         if subtract_median:
             centred = bands - np.array([np.median(band[~self.blank]) if (~self.blank).any() else 0.0
                                         for band in bands])[:, None, None]
@@ -57,6 +58,14 @@ class Central:
         mirror = bad[::-1, ::-1]
         filled = np.where(bad & ~mirror, centred[:, ::-1, ::-1], 0.0)
         return np.where(bad, filled, centred)
+
+    def cleaned_sums(self, bands: np.ndarray, region: np.ndarray) -> np.ndarray:
+        """Each band's sum over the (H, W) bool `region` of `cleaned(bands)`, without making the
+        cleaned bands: a clean pixel counts once for itself if it is in the region, and once more
+        for its mirror if that is replaced and in the region."""
+        bad = self.neighbours | self.blank
+        weight = (~bad) * (region.astype(np.float64) + (region & bad)[::-1, ::-1])
+        return (bands - self.background).reshape(len(bands), -1) @ weight.ravel()
 
 
 def find_central(bands: np.ndarray) -> Central:
