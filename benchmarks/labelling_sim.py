@@ -117,9 +117,10 @@ def labelling_loop(inputs: RerankInputs, interesting: np.ndarray, method: str, s
     return shown, random
 
 
-def simulate(config, inputs: RerankInputs, names: tuple[str, ...]) -> pd.DataFrame:
-    """One row per anomaly class of `names`: its objects, how many of them each ranking shows in the
-    first 100, where the first of them came (-1: none) and how many came in the random slice."""
+def simulate(config, inputs: RerankInputs, names: tuple[str, ...], methods=tuple(RERANKERS)) -> pd.DataFrame:
+    """One row per anomaly class of `names`: its objects, how many of them each ranking (the plain one
+    and each re-ranker of `methods`) shows in the first 100, where the first of them came (-1: none)
+    and how many came in the random slice."""
     classes = classes_of(config, inputs.object_ids)
     plain = pd.Index(inputs.object_ids).get_indexer(plain_first(inputs, PAGE * ROUNDS))
     graphs = GraphCache()
@@ -127,7 +128,7 @@ def simulate(config, inputs: RerankInputs, names: tuple[str, ...]) -> pd.DataFra
     for name in names:
         interesting = classes == name
         row = {"class": name, "objects": int(interesting.sum()), "plain": int(interesting[plain].sum())}
-        for method in RERANKERS:
+        for method in methods:
             started = time.perf_counter()
             ids, random = labelling_loop(inputs, interesting, method, config.seed, graphs)
             found = interesting[pd.Index(inputs.object_ids).get_indexer(ids)]
@@ -165,24 +166,25 @@ def markdown(table: pd.DataFrame) -> str:
     """The per-class table (with each class's half: seen, the development classes, or unseen), the
     average over all classes and over each half, and each re-ranker's multiple of the plain ranking;
     then where each re-ranker showed the class first and how many it found in the random slice."""
-    header = "| class | half | objects | plain | " + " | ".join(RERANKERS) + " |"
-    lines = [header, "|---|---" + "|---:" * (2 + len(RERANKERS)) + "|"]
+    methods = [method for method in RERANKERS if method in table]
+    header = "| class | half | objects | plain | " + " | ".join(methods) + " |"
+    lines = [header, "|---|---" + "|---:" * (2 + len(methods)) + "|"]
     half = np.where(table["class"].isin(SEEN), "seen", "unseen")
     for row, where in zip(table.itertuples(index=False), half):
         cells = [f"{getattr(row, m)} ({getattr(row, m) / row.plain:.1f}x)" if row.plain else f"{getattr(row, m)} (-)"
-                 for m in RERANKERS]
+                 for m in methods]
         lines.append(f"| {row[0]} | {where} | {row.objects} | {row.plain} | " + " | ".join(cells) + " |")
     for name, rows in (("mean over classes", table), ("mean, seen half", table[half == "seen"]),
                        ("mean, unseen half", table[half == "unseen"])):
         if len(rows) and (rows is table or len(rows) < len(table)):
-            mean = rows[["objects", "plain", *RERANKERS]].mean()
-            cells = [f"**{mean[m]:.1f} ({mean[m] / mean.plain:.2f}x)**" for m in RERANKERS]
+            mean = rows[["objects", "plain", *methods]].mean()
+            cells = [f"**{mean[m]:.1f} ({mean[m] / mean.plain:.2f}x)**" for m in methods]
             lines.append(f"| **{name}** | | {mean.objects:.1f} | **{mean.plain:.1f}** | " + " | ".join(cells) + " |")
-    lines += ["", "| class | " + " | ".join(f"{m}: first shown at / in the random slice" for m in RERANKERS) + " |",
-              "|---" + "|---:" * len(RERANKERS) + "|"]
+    lines += ["", "| class | " + " | ".join(f"{m}: first shown at / in the random slice" for m in methods) + " |",
+              "|---" + "|---:" * len(methods) + "|"]
     for row in table.itertuples(index=False):
         cells = [f"{getattr(row, f'{m}_first') + 1 if getattr(row, f'{m}_first') >= 0 else '-'} / "
-                 f"{getattr(row, f'{m}_random')}" for m in RERANKERS]
+                 f"{getattr(row, f'{m}_random')}" for m in methods]
         lines.append(f"| {row[0]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -238,6 +240,8 @@ def main() -> None:
     parser.add_argument("--timing-only", action="store_true", help="time one propagation refit, no simulation")
     parser.add_argument("--neighbours-only", action="store_true",
                         help="how much of each class lies among its members' nearest neighbours, no simulation")
+    parser.add_argument("--rerankers", nargs="+", choices=list(RERANKERS), default=list(RERANKERS),
+                        help="the re-rankers simulated (default: every one)")
     parser.add_argument("--as-is", action="store_true",
                         help="simulate on the run's detection outputs as they are, without bringing the pipeline up "
                              "to date (say so when reporting: a stage's code may have changed since)")
@@ -260,7 +264,7 @@ def main() -> None:
             print(f"{row[0]} | " + " | ".join(f"{value:.3f}" for value in row[1:]))
         return
     if not args.timing_only:
-        table = simulate(config, inputs, names)
+        table = simulate(config, inputs, names, tuple(args.rerankers))
         table.to_csv(args.workdir / f"{args.survey}.csv", index=False)
         print(markdown(table))
     if args.survey == "test":

@@ -25,12 +25,17 @@ def first_choosers(bandit: Bandit, count: int) -> np.ndarray:
     return bandit.chosen_by_[np.argsort(-bandit.scores_, kind="stable")[:count]]
 
 
-def test_draws_share_a_block_in_proportion_to_the_posteriors():
+def test_each_slot_goes_to_an_arm_with_the_chance_that_it_is_the_best():
     draws = np.random.default_rng(0)
     blocks = [block_shares({"good": (21, 1), "bad": (1, 21), "new": (1, 1)}, 10, draws) for _ in range(200)]
     assert all(len(block) == 10 for block in blocks)
     counts = {arm: sum(block.count(arm) for block in blocks) / 2000 for arm in ("good", "bad", "new")}
-    assert counts["good"] > 0.5 > counts["new"] > counts["bad"]  # the uniform prior: unexplored arms keep some
+    # P(new's draw > good's) = E[1 - good's draw] = 1 / 22 for Beta(1, 1) against Beta(21, 1); bad's ~ never
+    assert counts["good"] == pytest.approx(21 / 22, abs=0.015)
+    assert counts["new"] == pytest.approx(1 / 22, abs=0.015) and counts["bad"] < 0.002
+    # with equal posteriors the slots are shared evenly
+    even = [arm for _ in range(200) for arm in block_shares({"a": (3, 2), "b": (3, 2)}, 10, draws)]
+    assert even.count("a") / len(even) == pytest.approx(0.5, abs=0.03)
 
 
 def test_slots_move_toward_the_reranker_whose_picks_are_interesting():

@@ -2,10 +2,11 @@
 1933; Chapelle & Li 2011). Each re-ranker (an arm) has a Beta posterior over the chance that an
 object it chose is labelled interesting (interest >= `INTERESTING`): a uniform Beta(1, 1) prior, one
 success for each of its picks labelled interesting and one failure for each labelled anything else
-(picks not labelled, or drawn in the random slice, say nothing). For each block of `block` slots
-(one page of the app's labelling loop) a chance is drawn from every posterior and the block's slots
-are shared in proportion to the draws (largest remainder), the arm of highest draw first; each arm
-fills its slots with its best unlabelled objects not taken yet. After the first `head` slots, the
+(picks not labelled, or drawn in the random slice, say nothing). For each slot a chance is drawn
+afresh from every posterior and the slot goes to the arm of highest draw (batched Thompson sampling:
+an arm gets a slot with the posterior probability that it is the best); each arm fills its slots with
+its best unlabelled objects not taken yet, a block of `block` slots (one page of the app's labelling
+loop) at a time. After the first `head` slots, the
 list follows the first arm (the app's former default, propagation), labelled objects included.
 
 Which arm chose an object is `chosen_by_`; the app keeps it with the list and hands it back at the
@@ -101,11 +102,10 @@ class Bandit(GraphReranker):
 
 
 def block_shares(posteriors: dict[str, tuple[float, float]], block: int, draws: np.random.Generator) -> list[str]:
-    """One block's slots, in order: a chance drawn from each arm's Beta posterior, the slots shared in
-    proportion to the draws (largest remainder), the arm of highest draw first."""
+    """One block's slots, in order: for each slot a chance drawn afresh from every arm's Beta posterior
+    and the slot to the arm of highest draw: batched Thompson sampling (Kandasamy et al. 2018), each
+    slot going to an arm with the posterior probability that it is the best one."""
     arms = list(posteriors)
-    chances = np.array([draws.beta(*posteriors[arm]) for arm in arms])
-    exact = block * chances / chances.sum()
-    slots = np.floor(exact).astype(int)
-    slots[np.argsort(-(exact - slots), kind="stable")[: block - slots.sum()]] += 1
-    return [arm for index in np.argsort(-chances, kind="stable") for arm in [arms[index]] * slots[index]]
+    successes, failures = np.array([posteriors[arm] for arm in arms], dtype=np.float64).T
+    chances = draws.beta(successes, failures, size=(block, len(arms)))
+    return [arms[index] for index in chances.argmax(1)]
