@@ -14,7 +14,9 @@ next refit (``chosen_by``), so that each label rewards the arm whose pick it was
 
 Cold start: while no label is interesting, the arms are the plain ranking and its most diverse top
 (one object per neighbourhood of propagation's k-NN graph, `fmb.app.graph.one_per_neighbourhood`),
-so that a class missing from the first page can still be met. Seeded: the same labels and seed make
+so that a class missing from the first page can still be met; the diverse arm reads the dull labels
+as propagation does (each pushes its neighbourhood down, `propagation.propagated`), so that its
+later pages move away from what was seen to be ordinary rather than walk down the plain top. Seeded: the same labels and seed make
 the same list."""
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pandas as pd
 from fmb.app.graph import GraphCache, one_per_neighbourhood
 from fmb.app.labels import INTERESTING
 from fmb.app.rerankers.base import GraphReranker, _checked
+from fmb.app.rerankers.propagation import propagated
 from fmb.detect.scores import percentile
 from fmb.errors import FmbError
 from fmb.plugins import reranker_class
@@ -68,7 +71,9 @@ class Bandit(GraphReranker):
     def _arm_scores(self, X, anomaly, labelled, interest) -> dict[str, np.ndarray]:
         prior = percentile(anomaly)
         if not (interest >= INTERESTING).any():  # the cold start
-            return {PLAIN: prior, DIVERSE: one_per_neighbourhood(prior, self._graph(X), labelled)}
+            graph = self._graph(X)
+            return {PLAIN: prior, DIVERSE: one_per_neighbourhood(propagated(graph, prior, labelled, interest), graph,
+                                                                 labelled)}
         scores = {}
         for arm in self.arms:
             kind = reranker_class(arm)

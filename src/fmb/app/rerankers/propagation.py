@@ -10,6 +10,8 @@ The bandit's first arm (`fmb.app.rerankers.bandit`): after its head, the bandit'
 
 from __future__ import annotations
 
+import numpy as np
+
 from fmb.app.graph import GraphCache, harmonic, one_per_neighbourhood
 from fmb.app.labels import MAX_INTEREST
 from fmb.app.rerankers.base import GraphReranker
@@ -26,8 +28,17 @@ class LabelPropagation(GraphReranker):
 
     def _scores(self, X, anomaly, prior, labelled, interest):
         graph = self._graph(X)
-        centred = (interest - MAX_INTEREST / 2) / (MAX_INTEREST / 2)
-        scores = prior + harmonic(graph, labelled, centred, self.prior_weight)
-        if self.diverse_cold_start and not (centred > 0).any():
+        scores = propagated(graph, prior, labelled, interest, self.prior_weight)
+        if self.diverse_cold_start and not (interest > MAX_INTEREST / 2).any():
             scores = one_per_neighbourhood(scores, graph, labelled)
         return scores
+
+
+def propagated(graph, prior: np.ndarray, labelled: np.ndarray, interest: np.ndarray,
+               prior_weight: float = 1.0) -> np.ndarray:
+    """The anomaly percentile `prior` plus the interest (centred, -1..1) of the labelled objects
+    spread over the graph (`harmonic`); the prior alone without labels."""
+    if not len(labelled):
+        return prior
+    centred = (interest - MAX_INTEREST / 2) / (MAX_INTEREST / 2)
+    return prior + harmonic(graph, labelled, centred, prior_weight)
