@@ -10,11 +10,12 @@ from conftest import run_config
 from fastapi.testclient import TestClient
 from test_rerank import planted
 
-from fmb.app.graph import GraphCache
+from fmb.app.graph import GraphCache, one_per_neighbourhood
 from fmb.app.rerank import DEFAULT_METHOD, read_reranked, ranking_name
 from fmb.app.rerankers.bandit import DIVERSE, PLAIN, Bandit, block_shares
 from fmb.app.server import create_app
 from fmb.detect.scores import DEFAULT_RANKING as HEADLINE
+from fmb.detect.scores import percentile
 from fmb.errors import FmbError
 from tests.app.live import private_copy
 
@@ -87,6 +88,23 @@ def test_the_cold_start_mixes_the_plain_ranking_with_one_object_per_neighbourhoo
         # the plain first page is all cluster B; the bandit's first pages reach beyond it
         assert not np.isin(order[:30], cluster_b).all() and len(first_page) == len(choosers) == 10
 
+
+
+def test_the_cold_starts_diverse_arm_moves_away_from_neighbourhoods_labelled_dull():
+    """Ten of cluster B (the plain top 30) labelled dull, none interesting: the diverse arm's picks leave
+    B, where one object per neighbourhood of the prior alone would still take B's first."""
+    X, anomaly, *_ = planted()
+    cluster_b = np.arange(30, 60)
+    labelled, interest = cluster_b[:10], np.zeros(10)
+    bandit = Bandit(seed=0).fit(X, anomaly, labelled, interest)
+    assert set(bandit.posteriors_) == {PLAIN, DIVERSE}
+    order = np.argsort(-bandit.scores_, kind="stable")[:30]
+    diverse = order[bandit.chosen_by_[order] == DIVERSE]
+    assert len(diverse) >= 5 and not np.isin(diverse, cluster_b).any()
+    graph = GraphCache(kept=0).graph(X, 16, 10, 0)
+    prior_only = one_per_neighbourhood(percentile(anomaly), graph, labelled)
+    free = np.setdiff1d(np.arange(len(X)), labelled)
+    assert np.isin(free[np.argsort(-prior_only[free], kind="stable")[:3]], cluster_b).all()
 
 # -- the app ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
