@@ -12,7 +12,7 @@ from test_rerank import planted
 
 from fmb.app.graph import GraphCache, one_per_neighbourhood
 from fmb.app.rerank import DEFAULT_METHOD, read_reranked, ranking_name
-from fmb.app.rerankers.bandit import DIVERSE, PLAIN, Bandit, block_shares
+from fmb.app.rerankers.bandit import ARMS, DIVERSE, PLAIN, Bandit, block_shares
 from fmb.app.server import create_app
 from fmb.detect.scores import DEFAULT_RANKING as HEADLINE
 from fmb.detect.scores import percentile
@@ -57,6 +57,17 @@ def test_slots_move_toward_the_reranker_whose_picks_are_interesting():
     moved = first_choosers(Bandit(seed=0).fit(X, anomaly, labelled, interest, chosen_by=swapped), 100)
     assert (moved == "propagation").mean() > (moved == "active_search").mean()
 
+
+
+def test_the_plain_ranking_stays_an_arm_and_wins_slots_when_its_picks_are_interesting():
+    X, anomaly, labelled, interest, _ = planted()  # five of cluster A labelled 5, five of B labelled 0
+    history = np.array(["plain"] * 5 + ["propagation"] * 5, dtype=object)  # plain chose the interesting five
+    shares = []
+    for seed in range(5):
+        bandit = Bandit(seed=seed).fit(X, anomaly, labelled, interest, chosen_by=history)
+        assert set(bandit.posteriors_) == {*ARMS, PLAIN} and bandit.posteriors_[PLAIN] == (6, 1)
+        shares.append((first_choosers(bandit, 100) == PLAIN).mean())
+    assert np.mean(shares) > 0.4
 
 def test_a_labelled_object_keeps_its_chooser_and_the_list_is_reproducible():
     X, anomaly, labelled, interest, _ = planted()
@@ -138,6 +149,7 @@ def test_the_bandit_is_the_default_and_a_page_marks_who_chose_each_object(client
     assert [credited[object_id] for object_id in drawn] == ["random"] * len(drawn)
     warm = client.get("/api/list", params={"rerank": "bandit", "page_size": 20}).json()
     arms = {item["chosen_by"] for item in warm["items"] if not item["random"]}
-    assert arms and arms <= {"propagation", "active_search", "astronomaly", "gp_ei"}  # interest found: the re-rankers
+    # interest found: the re-rankers, beside the plain ranking (whose picks were labelled dull here)
+    assert arms & {"propagation", "active_search", "astronomaly", "gp_ei"} and arms <= {*ARMS, PLAIN}
     plain_list = client.get("/api/list", params={"page_size": 20}).json()
     assert all(item["chosen_by"] is None for item in plain_list["items"])  # no bandit, no chooser

@@ -12,6 +12,10 @@ list follows the first arm (the app's former default, propagation), labelled obj
 Which arm chose an object is `chosen_by_`; the app keeps it with the list and hands it back at the
 next refit (``chosen_by``), so that each label rewards the arm whose pick it was.
 
+Once a label is interesting, the plain ranking stays an arm beside the re-rankers (its posterior
+counting the labels of its cold-start picks): where no re-ranker beats it for this user, its slots
+come back to it.
+
 Cold start: while no label is interesting, the arms are the plain ranking and its most diverse top
 (one object per neighbourhood of propagation's k-NN graph, `fmb.app.graph.one_per_neighbourhood`),
 so that a class missing from the first page can still be met; the diverse arm reads the dull labels
@@ -79,6 +83,7 @@ class Bandit(GraphReranker):
             kind = reranker_class(arm)
             keywords = {"graphs": self.graphs} if "graphs" in inspect.signature(kind).parameters else {}
             scores[arm] = kind(seed=self.seed, **keywords).fit(X, anomaly, labelled, interest).scores_
+        scores[PLAIN] = prior  # last: the list's tail follows the first arm
         return scores
 
     def _merged(self, scores: dict[str, np.ndarray], posteriors: dict, labelled: np.ndarray, credit: np.ndarray,
