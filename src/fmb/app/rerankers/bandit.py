@@ -6,8 +6,8 @@ success for each of its picks labelled interesting and one failure for each labe
 afresh from every posterior and the slot goes to the arm of highest draw (batched Thompson sampling:
 an arm gets a slot with the posterior probability that it is the best); each arm fills its slots with
 its best unlabelled objects not taken yet, a block of `block` slots (one page of the app's labelling
-loop) at a time. After the first `head` slots, the
-list follows the first arm (the app's former default, propagation), labelled objects included.
+loop) at a time. After the first `head` slots, the list follows the first arm (the app's former
+default, propagation), labelled objects included.
 
 Which arm chose an object is `chosen_by_`; the app keeps it with the list and hands it back at the
 next refit (``chosen_by``), so that each label rewards the arm whose pick it was.
@@ -20,8 +20,8 @@ Cold start: while no label is interesting, the arms are the plain ranking and it
 (one object per neighbourhood of propagation's k-NN graph, `fmb.app.graph.one_per_neighbourhood`),
 so that a class missing from the first page can still be met; the diverse arm reads the dull labels
 as propagation does (each pushes its neighbourhood down, `propagation.propagated`), so that its
-later pages move away from what was seen to be ordinary rather than walk down the plain top. Seeded: the same labels and seed make
-the same list."""
+later pages move away from what was seen to be ordinary rather than walk down the plain top.
+Seeded: the same labels and seed make the same list."""
 
 from __future__ import annotations
 
