@@ -10,6 +10,7 @@ discovery curve) use matplotlib, one at a time: its rc state is global.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import logging
@@ -108,7 +109,11 @@ class DrawAhead:
     """One background thread drawing what `draw(object_id)` draws for the ids last `schedule`d, in
     order; a new schedule replaces what is still pending (the page the user is on now comes first).
     The last `DRAWN_KEPT` ids drawn are remembered and not drawn again (each object page asks for its
-    list page, which schedules the page's objects once more)."""
+    list page, which schedules the page's objects once more).
+
+    The thread is stopped by `close`, which runs at interpreter exit too: a daemon thread still drawing
+    when Python finalises is killed inside matplotlib's FreeType code, and the process aborts
+    ("terminate called without an active exception", status 134)."""
 
     def __init__(self, draw: Callable[[int], None]):
         self.draw = draw
@@ -116,21 +121,36 @@ class DrawAhead:
         self._pending: deque[int] = deque()
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def schedule(self, object_ids) -> None:
         with self._ready:
+            if self._closed:
+                return
             self._pending.clear()
             self._pending.extend(int(object_id) for object_id in object_ids if int(object_id) not in self._drawn)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="fmb-draw-ahead", daemon=True)
                 self._thread.start()
+                atexit.register(self.close)
             self._ready.notify()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Drop what is pending and wait (up to `timeout` s) for the drawing under way to finish."""
+        with self._ready:
+            self._closed = True
+            self._pending.clear()
+            self._ready.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def _work(self) -> None:
         while True:
             with self._ready:
-                while not self._pending:
+                while not self._pending and not self._closed:
                     self._ready.wait()
+                if self._closed:
+                    return
                 object_id = self._pending.popleft()
             try:
                 self.draw(object_id)
