@@ -46,6 +46,11 @@ class Central:
     centre: tuple[float, float]  # (x, y) of the central source (the cutout centre when undetected)
     covariates: np.ndarray  # (len(COVARIATES),) float
 
+    @property
+    def replaced(self) -> np.ndarray:
+        """(H, W) bool: the pixels `cleaned` replaces, the neighbours' and those without data."""
+        return self.neighbours | self.blank
+
     def cleaned(self, bands: np.ndarray, subtract_median: bool = False) -> np.ndarray:
         """The bands (median-subtracted if asked: the pixel reference's normalisation; cutouts are
         sky-subtracted already) with the neighbours' and the blank pixels replaced (module doc).
@@ -54,7 +59,7 @@ class Central:
         if subtract_median:
             centred = bands - np.array([np.median(band[~self.blank]) if (~self.blank).any() else 0.0
                                         for band in bands])[:, None, None]
-        bad = self.neighbours | self.blank
+        bad = self.replaced
         mirror = bad[::-1, ::-1]
         filled = np.where(bad & ~mirror, centred[:, ::-1, ::-1], 0.0)
         return np.where(bad, filled, centred)
@@ -63,7 +68,7 @@ class Central:
         """Each band's sum over the (H, W) bool `region` of `cleaned(bands)`, without making the
         cleaned bands: a clean pixel counts once for itself if it is in the region, and once more
         for its mirror if that is replaced and in the region."""
-        bad = self.neighbours | self.blank
+        bad = self.replaced
         weight = (~bad) * (region.astype(np.float64) + (region & bad)[::-1, ::-1])
         return (bands - self.background).reshape(len(bands), -1) @ weight.ravel()
 

@@ -49,7 +49,7 @@ FEATURES = ("log_flux_vis", "log_flux_y", "log_flux_j", "log_flux_h", "colour_vi
 def measure_central(bands: np.ndarray, central: Central) -> np.ndarray:
     """(len(FEATURES),) measurements of the central source of (4, H, W) bands; NaN where undefined."""
     vis = central.cleaned(bands[:1].astype(np.float64))[0]  # the other bands give only their fluxes
-    clean = ~(central.neighbours | central.blank)
+    clean = ~central.replaced
     height, width = vis.shape
     y, x = _grid(height, width)
     dx, dy = x - central.centre[0], y - central.centre[1]
@@ -157,7 +157,7 @@ def _asymmetry_per_centre(image: np.ndarray, central: Central, aperture: np.ndar
         return np.full(9, np.nan)
     # a pixel counts only with its mirror, both in the aperture: its bounding box holds every pair
     (y0, y1), (x0, x1) = box
-    usable = (aperture & ~(central.neighbours | central.blank))[y0:y1, x0:x1]
+    usable = (aperture & ~central.replaced)[y0:y1, x0:x1]
     image = image[y0:y1, x0:x1]
     mirrored_image, mirrored_weight = _mirrors(image, usable, (int(round(2 * central.centre[1])) - 2 * y0,
                                                                int(round(2 * central.centre[0])) - 2 * x0))
@@ -237,12 +237,11 @@ def _gini_m20(image: np.ndarray, segment: np.ndarray, radius: np.ndarray) -> tup
     n = ordered.size
     gini = float(((2 * np.arange(1, n + 1) - n - 1) * ordered).sum() / (ordered.sum() * (n - 1)))
     moment = flux * radius[segment] ** 2
-    order = order[::-1]
-    brightest = np.cumsum(flux[order]) <= 0.2 * flux.sum()
+    brightest = np.cumsum(ascending[::-1]) <= 0.2 * flux.sum()
     total_moment = moment.sum()
     if not brightest.any() or total_moment <= 0:
         return gini, float("nan")
-    return gini, float(np.log10(max(moment[order][brightest].sum(), 1e-12) / total_moment))
+    return gini, float(np.log10(max(moment[order[::-1]][brightest].sum(), 1e-12) / total_moment))
 
 
 def _ellipticity(image: np.ndarray, segment: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:

@@ -148,7 +148,7 @@ class _Batch:
         index = np.minimum(index, self.flux.shape[1] - 1)
         flat_index = index + self.row_starts
         grid_index = index if self.shared_grid else flat_index
-        take = lambda array, at: array.ravel().take(at).astype(np.float64)  # noqa: E731
+        take = lambda array, at: array.ravel().take(at).astype(np.float64, copy=False)  # noqa: E731
         ivar = take(self.ivar, flat_index)
         return (take(self.flux, flat_index), np.where(inside & np.isfinite(ivar), ivar, 0.0), take(self.grid, grid_index),
                 take(self.step, grid_index))
