@@ -231,3 +231,17 @@ def test_a_damaged_umap_cache_is_built_again(tmp_path: Path):
     assert xy.shape == (30, 2) and np.isfinite(xy).all()
     with np.load(damaged) as rebuilt:  # the cache is whole again
         np.testing.assert_array_equal(rebuilt["xy"], xy)
+
+
+def test_adapted_weights_of_another_shape_say_to_adapt_again(project: Path, monkeypatch, capsys):
+    """Weights adapted by another version of fmb (a fitted tensor of another shape) end in one line
+    naming the tensor and the command that adapts them again."""
+    from fmb.io import read_torch, write_torch
+
+    best = load_config(root=project).layout.model("pixels").best
+    saved = read_torch(best, "adapted pixels weights")
+    saved["model"]["image_part.level_mean"] = saved["model"]["image_part.level_mean"][:3]
+    write_torch(saved, best)
+    code, err = fmb(project, monkeypatch, capsys, "embed", "pixels", "--force", *PIXELS)
+    line = one_line(err)
+    assert code == 2 and "image_part.level_mean (3,) vs (4,)" in line and "`fmb adapt pixels --force`" in line
