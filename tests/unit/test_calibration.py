@@ -12,7 +12,8 @@ from fmb.detect.calibrate import TailCalibrator, cauchy_combine, significance
 from fmb.detect.density import CrossFitted, Reducer
 from fmb.detect.fusion import Calibration, calibrate
 from fmb.detect.residual import PCAResidual
-from fmb.detect.scores import CALIBRATED_FUSION, CONSENSUS, FIT_SAMPLE, p_column, ranks_by_id, score_column
+from fmb.detect.scores import (CALIBRATED_FUSION, CONSENSUS, FIT_SAMPLE, calibrated_inputs, p_column, ranks_by_id,
+                               score_column)
 from fmb.detect.consensus import write_consensus
 from fmb.detect.population import connection
 from fmb.plugins import detector_class
@@ -85,6 +86,25 @@ def test_one_extreme_input_ranks_above_mildly_high_in_all():
     # every p_ column of ordinary objects is near uniform; the fused one too
     p = scored[p_column(CALIBRATED_FUSION)].to_numpy()[2:]
     assert stats.kstest(p, "uniform").statistic < 0.05
+
+
+def test_the_joint_embedding_counts_in_the_fusion_only_where_a_way_it_joins_has_no_channel():
+    """The joint embedding is the image and the spectrum side by side: where the image, the spectrum
+    and the pairing each have a channel it is not fused again (an object odd in the joint density
+    alone stays ordinary); without the misalignment it is the only view of the pairing and counts."""
+    rng = np.random.default_rng(1)
+    n = 3000
+    columns = [score_column(m, "knn") for m in ("image", "spectrum", "joint")] + ["mismatch"]
+    frame = pd.DataFrame(rng.normal(size=(n, 4)), columns=columns).assign(object_id=np.arange(n))
+    frame.loc[0, score_column("joint", "knn")] = 8.0
+    reference = np.ones(n, dtype=bool)
+    combined = [score_column(m, "combined") for m in ("image", "spectrum", "joint")]
+    assert calibrated_inputs([*combined, "mismatch"]) == [*combined[:2], "mismatch"]
+    assert calibrated_inputs(combined) == combined
+    with_pairing = ranks_by_id(calibrate(frame.copy(), Calibration(0.05), ["knn"], reference), CALIBRATED_FUSION)
+    without = ranks_by_id(calibrate(frame.drop(columns="mismatch"), Calibration(0.05), ["knn"], reference),
+                          CALIBRATED_FUSION)
+    assert with_pairing[0] > n // 100 and without[0] == 1
 
 
 def test_residual_finds_an_object_off_the_manifold_that_the_pca_density_misses():

@@ -88,7 +88,7 @@ def load_inputs(config, model: str | None = None, ranking: str | None = None) ->
 
 def evidence(scores: pd.DataFrame) -> np.ndarray:
     """(N, k) -log10 of the calibrated tail probability of each way of being odd that the default
-    ranking fuses (each modality's combined score, the misalignment): how an object is odd, which
+    ranking fuses (`calibrated_inputs`: image, spectrum, the misalignment): how an object is odd, which
     says more of what it is than how odd. A missing probability is no evidence (p = 1)."""
     columns = [p_column(column) for column in calibrated_inputs(scores.columns) if p_column(column) in scores]
     probabilities = np.nan_to_num(scores[columns].to_numpy(np.float64), nan=1.0)

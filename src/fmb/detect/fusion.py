@@ -11,8 +11,10 @@ odd to all of them over one extreme in a single way):
   where others are weak;
 * ``score_<modality>_combined``: that ensemble and the modality's reconstruction residual (on the
   manifold of ordinary objects and off it);
-* ``fused_cauchy``: each modality's combined score and the misalignment: an object odd in any
-  one way (image, spectrum, the joint embedding, the pairing) rises.
+* ``fused_cauchy``: the image's and the spectrum's combined scores and the misalignment: an object
+  odd in any one way (image, spectrum, the pairing) rises. The joint embedding's combined score
+  joins only where one of those is missing (`fmb.detect.scores.calibrated_inputs`): its density
+  sees each of those ways again.
 
 Every combination is recalibrated against the fit sample, so each p_ column is the share of
 ordinary objects at least that odd, and -log10 of it is the score.

@@ -14,8 +14,9 @@ A score table (`runs/<name>/scores/<model>.parquet`) has one row per object and
   without one, with its ``p_``; ``score_redshift`` their calibrated combination, the redshift
   channel. Not ranked (no ``pct_``/``rank_``): the percentile fusions' common set does not depend
   on whether an object has a redshift;
-* ``fused_cauchy``: -log10 of the Cauchy combination of the calibrated tail probabilities of each
-  modality's combined score and of the misalignment: an object odd in any one way rises;
+* ``fused_cauchy``: -log10 of the Cauchy combination of the calibrated tail probabilities of the
+  image's and the spectrum's combined scores and of the misalignment (the joint embedding's only
+  where one of them is missing: `calibrated_inputs`): an object odd in any one way rises;
   ``p_fused_cauchy`` its tail probability (`fmb.detect.fusion`);
 * ``fused_adjusted`` (the default ranking): the same channels and the redshift channel, each
   calibrated among ordinary objects with the same nuisance covariates (crowding, edges; see
@@ -103,10 +104,16 @@ def fusion_inputs(method: str) -> list[str]:
 
 
 def calibrated_inputs(columns) -> list[str]:
-    """The columns `fused_cauchy` combines, those present: each modality's combined score (its
-    density ensemble and residual) and the misalignment."""
-    wanted = [score_column(m, COMBINED) for m in MODALITIES] + [MISMATCH]
-    return [c for c in wanted if c in set(columns)]
+    """The columns `fused_cauchy` combines, those present: each way of being odd once. The image's
+    and the spectrum's combined scores (each modality's density ensemble and residual) and the
+    misalignment; the joint embedding's combined score only where one of those three is missing,
+    because the joint embedding is the two modalities side by side: its density sees an odd image,
+    an odd spectrum or an odd pairing, each of which has its own channel when all three are there,
+    and counting it too would count every way twice."""
+    present = set(columns)
+    own = [score_column("image", COMBINED), score_column("spectrum", COMBINED), MISMATCH]
+    wanted = own if set(own) <= present else [*own[:2], score_column("joint", COMBINED), MISMATCH]
+    return [c for c in wanted if c in present]
 
 
 def is_score(column: str) -> bool:
