@@ -248,9 +248,9 @@ def test_a_runs_rerank_follows_its_labels(scored_run: Path):
     config = run_config(scored_run)
     inputs = load_inputs(config)
     assert inputs.model == "pixels" and inputs.ranking == HEADLINE and len(inputs.object_ids) == 300
-    # the joint embedding (2 x 8 components) beside the evidence profile (3 modalities, misalignment)
+    # the joint embedding (2 x 8 components) beside the evidence profile (image, spectrum, misalignment)
     embedding, profile = inputs.features[:, :16], inputs.features[:, 16:]
-    assert profile.shape == (300, 4) and embedding.var(axis=0).sum() == pytest.approx(1)
+    assert profile.shape == (300, 3) and embedding.var(axis=0).sum() == pytest.approx(1)
     assert profile.var(axis=0).sum() == pytest.approx(1)
     plain = rerank(config, None, None, "propagation", pd.DataFrame(columns=["object_id", "interest"]))
     assert list(plain.columns) == ["object_id", "score", "rank"] and plain["rank"].iloc[0] == 1
