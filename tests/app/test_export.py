@@ -102,7 +102,7 @@ def test_the_app_downloads_the_same_table(project: Path, labelled: dict):
 
 def test_the_app_sends_the_table_over_samp(project: Path, labelled: dict, tmp_path: Path, monkeypatch):
     """A real SAMP hub (astropy's) and a real client subscribed to table.load.votable, as TOPCAT is."""
-    from astropy.samp import SAMPHubServer, SAMPIntegratedClient
+    from pyvo.samp import SAMPHubServer, SAMPIntegratedClient
 
     lockfile = tmp_path / "samp-lock"
     hub = SAMPHubServer(web_profile=False, lockfile=str(lockfile), timeout=60)

@@ -1,4 +1,5 @@
-"""Send a table to TOPCAT, Aladin or any SAMP client through the running SAMP hub (`astropy.samp`).
+"""Send a table to TOPCAT, Aladin or any SAMP client through the running SAMP hub (`pyvo.samp`,
+which astropy 8 moved it to from `astropy.samp`).
 
 SAMP (the IVOA's Simple Application Messaging Protocol) passes a table by URL: the app writes the
 VOTable into the run's app directory and broadcasts ``table.load.votable`` with its file URL, so the
@@ -19,7 +20,7 @@ TIMEOUT_S = 10
 def send_table(path: Path, name: str) -> list[str]:
     """Broadcast the VOTable at `path` as `name` to every client of the hub that loads VOTables;
     the names of those clients. FmbError when no hub runs or none listens."""
-    from astropy.samp import SAMPHubError, SAMPIntegratedClient, SAMPProxyError
+    from pyvo.samp import SAMPHubError, SAMPIntegratedClient, SAMPProxyError
 
     client = SAMPIntegratedClient(name=CLIENT_NAME, description="fmb discovery app")
     try:
