@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import sep
 from sklearn.metrics import average_precision_score
 
 from fmb.models.measure import deblend
@@ -68,17 +67,9 @@ def companions(bands: np.ndarray, radius: float) -> dict[str, float]:
     return row
 
 
-def _catalogue(bands: np.ndarray, central) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+def _catalogue(bands: np.ndarray, central) -> tuple[np.ndarray, np.ndarray, int | None]:
     vis = np.ascontiguousarray(bands[0])
-    try:
-        sources, segmentation = sep.extract(vis, deblend.DETECT_SIGMA, err=deblend._robust_sigma(vis[~central.blank]),
-                                            mask=central.blank, minarea=deblend.MIN_AREA_PX,
-                                            deblend_nthresh=deblend.DEBLEND_LEVELS,
-                                            deblend_cont=deblend.DEBLEND_CONTRAST, segmentation_map=True)
-    except Exception as error:  # as find_central: SEP gives up on pathological cutouts
-        if "pixstack" not in str(error) and "objects" not in str(error):
-            raise
-        return np.zeros(0), None, None
+    sources, segmentation = deblend.detect(vis, deblend._robust_sigma(vis[~central.blank]), central.blank)
     height, width = vis.shape
     return sources, segmentation, deblend._central_index(sources, segmentation, ((width - 1) / 2, (height - 1) / 2))
 

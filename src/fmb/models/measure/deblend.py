@@ -80,15 +80,7 @@ def find_central(bands: np.ndarray) -> Central:
     vis_noise = _robust_sigma(bands[0][~blank])  # detection's; the other bands' first guesses only if needed
     vis = np.ascontiguousarray(bands[0], dtype=np.float64)
     centre = ((width - 1) / 2, (height - 1) / 2)
-    try:
-        sources, segmentation = sep.extract(vis, DETECT_SIGMA, err=float(vis_noise), mask=blank, minarea=MIN_AREA_PX,
-                                            deblend_nthresh=DEBLEND_LEVELS, deblend_cont=DEBLEND_CONTRAST,
-                                            segmentation_map=True)
-    except Exception as error:  # SEP gives up on pathological images (too many pixels above threshold)
-        if "pixstack" not in str(error) and "objects" not in str(error):
-            raise
-        sources, segmentation = np.zeros(0, dtype=[("x", float), ("y", float), ("flux", float), ("flag", int)]), \
-            np.zeros((height, width), dtype=np.int32)
+    sources, segmentation = detect(vis, vis_noise, blank)
     central = _central_index(sources, segmentation, centre)
     labels = np.arange(1, len(sources) + 1)
     others = labels[labels != central + 1] if central is not None else labels
@@ -101,6 +93,20 @@ def find_central(bands: np.ndarray) -> Central:
     noise = _sky_noise(bands - background, ~sources_or_blank, bands, blank)
     covariates = _crowding(sources, central, segment, segmentation, others, blank, centre, (height, width))
     return Central(segment, neighbours, blank, noise, background, centre, covariates)
+
+
+def detect(vis: np.ndarray, noise: float, blank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SEP's catalogue and segmentation map of the (H, W) float64 VIS band (`noise` its robust sigma,
+    `blank` its pixels without data), with the module's thresholds and deblending; none found where
+    SEP gives up on a pathological image (too many pixels above threshold)."""
+    try:
+        return sep.extract(vis, DETECT_SIGMA, err=float(noise), mask=blank, minarea=MIN_AREA_PX,
+                           deblend_nthresh=DEBLEND_LEVELS, deblend_cont=DEBLEND_CONTRAST, segmentation_map=True)
+    except Exception as error:
+        if "pixstack" not in str(error) and "objects" not in str(error):
+            raise
+        return np.zeros(0, dtype=[("x", float), ("y", float), ("flux", float), ("flag", int)]), \
+            np.zeros(vis.shape, dtype=np.int32)
 
 
 def _local_background(bands: np.ndarray, sources: np.ndarray) -> np.ndarray:
