@@ -10,7 +10,8 @@ from sklearn.neighbors import NearestNeighbors
 from fmb.detect.conditional import RedshiftConditional, with_redshift
 from fmb.detect.density import CrossFitted, load, save
 from fmb.detect.fusion import Calibration, adjust, calibrate
-from fmb.detect.scores import ADJUSTED_FUSION, REDSHIFT, REDSHIFT_CHANNEL, rank_descending, score_column
+from fmb.detect.scores import (ADJUSTED_FUSION, CALIBRATED_FUSION, REDSHIFT, REDSHIFT_CHANNEL, rank_descending,
+                               score_column)
 
 N, D = 3000, 6
 
@@ -58,3 +59,20 @@ def test_objects_without_a_redshift_get_no_conditional_score_and_keep_the_others
     assert np.isnan(frame[REDSHIFT_CHANNEL].to_numpy()[5:50]).all()
     assert np.isfinite(frame[ADJUSTED_FUSION].to_numpy()).all()  # the other channels still rank them
     assert rank_descending(frame[ADJUSTED_FUSION].to_numpy())[0] <= 3  # the odd-for-its-redshift object
+
+
+def test_odd_for_its_redshift_is_the_image_channel_not_a_channel_of_its_own():
+    """The image odd for its redshift only: its image channel (and so both fusions) ranks it first,
+    among image, spectrum and pairing channels that do not see it."""
+    ids, z, x = survey(3)
+    image_z = CrossFitted(RedshiftConditional, 5, 0).fit(with_redshift(z, x), ids).score(with_redshift(z, x), ids)
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"object_id": ids, score_column("image", "flow"): rng.standard_normal(N),
+                          score_column("spectrum", "flow"): rng.standard_normal(N),
+                          "mismatch": rng.standard_normal(N), score_column("image", REDSHIFT): image_z})
+    every = np.ones(N, dtype=bool)
+    calibration = Calibration(0.05)
+    frame = adjust(calibrate(frame, calibration, ["flow"], every), calibration, np.zeros((N, 0)), every)
+    for column in (score_column("image", "combined"), CALIBRATED_FUSION, ADJUSTED_FUSION):
+        assert rank_descending(frame[column].to_numpy())[0] == 1, column
+    assert rank_descending(frame[score_column("spectrum", "combined")].to_numpy())[0] > 0.05 * N

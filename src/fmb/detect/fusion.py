@@ -9,8 +9,10 @@ odd to all of them over one extreme in a single way):
 
 * ``score_<modality>_ensemble``: the modality's density detectors (`detect.methods`), each strong
   where others are weak;
-* ``score_<modality>_combined``: that ensemble and the modality's reconstruction residual (on the
-  manifold of ordinary objects and off it);
+* ``score_<modality>_combined``: that ensemble, the modality's reconstruction residual (on the
+  manifold of ordinary objects and off it) and, for an object with a redshift, its score for that
+  redshift (`fmb.detect.conditional`: a colour or a line ordinary at one redshift and impossible
+  at another): every way the modality is odd;
 * ``fused_cauchy``: the image's and the spectrum's combined scores and the misalignment: an object
   odd in any one way (image, spectrum, the pairing) rises. The joint embedding's combined score
   joins only where one of those is missing (`fmb.detect.scores.calibrated_inputs`): its density
@@ -87,43 +89,44 @@ class Calibration:
 
 
 def calibrate(frame: pd.DataFrame, calibration: Calibration, methods, reference: np.ndarray | None) -> pd.DataFrame:
-    """Add p_* for every detector and misalignment score, each modality's ensemble and combined
-    scores, and fused_cauchy."""
+    """Add p_* for every detector, misalignment and redshift-conditional score, each modality's
+    ensemble and combined scores, ``score_redshift`` and fused_cauchy.
+
+    A modality's combined score holds every way that modality is odd: its density ensemble, its
+    residual (on the manifold of ordinary objects and off it) and, where the object has a redshift,
+    its score for that redshift (`fmb.detect.conditional`). Odd for its redshift is not a way of
+    being odd of its own but the image's or the spectrum's, judged in context, so it joins their
+    channels rather than taking a share of the fusion beside them. ``score_redshift``, the three
+    redshift scores combined, is kept for reading (NaN without a redshift) and fused nowhere."""
     log_p = {}
-    for column in ranked_columns(frame.columns):
+    for column in ranked_columns(frame.columns) + _redshift_columns(frame.columns):
         log_p[column] = calibration.log_p(column, frame[column].to_numpy(dtype=float), reference)
         frame[p_column(column)] = np.exp(log_p[column])
     for modality in MODALITIES:
         _combine_into(frame, score_column(modality, ENSEMBLE), [score_column(modality, m) for m in methods],
                       log_p, calibration, reference)
         _combine_into(frame, score_column(modality, COMBINED),
-                      [score_column(modality, ENSEMBLE), score_column(modality, RESIDUAL)], log_p, calibration,
-                      reference)
+                      [score_column(modality, ENSEMBLE), score_column(modality, RESIDUAL),
+                       score_column(modality, REDSHIFT)], log_p, calibration, reference)
+    _combine_into(frame, REDSHIFT_CHANNEL, _redshift_columns(frame.columns), log_p, calibration, reference)
     _combine_into(frame, CALIBRATED_FUSION, calibrated_inputs(log_p), log_p, calibration, reference)
     return frame
 
 
+def _redshift_columns(columns) -> list[str]:
+    return [score_column(modality, REDSHIFT) for modality in MODALITIES if score_column(modality, REDSHIFT) in columns]
+
+
 def adjust(frame: pd.DataFrame, calibration: Calibration, covariates: np.ndarray,
            reference: np.ndarray | None) -> pd.DataFrame:
-    """Add the redshift channel and the default ranking to a calibrated frame (`calibrate`).
-
-    * ``score_redshift``: the Cauchy combination of each modality's ``score_<modality>_redshift``
-      (odd for its redshift, `fmb.detect.conditional`), recalibrated; NaN without a redshift;
-    * ``fused_adjusted``: every channel of ``fused_cauchy`` and the redshift channel, each
-      calibrated within its nuisance bin (`covariates`, objects x covariates), Cauchy-combined and
-      calibrated within the nuisance bins again: a channel lifts an object only by evidence beyond
-      what ordinary objects observed the same way show, and the top of the list holds each way of
-      being observed in proportion to its share, unless its objects are odd beyond it."""
-    log_p = {}
-    for modality in MODALITIES:
-        column = score_column(modality, REDSHIFT)
-        if column in frame:
-            log_p[column] = calibration.log_p(column, frame[column].to_numpy(dtype=float), reference)
-            frame[p_column(column)] = np.exp(log_p[column])
-    _combine_into(frame, REDSHIFT_CHANNEL, list(log_p), log_p, calibration, reference)
-    channels = [*calibrated_inputs(frame.columns), *([REDSHIFT_CHANNEL] if REDSHIFT_CHANNEL in log_p else [])]
-    members = [calibration.nuisance_log_p(column, significance(_channel_log_p(frame, column, calibration, log_p)),
-                                          covariates, reference) for column in channels]
+    """Add the default ranking to a calibrated frame (`calibrate`): ``fused_adjusted``, every
+    channel of ``fused_cauchy`` calibrated within its nuisance bin (`covariates`, objects x
+    covariates), Cauchy-combined and calibrated within the nuisance bins again: a channel lifts an
+    object only by evidence beyond what ordinary objects observed the same way show, and the top of
+    the list holds each way of being observed in proportion to its share, unless its objects are
+    odd beyond it."""
+    members = [calibration.nuisance_log_p(column, significance(_channel_log_p(frame, column, calibration)),
+                                          covariates, reference) for column in calibrated_inputs(frame.columns)]
     if members:
         statistic = significance(cauchy_combine(np.column_stack(members)))
         adjusted = calibration.nuisance_log_p(ADJUSTED_FUSION, statistic, covariates, reference)
@@ -132,11 +135,9 @@ def adjust(frame: pd.DataFrame, calibration: Calibration, covariates: np.ndarray
     return frame
 
 
-def _channel_log_p(frame: pd.DataFrame, column: str, calibration: Calibration, log_p: dict) -> np.ndarray:
+def _channel_log_p(frame: pd.DataFrame, column: str, calibration: Calibration) -> np.ndarray:
     """A fusion channel's calibrated log p: a combination's column is -log10 of it, a detector's
     score goes through its calibrator."""
-    if column in log_p:
-        return log_p[column]
     if column.endswith(f"_{COMBINED}"):
         return -frame[column].to_numpy(dtype=float) * np.log(10.0)
     return calibration.log_p(column, frame[column].to_numpy(dtype=float), None)

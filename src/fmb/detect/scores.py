@@ -6,21 +6,22 @@ A score table (`runs/<name>/scores/<model>.parquet`) has one row per object and
   ``z_<modality>_<method>`` its robust z, ``pct_<modality>_<method>`` and ``rank_<modality>_<method>``;
   the method ``residual`` is the reconstruction residual off the embedding's PCA (or the model's own
   noise-weighted residual), the method ``ensemble`` the calibrated combination of the modality's
-  density detectors and ``combined`` that of its ensemble and residual, both in -log10 p;
+  density detectors and ``combined`` that of its ensemble, residual and redshift score (every way
+  the modality is odd), both in -log10 p;
 * ``p_<stem>``: every score's calibrated tail probability (`fmb.detect.calibrate`);
 * ``mismatch`` (fused), ``mismatch_residual`` and, for aligned models, ``mismatch_cosine``, each
   with ``pct_``, ``rank_`` and ``p_``;
 * ``score_<modality>_redshift``: odd for its redshift (`fmb.detect.conditional`), NaN for an object
-  without one, with its ``p_``; ``score_redshift`` their calibrated combination, the redshift
-  channel. Not ranked (no ``pct_``/``rank_``): the percentile fusions' common set does not depend
+  without one, with its ``p_``; it is a member of the modality's ``combined`` score.
+  ``score_redshift`` is the three combined, to read (fused nowhere: the modalities' channels hold
+  them). Not ranked (no ``pct_``/``rank_``): the percentile fusions' common set does not depend
   on whether an object has a redshift;
 * ``fused_cauchy``: -log10 of the Cauchy combination of the calibrated tail probabilities of the
   image's and the spectrum's combined scores and of the misalignment (the joint embedding's only
   where one of them is missing: `calibrated_inputs`): an object odd in any one way rises;
   ``p_fused_cauchy`` its tail probability (`fmb.detect.fusion`);
-* ``fused_adjusted`` (the default ranking): the same channels and the redshift channel, each
-  calibrated among ordinary objects with the same nuisance covariates (crowding, edges; see
-  `fmb.detect.nuisance`) before the Cauchy combination, which is calibrated within them again:
+* ``fused_adjusted`` (the default ranking): the same channels, each calibrated among ordinary
+  objects with the same nuisance covariates (crowding, edges; see `fmb.detect.nuisance`) before the Cauchy combination, which is calibrated within them again:
   a nuisance tail cannot flood it; ``p_fused_adjusted``;
 * the percentile fusions of the original, ``fused_geo`` ("odd in every way"), ``fused_min``,
   ``fused_avg``, ``fused_all``, ``fused_max``, and ``uplift``;

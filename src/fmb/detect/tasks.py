@@ -332,7 +332,7 @@ def _fit(config: ResolvedConfig, model: str, ids: np.ndarray, matrices: dict, re
 
 def _catalog(config: ResolvedConfig) -> Path | None:
     """The catalog whose redshifts the conditional score reads; None when the survey cannot be
-    opened here: detect needs only the embeddings, and then scores without the redshift channel."""
+    opened here: detect needs only the embeddings, and then scores without the redshift scores."""
     try:
         return catalog_path(config)
     except FmbError:
@@ -393,18 +393,19 @@ def score_objects(fitted: ModelDetectors, ids: np.ndarray, matrices: dict, resid
             seconds[column] += time.perf_counter() - started
         if fitted.aligned:  # image and spectrum spaces aligned by training: the cosine means something
             frame["mismatch_cosine"] = cosine_mismatch(matrices["image"], matrices["spectrum"])
-    started = time.perf_counter()
-    frame = calibrate(frame, fitted.calibration, fitted.methods, reference)
-    seconds["calibration"] += time.perf_counter() - started
-    if fitted.context is not None:  # odd for its redshift, and the nuisance-adjusted default ranking
+    if fitted.context is not None:  # odd for its redshift: one more way each modality is odd
         started = time.perf_counter()
         z = fitted.context.redshift(ids)
         for modality, crossfit in fitted.conditional.items():
             if modality in reduced:
                 frame[score_column(modality, REDSHIFT)] = cross_fitted(score_column(modality, REDSHIFT), crossfit,
                                                                        with_redshift(z, reduced[modality]))
-        frame = adjust(frame, fitted.calibration, fitted.context.covariate_matrix(ids), reference)
         seconds[REDSHIFT] += time.perf_counter() - started
+    started = time.perf_counter()
+    frame = calibrate(frame, fitted.calibration, fitted.methods, reference)
+    if fitted.context is not None:  # the nuisance-adjusted default ranking
+        frame = adjust(frame, fitted.calibration, fitted.context.covariate_matrix(ids), reference)
+    seconds["calibration"] += time.perf_counter() - started
     if fitted.fit_ids is not None:
         frame[FIT_SAMPLE] = np.isin(ids, fitted.fit_ids)
     return frame
@@ -481,5 +482,5 @@ def _refuse_other_embeddings(config: ResolvedConfig, model: str, embeddings: Pat
 #: Stage 3: every embedded model of run.models (or detect.models) scored; under an executor, the fit
 #: is one job and the scoring one array task per shard of embedding parts.
 DETECT = Stage("detect", detect, ("detect", "seed", "run.models"), inputs=embedding_manifests,
-               outputs=detect_outputs, after=("embed",), version=5,  # 5: the joint channel leaves the fusions
+               outputs=detect_outputs, after=("embed",), version=6,  # 6: odd for its redshift joins each modality's channel
                sharding=Sharding(detect_units, detect_shard, finish_detect, fit_detectors), check=check_detect)
