@@ -104,3 +104,13 @@ def test_validate_skips_later_copies_of_an_id_as_the_index_does(project: Path, m
     assert duplicates["validate"] == duplicates["index"] == {(61, "part-1.parquet:1"), (63, "part-1.parquet:2")}
     reasons = {r["reason"] for r in rejects if r["stage"] == "validate" and r["field"] == "object_id"}
     assert reasons == {"duplicate of the row at part-0.parquet:1", "duplicate of the row at part-0.parquet:3"}
+
+
+def test_help_paragraphs_wrap_at_the_terminal_not_at_the_docstring():
+    """A command's help paragraph is one flow of text: at a wide terminal each sentence stays on one
+    line, where Typer's rich help would break it wherever the docstring's source lines end."""
+    wide = {"COLUMNS": "400", "TERMINAL_WIDTH": "400"}
+    for args, sentence in ((["run", "--help"], "With --slurm every stage that runs goes to SLURM: job arrays"),
+                           (["analyze", "--help"], "AUROC, recall@1%/5%, per anomaly class and overall")):
+        lines = runner.invoke(app, args, env=wide).output.splitlines()
+        assert any(sentence in line for line in lines), args

@@ -23,7 +23,7 @@ from rich.text import Text
 from fmb import __version__
 # the order they register in is the order of --help: the pipeline, the app, the original names, setup
 from fmb.cli import stages, data, analyze, discovery, export, original, imports  # noqa: F401,I001
-from fmb.cli.common import app, console
+from fmb.cli.common import app, console, reflow_help
 from fmb.cli.setup import setup_app
 from fmb.config import find_root
 from fmb.errors import FmbError
@@ -32,6 +32,7 @@ from fmb.layout import crash_logs
 __all__ = ["app", "main"]
 
 app.add_typer(setup_app, name="setup", rich_help_panel="Setup and migration")
+reflow_help(app)
 
 
 def _version(value: bool) -> None:

@@ -3,6 +3,7 @@ one way a command builds its config and runs its stage."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -107,3 +108,25 @@ def run_reference(value: str | None) -> tuple[Path | None, str | None]:
         raise ConfigError(f"--run {value!r}: give a run name or a run directory runs/<name>")
     root = path.parent.parent
     return (root if str(root) not in ("", ".") else None), path.name
+
+
+def reflow_help(typer_app: typer.Typer) -> None:
+    """Give every command of `typer_app` (and of its groups) its help with each paragraph's lines
+    joined. Typer's rich help keeps a docstring's line breaks inside a paragraph, which then break
+    again where the terminal wraps: ragged help. Call once every command is registered."""
+    for info in typer_app.registered_commands:
+        text = info.help or (info.callback.__doc__ if info.callback else None)
+        if text:
+            info.help = reflowed(text)
+    for group in typer_app.registered_groups:
+        reflow_help(group.typer_instance)
+
+
+def reflowed(text: str) -> str:
+    """`text` (a docstring) with each paragraph's lines joined by spaces, except a paragraph that is
+    laid out by hand (an indented line, a list item or a table row), which is kept as written."""
+    def laid_out(paragraph: str) -> bool:
+        return any(line.startswith((" ", "*", "-", "|", "\b")) for line in paragraph.splitlines())
+
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if laid_out(p) else " ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
