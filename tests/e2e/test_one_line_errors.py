@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from fmb.cli import app
 from fmb.config import load_config
-from fmb.layout import crash_logs
+from fmb.layout import RunLayout, crash_logs
 from tests.conftest import fmb_main
 
 PIXELS = ["--set", "models.pixels.components=6", "--set", "models.pixels.image_size=8",
@@ -245,3 +245,16 @@ def test_adapted_weights_of_another_shape_say_to_adapt_again(project: Path, monk
     code, err = fmb(project, monkeypatch, capsys, "embed", "pixels", "--force", *PIXELS)
     line = one_line(err)
     assert code == 2 and "image_part.level_mean (3,) vs (4,)" in line and "`fmb adapt pixels --force`" in line
+
+
+@pytest.mark.parametrize("command", [["report"], ["status"], ["app"], ["detect"], ["analyze", "evaluate"],
+                                     ["export", "out.csv"], ["verify"]])
+def test_a_misspelt_run_names_the_run_it_meant_and_creates_nothing(tmp_path: Path, monkeypatch, capsys, command):
+    """A typo in --run once read the project's defaults (a report of nothing, "no truth table",
+    "every part matches") or started an empty run; now it names the run that exists."""
+    (tmp_path / "fmb.yaml").write_text("name: test\n")
+    demo = RunLayout.of(tmp_path, "demo").root
+    demo.mkdir(parents=True)
+    code, said = fmb(tmp_path, monkeypatch, capsys, *command, "--run", "deom")
+    assert code == 2 and "--run deom: no such run" in said and "did you mean demo?" in said, said
+    assert [p.name for p in demo.parent.iterdir()] == ["demo"]

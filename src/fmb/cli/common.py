@@ -61,15 +61,31 @@ def executor_flags(kind: str | None, slurm: bool) -> dict:
     return {"executor.kind": "slurm" if slurm else kind}
 
 
-def build_config(task: list[Path] | None, sets: list[str] | None, run: str | None, **flags: Any) -> ResolvedConfig:
+def build_config(task: list[Path] | None, sets: list[str] | None, run: str | None, existing: bool = False,
+                 **flags: Any) -> ResolvedConfig:
     """The config of a command: `run` is the --run/--name value (a name or runs/<name>). Keys that
-    change results and differ from what the run last ran with are said before anything is written."""
+    change results and differ from what the run last ran with are said before anything is written.
+    `existing`: the command works on a run's outputs, so a run named that does not exist is an error
+    (a typo would otherwise read the project's defaults, or start an empty run)."""
     root, name = run_reference(run)
     resolved = load_config(task, cli={"name": name, **flags}, sets=sets, root=root)
+    if existing and name is not None and not resolved.run_dir.is_dir():
+        raise ConfigError(missing_run(resolved.run_dir))
     changes = resolved.run_changes()
     if changes:
         log(f"run {resolved.name}: settings differ from those its stages last ran with: {'; '.join(changes)}")
     return resolved
+
+
+def missing_run(run_dir: Path) -> str:
+    """What to say of a run that does not exist: the runs there are, the closest first."""
+    import difflib
+
+    runs = sorted(path.name for path in run_dir.parent.iterdir() if path.is_dir() and not path.name.startswith(".")) \
+        if run_dir.parent.is_dir() else []
+    close = difflib.get_close_matches(run_dir.name, runs, n=1)
+    known = f"; did you mean {close[0]}?" if close else f"; runs there: {', '.join(runs)}" if runs else ""
+    return f"--run {run_dir.name}: no such run in {run_dir.parent}{known} (`fmb run --run {run_dir.name}` starts one)"
 
 
 def log(line: str) -> None:

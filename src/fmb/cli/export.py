@@ -33,7 +33,7 @@ def export_command(
     as a table TOPCAT, Aladin or astropy reads."""
     from fmb.app.export import export_run
 
-    done = export_run(build_config(config, set_, name), out, model, ranking, top, objects)
+    done = export_run(build_config(config, set_, name, existing=True), out, model, ranking, top, objects)
     log(f"wrote {done['path']}: {done['objects']} objects ({done['labelled']} labelled) from {done['ranking']}")
     if objects:
         log(f"wrote {done['object_files']} object files to {done['objects_dir']}")

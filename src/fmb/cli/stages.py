@@ -66,7 +66,7 @@ def embed_command(
     """
     from fmb.embed import store  # torch and the model packages load only when needed
 
-    resolved = build_config(config, set_, name, **{f"models.{model}.preset": preset}, **executor_flags(executor, slurm))
+    resolved = build_config(config, set_, name, existing=True, **{f"models.{model}.preset": preset}, **executor_flags(executor, slurm))
     directory = resolved.layout.embeddings(model).dir
     if import_pt is not None:
         import_embeddings(resolved, model, import_pt, force)
@@ -131,7 +131,7 @@ def detect_command(
     every embedding part is scored as shards (SLURM array tasks or local processes), then merged.
     """
     if ctx.invoked_subcommand is None:
-        detect(build_config(config, set_, name, **{"detect.models": models, "detect.methods": methods},
+        detect(build_config(config, set_, name, existing=True, **{"detect.models": models, "detect.methods": methods},
                             **executor_flags(executor, slurm)), force)
 
 
@@ -153,7 +153,7 @@ def detect_score(
     """Score new objects with the detectors saved by `fmb detect` (no refitting)."""
     from fmb.detect import tasks as detect_tasks
 
-    resolved = build_config(config, set_, name)
+    resolved = build_config(config, set_, name, existing=True)
     console.print(f"wrote {detect_tasks.score_new(resolved, model, embeddings, out)}")
 
 
@@ -165,7 +165,7 @@ def report_command(force: Force = False, executor: ExecutorKind = None, slurm: S
                    config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
     """Write runs/<name>/report.html: one self-contained page with the data summary, models and
     embeddings, detection quality, agreement, probes, galleries and similarity examples."""
-    resolved = build_config(config, set_, name, **executor_flags(executor, slurm))
+    resolved = build_config(config, set_, name, existing=True, **executor_flags(executor, slurm))
     run_stage(resolved, "report", force)
     console.print(f"report: {resolved.layout.report}")
 
@@ -219,7 +219,7 @@ def verify_command(config: TaskFile = None, set_: Sets = None, name: RunName = N
     a part that fails is named, and the next `fmb embed MODEL` redoes exactly those parts."""
     from fmb.embed.store import damaged_parts
 
-    resolved = build_config(config, set_, name)
+    resolved = build_config(config, set_, name, existing=True)
     damaged = []
     for model in resolved.run.models:
         directory = resolved.layout.embeddings(model).dir
@@ -242,7 +242,7 @@ def status_command(config: TaskFile = None, set_: Sets = None, name: RunName = N
     Rerunning the same stage command runs only the shards that are not done."""
     from fmb.run.status import shard_counts, stage_states
 
-    resolved = build_config(config, set_, name)
+    resolved = build_config(config, set_, name, existing=True)
     states = stage_states(resolved)
     if not states:
         console.print(f"run {resolved.name}: nothing has run yet ({resolved.layout.root})")
