@@ -258,3 +258,19 @@ def test_a_misspelt_run_names_the_run_it_meant_and_creates_nothing(tmp_path: Pat
     code, said = fmb(tmp_path, monkeypatch, capsys, *command, "--run", "deom")
     assert code == 2 and "--run deom: no such run" in said and "did you mean demo?" in said, said
     assert [p.name for p in demo.parent.iterdir()] == ["demo"]
+
+
+def test_an_object_id_not_in_the_survey_says_what_ids_it_has(project: Path, monkeypatch, capsys):
+    code, said = fmb(project, monkeypatch, capsys, "data", "show", "123")
+    assert code == 2 and "object 123: not in the index (its 60 objects have ids such as" in said, said
+
+
+def test_the_app_on_a_port_in_use_is_one_line(project: Path, monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, said = fmb(project, monkeypatch, capsys, "app", "--port", str(port))
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in said and "--port" in said, said

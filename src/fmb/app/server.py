@@ -267,6 +267,21 @@ def add_image_routes(app: FastAPI, view: RunView) -> None:
         return Response(view.discovery(model, column), media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
+def _check_free(host: str, port: int) -> None:
+    """Fail in one line when the port is taken (another app, a second `fmb app`), before the page is
+    announced: uvicorn would say so only after the address was printed as ready."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed app's port is free
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise FmbError(f"cannot listen on {host}:{port} ({error.strerror}): another program (another "
+                           "`fmb app`?) holds it; choose another port with --port") from None
+
+
 def serve(config: ResolvedConfig, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
           log=print) -> None:
     """Run the app with uvicorn until interrupted; anything but a loopback address needs a token.
@@ -276,6 +291,7 @@ def serve(config: ResolvedConfig, host: str = "127.0.0.1", port: int = 8765, tok
                        "(--token), or keep the default 127.0.0.1")
     import uvicorn
 
+    _check_free(host, port)
     app = create_app(config, token)
     address = f"http://{'[' + host + ']' if ':' in host else host}:{port}/" + (f"?token={token}" if token else "")
     log(f"fmb app: run {config.name} ({config.layout.root}) at {address}")

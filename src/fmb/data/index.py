@@ -160,7 +160,10 @@ class ObjectIndex:
         object_ids = list(object_ids)
         missing = [i for i in object_ids if i not in self._where.index]
         if missing:
-            raise DataError(f"not in the index ({len(missing)} ids, e.g. {missing[:3]})", object_id=missing[0])
+            others = f", nor are {len(missing) - 1} more of the ids asked for" if len(missing) > 1 else ""
+            examples = ", ".join(str(i) for i in self.ids[:2])
+            raise DataError(f"not in the index{others} (its {len(self)} objects have ids such as {examples})",
+                            object_id=missing[0])
         positions = self._where.loc[object_ids].to_numpy()
         return list(zip(self._shards[positions], self._rows[positions].tolist()))
 
