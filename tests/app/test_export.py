@@ -17,6 +17,7 @@ from fmb.app.labels import LabelStore
 from fmb.app.server import create_app
 from fmb.detect.scores import frame_headline, ranked
 from tests.app.live import private_copy
+from tests.conftest import run_cli
 
 LOCAL = "http://127.0.0.1"
 NOTE = "two nuclei? ask for a deeper spectrum — Hα looks doubled"
@@ -89,6 +90,20 @@ def test_export_then_labels_import_on_a_fresh_run_gives_the_same_labels(project:
         events = fresh.events()
         assert set(events.kind) == {"import"} and len(events) == 3  # merged as events, the unlabelled rows skipped
         assert label_state(fresh) == labelled
+
+
+def test_labels_of_objects_not_in_the_runs_survey_are_refused_whole(project: Path, labelled: dict):
+    """A label file of another survey (here one row of an id the run does not have) adds nothing:
+    it would pair a label with no object, or with the wrong one."""
+    before = LabelStore(run_config(project).layout.app.labels_db).events()
+    stray = project / "out" / "stray.csv"
+    stray.parent.mkdir(exist_ok=True)
+    known = int(before.object_id.iloc[0])
+    pd.DataFrame({"object_id": [known, 123], "interest": [2, 3]}).to_csv(stray, index=False)
+    result = run_cli(project, "labels", "import", str(stray))
+    assert result.exit_code != 0
+    assert "row 2: object 123, field object_id: not in this run's survey" in str(result.exception)
+    assert LabelStore(run_config(project).layout.app.labels_db).events().equals(before)
 
 
 def test_the_app_downloads_the_same_table(project: Path, labelled: dict):

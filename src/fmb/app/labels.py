@@ -126,9 +126,11 @@ class LabelStore:
             undone, object_id = latest
             return _insert(connection, UNDO, {"object_id": object_id, "user": user, "undoes": undone})
 
-    def import_labels(self, path: str | Path, user: str) -> int:
+    def import_labels(self, path: str | Path, user: str, known=None) -> int:
         """Append every row of a CSV or Parquet file (object_id, interest, and optionally tags and
-        note) as an imported label; returns the rows imported. One bad row refuses the whole file."""
+        note) as an imported label; returns the rows imported. One bad row refuses the whole file,
+        and so does an object not among the `known` ids (the run's survey, when given): a label
+        file of another survey would otherwise pair labels with nothing, or with the wrong objects."""
         path = Path(path)
         user = _user(user, None)
         rows = []
@@ -136,6 +138,9 @@ class LabelStore:
             try:
                 rows.append(_label(record["object_id"], record["interest"], record.get("tags", ()),
                                    record.get("note", ""), user, None, None))
+                if known is not None and rows[-1]["object_id"] not in known:
+                    raise DataError(f"not in this run's survey ({len(known)} objects)",
+                                    object_id=rows[-1]["object_id"], field="object_id")
             except DataError as error:
                 raise FmbError(f"{path}: row {number}: {error}") from None
         with self._transaction() as connection:

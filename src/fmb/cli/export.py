@@ -51,8 +51,8 @@ def labels_import_command(
 ) -> None:
     """Merge labels from a file into a run's label log: each row is one more event (nothing is
     overwritten; the latest label of an object is the one in effect, and `undo` history is kept)."""
-    from fmb.app.labels import LabelStore
+    from fmb.app.export import import_run_labels
 
     resolved = build_config(config, set_, name)
-    count = LabelStore(resolved.layout.app.labels_db).import_labels(path, user)
+    count = import_run_labels(resolved, path, user)
     log(f"imported {count} labels from {path} into {resolved.layout.app.labels_db}")
