@@ -274,3 +274,10 @@ def test_the_app_on_a_port_in_use_is_one_line(project: Path, monkeypatch, capsys
         port = holder.getsockname()[1]
         code, said = fmb(project, monkeypatch, capsys, "app", "--port", str(port))
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in said and "--port" in said, said
+
+
+def test_a_refused_label_file_leaves_no_label_log_behind(project: Path, monkeypatch, capsys):
+    (project / "stray.csv").write_text("object_id,interest\n123,3\n")
+    code, said = fmb(project, monkeypatch, capsys, "labels", "import", "stray.csv")
+    assert code == 2 and "row 1: object 123, field object_id: not in this run's survey (60 objects)" in said, said
+    assert not RunLayout.of(project, "test").app.labels_db.exists()

@@ -181,8 +181,9 @@ def export_run(config, out: Path, model: str | None = None, column: str | None =
 def import_run_labels(config, path: Path, user: str) -> int:
     """`fmb labels import`: the file's labels merged into the run's label log, each object checked
     against the run's survey when the run has indexed one; returns the labels imported."""
-    from fmb.app.labels import LabelStore
+    from fmb.app.labels import LabelStore, imported_rows
     from fmb.data.index import ObjectIndex
 
     known = set(ObjectIndex.load(config.layout.data.dir).ids.tolist()) if config.layout.data.index.is_file() else None
-    return LabelStore(config.layout.app.labels_db).import_labels(path, user, known)
+    rows = imported_rows(path, user, known)  # checked before the label log is opened (or created)
+    return LabelStore(config.layout.app.labels_db).append_imported(rows)

@@ -127,22 +127,12 @@ class LabelStore:
             return _insert(connection, UNDO, {"object_id": object_id, "user": user, "undoes": undone})
 
     def import_labels(self, path: str | Path, user: str, known=None) -> int:
-        """Append every row of a CSV or Parquet file (object_id, interest, and optionally tags and
-        note) as an imported label; returns the rows imported. One bad row refuses the whole file,
-        and so does an object not among the `known` ids (the run's survey, when given): a label
-        file of another survey would otherwise pair labels with nothing, or with the wrong objects."""
-        path = Path(path)
-        user = _user(user, None)
-        rows = []
-        for number, record in enumerate(_read_labels(path).to_dict("records"), start=1):
-            try:
-                rows.append(_label(record["object_id"], record["interest"], record.get("tags", ()),
-                                   record.get("note", ""), user, None, None))
-                if known is not None and rows[-1]["object_id"] not in known:
-                    raise DataError(f"not in this run's survey ({len(known)} objects)",
-                                    object_id=rows[-1]["object_id"], field="object_id")
-            except DataError as error:
-                raise FmbError(f"{path}: row {number}: {error}") from None
+        """Append every row of a label file as an imported label (`imported_rows`); returns the
+        rows imported."""
+        return self.append_imported(imported_rows(path, user, known))
+
+    def append_imported(self, rows: list[dict]) -> int:
+        """Append rows checked by `imported_rows` as import events, in one transaction."""
         with self._transaction() as connection:
             for row in rows:
                 _insert(connection, IMPORT, row)
@@ -303,6 +293,26 @@ def _astropy_table(path: Path) -> pd.DataFrame:
 
 
 # -- checking one label -----------------------------------------------------------------------------
+def imported_rows(path: str | Path, user: str, known=None) -> list[dict]:
+    """The labels of a CSV, Parquet, FITS or VOTable file (object_id, interest, and optionally tags
+    and note), each checked. One bad row refuses the whole file, and so does an object not among
+    the `known` ids (the run's survey, when given): a label file of another survey would otherwise
+    pair labels with nothing, or with the wrong objects."""
+    path = Path(path)
+    user = _user(user, None)
+    rows = []
+    for number, record in enumerate(_read_labels(path).to_dict("records"), start=1):
+        try:
+            rows.append(_label(record["object_id"], record["interest"], record.get("tags", ()),
+                               record.get("note", ""), user, None, None))
+            if known is not None and rows[-1]["object_id"] not in known:
+                raise DataError(f"not in this run's survey ({len(known)} objects)",
+                                object_id=rows[-1]["object_id"], field="object_id")
+        except DataError as error:
+            raise FmbError(f"{path}: row {number}: {error}") from None
+    return rows
+
+
 def _label(object_id, interest, tags, note, user, ranking, rank) -> dict:
     """A label's row, each field checked; DataError names the object and the field."""
     object_id = _integer(object_id, "object_id", None, INT64.min, INT64.max, "a 64-bit integer")
