@@ -281,3 +281,18 @@ def test_a_refused_label_file_leaves_no_label_log_behind(project: Path, monkeypa
     code, said = fmb(project, monkeypatch, capsys, "labels", "import", "stray.csv")
     assert code == 2 and "row 1: object 123, field object_id: not in this run's survey (60 objects)" in said, said
     assert not RunLayout.of(project, "test").app.labels_db.exists()
+
+
+@pytest.mark.parametrize("command, said", [
+    (["analyze", "similarity", "--query", "123456789"], "object 123456789 has no pixels embeddings"),
+    (["analyze", "figures", "--color-by", "NOPE"], "analyze.figures.color_by: no catalog column 'NOPE'"),
+])
+def test_a_bad_stage_argument_fails_before_the_run_remembers_it(pipeline_copy: Path, monkeypatch, capsys, command,
+                                                                 said):
+    """A stage that failed on a bad argument once kept it in the run's settings, so every later
+    `fmb run` on the run failed the same way without it being typed again."""
+    settings = load_config(root=pipeline_copy, cli={"name": "pipeline"}).layout.settings
+    before = settings.read_bytes()
+    code, err = fmb(pipeline_copy, monkeypatch, capsys, *command, "--force", *RUN)
+    assert code == 2 and said in one_line(err), err
+    assert settings.read_bytes() == before

@@ -103,9 +103,9 @@ def map_inputs(directory: Path, settings: UmapSettings) -> tuple[str, np.ndarray
 def colour_panels(config: ResolvedConfig, panels: list[MapPanel], models: list[str],
                   scores: dict[str, pd.DataFrame]) -> str:
     """Set each panel's colour values or categories; returns the colour label ('density' leaves both None)."""
-    column = config.analyze.figures.color_by
     catalog = load_catalog(config, required=False)
-    if catalog is not None and column in catalog:
+    column = _colour_column(catalog, config.analyze.figures.color_by)
+    if column is not None:
         for panel in panels:
             if pd.api.types.is_numeric_dtype(catalog[column]):
                 panel.values = catalog[column].reindex(panel.ids).to_numpy(dtype=float)
@@ -252,5 +252,28 @@ def _figure_inputs(config: ResolvedConfig) -> list[Path]:
     return embedding_manifests(config) + scores + ([catalog] if catalog else []) + [config.layout.data.index]
 
 
+def check_figures(config: ResolvedConfig) -> None:
+    """Before anything is written (the run's remembered settings among it): a colour column asked
+    for (not the default, which falls back to the anomaly percentile where the catalog lacks it) is
+    one of the catalog's, not a typo that would colour the maps by something else without a word."""
+    if config.origins.get(_COLOUR_KEY, "default") == "default":
+        return
+    catalog = load_catalog(config, required=False)
+    if _colour_column(catalog, config.analyze.figures.color_by) is None:
+        have = f"its columns are {', '.join(sorted(map(str, catalog.columns)))}" if catalog is not None else \
+            "the run has no catalog"
+        raise FmbError(f"{_COLOUR_KEY}: no catalog column {config.analyze.figures.color_by!r} to colour the maps "
+                       f"by; {have}")
+
+
+def _colour_column(catalog: pd.DataFrame | None, asked: str) -> str | None:
+    """The catalog's column named `asked`, whatever its case (logm, LOGM); None when it has none."""
+    if catalog is None:
+        return None
+    return next((column for column in catalog.columns if str(column).lower() == asked.lower()), None)
+
+
+_COLOUR_KEY = "analyze.figures.color_by"
 FIGURES = Stage("figures", figures, ("analyze.figures", "seed", "run.models", "detect.fusion_method"),
-                inputs=_figure_inputs, outputs=lambda config: [config.layout.figures.dir], after=("detect",))
+                inputs=_figure_inputs, outputs=lambda config: [config.layout.figures.dir], after=("detect",),
+                check=check_figures)

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from fmb.config import ResolvedConfig
 from fmb.detect.scores import frame_headline, ranks_by_id, score_tables
-from fmb.embed.store import embedded_models, embedding_manifests, load_embeddings
+from fmb.embed.store import embedded_ids, embedded_models, embedding_manifests, load_embeddings
 from fmb.errors import DataError, FmbError
 from fmb.io import atomic_path, write_csv, write_json
 from fmb.layout import SimilarityFiles
@@ -450,5 +450,15 @@ def _similarity_inputs(config: ResolvedConfig) -> list[Path]:
     return embedding_manifests(config) + list(score_tables(config).values())
 
 
+def check_similarity(config: ResolvedConfig) -> None:
+    """Before anything is written (the run's remembered settings among it): every query object asked
+    for has each model's embeddings. A query the survey lacks would otherwise fail the stage and stay
+    in the run's settings, failing every later `fmb run` on it."""
+    asked = config.analyze.similarity.queries
+    for model in _models(config, None) if asked else []:
+        _queries(config, model, embedded_ids(config.layout.embeddings(model).dir), asked)
+
+
 SIMILARITY = Stage("similarity", _similarity_action, ("analyze.similarity", "run.models", "detect.fusion_method"),
-                   inputs=_similarity_inputs, outputs=lambda config: [config.layout.similarity.dir], after=("detect",))
+                   inputs=_similarity_inputs, outputs=lambda config: [config.layout.similarity.dir], after=("detect",),
+                   check=check_similarity)

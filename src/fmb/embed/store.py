@@ -186,6 +186,12 @@ def load_embeddings(directory: Path, modalities: tuple[str, ...] = MODALITIES) -
     return ids, out
 
 
+def embedded_ids(directory: Path) -> np.ndarray:
+    """The object ids of a model's finished embedding parts, reading no embedding."""
+    ids = [read_part(part.path, {"object_id"}).column("object_id").to_numpy() for part in embedding_parts(directory)]
+    return np.concatenate(ids) if ids else np.array([], np.int64)
+
+
 def load_embeddings_and_residuals(directory: Path, modalities: tuple[str, ...] = MODALITIES
                                   ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """`load_embeddings` plus {modality: (N,) float64} of the residuals the model gave (`residual_key`)."""
