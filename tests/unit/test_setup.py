@@ -112,7 +112,7 @@ def test_the_models_name_their_released_hub_files_and_nothing_for_random_or_loca
 
 # -- check on this machine -----------------------------------------------------------------------------
 def test_check_here_reports_python_torch_no_gpu_packages_and_missing_weights_and_fails(project: Path, hub_cache, monkeypatch):
-    result = invoke(project, monkeypatch, "check", sets=[])
+    result = invoke(project, monkeypatch, "check", "--min-free-gb", "0", sets=[])  # not the free space of this disk
     assert result.exit_code == 1, result.output
     found = lines(result.output)
     assert found["python"][0].startswith("ok") and "3.11." in found["python"][0]
@@ -174,7 +174,7 @@ def test_a_changed_weight_file_fails_check_and_download_naming_it(project: Path,
     state[first] = state[first] + 1  # still loadable, different bytes
     save_file(state, changed)
 
-    result = invoke(project, monkeypatch, "check", "--model", "aion")
+    result = invoke(project, monkeypatch, "check", "--model", "aion", "--min-free-gb", "0")
     assert result.exit_code == 1
     failed = [line for line in result.output.splitlines() if line.startswith("FAIL")]
     assert len(failed) == 1 and "codecs/image/model.safetensors: sha256" in failed[0], result.output
@@ -182,6 +182,13 @@ def test_a_changed_weight_file_fails_check_and_download_naming_it(project: Path,
     result = invoke(project, monkeypatch, "download", "--model", "aion", "--no-data")
     assert isinstance(result.exception, FmbError) and "codecs/image/model.safetensors" in str(result.exception)
     assert "\n" not in str(result.exception)
+
+
+def test_too_little_free_disk_fails_check_naming_the_option(project: Path, hub_cache, monkeypatch):
+    result = invoke(project, monkeypatch, "check", "--model", "pixels", "--no-data", "--min-free-gb", "1e9")
+    assert result.exit_code == 1
+    disk = lines(result.output)["disk"][0]
+    assert disk.startswith("FAIL") and "(needs 1e+09 GB, --min-free-gb)" in disk, disk
 
 
 def test_the_lock_pins_commits_and_revision_overrides_relock(project: Path, hub_cache, monkeypatch):
