@@ -1,8 +1,8 @@
 """A reduced detect stage on a survey already embedded by `benchmarks/detect_quality.py`: the real
 `score_objects` path (reducers, cross-fitted ECOD, the pixel reference's residuals, the ridge
 misalignment, the redshift scores in each modality's channel, the nuisance-adjusted default) with
-the cheap detectors only, for a machine too loaded to train the flows and the contrastive critic. Prints mean class AP of
-`fused_cauchy` (before) and `fused_adjusted` (the default now) per class, and how many ordinary
+the cheap detectors only, for a machine too loaded to train the flows and the contrastive critic.
+Prints mean class AP of `fused_cauchy` (before) and `fused_adjusted` (the default now) per class, and how many ordinary
 objects with neighbours sit in each one's top 5 %.
 
     python benchmarks/detect_nuisance_quick.py bench/quality_issue30/dev dev seen

@@ -43,6 +43,7 @@ CATALOG_LABELS = {"Z": "redshift z", "LOGM": "log10 stellar mass (Msun)", "LOGSF
 SCORE_LABELS = {"mismatch": "image-spectrum mismatch", "fused_geo": "fused (geometric)"}
 PERCENTILE_TAGS = {"img": "image", "spec": "spectrum"}  # gallery titles: pct of these modalities, then of mismatch
 MAP_MODALITIES = ("joint", "image")  # the joint embedding describes the whole object; image is the fallback
+_COLOUR_KEY = "analyze.figures.color_by"
 
 
 def figures(config: ResolvedConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
@@ -273,7 +274,6 @@ def _colour_column(catalog: pd.DataFrame | None, asked: str) -> str | None:
     return next((column for column in catalog.columns if str(column).lower() == asked.lower()), None)
 
 
-_COLOUR_KEY = "analyze.figures.color_by"
 FIGURES = Stage("figures", figures, ("analyze.figures", "seed", "run.models", "detect.fusion_method"),
                 inputs=_figure_inputs, outputs=lambda config: [config.layout.figures.dir], after=("detect",),
                 check=check_figures)

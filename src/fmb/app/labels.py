@@ -126,10 +126,10 @@ class LabelStore:
             undone, object_id = latest
             return _insert(connection, UNDO, {"object_id": object_id, "user": user, "undoes": undone})
 
-    def import_labels(self, path: str | Path, user: str, known=None) -> int:
+    def import_labels(self, path: str | Path, user: str) -> int:
         """Append every row of a label file as an imported label (`imported_rows`); returns the
         rows imported."""
-        return self.append_imported(imported_rows(path, user, known))
+        return self.append_imported(imported_rows(path, user))
 
     def append_imported(self, rows: list[dict]) -> int:
         """Append rows checked by `imported_rows` as import events, in one transaction."""

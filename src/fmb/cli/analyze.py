@@ -61,7 +61,8 @@ def analyze_similarity(
 
     With --query only, this is the similarity stage (recorded, skipped when unchanged). A --vector,
     --model or --modality search is a one-off: it writes under runs/<name>/searches/ instead."""
-    resolved = build_config(config, set_, name, existing=True, **{"analyze.similarity.k": k, "analyze.similarity.queries": query},
+    resolved = build_config(config, set_, name, existing=True,
+                            **{"analyze.similarity.k": k, "analyze.similarity.queries": query},
                             **executor_flags(executor, slurm))
     if vector is None and models is None and modality is None:
         result = run_stage(resolved, "similarity", force)
@@ -86,7 +87,8 @@ def analyze_probes(force: Force = False, executor: ExecutorKind = None, slurm: S
     """How well redshift, stellar mass and SFR (catalog columns) can be read from each embedding:
     k-fold Ridge and LightGBM R2 with their spread, the non-linear gap, SHAP-based effective
     dimensionality (PR, PR90, EPD with bootstrap errors) and a random-feature baseline."""
-    summary = run_stage(build_config(config, set_, name, existing=True, **executor_flags(executor, slurm)), "probes", force)
+    resolved = build_config(config, set_, name, existing=True, **executor_flags(executor, slurm))
+    summary = run_stage(resolved, "probes", force)
     if summary is not None:
         console.print(f"wrote {summary['directory']}")
 
@@ -115,8 +117,8 @@ def analyze_figures(
 ) -> None:
     """Stage-5 figures: UMAP map per model (coloured by a catalog value, and a thumbnail mosaic),
     score distributions, and galleries of the top-ranked objects."""
-    resolved = build_config(config, set_, name, existing=True, **{"analyze.figures.color_by": color_by,
-                                                   "analyze.figures.gallery_size": gallery_size},
+    resolved = build_config(config, set_, name, existing=True,
+                            **{"analyze.figures.color_by": color_by, "analyze.figures.gallery_size": gallery_size},
                             **executor_flags(executor, slurm))
     for label, path in (run_stage(resolved, "figures", force) or {}).items():
         console.print(f"{label}: {path}")

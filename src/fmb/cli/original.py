@@ -119,7 +119,8 @@ def detect_cosine(models: Models = None, top_k: TopK = 5, force: Force = False, 
     spaces are aligned by training), mismatch (a learned critic, for every model), mismatch_residual."""
     from fmb.detect.scores import MISMATCH_COLUMNS
 
-    resolved = build_config(config, set_, name, existing=True, **{"detect.models": models}, **executor_flags(executor, slurm))
+    resolved = build_config(config, set_, name, existing=True, **{"detect.models": models},
+                            **executor_flags(executor, slurm))
     detect(resolved, force)
     _listing(resolved, lambda columns: [c for c in MISMATCH_COLUMNS if c in columns], top_k)
 
@@ -141,7 +142,8 @@ def detect_multimodal(models: Models = None, fusion: Fusion = "geo", top_k: TopK
     column = f"fused_{fusion}"
     if column not in FUSED:
         raise ConfigError(f"--fusion {fusion!r}: choose from {', '.join(c.removeprefix('fused_') for c in FUSED)}")
-    resolved = build_config(config, set_, name, existing=True, **{"detect.models": models}, **executor_flags(executor, slurm))
+    resolved = build_config(config, set_, name, existing=True, **{"detect.models": models},
+                            **executor_flags(executor, slurm))
     detect(resolved, force)
     _listing(resolved, lambda columns: [c for c in (column, UPLIFT) if c in columns], top_k)
 

@@ -66,7 +66,8 @@ def embed_command(
     """
     from fmb.embed import store  # torch and the model packages load only when needed
 
-    resolved = build_config(config, set_, name, existing=True, **{f"models.{model}.preset": preset}, **executor_flags(executor, slurm))
+    resolved = build_config(config, set_, name, existing=True, **{f"models.{model}.preset": preset},
+                            **executor_flags(executor, slurm))
     directory = resolved.layout.embeddings(model).dir
     if import_pt is not None:
         import_embeddings(resolved, model, import_pt, force)

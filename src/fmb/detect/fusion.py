@@ -99,7 +99,8 @@ def calibrate(frame: pd.DataFrame, calibration: Calibration, methods, reference:
     channels rather than taking a share of the fusion beside them. ``score_redshift``, the three
     redshift scores combined, is kept for reading (NaN without a redshift) and fused nowhere."""
     log_p = {}
-    for column in ranked_columns(frame.columns) + _redshift_columns(frame.columns):
+    redshift = _redshift_columns(frame.columns)
+    for column in ranked_columns(frame.columns) + redshift:
         log_p[column] = calibration.log_p(column, frame[column].to_numpy(dtype=float), reference)
         frame[p_column(column)] = np.exp(log_p[column])
     for modality in MODALITIES:
@@ -108,7 +109,7 @@ def calibrate(frame: pd.DataFrame, calibration: Calibration, methods, reference:
         _combine_into(frame, score_column(modality, COMBINED),
                       [score_column(modality, ENSEMBLE), score_column(modality, RESIDUAL),
                        score_column(modality, REDSHIFT)], log_p, calibration, reference)
-    _combine_into(frame, REDSHIFT_CHANNEL, _redshift_columns(frame.columns), log_p, calibration, reference)
+    _combine_into(frame, REDSHIFT_CHANNEL, redshift, log_p, calibration, reference)
     _combine_into(frame, CALIBRATED_FUSION, calibrated_inputs(log_p), log_p, calibration, reference)
     return frame
 

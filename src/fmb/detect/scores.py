@@ -21,8 +21,9 @@ A score table (`runs/<name>/scores/<model>.parquet`) has one row per object and
   where one of them is missing: `calibrated_inputs`): an object odd in any one way rises;
   ``p_fused_cauchy`` its tail probability (`fmb.detect.fusion`);
 * ``fused_adjusted`` (the default ranking): the same channels, each calibrated among ordinary
-  objects with the same nuisance covariates (crowding, edges; see `fmb.detect.nuisance`) before the Cauchy combination, which is calibrated within them again:
-  a nuisance tail cannot flood it; ``p_fused_adjusted``;
+  objects with the same nuisance covariates (crowding, edges; see `fmb.detect.nuisance`) before
+  the Cauchy combination, which is calibrated within them again: a nuisance tail cannot flood it;
+  ``p_fused_adjusted``;
 * the percentile fusions of the original, ``fused_geo`` ("odd in every way"), ``fused_min``,
   ``fused_avg``, ``fused_all``, ``fused_max``, and ``uplift``;
 * ``in_common_set``: the object has every input of the percentile fusion; ``in_fit_sample``: it

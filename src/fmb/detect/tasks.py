@@ -482,5 +482,5 @@ def _refuse_other_embeddings(config: ResolvedConfig, model: str, embeddings: Pat
 #: Stage 3: every embedded model of run.models (or detect.models) scored; under an executor, the fit
 #: is one job and the scoring one array task per shard of embedding parts.
 DETECT = Stage("detect", detect, ("detect", "seed", "run.models"), inputs=embedding_manifests,
-               outputs=detect_outputs, after=("embed",), version=6,  # 6: odd for its redshift joins each modality's channel
+               outputs=detect_outputs, after=("embed",), version=6,  # 6: redshift scores in the modality channels
                sharding=Sharding(detect_units, detect_shard, finish_detect, fit_detectors), check=check_detect)
