@@ -20,7 +20,7 @@ def analyze_evaluate(force: Force = False, executor: ExecutorKind = None, slurm:
                      config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
     """Detection quality against the synthetic survey's truth table: AP, AUROC, recall@1%/5%,
     per anomaly class and overall, for every model x score (CSV, Markdown, heatmap)."""
-    resolved = build_config(config, set_, name, existing=True, **executor_flags(executor, slurm))
+    resolved = build_config(config, set_, name, **executor_flags(executor, slurm))
     run_stage(resolved, "evaluate", force)
     files = resolved.layout.evaluation
     console.print(f"{files.metrics}, {files.summary.name}, {files.heatmap.name}")
@@ -33,7 +33,7 @@ def analyze_agreement(force: Force = False, executor: ExecutorKind = None, slurm
     """How far the anomaly rankings of all (model, modality, method) systems agree, on their common
     objects: Spearman matrix, top-k% Jaccard, retention@1%/10% with displacement histograms, and the
     objects one system ranks top 1% and another beyond 50% (tables and clustered heatmaps)."""
-    resolved = build_config(config, set_, name, existing=True, **executor_flags(executor, slurm))
+    resolved = build_config(config, set_, name, **executor_flags(executor, slurm))
     summary = run_stage(resolved, "agreement", force)
     if summary is not None:
         console.print(f"{summary['n_common']} common objects, {len(summary['systems'])} systems -> "
@@ -61,7 +61,7 @@ def analyze_similarity(
 
     With --query only, this is the similarity stage (recorded, skipped when unchanged). A --vector,
     --model or --modality search is a one-off: it writes under runs/<name>/searches/ instead."""
-    resolved = build_config(config, set_, name, existing=True,
+    resolved = build_config(config, set_, name,
                             **{"analyze.similarity.k": k, "analyze.similarity.queries": query},
                             **executor_flags(executor, slurm))
     if vector is None and models is None and modality is None:
@@ -87,7 +87,7 @@ def analyze_probes(force: Force = False, executor: ExecutorKind = None, slurm: S
     """How well redshift, stellar mass and SFR (catalog columns) can be read from each embedding:
     k-fold Ridge and LightGBM R2 with their spread, the non-linear gap, SHAP-based effective
     dimensionality (PR, PR90, EPD with bootstrap errors) and a random-feature baseline."""
-    resolved = build_config(config, set_, name, existing=True, **executor_flags(executor, slurm))
+    resolved = build_config(config, set_, name, **executor_flags(executor, slurm))
     summary = run_stage(resolved, "probes", force)
     if summary is not None:
         console.print(f"wrote {summary['directory']}")
@@ -117,7 +117,7 @@ def analyze_figures(
 ) -> None:
     """Stage-5 figures: UMAP map per model (coloured by a catalog value, and a thumbnail mosaic),
     score distributions, and galleries of the top-ranked objects."""
-    resolved = build_config(config, set_, name, existing=True,
+    resolved = build_config(config, set_, name,
                             **{"analyze.figures.color_by": color_by, "analyze.figures.gallery_size": gallery_size},
                             **executor_flags(executor, slurm))
     for label, path in (run_stage(resolved, "figures", force) or {}).items():

@@ -61,15 +61,16 @@ def executor_flags(kind: str | None, slurm: bool) -> dict:
     return {"executor.kind": "slurm" if slurm else kind}
 
 
-def build_config(task: list[Path] | None, sets: list[str] | None, run: str | None, existing: bool = False,
+def build_config(task: list[Path] | None, sets: list[str] | None, run: str | None, allow_new_run: bool = False,
                  **flags: Any) -> ResolvedConfig:
     """The config of a command: `run` is the --run/--name value (a name or runs/<name>). Keys that
     change results and differ from what the run last ran with are said before anything is written.
-    `existing`: the command works on a run's outputs, so a run named that does not exist is an error
-    (a typo would otherwise read the project's defaults, or start an empty run)."""
+    A run named that does not exist is an error (a typo would otherwise read the project's defaults,
+    or start an empty run), unless `allow_new_run`: the command may be a run's first (run, data, adapt,
+    import) or shows what a run would be (config show, paths, setup check), so a new name is one."""
     root, name = run_reference(run)
     resolved = load_config(task, cli={"name": name, **flags}, sets=sets, root=root)
-    if existing and name is not None and not resolved.run_dir.is_dir():
+    if not allow_new_run and name is not None and not resolved.run_dir.is_dir():
         raise ConfigError(missing_run(resolved.run_dir))
     changes = resolved.run_changes()
     if changes:

@@ -20,7 +20,7 @@ app.add_typer(data_app, name="data", rich_help_panel="Pipeline")
 @config_app.command("show")
 def config_show(config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
     """Print every configuration value and where it came from (default, project file, task file, CLI)."""
-    resolved = build_config(config, set_, name)
+    resolved = build_config(config, set_, name, allow_new_run=True)
     table = Table(title=f"fmb configuration (root {resolved.root})")
     for column in ("key", "value", "from"):
         table.add_column(column)
@@ -46,8 +46,8 @@ def data_synth(
     Galaxies (bulge + disc, PSF-convolved, Euclid-like depth) with DESI-like spectra, plus rare
     injected anomalies (artefacts, QSOs, lenses, mergers, stars, extreme emitters, mis-paired rows).
     """
-    resolved = build_config(config, set_, name, **{"synth.n": n, "seed": seed, "synth.out": out,
-                                                   "synth.workers": workers})
+    resolved = build_config(config, set_, name, allow_new_run=True,
+                            **{"synth.n": n, "seed": seed, "synth.out": out, "synth.workers": workers})
     summary = run_stage(resolved, "synth", force)
     if summary is None:
         return
@@ -64,7 +64,7 @@ def data_index(
     name: RunName = None,
 ) -> None:
     """Map object_id -> (file, row) reading only the id column; records duplicate ids and unreadable files."""
-    resolved = build_config(config, set_, name, **{"data.source": source})
+    resolved = build_config(config, set_, name, allow_new_run=True, **{"data.source": source})
     summary = run_stage(resolved, "index", force)
     if summary is not None:
         console.print(f"indexed {summary['objects']} objects in {summary['shards']} shards -> {resolved.layout.data.index}"
@@ -84,7 +84,8 @@ def data_validate(
 
     Skipped objects, dropped modalities and repairs are listed there by object, location and field.
     """
-    resolved = build_config(config, set_, name, **{"data.source": source, "data.on_invalid": "error" if strict else None})
+    resolved = build_config(config, set_, name, allow_new_run=True,
+                            **{"data.source": source, "data.on_invalid": "error" if strict else None})
     summary = run_stage(resolved, "validate", force) or {}
     for key, value in summary.items():
         console.print(f"{key}: {value}")
@@ -104,6 +105,6 @@ def data_show(
     """Draw one object: RGB composite, VIS/Y/J/H bands and the rest-frame spectrum with lines labelled."""
     from fmb.data.tasks import show
 
-    resolved = build_config(config, set_, name, **{"show.object_id": object_id, "data.source": source,
-                                                   "show.smooth_px": smooth})
+    resolved = build_config(config, set_, name, allow_new_run=True,
+                            **{"show.object_id": object_id, "data.source": source, "show.smooth_px": smooth})
     log(f"wrote {show(resolved, out)}")

@@ -34,7 +34,7 @@ def rerank_command(
     the app shows for that re-ranker (object_id, score, rank; seeded by the config's seed)."""
     from fmb.app.rerank import rerank_run
 
-    resolved = build_config(config, set_, name, existing=True)
+    resolved = build_config(config, set_, name)
     done = rerank_run(resolved, model, ranking, method, out, at)
     log(f"wrote {done['path']}: {done['objects']} objects ranked by {done['method']} from {done['labels']} labels "
         f"({done['model']}, {done['ranking']})")
@@ -55,4 +55,4 @@ def app_command(
     tags, keyboard shortcuts) and re-rank from the labels; labels go to runs/<name>/app/labels.sqlite."""
     from fmb.app.server import serve
 
-    serve(build_config(config, set_, name, existing=True), host=host, port=port, token=token, log=log)
+    serve(build_config(config, set_, name), host=host, port=port, token=token, log=log)

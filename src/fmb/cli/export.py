@@ -33,7 +33,7 @@ def export_command(
     as a table TOPCAT, Aladin or astropy reads."""
     from fmb.app.export import export_run
 
-    done = export_run(build_config(config, set_, name, existing=True), out, model, ranking, top, objects)
+    done = export_run(build_config(config, set_, name), out, model, ranking, top, objects)
     log(f"wrote {done['path']}: {done['objects']} objects ({done['labelled']} labelled) from {done['ranking']}")
     if objects:
         log(f"wrote {done['object_files']} object files to {done['objects_dir']}")
@@ -53,6 +53,6 @@ def labels_import_command(
     overwritten; the latest label of an object is the one in effect, and `undo` history is kept)."""
     from fmb.app.export import import_run_labels
 
-    resolved = build_config(config, set_, name)
+    resolved = build_config(config, set_, name, allow_new_run=True)
     count = import_run_labels(resolved, path, user)
     log(f"imported {count} labels from {path} into {resolved.layout.app.labels_db}")

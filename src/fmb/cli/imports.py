@@ -32,7 +32,7 @@ def import_embeddings_command(
     """Import an original .pt embedding file as this run's embed stage of MODEL (runs/<name>/embeddings/<model>/),
     so detect, analyze and the app read it. Loaded without running code (weights_only); every
     record is checked first. Same as `fmb embed MODEL --import-pt FILE`."""
-    import_embeddings(build_config(config, set_, name), model, file, force)
+    import_embeddings(build_config(config, set_, name, allow_new_run=True), model, file, force)
 
 
 @import_app.command("scores")
@@ -51,7 +51,7 @@ def import_scores_command(
     uplift, each with fmb's pct_ and rank_. Analyses read it; a later `fmb detect` replaces it."""
     from fmb.detect.legacy import import_scores
 
-    resolved = build_config(config, set_, name)
+    resolved = build_config(config, set_, name, allow_new_run=True)
     out = resolved.layout.scores.table(model)
     frame = import_scores(files, model, out, replace=force)
     scores = [c for c in frame.columns if not c.startswith(("pct_", "rank_")) and c != "object_id"]

@@ -102,7 +102,7 @@ def detect_outliers(models: Models = None, methods: Methods = None, top_k: TopK 
     the density flow, as the original did."""
     from fmb.detect.scores import MODALITIES, score_column
 
-    resolved = build_config(config, set_, name, existing=True, **{"detect.models": models, "detect.methods": methods},
+    resolved = build_config(config, set_, name, **{"detect.models": models, "detect.methods": methods},
                             **executor_flags(executor, slurm))
     detect(resolved, force)
     listed = methods or (["flow"] if "flow" in resolved.detect.methods else resolved.detect.methods)
@@ -119,7 +119,7 @@ def detect_cosine(models: Models = None, top_k: TopK = 5, force: Force = False, 
     spaces are aligned by training), mismatch (a learned critic, for every model), mismatch_residual."""
     from fmb.detect.scores import MISMATCH_COLUMNS
 
-    resolved = build_config(config, set_, name, existing=True, **{"detect.models": models},
+    resolved = build_config(config, set_, name, **{"detect.models": models},
                             **executor_flags(executor, slurm))
     detect(resolved, force)
     _listing(resolved, lambda columns: [c for c in MISMATCH_COLUMNS if c in columns], top_k)
@@ -142,7 +142,7 @@ def detect_multimodal(models: Models = None, fusion: Fusion = "geo", top_k: TopK
     column = f"fused_{fusion}"
     if column not in FUSED:
         raise ConfigError(f"--fusion {fusion!r}: choose from {', '.join(c.removeprefix('fused_') for c in FUSED)}")
-    resolved = build_config(config, set_, name, existing=True, **{"detect.models": models},
+    resolved = build_config(config, set_, name, **{"detect.models": models},
                             **executor_flags(executor, slurm))
     detect(resolved, force)
     _listing(resolved, lambda columns: [c for c in (column, UPLIFT) if c in columns], top_k)
@@ -180,7 +180,7 @@ def display_command(
     if object_id is None:
         from fmb.data.index import ObjectIndex
 
-        ids = ObjectIndex.load(build_config(config, set_, name).layout.data.dir).ids
+        ids = ObjectIndex.load(build_config(config, set_, name, allow_new_run=True).layout.data.dir).ids
         if index >= len(ids):
             raise ConfigError(f"--index {index}: the run's index holds {len(ids)} objects (0 to {len(ids) - 1})")
         object_id = int(ids[index])
@@ -219,7 +219,7 @@ def paths_command(
 ) -> None:
     """The original's `paths`: where this run's data, embeddings, checkpoints (adapted models), run
     directory and cache are. With a flag, just that path (for `$(fmb paths --data)`)."""
-    roots = run_roots(build_config(config, set_, name))
+    roots = run_roots(build_config(config, set_, name, allow_new_run=True))
     asked = [root for root, flag in zip(ROOTS, (data, embeddings, checkpoints, runs, cache)) if flag]
     for root in asked or ROOTS:
         typer.echo(roots[root] if asked else f"{root:12s}{roots[root]}")

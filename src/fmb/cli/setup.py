@@ -56,6 +56,6 @@ def check(
     """Verify offline what this node has for a run; one line per item; exit 1 if anything required fails."""
     from fmb.setup.check import check as verify
 
-    resolved = build_config(config, set_, name)
+    resolved = build_config(config, set_, name, allow_new_run=True)
     report = verify(resolved, models, lock and resolved.path(lock), gpu, min_free_gb, data, log)
     raise typer.Exit(report.exit_code)

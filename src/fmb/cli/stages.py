@@ -34,7 +34,8 @@ def adapt_command(
     settings under models.<model>.adapt (see configs/adapt/). With --slurm the adaptation runs as
     one SLURM job (executor.slurm.*: set gpus_per_task for a GPU).
     """
-    resolved = build_config(config, set_, name, **{f"models.{model}.preset": preset}, **executor_flags(executor, slurm))
+    resolved = build_config(config, set_, name, allow_new_run=True, **{f"models.{model}.preset": preset},
+                            **executor_flags(executor, slurm))
     from fmb.models.tasks import adapt_on_every_rank
 
     # under torchrun every rank trains; rank 0 alone runs the engine (cache check, outputs, state)
@@ -66,7 +67,7 @@ def embed_command(
     """
     from fmb.embed import store  # torch and the model packages load only when needed
 
-    resolved = build_config(config, set_, name, existing=True, **{f"models.{model}.preset": preset},
+    resolved = build_config(config, set_, name, **{f"models.{model}.preset": preset},
                             **executor_flags(executor, slurm))
     directory = resolved.layout.embeddings(model).dir
     if import_pt is not None:
@@ -132,7 +133,7 @@ def detect_command(
     every embedding part is scored as shards (SLURM array tasks or local processes), then merged.
     """
     if ctx.invoked_subcommand is None:
-        detect(build_config(config, set_, name, existing=True, **{"detect.models": models, "detect.methods": methods},
+        detect(build_config(config, set_, name, **{"detect.models": models, "detect.methods": methods},
                             **executor_flags(executor, slurm)), force)
 
 
@@ -154,7 +155,7 @@ def detect_score(
     """Score new objects with the detectors saved by `fmb detect` (no refitting)."""
     from fmb.detect import tasks as detect_tasks
 
-    resolved = build_config(config, set_, name, existing=True)
+    resolved = build_config(config, set_, name)
     console.print(f"wrote {detect_tasks.score_new(resolved, model, embeddings, out)}")
 
 
@@ -166,7 +167,7 @@ def report_command(force: Force = False, executor: ExecutorKind = None, slurm: S
                    config: TaskFile = None, set_: Sets = None, name: RunName = None) -> None:
     """Write runs/<name>/report.html: one self-contained page with the data summary, models and
     embeddings, detection quality, agreement, probes, galleries and similarity examples."""
-    resolved = build_config(config, set_, name, existing=True, **executor_flags(executor, slurm))
+    resolved = build_config(config, set_, name, **executor_flags(executor, slurm))
     run_stage(resolved, "report", force)
     console.print(f"report: {resolved.layout.report}")
 
@@ -194,7 +195,7 @@ def run_command(
     from fmb.run.executors import on_executor
     from fmb.run.stages import build_stages
 
-    resolved = build_config(config, set_, name, **executor_flags(executor, slurm))
+    resolved = build_config(config, set_, name, allow_new_run=True, **executor_flags(executor, slurm))
     plan = select([on_executor(resolved, stage) for stage in build_stages(resolved)], from_, only)
     if dry_run:
         for forecast in plan_report(resolved, plan):
@@ -220,7 +221,7 @@ def verify_command(config: TaskFile = None, set_: Sets = None, name: RunName = N
     a part that fails is named, and the next `fmb embed MODEL` redoes exactly those parts."""
     from fmb.embed.store import damaged_parts
 
-    resolved = build_config(config, set_, name, existing=True)
+    resolved = build_config(config, set_, name)
     damaged = []
     for model in resolved.run.models:
         directory = resolved.layout.embeddings(model).dir
@@ -243,7 +244,7 @@ def status_command(config: TaskFile = None, set_: Sets = None, name: RunName = N
     Rerunning the same stage command runs only the shards that are not done."""
     from fmb.run.status import shard_counts, stage_states
 
-    resolved = build_config(config, set_, name, existing=True)
+    resolved = build_config(config, set_, name)
     states = stage_states(resolved)
     if not states:
         console.print(f"run {resolved.name}: nothing has run yet ({resolved.layout.root})")
