@@ -281,6 +281,10 @@ def test_bad_label_content_is_400(client: TestClient, plain: list[int]):
     for body in ({"interest": 6}, {"interest": 2, "tags": ["no spaces"]}, {"interest": 2, "user": "a b"}, {}):
         response = client.post("/api/labels", json={"object_id": plain[3], **body})
         assert response.status_code == 400 and "error" in response.json()
+    # a 17-digit id as a JSON float names another object (2^53 < id): refused, where its digits are taken
+    response = client.post("/api/labels", json={"object_id": float(plain[3]), "interest": 2})
+    assert response.status_code == 400 and "floating-point" in response.json()["error"]
+    assert client.post("/api/labels", json={"object_id": str(plain[3]), "interest": 2}).status_code == 201
 
 
 def test_writes_take_json_only(client: TestClient, config, plain: list[int]):

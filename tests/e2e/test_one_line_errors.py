@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -318,6 +319,26 @@ def test_a_refused_label_file_leaves_no_label_log_behind(project: Path, monkeypa
     code, said = fmb(project, monkeypatch, capsys, "labels", "import", "stray.csv")
     assert code == 2 and "row 1: object 123, field object_id: not in this run's survey (60 objects)" in said, said
     assert not RunLayout.of(project, "test").app.labels_db.exists()
+
+
+def test_a_label_files_id_written_as_a_float_is_refused_not_rounded(project: Path, monkeypatch, capsys):
+    """17-digit ids read as floats were rounded to a neighbouring id (39627007000000659.0 became ...656)
+    and the label stored on that other object without a word: from a spreadsheet's CSV or a float column."""
+    from fmb.data.index import ObjectIndex
+
+    known = int(ObjectIndex.load(load_config(root=project).layout.data.dir).ids[-1])
+    assert known > 2**53 and float(known) != known
+    (project / "float.csv").write_text(f"OBJECT_ID,INTEREST\n{known}.0,4\n")
+    pd.DataFrame({"object_id": [float(known)], "interest": [4]}).to_parquet(project / "float.parquet")
+    for path, said in (("float.csv", f"got '{known}.0'"), ("float.parquet", f"got {float(known)!r}: a floating-point")):
+        code, err = fmb(project, monkeypatch, capsys, "labels", "import", path)
+        assert code == 2 and f"row 1: field object_id: must be a 64-bit integer, {said}" in one_line(err), err
+    assert not RunLayout.of(project, "test").app.labels_db.exists()
+    (project / "exact.csv").write_text(f"OBJECT_ID,INTEREST,note\n{known},high,x\n{known},4,\n")  # TOPCAT's names
+    code, err = fmb(project, monkeypatch, capsys, "labels", "import", "exact.csv")
+    assert code == 2 and f"row 1: object {known}, field interest: must be an integer from 0 to 5, got 'high'" in err
+    (project / "exact.csv").write_text(f"OBJECT_ID,INTEREST\n{known},4\n")
+    assert fmb(project, monkeypatch, capsys, "labels", "import", "exact.csv")[0] == 0
 
 
 @pytest.mark.parametrize("command, said", [

@@ -36,12 +36,14 @@ MAX_INTEREST = 5
 INTERESTING = 4
 TAG = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 USER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+INTEGER = re.compile(r"\s*[+-]?\d+\s*")
 MAX_NOTE = 4000
 MAX_RANKING = 100
 TAG_SEPARATOR = ";"  # the tags of one object in one CSV cell: artefact;lens
 IMPORT_SUFFIXES = (".csv", ".parquet", ".fits", ".fit", ".vot", ".xml")
 BUSY_TIMEOUT_S = 30.0  # a writer waits this long for another one (writes take milliseconds)
 INT64 = np.iinfo(np.int64)
+FLOAT_EXACT = 2**53  # the largest magnitude below which a float64 holds every integer
 LABEL, UNDO, IMPORT = "label", "undo", "import"
 #: One row per object in `current` and in an export; an import reads object_id, interest, tags, note.
 COLUMNS = ("object_id", "interest", "tags", "note", "user", "time", "ranking", "rank")
@@ -261,8 +263,8 @@ def _read_labels(path: Path) -> pd.DataFrame:
         raise FmbError(f"{path}: labels import from {', '.join(IMPORT_SUFFIXES)}, not "
                        f"{path.suffix or 'a file without suffix'}")
     try:
-        if suffix == ".csv":
-            frame = pd.read_csv(path, dtype={"tags": str, "note": str})
+        if suffix == ".csv":  # ids as text, parsed exactly below: a float would round 17-digit ids
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         elif suffix == ".parquet":
             frame = pd.read_parquet(path)
         else:
@@ -270,14 +272,18 @@ def _read_labels(path: Path) -> pd.DataFrame:
     except (OSError, ValueError, TypeError, pa.ArrowException) as error:
         raise FmbError(f"{path}: cannot read labels: {str(error).splitlines()[0] if str(error) else type(error).__name__}") \
             from None
+    frame = frame.rename(columns=lambda column: column.lower() if column.lower() in COLUMNS else column)  # TOPCAT's
     missing = [column for column in ("object_id", "interest") if column not in frame.columns]
     if missing:
         raise FmbError(f"{path}: no {' or '.join(missing)} column (a label file has object_id, interest and "
                        "optionally tags and note)")
     if "user" in frame.columns and "tags" in frame.columns:  # an export: its unlabelled rows carry no label
         frame = frame[frame["user"].fillna("").astype(str) != ""]
-    interest = pd.to_numeric(frame["interest"], errors="coerce")
-    return frame.assign(interest=interest.where(~(interest < 0)))
+    ids = frame["object_id"]  # a CSV's text, parsed exactly where it is an integer's digits
+    frame = frame.assign(object_id=ids.map(lambda i: int(i) if isinstance(i, str) and INTEGER.fullmatch(i) else i))
+    numeric = pd.to_numeric(frame["interest"], errors="coerce")
+    # text that is no number stays as it is, for `_label` to refuse naming its row and object
+    return frame.assign(interest=numeric.where(~(numeric < 0)).astype(object).where(numeric.notna(), frame["interest"]))
 
 
 def _astropy_table(path: Path) -> pd.DataFrame:
@@ -331,8 +337,13 @@ def _missing(value) -> bool:
 
 def _integer(value, field: str, object_id: int | None, low: int, high: int, kind: str) -> int:
     integral = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    # a CSV column with a blank cell is read as floats: 3.0 is the integer 3
+    # a CSV column with a blank cell is read as floats: 3.0 is the integer 3. Beyond 2^53 a float no
+    # longer holds every integer (a survey's 17-digit ids among them): 39627007000000659.0 is ...656
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and value == int(value):
+        if abs(value) > FLOAT_EXACT:
+            raise DataError(f"must be {kind}, got {value!r}: a floating-point number, which holds integers this "
+                            "large only to within a few units; write it as an integer", object_id=object_id,
+                            field=field)
         value, integral = int(value), True
     if not integral or not low <= int(value) <= high:
         raise DataError(f"must be {kind}, got {value!r}", object_id=object_id, field=field)

@@ -41,7 +41,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, Response
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fmb.app.access import BodyLimit, Guard, error_response, is_loopback
@@ -73,6 +73,15 @@ class LabelRequest(BaseModel):
     user: str = Field("anonymous", max_length=64)
     ranking: str | None = Field(None, max_length=MAX_RANKING)
     rank: int | None = Field(None, ge=1, le=INT64_MAX)
+
+    @field_validator("object_id", mode="before")
+    @classmethod
+    def _exact_id(cls, value):
+        """A JSON float would be taken when whole, and 3.9627007000000659e16 is the id ...656: another object."""
+        if isinstance(value, float):
+            raise ValueError("an object id is an integer or its digits as a string, not a floating-point number "
+                             "(which rounds 17-digit ids to another object's)")
+        return value
 
 
 class UndoRequest(BaseModel):
