@@ -298,6 +298,56 @@ def test_a_misspelt_run_names_the_run_it_meant_and_creates_nothing(tmp_path: Pat
         assert [p.name for p in demo.parent.iterdir()] == ["demo"]
 
 
+def _survey_copy(project: Path, name: str, change) -> Path:
+    """A copy of the project's survey in two parts, the second `change`d (a pyarrow table -> table)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables(pq.read_table(part) for part in sorted((project / "data" / "synth").glob("part-*.parquet")))
+    copy = project / "data" / name
+    copy.mkdir()
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), copy / "part-00000.parquet")
+    pq.write_table(change(table.slice(half)), copy / "part-00001.parquet")
+    return copy
+
+
+def test_a_data_file_with_its_columns_named_otherwise_is_said_not_dropped(project: Path, monkeypatch, capsys):
+    """A part whose modality columns had other names (vis_image, spec) was taken for a catalog and
+    its objects vanished from the survey without a word."""
+    from fmb.data.sources.base import MODALITY_COLUMNS
+
+    _survey_copy(project, "renamed", lambda table: table.rename_columns(  # as a user's own export might
+        [f"{name.lower()}_" if name in MODALITY_COLUMNS else name for name in table.column_names]))
+    import sys
+
+    from fmb.cli import main
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "argv", ["fmb", "data", "index", "--source", "data/renamed", "--run", "renamed"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 0
+    assert "passed over part-00001.parquet: none of the modality columns" in capsys.readouterr().out
+    rejects = pd.read_parquet(RunLayout.of(project, "renamed").data.rejects)
+    passed = rejects[rejects.field == "file"]
+    assert list(passed.location) == ["part-00001.parquet"] and "none of the modality columns" in passed.reason.iloc[0]
+    assert "part-00001.parquet" not in set(pd.read_parquet(RunLayout.of(project, "renamed").data.index).shard)
+
+
+def test_ids_of_the_wrong_type_fail_the_index_in_one_line(project: Path, monkeypatch, capsys):
+    """Float ids were each refused as "missing", and the index ended "indexed 0 objects" with exit 0
+    while `validate` counted every object usable."""
+    for part in sorted((project / "data" / "synth").glob("part-*.parquet")):
+        table = pd.read_parquet(part)
+        table["object_id"] = table["object_id"].astype("float64")
+        table.to_parquet(part)
+    code, err = fmb(project, monkeypatch, capsys, "data", "index", "--force", "--run", "floats")
+    line = one_line(err)
+    assert code == 2 and "no object of" in line and "id column has type double, expected int64 (cast it" in line, line
+    assert not RunLayout.of(project, "floats").data.index.exists()
+
+
 def test_an_object_id_not_in_the_survey_says_what_ids_it_has(project: Path, monkeypatch, capsys):
     code, said = fmb(project, monkeypatch, capsys, "data", "show", "123")
     assert code == 2 and "object 123: not in the index (its 60 objects have ids such as" in said, said

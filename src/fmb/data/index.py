@@ -40,7 +40,8 @@ class IndexResult:
 
 def build_index(source: Source, progress: Callable[[str], None] | None = None) -> IndexResult:
     """Index every shard of `source`; problems become issues (skipped rows/shards), not exceptions."""
-    ids, shard_names, rows, issues, shards, ras, decs = [], [], [], [], {}, [], []
+    ids, shard_names, rows, shards, ras, decs = [], [], [], {}, [], []
+    issues = [Issue(None, "file", f"passed over: {why}", SKIPPED, location=name) for name, why in source.passed_over.items()]
     for shard in source.shards():
         try:
             shard_ids = source.read_ids(shard)

@@ -52,17 +52,22 @@ class IndexSummary:
     rejects_path: Path
 
 
-def index(config: ResolvedConfig) -> IndexSummary:
-    """Index the configured source (ids only) and record shard/id problems as rejects."""
+def index(config: ResolvedConfig, log=print) -> IndexSummary:
+    """Index the configured source (ids only) and record shard/id problems as rejects; a file passed
+    over is said, and a source of which no object could be indexed is an error."""
     source = open_source(config)
+    for name, why in source.passed_over.items():
+        log(f"passed over {name}: {why}")
     shards = source.shards()
     if not shards:
-        raise FmbError(f"{source.description} holds no data files")
+        raise FmbError(f"{source.description} holds no data files (an id column and a modality column)")
     with progress_bar("indexing", len(shards), unit="shards") as advance:
         result = build_index(source, progress=lambda _shard: advance(1))
     files = config.layout.data
-    index_path = save_index(result, files.dir, source)
     rejects_path = write_rejects(files.rejects, "index", result.issues)
+    if not result.table.num_rows:
+        raise FmbError(f"no object of {source.description} could be indexed: {_why_empty(result, source.passed_over)}")
+    index_path = save_index(result, files.dir, source)
     return IndexSummary(result.table.num_rows, len(result.shards), len(result.issues), index_path, rejects_path)
 
 
@@ -81,6 +86,13 @@ def validate(config: ResolvedConfig) -> dict:
     summary = {"source": source.description, **summarize(issues, usable)}
     write_json(summary, files.validation)
     return summary
+
+
+def _why_empty(result, passed_over: dict[str, str]) -> str:
+    found = [issue for issue in result.issues if issue.location not in passed_over]
+    if not found:
+        return f"its {len(result.shards)} data files hold no rows"
+    return f"{found[0].location}: {found[0].field}: {found[0].reason} ({len(found)} such problems in the rejects table)"
 
 
 def open_fetcher(config: ResolvedConfig) -> Fetcher:
@@ -119,7 +131,7 @@ def _not_synthetic(config: ResolvedConfig) -> str | None:
 
 
 def _index_action(config: ResolvedConfig, log) -> dict:
-    summary = index(config)
+    summary = index(config, log)
     return {"objects": summary.objects, "shards": summary.shards, "rejected": summary.skipped}
 
 

@@ -32,6 +32,7 @@ class Source(ABC):
     """A collection of contract rows split into shards."""
 
     description: str
+    passed_over: dict[str, str] = {}  # files beside the shards that are not data, by name: why (read only)
 
     @abstractmethod
     def shards(self) -> list[str]: ...
@@ -87,7 +88,8 @@ def coordinates_from_table(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 def _int64_ids(column: pa.Array, where: str) -> tuple[np.ndarray, np.ndarray]:
     if not pa.types.is_integer(column.type):
-        raise DataError(f"id column has type {column.type}, expected int64", field=where)
+        raise DataError(f"id column has type {column.type}, expected int64 (cast it: a float rounds 17-digit ids, "
+                        "text is not an id)", field=where)
     present = column.is_valid().to_numpy(zero_copy_only=False)
     raw = column.fill_null(0).to_numpy()
     if raw.dtype != np.uint64:

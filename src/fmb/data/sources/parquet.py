@@ -21,7 +21,9 @@ class ParquetSource(Source):
     """A directory tree of Parquet files in the row contract.
 
     A file belongs to the data when its schema has an id column and at least one modality
-    column, so a catalog or truth table living beside the parts is not mistaken for data.
+    column, so a catalog or truth table living beside the parts is not mistaken for data. Any other
+    file passed over is said (`passed_over`), with why: a data file whose columns are named
+    otherwise would else vanish from the survey without a word.
     """
 
     def __init__(self, directory: Path, config: DataConfig | None = None):
@@ -29,7 +31,11 @@ class ParquetSource(Source):
             raise ConfigError(f"data source {directory} is not a directory (run `fmb data synth` or set data.source)")
         self.directory = directory
         self.description = f"Parquet directory {directory}"
-        self._files = [path for path in sorted(directory.rglob("*.parquet")) if _is_data_file(path)]
+        found = {path: _not_data(path) for path in sorted(directory.rglob("*.parquet"))}
+        self._files = [path for path, why in found.items() if why is None]
+        survey = SurveyLayout(directory)
+        self.passed_over = {str(path.relative_to(directory)): why for path, why in found.items()
+                            if why is not None and path not in (survey.catalog, survey.truth)}
         self._last_open: tuple[str, pq.ParquetFile] | None = None
 
     def shards(self) -> list[str]:
@@ -86,9 +92,15 @@ class ParquetSource(Source):
         return {**self.__dict__, "_last_open": None}
 
 
-def _is_data_file(path: Path) -> bool:
+def _not_data(path: Path) -> str | None:
+    """Why a Parquet file is not part of the data (None: it is)."""
     try:
         names = set(pq.read_schema(path).names)
     except (OSError, pa.ArrowException):
-        return True  # unreadable: keep it, so indexing reports it instead of silently skipping data
-    return bool(names & set(ID_COLUMNS)) and bool(names & MODALITY_COLUMNS)
+        return None  # unreadable: keep it, so indexing reports it instead of silently skipping data
+    if not names & set(ID_COLUMNS):
+        return f"no id column ({' or '.join(ID_COLUMNS)})"
+    if not names & MODALITY_COLUMNS:
+        return (f"none of the modality columns ({', '.join(sorted(MODALITY_COLUMNS))}); its columns: "
+                f"{', '.join(sorted(names)[:12])}{' ...' if len(names) > 12 else ''}")
+    return None
