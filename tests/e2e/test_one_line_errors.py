@@ -348,6 +348,14 @@ def test_ids_of_the_wrong_type_fail_the_index_in_one_line(project: Path, monkeyp
     assert not RunLayout.of(project, "floats").data.index.exists()
 
 
+@pytest.mark.parametrize("source", ["hf:./data/typo", "hf:owner/name/", "hf:https://huggingface.co/datasets/a/b"])
+def test_an_hf_source_that_is_neither_a_folder_nor_a_hub_id_is_one_line(tmp_path: Path, monkeypatch, capsys, source):
+    """A path typo or a pasted URL after hf: ended in huggingface_hub's HFValidationError, "please report it"."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, err = fmb(tmp_path, monkeypatch, capsys, "data", "index", "--source", source)
+    assert code == 2 and f"{source}: no such local folder, and not a hub dataset id" in one_line(err), err
+
+
 def test_an_object_id_not_in_the_survey_says_what_ids_it_has(project: Path, monkeypatch, capsys):
     code, said = fmb(project, monkeypatch, capsys, "data", "show", "123")
     assert code == 2 and "object 123: not in the index (its 60 objects have ids such as" in said, said

@@ -27,6 +27,8 @@ from fmb.io import parquet_footer_sha256
 class HuggingFaceSource(DatasetSource):
     def __init__(self, dataset: str, config: DataConfig):
         super().__init__()
+        if not Path(dataset).is_dir():
+            _check_hub_id(dataset)
         self.dataset = dataset
         self.splits = list(config.splits)
         self.streaming = config.streaming
@@ -110,3 +112,15 @@ class HuggingFaceSource(DatasetSource):
                 "must already be in the HF cache: fetch it with `fmb setup download` where the hub can be reached "
                 "(or pass hf:<local dataset dir>)."
             ) from None
+
+
+def _check_hub_id(dataset: str) -> None:
+    """A name that is neither a local folder nor a hub id (a path typo, a pasted URL, a stray space)
+    is said so, before `datasets` or the cache lookup fail on it."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(dataset)
+    except HFValidationError:
+        raise ConfigError(f"hf:{dataset}: no such local folder, and not a hub dataset id (owner/name, e.g. "
+                          "hf:msiudek/astroPT_euclid_Q1_desi_dr1_dataset)") from None
