@@ -24,6 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fmb.errors import FmbError
+
 
 #: A temporary file older than this is stale whoever wrote it (one write never takes this long).
 STALE_AFTER_S = 24 * 3600
@@ -35,8 +37,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success make it durable and rename it to `path`,
     on error remove it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}.{_host()}-{os.getpid()}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}.{_host()}-{os.getpid()}.", dir=path.parent)
+    except OSError as error:  # a file where a folder should be, no permission, a read-only disk
+        where = "" if error.filename is None or Path(error.filename).parent == path.parent else f" ({error.filename})"
+        raise FmbError(f"cannot write {path}: {error.strerror or error}{where}") from None
     os.close(handle)
     os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes private files; outputs are ordinary files
     try:
@@ -145,8 +151,6 @@ def read_torch(path: str | Path, what: str, allowed: Sequence[type] = ()):
 
     import torch
 
-    from fmb.errors import FmbError
-
     try:
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -172,8 +176,6 @@ def write_csv(frame, path: str | Path, **to_csv_options) -> Path:
 
 def read_json_object(path: Path, remedy: str) -> dict:
     """A JSON object fmb wrote (a manifest, a state file), or one line saying it is corrupt and `remedy`."""
-    from fmb.errors import FmbError
-
     try:
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict):

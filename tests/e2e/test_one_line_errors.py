@@ -180,6 +180,13 @@ def test_a_huge_float_count_in_a_task_file_is_refused(tmp_path: Path, monkeypatc
     assert "task.yaml" in line
 
 
+def test_an_output_that_cannot_be_written_is_one_line(pipeline: Path, tmp_path: Path, monkeypatch, capsys):
+    """An output path under a file (or on a read-only place) ended in FileExistsError, "please report it"."""
+    (tmp_path / "a.csv").write_text("a file where a folder is asked for\n")
+    code, err = fmb(pipeline, monkeypatch, capsys, "export", str(tmp_path / "a.csv" / "top.csv"), *RUN)
+    assert code == 2 and f"cannot write {tmp_path / 'a.csv' / 'top.csv'}: File exists" in one_line(err), err
+
+
 def test_a_state_file_of_other_values_is_named(pipeline_copy: Path, monkeypatch, capsys):
     load_config(root=pipeline_copy, cli={"name": "pipeline"}).layout.state.write_text('{"synth": 5}')
     for command in (["status"], ["run", "--dry-run"]):
