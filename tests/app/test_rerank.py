@@ -285,11 +285,16 @@ def test_fmb_rerank_writes_what_rerank_gives(scored_run: Path, monkeypatch):
         assert (made.method, made.model, made.ranking, made.labels, made.seed) == ("gp_ei", "pixels", HEADLINE, 6,
                                                                                   config.seed)
         assert made.event == store.events().id.max() and started <= made.time <= time.time()
-        default = CliRunner().invoke(app, ["rerank", "--at", "0"])  # before any label: the cold start
+        replay = scored_run / "replay.parquet"
+        default = CliRunner().invoke(app, ["rerank", "--at", "0", "--out", str(replay)])  # before any label
         assert default.exit_code == 0 and "from 0 labels" in default.output
-        written = config.layout.app.reranked(ranking_name("pixels", HEADLINE, "bandit"))  # the default re-ranker
-        cold = rerank(config, None, None, "bandit", store.current(0)).object_id.tolist()
-        assert pd.read_parquet(written).object_id.tolist() == cold and read_reranked(written).event == 0
+        cold = rerank(config, None, None, "bandit", store.current(0)).object_id.tolist()  # the default re-ranker's
+        assert pd.read_parquet(replay).object_id.tolist() == cold and read_reranked(replay).event == 0
+        # the app's own list is not a replay's to overwrite
+        assert not config.layout.app.reranked(ranking_name("pixels", HEADLINE, "bandit")).exists()
+        table = CliRunner().invoke(app, ["rerank", "--method", "gp_ei", "--out", str(scored_run / "reranked.csv")])
+        assert table.exit_code == 0  # a .csv is a CSV, not Parquet under that name
+        pd.testing.assert_frame_equal(pd.read_csv(scored_run / "reranked.csv"), expected, check_dtype=False)
     finally:
         store.close()
         config.layout.app.labels_db.unlink()
@@ -299,6 +304,9 @@ def test_fmb_rerank_writes_what_rerank_gives(scored_run: Path, monkeypatch):
     (["--method", "oracle"], "unknown re-ranker 'oracle': choose one of astronomaly, gp_ei, propagation"),
     (["--model", "aion"], "has no scores for model 'aion'"),
     (["--ranking", "object_id"], "'object_id' is not a score column"),
+    (["--at", "0"], "--at 0.0: a replay needs a finite unix time and --out"),  # it overwrote the app's list
+    (["--at", "nan", "--out", "r.parquet"], "--at nan: a replay needs a finite unix time"),
+    (["--out", "r.txt"], "--out r.txt: a re-ranked list is written as .parquet or .csv"),
 ])
 def test_fmb_rerank_refuses_bad_options_in_one_line(scored_run: Path, monkeypatch, arguments, message):
     monkeypatch.chdir(scored_run)

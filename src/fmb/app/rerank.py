@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from fmb.app.graph import GraphCache, content_key
 from fmb.app.rerankers.base import Reranker
 from fmb.detect.scores import calibrated_inputs, frame_headline, is_score, p_column, ranked, score_tables
 from fmb.errors import FmbError
-from fmb.io import write_table
+from fmb.io import write_csv, write_table
 from fmb.plugins import reranker_class, reranker_names
 
 #: The bandit (issue 30): which re-ranker finds what a user is after differs from survey to survey
@@ -213,11 +214,17 @@ def rerank_run(config, model: str | None = None, ranking: str | None = None, met
                out: Path | None = None, at: float | None = None) -> dict:
     """`fmb rerank`: the run's labels (as they stood at unix time `at`, default now) re-rank its
     objects by `method` (default `DEFAULT_METHOD`); the list goes to `out` (default
-    runs/<name>/app/rerank/<model>-<ranking>-<method>.parquet, the file the app writes and shows).
+    runs/<name>/app/rerank/<model>:<ranking>:rerank=<method>.parquet, the file the app writes and
+    shows; a .csv `out` is the list alone). A replay (`at`) needs `out`: the app's list is of every label.
     Returns what was done: path, objects, labels used, method, model, ranking, event."""
     from fmb.app.labels import COLUMNS, LabelStore
 
     method = known_method(method or DEFAULT_METHOD)  # before any loading
+    if at is not None and (not math.isfinite(at) or out is None):
+        raise FmbError(f"--at {at}: a replay needs a finite unix time and --out for its list (the app's own list, "
+                       "from every label, stays as it is)")
+    if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
+        raise FmbError(f"--out {out}: a re-ranked list is written as .parquet or .csv")
     database = config.layout.app.labels_db
     empty = (pd.DataFrame(columns=list(COLUMNS)), 0)
     labels, event = LabelStore(database).snapshot(at) if database.is_file() else empty
@@ -225,5 +232,6 @@ def rerank_run(config, model: str | None = None, ranking: str | None = None, met
     saved = config.layout.app.reranked(ranking_name(inputs.model, inputs.ranking, method))
     done = rerank_snapshot(inputs, method, labels, event, config.seed, GraphCache(config.layout.app.graph),
                            read_reranked(saved))
-    path = write_reranked(done, out or saved)
+    path = write_csv(done.order, out, index=False) if out is not None and out.suffix.lower() == ".csv" else \
+        write_reranked(done, out or saved)
     return {"path": path, "objects": len(done.order), **done.describe()}

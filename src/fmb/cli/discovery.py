@@ -15,17 +15,19 @@ def rerank_command(
     model: Annotated[Optional[str], typer.Option("--model", help="Model whose scores and joint embedding are "
                                                  "re-ranked; default: the run's first scored model.")] = None,
     ranking: Annotated[Optional[str], typer.Option("--ranking", help="Score column to start from; default: the "
-                                                   "headline ranking (fused_cauchy).")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="Re-ranker: propagation (label propagation over "
-                                                  "the nearest-neighbour graph, the default), active_search "
-                                                  "(the k-NN model of active search), astronomaly "
+                                                   "headline ranking (fused_adjusted).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Re-ranker: bandit (the others compete for each "
+                                                  "page's slots, rewarded by your labels: the app's default), "
+                                                  "propagation (label propagation over the nearest-neighbour graph), "
+                                                  "active_search (the k-NN model of active search), astronomaly "
                                                   "(Astronomaly's neighbour score) or gp_ei (Gaussian process, "
                                                   "expected improvement).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Parquet file to write; default: "
-                                                "runs/<name>/app/rerank/<model>:<ranking>:rerank=<method>.parquet (the list's name in the app).",
-                                                dir_okay=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="File to write, .parquet or .csv; default: "
+                                                "runs/<name>/app/rerank/<model>:<ranking>:rerank=<method>.parquet "
+                                                "(the list the app shows; needed with --at).", dir_okay=False)] = None,
     at: Annotated[Optional[float], typer.Option("--at", help="Use the labels as they stood at this unix time "
-                                                "(replay); default: now.")] = None,
+                                                "(a replay, written to --out: the app's list stays as it is); "
+                                                "default: now.")] = None,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,

@@ -24,7 +24,7 @@ def export_command(
     ranking: Annotated[Optional[str], typer.Option("--ranking", help="Score column of that ranking; default: its "
                                                    "headline ranking.")] = None,
     objects: Annotated[bool, typer.Option("--objects", help="Also write each object's cutouts and spectrum as FITS, "
-                                          "to <out>-objects/<id>.fits.")] = False,
+                                          "to <out without its suffix>-objects/<id>.fits (out/top.csv: out/top-objects/).")] = False,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
