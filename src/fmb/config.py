@@ -541,7 +541,7 @@ def load_config(
     try:
         values = build_schema().model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origins)) from None
+        raise ConfigError(_describe(exc, origins, build_schema())) from None
     return ResolvedConfig(values, root, origins, remembered)
 
 
@@ -651,9 +651,37 @@ def _unflatten(flat: dict[str, Any]) -> dict:
     return tree
 
 
-def _describe(exc: ValidationError, origins: dict[str, str]) -> str:
+def _describe(exc: ValidationError, origins: dict[str, str], schema: type[BaseModel]) -> str:
     problems = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
-        problems.append(f"{key}: {error['msg']} (from {origins.get(key, 'defaults')})")
+        origin = origins.get(key) or next((where for given, where in origins.items() if given.startswith(f"{key}.")),
+                                          "defaults")
+        problems.append(f"{key}: {_problem(error, schema)} (from {origin})")
     return f"invalid configuration: {'; '.join(problems)}"
+
+
+def _problem(error: dict, schema: type[BaseModel]) -> str:
+    """What is wrong with one value, said for a config file's reader: an unknown key with the keys
+    beside it (the closest first), a list given as one word with the list it meant."""
+    import difflib
+
+    if error["type"] == "extra_forbidden":
+        known = sorted(_fields_at(schema, [str(part) for part in error["loc"][:-1]]))
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        return "no such key" + (f"; did you mean {close[0]}?" if close else f"; keys here: {', '.join(known)}")
+    if error["type"] == "list_type" and isinstance(error.get("input"), str):
+        return f"{error['msg']}: write [{error['input']}]"
+    return error["msg"]
+
+
+def _fields_at(schema: type[BaseModel], path: list[str]) -> set[str]:
+    """The keys of the config section at `path` (a dotted key's parts); empty where it is no section."""
+    model = schema
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return set()
+        model = annotation
+    return set(model.model_fields)

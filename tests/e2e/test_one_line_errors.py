@@ -363,6 +363,17 @@ def test_an_hf_source_that_is_neither_a_folder_nor_a_hub_id_is_one_line(tmp_path
     assert code == 2 and f"{source}: no such local folder, and not a hub dataset id" in one_line(err), err
 
 
+@pytest.mark.parametrize("setting, said", [
+    ("detekt.knn.n_neighbors=5", "detekt: no such key; did you mean detect? (from command line)"),
+    ("detect.knn.n_neigbors=5", "detect.knn.n_neigbors: no such key; did you mean n_neighbors? (from command line)"),
+    ("detect.methods=flow", "detect.methods: Input should be a valid list: write [flow] (from command line)"),
+])
+def test_a_misspelt_or_misshapen_setting_says_what_it_meant(tmp_path: Path, monkeypatch, capsys, setting, said):
+    """These said pydantic's "Extra inputs are not permitted" and, for a misspelt section, "(from defaults)"."""
+    code, err = fmb(tmp_path, monkeypatch, capsys, "config", "show", "--set", setting)
+    assert code == 2 and said in one_line(err), err
+
+
 def test_an_object_id_not_in_the_survey_says_what_ids_it_has(project: Path, monkeypatch, capsys):
     code, said = fmb(project, monkeypatch, capsys, "data", "show", "123")
     assert code == 2 and "object 123: not in the index (its 60 objects have ids such as" in said, said
