@@ -87,7 +87,7 @@ class DataConfig(Section):
     max_masked_spectrum_fraction: float = Field(
         0.5, ge=0, le=1, description="spectra with more masked pixels than this are dropped"
     )
-    on_invalid: Literal["skip", "error"] = Field(
+    on_invalid: Literal["skip", "error"] = Field(  # one command's choice: not remembered (`_NOT_REMEMBERED`)
         "skip", description="skip invalid objects (recorded in rejects) or stop at the first one"
     )
 
@@ -485,7 +485,7 @@ class ResolvedConfig:
         before = dict(_flatten(self.remembered.get("results", {})))
         now = dict(_flatten(result_values(self.values)))
         return [f"{key}: {before.get(key)!r} -> {now.get(key)!r} ({self.origins.get(key, 'default')})"
-                for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+                for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key) and not _own(key)]
 
 
 def _rebuilt(values: dict, root: Path, origins: dict[str, str]) -> "ResolvedConfig":
@@ -499,10 +499,16 @@ def run_settings(config: ResolvedConfig) -> dict:
             "results": result_values(config.values)}
 
 
-#: Keys a run does not carry over to the next command on it: where a command runs, and which models
-#: one `fmb detect --model M` scored, are that command's own choice.
-_NOT_REMEMBERED = ("executor", "name", "detect.models")
+#: Keys a run does not carry over to the next command on it: where a command runs, which models one
+#: `fmb detect --model M` scored, whether one check was strict (`--strict`) and which object one
+#: `fmb data show` drew are that command's own choice.
+_NOT_REMEMBERED = ("executor", "name", "detect.models", "data.on_invalid", "show")
 _REMEMBERED_ORIGINS = ("task file", "command line", "run ")
+
+
+def _own(key: str) -> bool:
+    """A key that is each command's own choice (`_NOT_REMEMBERED`): it never differs from the run's."""
+    return any(key == own or key.startswith(own + ".") for own in _NOT_REMEMBERED)
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -581,8 +587,7 @@ def _remembered_layers(record: dict) -> list[tuple[str, dict]]:
     by_origin: dict[str, dict] = {}
     for key, value in _flatten(record["values"]):
         origin = str(record["origins"].get(key, ""))
-        if origin.startswith(_REMEMBERED_ORIGINS) and not any(
-                key == skipped or key.startswith(skipped + ".") for skipped in _NOT_REMEMBERED):
+        if origin.startswith(_REMEMBERED_ORIGINS) and not _own(key):
             label = origin if origin.startswith("run ") else f"run {record['values'].get('name')}: {origin}"
             by_origin.setdefault(label, {})[key] = value
     return [(label, _unflatten(keys)) for label, keys in by_origin.items()]

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from fmb.cli import app
 from fmb.config import load_config
+from fmb.data.index import ObjectIndex
 from fmb.layout import RunLayout, crash_logs
 from tests.conftest import fmb_main
 
@@ -47,6 +48,20 @@ def project(embedded: Path, tmp_path: Path) -> Path:
 
 
 fmb = fmb_main
+
+
+def fmb_said(project: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """(exit code, all the user saw: stdout and stderr) of `fmb ARGS` through the real entry point."""
+    import sys
+
+    from fmb.cli import main
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "argv", ["fmb", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    said = capsys.readouterr()
+    return exit_.value.code, said.out + said.err
 
 
 def one_line(message: str) -> str:
@@ -326,16 +341,8 @@ def test_a_data_file_with_its_columns_named_otherwise_is_said_not_dropped(projec
 
     _survey_copy(project, "renamed", lambda table: table.rename_columns(  # as a user's own export might
         [f"{name.lower()}_" if name in MODALITY_COLUMNS else name for name in table.column_names]))
-    import sys
-
-    from fmb.cli import main
-
-    monkeypatch.chdir(project)
-    monkeypatch.setattr(sys, "argv", ["fmb", "data", "index", "--source", "data/renamed", "--run", "renamed"])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    assert exit_.value.code == 0
-    assert "passed over part-00001.parquet: none of the modality columns" in capsys.readouterr().out
+    code, said = fmb_said(project, monkeypatch, capsys, "data", "index", "--source", "data/renamed", "--run", "renamed")
+    assert code == 0 and "passed over part-00001.parquet: none of the modality columns" in said, said
     rejects = pd.read_parquet(RunLayout.of(project, "renamed").data.rejects)
     passed = rejects[rejects.field == "file"]
     assert list(passed.location) == ["part-00001.parquet"] and "none of the modality columns" in passed.reason.iloc[0]
@@ -374,6 +381,22 @@ def test_a_misspelt_or_misshapen_setting_says_what_it_meant(tmp_path: Path, monk
     assert code == 2 and said in one_line(err), err
 
 
+def test_a_strict_check_runs_once_and_leaves_the_run_as_it_was(project: Path, monkeypatch, capsys):
+    """`fmb data validate --strict` was skipped as "nothing changed" after a plain check, or, once run,
+    was remembered: every later check was strict, and the strictness re-keyed the index and every
+    model, so `fmb run` would have redone them all; `fmb data show ID` said the settings differed."""
+    assert fmb_said(project, monkeypatch, capsys, "data", "validate")[0] == 0
+    code, said = fmb_said(project, monkeypatch, capsys, "data", "validate", "--strict")
+    assert code == 0 and "usable_objects: 60" in said and "nothing changed" not in said, said
+    code, said = fmb_said(project, monkeypatch, capsys, "config", "show")
+    assert "'skip'" in next(line for line in said.splitlines() if "data.on_invalid" in line)
+    code, said = fmb_said(project, monkeypatch, capsys, "embed", "pixels", *PIXELS)
+    assert code == 0 and "nothing changed" in said and "settings differ" not in said, said
+    first = int(ObjectIndex.load(load_config(root=project).layout.data.dir).ids[0])
+    code, said = fmb_said(project, monkeypatch, capsys, "data", "show", str(first), "--out", "one.png")
+    assert code == 0 and "settings differ" not in said, said
+
+
 def test_an_object_id_not_in_the_survey_says_what_ids_it_has(project: Path, monkeypatch, capsys):
     code, said = fmb(project, monkeypatch, capsys, "data", "show", "123")
     assert code == 2 and "object 123: not in the index (its 60 objects have ids such as" in said, said
@@ -400,8 +423,6 @@ def test_a_refused_label_file_leaves_no_label_log_behind(project: Path, monkeypa
 def test_a_label_files_id_written_as_a_float_is_refused_not_rounded(project: Path, monkeypatch, capsys):
     """17-digit ids read as floats were rounded to a neighbouring id (39627007000000659.0 became ...656)
     and the label stored on that other object without a word: from a spreadsheet's CSV or a float column."""
-    from fmb.data.index import ObjectIndex
-
     known = int(ObjectIndex.load(load_config(root=project).layout.data.dir).ids[-1])
     assert known > 2**53 and float(known) != known
     (project / "float.csv").write_text(f"OBJECT_ID,INTEREST\n{known}.0,4\n")

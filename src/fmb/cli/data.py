@@ -74,7 +74,8 @@ def data_index(
 @data_app.command("validate")
 def data_validate(
     source: SourceOption = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first invalid object instead of skipping.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Check again and stop at the first invalid object or "
+                                         "dropped modality instead of skipping it (this command only).")] = False,
     force: Force = False,
     config: TaskFile = None,
     set_: Sets = None,
@@ -86,7 +87,7 @@ def data_validate(
     """
     resolved = build_config(config, set_, name, allow_new_run=True,
                             **{"data.source": source, "data.on_invalid": "error" if strict else None})
-    summary = run_stage(resolved, "validate", force) or {}
+    summary = run_stage(resolved, "validate", force or strict) or {}  # a strict check is asked for: it runs
     for key, value in summary.items():
         console.print(f"{key}: {value}")
 
