@@ -137,6 +137,17 @@ def pipeline_copy(pipeline: Path, tmp_path: Path) -> Path:
 def fmb_main(project: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
     """(exit code, what the user saw on stderr) of `fmb ARGS` through the real entry point
     (`fmb.cli.main`, which turns every failure into one line) run in `project`."""
+    return _exit_code(project, monkeypatch, args), capsys.readouterr().err
+
+
+def fmb_said(project: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """(exit code, all the user saw: stdout then stderr) of `fmb ARGS`, as `fmb_main` runs it."""
+    code = _exit_code(project, monkeypatch, args)
+    said = capsys.readouterr()
+    return code, said.out + said.err
+
+
+def _exit_code(project: Path, monkeypatch, args) -> int:
     import sys
 
     from fmb.cli import main
@@ -145,7 +156,7 @@ def fmb_main(project: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
     monkeypatch.setattr(sys, "argv", ["fmb", *args])
     with pytest.raises(SystemExit) as exit_:
         main()
-    return exit_.value.code, capsys.readouterr().err
+    return exit_.value.code
 
 
 #: Fixtures that build or copy a whole run: a test that uses one is slow whatever directory it is in.

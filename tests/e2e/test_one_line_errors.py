@@ -14,7 +14,7 @@ from fmb.cli import app
 from fmb.config import load_config
 from fmb.data.index import ObjectIndex
 from fmb.layout import RunLayout, crash_logs
-from tests.conftest import fmb_main
+from tests.conftest import fmb_main, fmb_said
 
 PIXELS = ["--set", "models.pixels.components=6", "--set", "models.pixels.image_size=8",
           "--set", "models.pixels.embed.num_workers=0", "--set", "models.pixels.adapt.num_workers=0",
@@ -48,20 +48,6 @@ def project(embedded: Path, tmp_path: Path) -> Path:
 
 
 fmb = fmb_main
-
-
-def fmb_said(project: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """(exit code, all the user saw: stdout and stderr) of `fmb ARGS` through the real entry point."""
-    import sys
-
-    from fmb.cli import main
-
-    monkeypatch.chdir(project)
-    monkeypatch.setattr(sys, "argv", ["fmb", *args])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    said = capsys.readouterr()
-    return exit_.value.code, said.out + said.err
 
 
 def one_line(message: str) -> str:

@@ -2,26 +2,15 @@
 
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from fmb.cli import main
 from fmb.config import load_config
 from fmb.errors import FmbError
 from fmb.models.registry import build_encoder
-
-
-def fmb(project: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """The real entry point (`fmb.cli.main`, as the `fmb` script runs it): (exit code, console text)."""
-    monkeypatch.chdir(project)
-    monkeypatch.setattr(sys, "argv", ["fmb", *args])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out + captured.err
+from tests.conftest import fmb_said as fmb
 
 
 class WritesAFile:
