@@ -335,6 +335,24 @@ def test_a_data_file_with_its_columns_named_otherwise_is_said_not_dropped(projec
     assert "part-00001.parquet" not in set(pd.read_parquet(RunLayout.of(project, "renamed").data.index).shard)
 
 
+def test_a_row_whose_position_is_not_on_the_sky_is_noted(project: Path, monkeypatch, capsys):
+    """RA 400 / Dec 95 became an unknown position (an export's empty RA and Dec) with no reject row."""
+    import pyarrow as pa
+
+    def off_the_sky(table):
+        ra = table.column("ra").to_pylist()
+        ra[0] = 400.0
+        return table.set_column(table.column_names.index("ra"), "ra", pa.array(ra, pa.float64()))
+
+    _survey_copy(project, "offsky", off_the_sky)
+    for command in (["data", "index"], ["data", "validate"]):
+        assert fmb(project, monkeypatch, capsys, *command, "--source", "data/offsky", "--run", "offsky")[0] == 0
+    rejects = pd.read_parquet(RunLayout.of(project, "offsky").data.rejects)
+    noted = rejects[rejects.field == "ra, dec"]
+    assert len(noted) == 1 and noted.action.iloc[0] == "noted" and "400.0" in noted.reason.iloc[0]
+    assert noted.location.iloc[0].startswith("part-00001.parquet:0")
+
+
 def test_ids_of_the_wrong_type_fail_the_index_in_one_line(project: Path, monkeypatch, capsys):
     """Float ids were each refused as "missing", and the index ended "indexed 0 objects" with exit 0
     while `validate` counted every object usable."""

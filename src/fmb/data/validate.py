@@ -37,7 +37,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fmb.config import DataConfig
-from fmb.data.schema import BAND_COLUMNS, LOAD_PROBLEMS, RGB_COLUMN, desi_wavelength, rgb_composite
+from fmb.data.schema import (BAND_COLUMNS, LOAD_PROBLEMS, RGB_COLUMN, checked_sky, desi_wavelength, rgb_composite,
+                             sky_columns)
 from fmb.data.sources.base import ID_COLUMNS, MISSING_ID
 from fmb.errors import DataError
 
@@ -121,6 +122,7 @@ class RowChecker:
             spectrum=spectrum,
             sed=_sed(row.get("sed_data"), report),
         )
+        _sky_position(row, report)
         return self._finish(sample, issues)
 
     def skip(self, object_id: int | None, field_name: str, reason: str) -> tuple[None, list[Issue]]:
@@ -375,6 +377,26 @@ def _redshift(value, report: _Reporter) -> float:
         report("redshift", f"{redshift:g} outside the physical range {low:g} to {high:g}; set to NaN", NOTED)
         return float("nan")
     return redshift
+
+
+def _sky_position(row: dict, report: _Reporter) -> None:
+    """A position the index keeps as unknown (`checked_sky`) is noted, so that an export's empty RA
+    and Dec can be traced to the row."""
+    columns = sky_columns(row)
+    values = [None, None] if columns is None else [row.get(column) for column in columns]
+    if all(_missing_number(value) for value in values):  # no position given: nothing to trace
+        return
+    try:
+        known = np.isfinite(checked_sky(*[[_number(value)] for value in values])[0][0])
+    except ValueError:
+        known = False
+    if not known:
+        report(", ".join(columns), f"{values[0]!r}, {values[1]!r} is not a sky position (0 <= RA < 360, "
+               "-90 <= Dec <= 90); position unknown", NOTED)
+
+
+def _missing_number(value) -> bool:
+    return value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isnan(value))
 
 
 def _sed(value, report: _Reporter) -> dict[str, float]:
