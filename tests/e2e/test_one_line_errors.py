@@ -3,6 +3,7 @@ what is wrong, naming the key or file, and what to do; never a traceback unless 
 
 import importlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -205,10 +206,16 @@ def test_a_truncated_score_table_or_index_is_one_line_with_what_to_do(pipeline_c
     code, err = fmb(pipeline_copy, monkeypatch, capsys, "analyze", "agreement", "--force", *RUN)
     line = one_line(err)
     assert code == 2 and "pixels.parquet, an input of agreement, is damaged" in line and "--force" in line
+    # the stage that wrote it sees it damaged: the dry run plans it, and a plain rerun redoes it (it
+    # said "nothing changed", while export and report failed on it)
+    code, said = fmb_said(pipeline_copy, monkeypatch, capsys, "run", "--dry-run", *RUN)
+    assert code == 0 and re.search(r"detect\s.*pixels\.parquet.*not readable Parquet", said), said
+    code, said = fmb_said(pipeline_copy, monkeypatch, capsys, "detect", *RUN)
+    assert code == 0 and "nothing changed" not in said and not run.scores.table("pixels").stat().st_size < 4096, said
     _truncate(run.data.index)
     code, err = fmb(pipeline_copy, monkeypatch, capsys, "data", "show", "5", *RUN)
     line = one_line(err)
-    assert code == 2 and "index.parquet" in line and "redo the stage that writes it with --force" in line
+    assert code == 2 and "index.parquet" in line and "`fmb run --dry-run` names a damaged output" in line
 
 
 def test_detect_score_out_a_directory_is_one_line(pipeline_copy: Path, monkeypatch, capsys):

@@ -308,9 +308,27 @@ def _is_current(previous: dict, key: str, outputs: list[Path]) -> bool:
 
 
 def damaged_outputs(config: ResolvedConfig, stage: Stage) -> list[tuple[Path, str]]:
-    """(file, why) of each finished output that fails its check (`Stage.damaged`): what a rerun
-    redoes, exactly, without --force."""
-    return [] if stage.damaged is None else list(stage.damaged(config))
+    """(file, why) of each finished output that fails its check (`Stage.damaged`), and of each
+    Parquet output (or Parquet file at the top of an output directory) whose footer cannot be read
+    (truncated, overwritten): what a rerun redoes, exactly, without --force."""
+    own = [] if stage.damaged is None else list(stage.damaged(config))
+    return own + [found for found in _unreadable_parquet(stage.outputs(config)) if found[0] not in dict(own)]
+
+
+def _unreadable_parquet(outputs: list[Path]) -> list[tuple[Path, str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = [path for output in outputs
+             for path in (sorted(output.glob("*.parquet")) if output.is_dir() else [output])
+             if path.suffix == ".parquet" and path.is_file()]
+    unreadable = []
+    for path in files:
+        try:
+            pq.read_metadata(path)
+        except (OSError, pa.ArrowException) as error:
+            unreadable.append((path, f"not readable Parquet ({_one_line(error)[:100]})"))
+    return unreadable
 
 
 def refuse_damaged_inputs(config: ResolvedConfig, stage: Stage) -> None:
