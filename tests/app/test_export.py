@@ -3,8 +3,10 @@ SAMP send to a hub started here, and `fmb labels import` of an export into a fre
 
 import io
 import threading
+import warnings
 from pathlib import Path
 
+import astropy.units as u
 import numpy as np
 import pandas as pd
 import pytest
@@ -80,6 +82,19 @@ def test_fmb_export_objects_writes_cutouts_and_spectra(project: Path):
         assert [unit.name for unit in units[1:]] == ["VIS", "NISP_Y", "NISP_J", "NISP_H", "SPECTRUM"]
         assert units["VIS"].data.ndim == 2 and len(units["SPECTRUM"].data["WAVELENGTH"]) == 7781
         assert np.isfinite(units[0].header["RA"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a unit FITS does not know is a warning, and dropped
+        spectrum = Table.read(files[0], hdu="SPECTRUM")
+    flux = 1e-17 * u.erg / (u.s * u.cm**2 * u.AA)
+    assert spectrum["FLUX"].unit == flux and spectrum["IVAR"].unit == flux**-2
+    # a shorter export into the same folder leaves only its own objects (10 files once passed for candidates)
+    run_fmb(project, "export", "out/top.fits", "--top", "0", "--objects")
+    assert len(list((project / "out/top-objects").glob("*.fits"))) == 3
+    mine = project / "out/mine-objects"  # a folder fmb did not make: nothing of it is removed
+    mine.mkdir()
+    (mine / "123.fits").write_bytes(b"kept")
+    run_fmb(project, "export", "out/mine.fits", "--top", "0", "--objects")
+    assert (mine / "123.fits").read_bytes() == b"kept"
 
 
 def test_export_then_labels_import_on_a_fresh_run_gives_the_same_labels(project: Path, labelled: dict):

@@ -20,6 +20,7 @@ from fmb.app.labels import TAG_SEPARATOR
 from fmb.app.rerank import ranking_name
 from fmb.errors import FmbError
 from fmb.io import atomic_path
+from fmb.layout import owner_marker
 
 TOP_DEFAULT = 100
 TOP_MAX = 100_000
@@ -28,6 +29,9 @@ UCDS = {"object_id": "meta.id;meta.main", "ra": "pos.eq.ra;meta.main", "dec": "p
         "redshift": "src.redshift"}
 #: The cutout extensions of an object file: the names `data.cutouts` files carry (`fmb.data.sources.desi`).
 CUTOUT_EXTENSIONS = ("VIS", "NISP_Y", "NISP_J", "NISP_H")
+# DESI's flux unit and its inverse variance's, in the FITS standard's spelling (a bare 1e-17 factor
+# is not FITS: astropy reads it with a warning and drops the unit)
+FLUX_UNIT, IVAR_UNIT = "10**(-17) erg/(s cm2 Angstrom)", "10**(34) s2 cm4 Angstrom2 / erg2"
 
 
 @dataclass(frozen=True)
@@ -112,10 +116,15 @@ def write_export(table, path: Path) -> Path:
 def write_object_files(fetcher, table, directory: Path) -> int:
     """One FITS file per object of `table`, <object_id>.fits in `directory`: a primary header with
     its id, position and redshift, its band cutouts (ADU) as image extensions, and its spectrum as a
-    SPECTRUM table (WAVELENGTH in A, FLUX in 1e-17 erg/s/cm2/A, IVAR). Returns the files written."""
+    SPECTRUM table (WAVELENGTH in A, FLUX in 1e-17 erg/s/cm2/A, IVAR). Returns the files written.
+    A folder fmb made (its owner marker) keeps only this export's files: an earlier, longer export's
+    would else pass for candidates of this one."""
     from astropy.io import fits
 
-    written = 0
+    if not directory.exists():
+        directory.mkdir(parents=True)
+        owner_marker(directory).touch()
+    written, names = 0, set()
     for row, sample in zip(table, fetcher.samples(table["object_id"])):
         if sample is None:
             continue
@@ -128,13 +137,19 @@ def write_object_files(fetcher, table, directory: Path) -> int:
             spectrum = sample.spectrum
             units.append(fits.BinTableHDU.from_columns(
                 [fits.Column("WAVELENGTH", "E", unit="Angstrom", array=spectrum.wavelength),
-                 fits.Column("FLUX", "E", unit="1e-17 erg/(s cm2 Angstrom)", array=spectrum.flux),
-                 fits.Column("IVAR", "E", array=spectrum.ivar)], name="SPECTRUM"))
+                 fits.Column("FLUX", "E", unit=FLUX_UNIT, array=spectrum.flux),
+                 fits.Column("IVAR", "E", unit=IVAR_UNIT, array=spectrum.ivar)],
+                name="SPECTRUM"))
         buffer = io.BytesIO()
         fits.HDUList(units).writeto(buffer)
+        names.add(f"{int(row['object_id'])}.fits")
         with atomic_path(directory / f"{int(row['object_id'])}.fits") as temporary:
             temporary.write_bytes(buffer.getvalue())
         written += 1
+    if owner_marker(directory).is_file():
+        for stale in directory.glob("*.fits"):
+            if stale.name not in names and stale.stem.lstrip("-").isdigit():
+                stale.unlink()
     return written
 
 
