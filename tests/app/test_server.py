@@ -242,6 +242,22 @@ def test_the_consensus_is_one_more_ranking(config, plain: list[int]):
         consensus.unlink()
 
 
+def test_scores_rewritten_while_the_app_runs_are_read_again(scored_run: Path, tmp_path: Path):
+    """`fmb detect --method knn` while the app ran: it served the columns of before (their ranks gone
+    from disk) and failed to re-rank on them."""
+    config = run_config(private_copy(scored_run, tmp_path / "project", run_config(scored_run).layout.app.dir))
+    client = TestClient(create_app(config), base_url=LOCAL)
+    assert "score_image_flow" in client.get("/api/choices").json()["models"]["pixels"]["columns"]
+    path = config.layout.scores.table("pixels")
+    table = pd.read_parquet(path)
+    kept = [column for column in table.columns if "flow" not in column]
+    table[kept].to_parquet(path)  # as a detect without the flow would write it
+    columns = client.get("/api/choices").json()["models"]["pixels"]["columns"]
+    assert "score_image_flow" not in columns and HEADLINE in columns
+    assert client.get("/api/list", params={"column": "score_image_flow"}).status_code in (400, 404)
+    assert client.post("/api/rerank", json={"method": "propagation"}).status_code == 200
+
+
 # -- what it refuses ------------------------------------------------------------------------------------
 BAD_IDS = ["abc", "1.5", "1e3", "0x10", "99999999999999999999", "-99999999999999999999", "%00", "%20", "1;2"]
 

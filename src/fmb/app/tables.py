@@ -8,7 +8,7 @@ import pandas as pd
 
 from fmb.config import ResolvedConfig
 from fmb.detect.scores import (CONSENSUS, frame_headline, is_score, load_score_tables, pct_column, percentile_of_rank,
-                               rank_column, ranked)
+                               rank_column, ranked, score_tables)
 
 from fmb.errors import FmbError
 
@@ -86,6 +86,13 @@ def load_tables(config: ResolvedConfig) -> dict[str, ScoreTable]:
     if consensus.is_file():
         tables[CONSENSUS_MODEL] = ScoreTable(pd.read_parquet(consensus), preferred=CONSENSUS)
     return tables
+
+
+def tables_signature(config: ResolvedConfig) -> tuple:
+    """What `load_tables` would read, by file, size and time of change: a change means read again."""
+    paths = [*score_tables(config).values(), config.layout.scores.consensus]
+    return tuple((str(path), stat.st_size, stat.st_mtime_ns) for path in paths if path.is_file()
+                 for stat in [path.stat()])
 
 
 def _shown(column: str) -> bool:

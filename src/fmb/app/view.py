@@ -24,7 +24,7 @@ from fmb.app.rerank import (DEFAULT_METHOD, Reranked, known_method, load_inputs,
                             rerank_snapshot, source_key, write_reranked)
 from fmb.app.samp import send_table
 from fmb.app.tables import (CONSENSUS_MODEL, Catalog, NotFound, ScoreTable, chosen_column, chosen_model,
-                            finite_or_none, load_tables)
+                            finite_or_none, load_tables, tables_signature)
 from fmb.config import ResolvedConfig
 from fmb.data.catalog import load_catalog
 from fmb.data.schema import BAND_NAMES
@@ -69,8 +69,8 @@ class RunView:
 
     def __init__(self, config: ResolvedConfig):
         self.config = config
-        self.tables = load_tables(config)
-        if not self.tables:
+        self._tables_read, self._tables = tables_signature(config), load_tables(config)
+        if not self._tables:
             raise FmbError(f"run {config.name} has no scores yet; run `fmb detect` first")
         catalog = load_catalog(config, required=False)
         self.catalog = Catalog(catalog)
@@ -84,6 +84,18 @@ class RunView:
         self._reranking = threading.Lock()
         self._drawn: dict[tuple[str, str, str], set[int]] = {}  # shown in a random slice: a label there rewards no arm
         self.graphs = GraphCache(config.layout.app.graph)
+
+    @property
+    def tables(self) -> dict[str, ScoreTable]:
+        """The run's score tables, read again when `fmb detect` rewrote them while the app runs (it
+        served the columns and ranks of before, and failed to re-rank on a column gone)."""
+        now = tables_signature(self.config)
+        if now != self._tables_read:
+            tables = load_tables(self.config)
+            if tables:  # mid-rewrite a table may be briefly absent: keep what was read
+                self._tables_read, self._tables = now, tables
+                self._rerank_inputs.clear()
+        return self._tables
 
     # -- what the list page offers --------------------------------------------------------------------
     def choices(self) -> dict:
