@@ -322,8 +322,8 @@ def _survey_copy(project: Path, name: str, change) -> Path:
     copy = project / "data" / name
     copy.mkdir()
     half = table.num_rows // 2
-    pq.write_table(table.slice(0, half), copy / "part-00000.parquet")
-    pq.write_table(change(table.slice(half)), copy / "part-00001.parquet")
+    pq.write_table(table.slice(0, half), copy / "first.parquet")
+    pq.write_table(change(table.slice(half)), copy / "second.parquet")
     return copy
 
 
@@ -335,11 +335,11 @@ def test_a_data_file_with_its_columns_named_otherwise_is_said_not_dropped(projec
     _survey_copy(project, "renamed", lambda table: table.rename_columns(  # as a user's own export might
         [f"{name.lower()}_" if name in MODALITY_COLUMNS else name for name in table.column_names]))
     code, said = fmb_said(project, monkeypatch, capsys, "data", "index", "--source", "data/renamed", "--run", "renamed")
-    assert code == 0 and "passed over part-00001.parquet: none of the modality columns" in said, said
+    assert code == 0 and "passed over second.parquet: none of the modality columns" in said, said
     rejects = pd.read_parquet(RunLayout.of(project, "renamed").data.rejects)
     passed = rejects[rejects.field == "file"]
-    assert list(passed.location) == ["part-00001.parquet"] and "none of the modality columns" in passed.reason.iloc[0]
-    assert "part-00001.parquet" not in set(pd.read_parquet(RunLayout.of(project, "renamed").data.index).shard)
+    assert list(passed.location) == ["second.parquet"] and "none of the modality columns" in passed.reason.iloc[0]
+    assert "second.parquet" not in set(pd.read_parquet(RunLayout.of(project, "renamed").data.index).shard)
 
 
 def test_a_row_whose_position_is_not_on_the_sky_is_noted(project: Path, monkeypatch, capsys):
@@ -357,7 +357,18 @@ def test_a_row_whose_position_is_not_on_the_sky_is_noted(project: Path, monkeypa
     rejects = pd.read_parquet(RunLayout.of(project, "offsky").data.rejects)
     noted = rejects[rejects.field == "ra, dec"]
     assert len(noted) == 1 and noted.action.iloc[0] == "noted" and "400.0" in noted.reason.iloc[0]
-    assert noted.location.iloc[0].startswith("part-00001.parquet:0")
+    assert noted.location.iloc[0].startswith("second.parquet:0")
+
+
+def test_checking_or_adapting_on_data_the_run_did_not_index_is_refused(project: Path, monkeypatch, capsys):
+    """`fmb data validate --source other` validated the other data with exit 0, and was remembered:
+    adapt then fitted on rows the run's index does not describe."""
+    _survey_copy(project, "other", lambda table: table)
+    for command in (["data", "validate"], ["adapt", "pixels", *PIXELS]):
+        code, err = fmb(project, monkeypatch, capsys, *command, "--source" if command[0] == "data" else "--set",
+                        "data/other" if command[0] == "data" else "data.source=data/other")
+        assert code == 2 and "data/other is not the data this run indexed" in one_line(err), err
+    assert load_config(root=project).data.source == "data/synth"  # the refused source is not remembered
 
 
 def test_ids_of_the_wrong_type_fail_the_index_in_one_line(project: Path, monkeypatch, capsys):

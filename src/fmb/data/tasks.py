@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from fmb.config import ResolvedConfig
-from fmb.data.index import Fetcher, ObjectIndex, build_index, save_index
+from fmb.data.index import Fetcher, ObjectIndex, build_index, indexed_content_sha256, save_index
 from fmb.data.schema import BAND_NAMES
 from fmb.data.scan import iter_samples, summarize, write_rejects
 from fmb.data.sources import local_inputs, open_source
@@ -116,6 +116,13 @@ def show(config: ResolvedConfig, out: Path | None = None) -> Path:
     return draw_object(sample, path, BAND_NAMES, smooth_px=config.show.smooth_px)
 
 
+def check_indexed_source(config: ResolvedConfig, model: str | None = None) -> None:
+    """Refuse a source that is not the one the run indexed, or has changed since (`fmb data validate
+    --source other` validated the other data; adapt then fitted on rows the index does not describe)."""
+    if config.layout.data.index_meta.is_file():
+        indexed_content_sha256(config.layout.data.dir, open_source(config))
+
+
 def _indexed_count(config: ResolvedConfig) -> int | None:
     path = config.layout.data.index
     return pq.read_metadata(path).num_rows if path.is_file() else None
@@ -152,4 +159,4 @@ INDEX = Stage("index", _index_action, ("data",), inputs=lambda config: local_inp
               after=("synth",), fingerprint=_source_identity)
 VALIDATE = Stage("validate", lambda config, log: validate(config), ("data",), inputs=_index_file,
                  outputs=lambda config: [config.layout.data.validation], after=("index",),
-                 fingerprint=_source_identity)
+                 fingerprint=_source_identity, check=lambda config: check_indexed_source(config))

@@ -23,6 +23,7 @@ from fmb.config import AdaptSettings, ResolvedConfig
 from fmb.data.index import read_index_table
 from fmb.data.loader import BatchStream, StreamItem, WorkUnit, is_validation, plan_units
 from fmb.data.sources import open_source
+from fmb.data.tasks import check_indexed_source
 from fmb.errors import FmbError
 from fmb.io import write_torch
 from fmb.layout import ModelFiles
@@ -190,4 +191,5 @@ def _adapt_outputs(config: ResolvedConfig, model: str) -> list:
 
 #: Stage 1, once per model of run.models.
 ADAPT = ModelStage("adapt", lambda config, log, model: adapt(config, model, log=log),
-                   ("models.{model}", "-models.{model}.embed", "data", "seed"), _adapt_inputs, _adapt_outputs, after=("index",))
+                   ("models.{model}", "-models.{model}.embed", "data", "seed"), _adapt_inputs, _adapt_outputs, after=("index",),
+                   check=check_indexed_source)
