@@ -419,6 +419,26 @@ def test_a_strict_check_runs_once_and_leaves_the_run_as_it_was(project: Path, mo
     assert code == 0 and "settings differ" not in said, said
 
 
+def test_ctrl_c_is_said(tmp_path: Path, monkeypatch, capsys):
+    """Ctrl+C printed nothing (Typer's bare exit 130). The user's key press is out of a test's reach:
+    it is stood in for by the KeyboardInterrupt it raises, from inside the stage's call."""
+    from fmb.cli import data as data_commands
+
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_commands, "run_stage", pressed)
+    code, err = fmb(tmp_path, monkeypatch, capsys, "data", "synth", "--n", "10")
+    assert code == 130 and "interrupted: finished outputs are kept" in one_line(err), err
+
+
+def test_a_count_given_as_the_run_name_is_said(tmp_path: Path, monkeypatch, capsys):
+    """`fmb data synth -n 200` made a run named 200 of the default 2000 objects."""
+    code, err = fmb(tmp_path, monkeypatch, capsys, "data", "synth", "-n", "200")
+    assert code == 2 and "the number of objects is --n 200" in one_line(err)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_object_id_not_in_the_survey_says_what_ids_it_has(project: Path, monkeypatch, capsys):
     code, said = fmb(project, monkeypatch, capsys, "data", "show", "123")
     assert code == 2 and "object 123: not in the index (its 60 objects have ids such as" in said, said

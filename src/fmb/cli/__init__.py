@@ -56,6 +56,11 @@ def main() -> None:
     sleeping_openmp_threads(os.environ)
     try:
         app()
+    except SystemExit as exc:
+        if exc.code == 130 and _from_interrupt(exc):  # Typer turns Ctrl+C into a bare exit 130: say it
+            _fail("interrupted: finished outputs are kept, and the same command resumes or redoes the stage "
+                  "(`fmb status` says where the run stands)", 130, debug)
+        raise
     except FmbError as exc:
         _fail(str(exc), 2, debug)
     except Exception as exc:  # a bug, or an input fmb does not check yet
@@ -83,6 +88,16 @@ def _take_flag(argv: list[str], flag: str) -> bool:
     found = flag in argv[1:end]
     argv[:end] = [argv[0], *(arg for arg in argv[1:end] if arg != flag)]
     return found
+
+
+def _from_interrupt(error: BaseException) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _fail(message: str, code: int, debug: bool) -> None:

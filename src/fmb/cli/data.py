@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fmb.cli.common import Force, RunName, Sets, SourceOption, TaskFile, app, build_config, console, log, run_stage
+from fmb.errors import ConfigError
 
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 data_app = typer.Typer(help="Stage 0: synthesise, index, validate and look at input data.", no_args_is_help=True)
@@ -32,7 +33,7 @@ def config_show(config: TaskFile = None, set_: Sets = None, name: RunName = None
 
 @data_app.command("synth")
 def data_synth(
-    n: Annotated[Optional[int], typer.Option("--n", help="Number of objects.")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", help="Number of objects (-n, one dash, is the run's name).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (same seed, same survey).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Output directory.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes.")] = None,
@@ -46,6 +47,8 @@ def data_synth(
     Galaxies (bulge + disc, PSF-convolved, Euclid-like depth) with DESI-like spectra, plus rare
     injected anomalies (artefacts, QSOs, lenses, mergers, stars, extreme emitters, mis-paired rows).
     """
+    if n is None and name is not None and name.isdigit():  # `-n 200` is the run's name, `--n 200` the count
+        raise ConfigError(f"-n {name} names the run {name!r}; the number of objects is --n {name} (two dashes)")
     resolved = build_config(config, set_, name, allow_new_run=True,
                             **{"synth.n": n, "seed": seed, "synth.out": out, "synth.workers": workers})
     summary = run_stage(resolved, "synth", force)
