@@ -369,6 +369,8 @@ def test_checking_or_adapting_on_data_the_run_did_not_index_is_refused(project: 
                         "data/other" if command[0] == "data" else "data.source=data/other")
         assert code == 2 and "data/other is not the data this run indexed" in one_line(err), err
     assert load_config(root=project).data.source == "data/synth"  # the refused source is not remembered
+    code, err = fmb(project, monkeypatch, capsys, "adapt", "pixels", *PIXELS, "--set", "data.spectrum_length=4000")
+    assert code == 2 and "pixels reads spectra on DESI's 7781-pixel grid" in one_line(err), err  # a tensor error
 
 
 def test_ids_of_the_wrong_type_fail_the_index_in_one_line(project: Path, monkeypatch, capsys):

@@ -115,11 +115,12 @@ def indexed_content_sha256(directory: Path, source: Source) -> str:
         recorded, indexed = meta.get("fingerprint"), meta.get("source")
     except (OSError, ValueError, AttributeError):
         raise FmbError(f"{meta_path} is missing or corrupt; run `fmb data index` again") from None
-    if indexed is not None and indexed != source.description:
+    same = recorded == content_sha256(source)
+    if not same and indexed is not None and indexed != source.description:
         raise FmbError(f"{source.description} is not the data this run indexed ({indexed}): rows read by that "
                        "index would be other objects' rows; use the run's source, or index this one "
                        "(`fmb data index --source ...`, best under a new --run)")
-    if recorded != content_sha256(source):
+    if not same:  # the same place (a moved project keeps its index: its content decides), other data
         raise FmbError(f"the data of {source.description} changed since it was indexed; run `fmb data index` "
                        "again (stages that read it then start over on the new data)")
     return recorded

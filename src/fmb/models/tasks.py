@@ -22,9 +22,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from fmb.config import AdaptSettings, ResolvedConfig
 from fmb.data.index import read_index_table
 from fmb.data.loader import BatchStream, StreamItem, WorkUnit, is_validation, plan_units
+from fmb.data.schema import SPECTRUM_LENGTH
 from fmb.data.sources import open_source
 from fmb.data.tasks import check_indexed_source
-from fmb.errors import FmbError
+from fmb.errors import ConfigError, FmbError
 from fmb.io import write_torch
 from fmb.layout import ModelFiles
 from fmb.models.base import Encoder, pick_device
@@ -190,6 +191,15 @@ def _adapt_outputs(config: ResolvedConfig, model: str) -> list:
 
 
 #: Stage 1, once per model of run.models.
+def check_model_inputs(config: ResolvedConfig, model: str) -> None:
+    """Refuse what no model can read: data other than the run indexed, or spectra off DESI's grid
+    (data.spectrum_length lets validation accept them; the models would fail deep inside)."""
+    check_indexed_source(config)
+    if config.data.spectrum_length != SPECTRUM_LENGTH:
+        raise ConfigError(f"data.spectrum_length={config.data.spectrum_length}: {model} reads spectra on DESI's "
+                          f"{SPECTRUM_LENGTH}-pixel grid (3600-9824 A); resample the survey's spectra onto it")
+
+
 ADAPT = ModelStage("adapt", lambda config, log, model: adapt(config, model, log=log),
                    ("models.{model}", "-models.{model}.embed", "data", "seed"), _adapt_inputs, _adapt_outputs, after=("index",),
-                   check=check_indexed_source)
+                   check=check_model_inputs)
