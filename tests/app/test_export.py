@@ -2,6 +2,7 @@
 SAMP send to a hub started here, and `fmb labels import` of an export into a fresh run (same labels)."""
 
 import io
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -74,6 +75,24 @@ def test_fmb_export_writes_fits_votable_and_csv_with_positions_and_labels(projec
     assert str(votable["ra"].unit) == "deg" and votable["ra"].meta.get("ucd") == "pos.eq.ra;meta.main"
 
 
+def test_fmb_export_writes_a_ds9_region_file_at_the_tables_positions(project: Path, labelled: dict):
+    """A .reg file marks each candidate on an image in DS9 or Aladin: one fk5 circle per object at the
+    table's RA/Dec, labelled with its id and rank, red where labelled interesting."""
+    run_fmb(project, "export", "out/candidates.csv", "--top", "20")
+    run_fmb(project, "export", "out/candidates.reg", "--top", "20")
+    table = Table.read(project / "out/candidates.csv", format="ascii.csv")
+    lines = (project / "out/candidates.reg").read_text().splitlines()
+    assert lines[0] == "# Region file format: DS9 version 4.1" and lines[3] == "fk5"
+    circles = [re.match(r'circle\(([-\d.]+),([-+\d.]+),2"\) # text=\{(\d+)( #\d+)?\}( color=red)?$', line)
+               for line in lines[4:]]
+    assert all(circles) and len(circles) == len(table) and any(circle[5] for circle in circles)
+    for circle, row in zip(circles, table):
+        assert int(circle[3]) == row["object_id"]
+        np.testing.assert_allclose([float(circle[1]), float(circle[2])], [row["ra"], row["dec"]], atol=1e-6)
+        interest = (labelled.get(int(row["object_id"])) or (None,))[0]
+        assert bool(circle[5]) == (interest is not None and interest >= 4)
+
+
 def test_fmb_export_objects_writes_cutouts_and_spectra(project: Path):
     run_fmb(project, "export", "out/top.fits", "--top", "2", "--objects")
     files = sorted((project / "out/top-objects").glob("*.fits"))
@@ -126,6 +145,8 @@ def test_the_app_downloads_the_same_table(project: Path, labelled: dict):
     answer = client.get("/api/export.fits", params={"top": 10})
     assert answer.status_code == 200 and "attachment" in answer.headers["content-disposition"]
     assert labels_of(Table.read(io.BytesIO(answer.content), format="fits")) == labelled
+    regions = client.get("/api/export.reg", params={"top": 10})
+    assert regions.status_code == 200 and regions.text.startswith("# Region file format: DS9")
     assert client.get("/api/export.exe").status_code == 400  # 404/422 would do; it is JSON either way
     assert client.get("/api/export.csv", params={"top": -1}).json()["error"].startswith("top")
 

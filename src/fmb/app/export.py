@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fmb.app.labels import TAG_SEPARATOR
+from fmb.app.labels import INTERESTING, TAG_SEPARATOR
 from fmb.app.rerank import ranking_name
 from fmb.errors import FmbError
 from fmb.io import atomic_path
@@ -42,7 +42,9 @@ class ExportFormat:
 
 EXPORT_FORMATS = {"fits": ExportFormat("fits", "application/fits"),
                   "vot": ExportFormat("votable", "application/x-votable+xml"),
-                  "csv": ExportFormat("ascii.csv", "text/csv")}
+                  "csv": ExportFormat("ascii.csv", "text/csv"),
+                  "reg": ExportFormat("", "text/plain")}  # a DS9 region file (`ds9_regions`)
+REGION_RADIUS_ARCSEC = 2.0  # a circle about a galaxy's size, marking it on an image without hiding it
 
 
 def candidate_table(tables: dict, model: str, column: str, top: int, labels: pd.DataFrame,
@@ -94,6 +96,8 @@ def export_bytes(table, suffix: str) -> bytes:
     UTF-8 bytes (a note may be any text; FITS tables have no other way to hold it)."""
     if suffix not in EXPORT_FORMATS:
         raise FmbError(f"export as {', '.join('.' + name for name in EXPORT_FORMATS)}, not .{suffix}")
+    if suffix == "reg":
+        return ds9_regions(table).encode()
     if suffix == "fits":
         table = table.copy()
         for name in table.colnames:
@@ -105,8 +109,26 @@ def export_bytes(table, suffix: str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
+def ds9_regions(table) -> str:
+    """The objects of `table` as a DS9 region file (fk5 circles; SAOImage DS9, Aladin and astropy's
+    `regions` read it), each labelled with its id and rank: red where labelled interesting, green
+    otherwise. Objects without a known position are left out, said in the header."""
+    rank = next((name for name in table.colnames if name.startswith("rank_")), None)
+    known = np.isfinite(np.asarray(table["ra"], np.float64)) & np.isfinite(np.asarray(table["dec"], np.float64))
+    lines = ["# Region file format: DS9 version 4.1",
+             f"# fmb candidates: {table.meta.get('ranking', '')}, top {table.meta.get('top', '')} and the labelled "
+             f"objects; {int((~known).sum())} without a known position left out",
+             'global color=green font="helvetica 10 normal"', "fk5"]
+    for row in table[known]:
+        interesting = "interest" in table.colnames and row["interest"] >= INTERESTING
+        number = f" #{row[rank]}" if rank is not None and row[rank] > 0 else ""
+        lines.append(f'circle({row["ra"]:.7f},{row["dec"]:+.7f},{REGION_RADIUS_ARCSEC:g}") # '
+                     f"text={{{int(row['object_id'])}{number}}}" + (" color=red" if interesting else ""))
+    return "\n".join(lines) + "\n"
+
+
 def write_export(table, path: Path) -> Path:
-    """`table` written to `path` in the format its suffix names (.fits, .vot, .csv), atomically."""
+    """`table` written to `path` in the format its suffix names (.fits, .vot, .csv, .reg), atomically."""
     data = export_bytes(table, path.suffix.lstrip(".").lower())
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)

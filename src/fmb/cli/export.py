@@ -16,7 +16,8 @@ app.add_typer(labels_app, name="labels", rich_help_panel="Discovery")
 
 @app.command("export", rich_help_panel="Discovery")
 def export_command(
-    out: Annotated[Path, typer.Argument(help="File to write: .fits, .vot (VOTable) or .csv.", dir_okay=False)],
+    out: Annotated[Path, typer.Argument(help="File to write: .fits, .vot (VOTable), .csv, or .reg (a DS9 region "
+                                        "file: a circle and label per object, for DS9 or Aladin).", dir_okay=False)],
     top: Annotated[int, typer.Option("--top", help="How many of the ranking's first objects, beside every labelled "
                                      "one.", min=0)] = 100,
     model: Annotated[Optional[str], typer.Option("--model", help="Model whose ranking picks the top; default: the "

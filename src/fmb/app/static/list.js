@@ -74,7 +74,7 @@ function exportQuery() {
 }
 
 function linkExports() {
-  for (const suffix of ["fits", "vot", "csv"]) {
+  for (const suffix of ["fits", "vot", "csv", "reg"]) {
     document.getElementById(`export-${suffix}`).href = `/api/export.${suffix}?${exportQuery()}`;
   }
 }
