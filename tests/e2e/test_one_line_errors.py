@@ -373,6 +373,14 @@ def test_checking_or_adapting_on_data_the_run_did_not_index_is_refused(project: 
     assert code == 2 and "pixels reads spectra on DESI's 7781-pixel grid" in one_line(err), err  # a tensor error
 
 
+def test_a_check_that_finds_no_usable_object_fails(project: Path, monkeypatch, capsys):
+    """`fmb data validate` printed "usable_objects: 0" with exit 0; adapt then failed on too few objects."""
+    code, err = fmb(project, monkeypatch, capsys, "data", "validate", "--set", "data.min_cutout_px=1000",
+                    "--set", "data.spectrum_length=10")
+    line = one_line(err)
+    assert code == 2 and "is usable:" in line and "object: no usable image or spectrum" in line, line
+
+
 def test_ids_of_the_wrong_type_fail_the_index_in_one_line(project: Path, monkeypatch, capsys):
     """Float ids were each refused as "missing", and the index ended "indexed 0 objects" with exit 0
     while `validate` counted every object usable."""

@@ -12,7 +12,7 @@ from fmb.data.index import Fetcher, ObjectIndex, build_index, indexed_content_sh
 from fmb.data.schema import BAND_NAMES
 from fmb.data.scan import iter_samples, summarize, write_rejects
 from fmb.data.sources import local_inputs, open_source
-from fmb.data.validate import RowChecker
+from fmb.data.validate import SKIPPED, RowChecker
 from fmb.errors import FmbError
 from fmb.io import write_json
 from fmb.progress import progress_bar
@@ -83,6 +83,11 @@ def validate(config: ResolvedConfig) -> dict:
             usable += 1
     files = config.layout.data
     write_rejects(files.rejects, "validate", issues)
+    if not usable:
+        first = next((issue for issue in issues if issue.action == SKIPPED), None)
+        raise FmbError(f"no object of {source.description} is usable"
+                       + (f": {first.location}: {first.field}: {first.reason}" if first else " (it holds no rows)")
+                       + f" ({len(issues)} problems in {files.rejects})")
     summary = {"source": source.description, **summarize(issues, usable)}
     write_json(summary, files.validation)
     return summary
