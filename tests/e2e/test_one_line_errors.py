@@ -430,16 +430,19 @@ def test_a_strict_check_runs_once_and_leaves_the_run_as_it_was(project: Path, mo
 
 
 def test_ctrl_c_is_said(tmp_path: Path, monkeypatch, capsys):
-    """Ctrl+C printed nothing (Typer's bare exit 130). The user's key press is out of a test's reach:
-    it is stood in for by the KeyboardInterrupt it raises, from inside the stage's call."""
-    from fmb.cli import data as data_commands
+    """Ctrl+C printed nothing (Typer's bare exit 130), and `fmb status` said the stage "failed:
+    KeyboardInterrupt". The user's key press is out of a test's reach: it is stood in for by the
+    KeyboardInterrupt it raises, from inside the stage's action."""
+    from fmb.data import tasks
 
     def pressed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_commands, "run_stage", pressed)
+    monkeypatch.setattr(tasks, "synth", pressed)
     code, err = fmb(tmp_path, monkeypatch, capsys, "data", "synth", "--n", "10")
     assert code == 130 and "interrupted: finished outputs are kept" in one_line(err), err
+    code, said = fmb_said(tmp_path, monkeypatch, capsys, "status")
+    assert code == 0 and re.search(r"synth\s*│\s*interrupted", said), said
 
 
 def test_a_count_given_as_the_run_name_is_said(tmp_path: Path, monkeypatch, capsys):

@@ -256,6 +256,8 @@ def status_command(config: TaskFile = None, set_: Sets = None, name: RunName = N
         note = (entry.get("error") or "")[:120]
         if attempt:  # a later run that has not replaced the outputs: running, killed or failed
             note = (f"a later run {attempt.get('status', '?')} (or was killed)" if attempt.get("status") == "running"
+                    else "a later run was interrupted (Ctrl+C); running it again resumes it"
+                    if attempt.get("status") == "interrupted"
                     else f"a later run failed: {(attempt.get('error') or '')[:100]}") + "; these outputs are kept"
         table.add_row(stage, entry.get("status", "?"), str(entry.get("seconds", "")), note)
     if states:

@@ -282,7 +282,9 @@ def finish_stage(started: Started, state: State, log, action: Callable[[], objec
         result = action()
         started.staging.commit()
     except BaseException as error:  # the staging copies stay for a resume; the outputs are untouched
-        state.attempt(stage.name, status="failed", error=_one_line(error), **started.attempt)
+        stopped = isinstance(error, KeyboardInterrupt)  # Ctrl+C: said as such by `fmb status`
+        state.attempt(stage.name, status="interrupted" if stopped else "failed",
+                      error="interrupted (Ctrl+C)" if stopped else _one_line(error), **started.attempt)
         if isinstance(error, Exception):
             log(f"[{stage.name}] failed: {_one_line(error)}" + ("; its previous outputs are kept" if started.previous
                                                                 else ""))
