@@ -126,6 +126,16 @@ def test_export_then_labels_import_on_a_fresh_run_gives_the_same_labels(project:
         assert label_state(fresh) == labelled
 
 
+def test_labels_import_keeps_who_gave_each_label(project: Path, labelled: dict):
+    """An export carries each label's user; an import without --user recorded them all as "import"."""
+    given = LabelStore(run_config(project).layout.app.labels_db).current().set_index("object_id")["user"]
+    run_fmb(project, "export", "out/users.csv", "--top", "0")
+    run_fmb(project, "labels", "import", "out/users.csv", "--name", "fresh-users")
+    fresh = LabelStore(run_config(project).layout.app.labels_db.parents[2] / "fresh-users/app/labels.sqlite")
+    kept = fresh.current().set_index("object_id")["user"]
+    assert kept.sort_index().tolist() == given.sort_index().tolist() and "import" not in set(kept)
+
+
 def test_labels_of_objects_not_in_the_runs_survey_are_refused_whole(project: Path, labelled: dict):
     """A label file of another survey (here one row of an id the run does not have) adds nothing:
     it would pair a label with no object, or with the wrong one."""

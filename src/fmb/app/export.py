@@ -215,7 +215,7 @@ def export_run(config, out: Path, model: str | None = None, column: str | None =
     return done
 
 
-def import_run_labels(config, path: Path, user: str) -> int:
+def import_run_labels(config, path: Path, user: str | None = None) -> int:
     """`fmb labels import`: the file's labels merged into the run's label log, each object checked
     against the run's survey when the run has indexed one; returns the labels imported."""
     from fmb.app.labels import LabelStore, imported_rows

@@ -45,6 +45,7 @@ BUSY_TIMEOUT_S = 30.0  # a writer waits this long for another one (writes take m
 INT64 = np.iinfo(np.int64)
 FLOAT_EXACT = 2**53  # the largest magnitude below which a float64 holds every integer
 LABEL, UNDO, IMPORT = "label", "undo", "import"
+IMPORTED_BY = "import"  # the user of imported labels whose file names none
 #: One row per object in `current` and in an export; an import reads object_id, interest, tags, note.
 COLUMNS = ("object_id", "interest", "tags", "note", "user", "time", "ranking", "rank")
 EXPORT_SCHEMA = pa.schema([("object_id", pa.int64()), ("interest", pa.int64()), ("tags", pa.list_(pa.string())),
@@ -299,18 +300,21 @@ def _astropy_table(path: Path) -> pd.DataFrame:
 
 
 # -- checking one label -----------------------------------------------------------------------------
-def imported_rows(path: str | Path, user: str, known=None) -> list[dict]:
-    """The labels of a CSV, Parquet, FITS or VOTable file (object_id, interest, and optionally tags
-    and note), each checked. One bad row refuses the whole file, and so does an object not among
-    the `known` ids (the run's survey, when given): a label file of another survey would otherwise
-    pair labels with nothing, or with the wrong objects."""
+def imported_rows(path: str | Path, user: str | None = None, known=None) -> list[dict]:
+    """The labels of a CSV, Parquet, FITS or VOTable file (object_id, interest, and optionally tags,
+    note and user), each checked; `user` (default: each row's own, where the file has a user column,
+    as an export does, else "import") is whose they are. One bad row refuses the whole file, and so
+    does an object not among the `known` ids (the run's survey, when given): a label file of another
+    survey would otherwise pair labels with nothing, or with the wrong objects."""
     path = Path(path)
-    user = _user(user, None)
+    given = None if user is None else _user(user, None)
     rows = []
     for number, record in enumerate(_read_labels(path).to_dict("records"), start=1):
         try:
+            own = record.get("user")
             rows.append(_label(record["object_id"], record["interest"], record.get("tags", ()),
-                               record.get("note", ""), user, None, None))
+                               record.get("note", ""), given or (IMPORTED_BY if _missing(own) or own == "" else own),
+                               None, None))
             if known is not None and rows[-1]["object_id"] not in known:
                 raise DataError(f"not in this run's survey ({len(known)} objects)",
                                 object_id=rows[-1]["object_id"], field="object_id")

@@ -45,7 +45,9 @@ def labels_import_command(
     path: Annotated[Path, typer.Argument(help="Labels to merge: an `fmb export` table (.fits, .vot, .csv) or any "
                                          ".csv/.parquet/.fits/.vot with object_id, interest and optionally tags "
                                          "and note.", exists=True, dir_okay=False)],
-    user: Annotated[str, typer.Option("--user", help="Whose labels they are, as the log records it.")] = "import",
+    user: Annotated[Optional[str], typer.Option("--user", help="Whose labels they are, as the log records it; "
+                                                "default: each row's own user (an `fmb export` carries it), else "
+                                                "'import'.")] = None,
     config: TaskFile = None,
     set_: Sets = None,
     name: RunName = None,
