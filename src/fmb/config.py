@@ -87,7 +87,7 @@ class DataConfig(Section):
     max_masked_spectrum_fraction: float = Field(
         0.5, ge=0, le=1, description="spectra with more masked pixels than this are dropped"
     )
-    on_invalid: Literal["skip", "error"] = Field(  # one command's choice: not remembered (`_NOT_REMEMBERED`)
+    on_invalid: Literal["skip", "error"] = Field(
         "skip", description="skip invalid objects (recorded in rejects) or stop at the first one"
     )
 
@@ -500,9 +500,9 @@ def run_settings(config: ResolvedConfig) -> dict:
 
 
 #: Keys a run does not carry over to the next command on it: where a command runs, which models one
-#: `fmb detect --model M` scored, whether one check was strict (`--strict`) and which object one
-#: `fmb data show` drew are that command's own choice.
-_NOT_REMEMBERED = ("executor", "name", "detect.models", "data.on_invalid", "show")
+#: `fmb detect --model M` scored and which object one `fmb data show` drew are that command's own
+#: choice. (`fmb data validate --strict` is no key at all: a stricter run of the same stage.)
+_NOT_REMEMBERED = ("executor", "name", "detect.models", "show")
 _REMEMBERED_ORIGINS = ("task file", "command line", "run ")
 
 

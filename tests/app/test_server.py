@@ -256,6 +256,12 @@ def test_scores_rewritten_while_the_app_runs_are_read_again(scored_run: Path, tm
     assert "score_image_flow" not in columns and HEADLINE in columns
     assert client.get("/api/list", params={"column": "score_image_flow"}).status_code in (400, 404)
     assert client.post("/api/rerank", json={"method": "propagation"}).status_code == 200
+    before = client.get("/api/list", params={"rerank": "propagation", "page_size": 5}).json()["rerank"]["source"]
+    table[kept].assign(**{HEADLINE: -table[HEADLINE]}).to_parquet(path)  # the ranking itself changes
+    after = client.get("/api/list", params={"rerank": "propagation", "page_size": 5}).json()["rerank"]["source"]
+    assert after != before  # a re-ranked list of the old scores is not served on the new ones
+    path.write_bytes(path.read_bytes()[:100])  # caught mid-rewrite: what was read is kept
+    assert client.get("/api/choices").status_code == 200
 
 
 # -- what it refuses ------------------------------------------------------------------------------------

@@ -6,25 +6,50 @@ run does not hold, `FmbError` for a request it refuses) and `fmb.app.server` tur
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from fmb.app.export import candidate_table, export_bytes, write_export
 from fmb.app.graph import GraphCache
 from fmb.app.labels import INTERESTING, LABEL, MAX_INTEREST, LabelStore
 from fmb.app.neighbours import Neighbours
-from fmb.app.pages import DEFAULT_RANDOM_FRACTION, discovery_curve, page_count, page_positions, slice_sizes
+from fmb.app.pages import (
+    DEFAULT_RANDOM_FRACTION,
+    discovery_curve,
+    page_count,
+    page_positions,
+    slice_sizes,
+)
 from fmb.app.render import Renderer, figure_png
-from fmb.app.rerank import (DEFAULT_METHOD, Reranked, known_method, load_inputs, ranking_name, read_reranked,
-                            rerank_snapshot, source_key, write_reranked)
+from fmb.app.rerank import (
+    DEFAULT_METHOD,
+    Reranked,
+    known_method,
+    load_inputs,
+    ranking_name,
+    read_reranked,
+    rerank_snapshot,
+    source_key,
+    write_reranked,
+)
 from fmb.app.samp import send_table
-from fmb.app.tables import (CONSENSUS_MODEL, Catalog, NotFound, ScoreTable, chosen_column, chosen_model,
-                            finite_or_none, load_tables, tables_signature)
+from fmb.app.tables import (
+    CONSENSUS_MODEL,
+    Catalog,
+    NotFound,
+    ScoreTable,
+    chosen_column,
+    chosen_model,
+    finite_or_none,
+    load_tables,
+    tables_signature,
+)
 from fmb.config import ResolvedConfig
 from fmb.data.catalog import load_catalog
 from fmb.data.schema import BAND_NAMES
@@ -81,7 +106,7 @@ class RunView:
         self.neighbours = Neighbours(config)
         self._reranked: dict[tuple[str, str, str], Reranked] = {}  # the last list of each re-ranker
         self._rerank_inputs: dict[tuple[str, str], object] = {}
-        self._reranking = threading.Lock()
+        self._reranking = threading.RLock()  # re-entered: a re-ranking reads the tables, which may reload
         self._drawn: dict[tuple[str, str, str], set[int]] = {}  # shown in a random slice: a label there rewards no arm
         self.graphs = GraphCache(config.layout.app.graph)
 
@@ -90,11 +115,17 @@ class RunView:
         """The run's score tables, read again when `fmb detect` rewrote them while the app runs (it
         served the columns and ranks of before, and failed to re-rank on a column gone)."""
         now = tables_signature(self.config)
-        if now != self._tables_read:
-            tables = load_tables(self.config)
-            if tables:  # mid-rewrite a table may be briefly absent: keep what was read
+        if now == self._tables_read:
+            return self._tables
+        with self._reranking:  # no re-ranking reads the caches while they are dropped
+            try:
+                tables = load_tables(self.config)
+            except (OSError, pa.ArrowException, FmbError):  # caught mid-rewrite: keep what was read
+                return self._tables
+            if tables:  # a table briefly absent mid-rewrite: keep what was read
                 self._tables_read, self._tables = now, tables
-                self._rerank_inputs.clear()
+                self._rerank_inputs.clear()  # learnt on the old scores, and so were the lists
+                self._reranked.clear()
         return self._tables
 
     # -- what the list page offers --------------------------------------------------------------------
@@ -175,8 +206,9 @@ class RunView:
             raise FmbError("re-rankers learn on one model's embeddings, not on the consensus")
 
     def _rerank_locked(self, model: str, column: str, method: str) -> Reranked:
-        if (model, column) not in self._rerank_inputs:  # the embeddings are read once, labels every time
-            self._rerank_inputs[(model, column)] = load_inputs(self.config, model, column)
+        inputs = self._rerank_inputs.get((model, column))  # the embeddings are read once, labels every time
+        if inputs is None:
+            inputs = self._rerank_inputs[(model, column)] = load_inputs(self.config, model, column)
         labels, event = self.labels.snapshot()
         path = self.config.layout.app.reranked(ranking_name(model, column, method))
         previous = self._reranked.get((model, column, method)) or read_reranked(path)  # the list labelled in
@@ -184,8 +216,7 @@ class RunView:
             drawn = previous.order["object_id"].isin(self._drawn.get((model, column, method), ()))
             previous = replace(previous, order=previous.order.assign(
                 chosen_by=previous.order["chosen_by"].where(~drawn, "random")))
-        done = rerank_snapshot(self._rerank_inputs[(model, column)], method, labels, event, self.config.seed,
-                               self.graphs, previous)
+        done = rerank_snapshot(inputs, method, labels, event, self.config.seed, self.graphs, previous)
         write_reranked(done, path)
         self._reranked[(model, column, method)] = done
         return done

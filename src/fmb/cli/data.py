@@ -88,9 +88,13 @@ def data_validate(
 
     Skipped objects, dropped modalities and repairs are listed there by object, location and field.
     """
-    resolved = build_config(config, set_, name, allow_new_run=True,
-                            **{"data.source": source, "data.on_invalid": "error" if strict else None})
-    summary = run_stage(resolved, "validate", force or strict) or {}  # a strict check is asked for: it runs
+    from fmb.data.tasks import validate
+
+    resolved = build_config(config, set_, name, allow_new_run=True, **{"data.source": source})
+    # a strict check is this command's own: the same stage run again stricter, no setting changed, so
+    # that neither the run nor any stage key remembers it (`data.on_invalid` is the setting to keep)
+    summary = run_stage(resolved, "validate", force or strict,
+                        action=(lambda config, log: validate(config, strict=True)) if strict else None) or {}
     for key, value in summary.items():
         console.print(f"{key}: {value}")
 

@@ -71,10 +71,11 @@ def index(config: ResolvedConfig, log=print) -> IndexSummary:
     return IndexSummary(result.table.num_rows, len(result.shards), len(result.issues), index_path, rejects_path)
 
 
-def validate(config: ResolvedConfig) -> dict:
-    """Check every row of the source against the contract; write rejects and a summary."""
+def validate(config: ResolvedConfig, strict: bool = False) -> dict:
+    """Check every row of the source against the contract; write rejects and a summary. `strict`:
+    stop at the first invalid object or dropped modality, whatever `data.on_invalid` says."""
     source = open_source(config)
-    checker = RowChecker(config.data)
+    checker = RowChecker(config.data.model_copy(update={"on_invalid": "error"}) if strict else config.data)
     total = _indexed_count(config)
     issues: list = []
     usable = 0
