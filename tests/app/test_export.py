@@ -78,8 +78,9 @@ def test_fmb_export_writes_fits_votable_and_csv_with_positions_and_labels(projec
 def test_fmb_export_writes_a_ds9_region_file_at_the_tables_positions(project: Path, labelled: dict):
     """A .reg file marks each candidate on an image in DS9 or Aladin: one fk5 circle per object at the
     table's RA/Dec, labelled with its id and rank, red where labelled interesting."""
-    run_fmb(project, "export", "out/candidates.csv", "--top", "20")
-    run_fmb(project, "export", "out/candidates.reg", "--top", "20")
+    ranking = ["--top", "20", "--ranking", "score_image_knn"]  # the rank shown is this ranking's
+    run_fmb(project, "export", "out/candidates.csv", *ranking)
+    run_fmb(project, "export", "out/candidates.reg", *ranking)
     table = Table.read(project / "out/candidates.csv", format="ascii.csv")
     lines = (project / "out/candidates.reg").read_text().splitlines()
     assert lines[0] == "# Region file format: DS9 version 4.1" and lines[3] == "fk5"
@@ -87,7 +88,7 @@ def test_fmb_export_writes_a_ds9_region_file_at_the_tables_positions(project: Pa
                for line in lines[4:]]
     assert all(circles) and len(circles) == len(table) and any(circle[5] for circle in circles)
     for circle, row in zip(circles, table):
-        assert int(circle[3]) == row["object_id"]
+        assert int(circle[3]) == row["object_id"] and (int(circle[4][2:]) if circle[4] else -1) == row["rank"]
         np.testing.assert_allclose([float(circle[1]), float(circle[2])], [row["ra"], row["dec"]], atol=1e-6)
         interest = (labelled.get(int(row["object_id"])) or (None,))[0]
         assert bool(circle[5]) == (interest is not None and interest >= 4)

@@ -71,6 +71,8 @@ def candidate_table(tables: dict, model: str, column: str, top: int, labels: pd.
         table[f"score_{name}"] = scores.frame[scores.default].reindex(ids).to_numpy(np.float64)
         table[f"rank_{name}"] = scores.ranks(scores.default).reindex(ids).fillna(-1).to_numpy(np.int64)
         table[f"rank_{name}"].description = f"rank by {scores.default} (1 = most anomalous; -1: not ranked)"
+    table["rank"] = tables[model].ranks(column).reindex(ids).fillna(-1).to_numpy(np.int64)
+    table["rank"].description = f"rank by the exported ranking, {ranking_name(model, column)} (-1: not ranked)"
     table["in_top"] = np.isin(ids, chosen)
     _add_labels(table, labels.set_index("object_id").reindex(ids))
     for name, ucd in UCDS.items():
@@ -112,8 +114,8 @@ def export_bytes(table, suffix: str) -> bytes:
 def ds9_regions(table) -> str:
     """The objects of `table` as a DS9 region file (fk5 circles; SAOImage DS9, Aladin and astropy's
     `regions` read it), each labelled with its id and rank: red where labelled interesting, green
-    otherwise. Objects without a known position are left out, said in the header."""
-    rank = next((name for name in table.colnames if name.startswith("rank_")), None)
+    otherwise; the rank is by the exported ranking. Objects without a known position are left out,
+    said in the header."""
     known = np.isfinite(np.asarray(table["ra"], np.float64)) & np.isfinite(np.asarray(table["dec"], np.float64))
     lines = ["# Region file format: DS9 version 4.1",
              f"# fmb candidates: {table.meta.get('ranking', '')}, top {table.meta.get('top', '')} and the labelled "
@@ -121,7 +123,7 @@ def ds9_regions(table) -> str:
              'global color=green font="helvetica 10 normal"', "fk5"]
     for row in table[known]:
         interesting = "interest" in table.colnames and row["interest"] >= INTERESTING
-        number = f" #{row[rank]}" if rank is not None and row[rank] > 0 else ""
+        number = f" #{row['rank']}" if row["rank"] > 0 else ""
         lines.append(f'circle({row["ra"]:.7f},{row["dec"]:+.7f},{REGION_RADIUS_ARCSEC:g}") # '
                      f"text={{{int(row['object_id'])}{number}}}" + (" color=red" if interesting else ""))
     return "\n".join(lines) + "\n"

@@ -280,11 +280,23 @@ def _read_labels(path: Path) -> pd.DataFrame:
                        "optionally tags and note)")
     if "user" in frame.columns and "tags" in frame.columns:  # an export: its unlabelled rows carry no label
         frame = frame[frame["user"].fillna("").astype(str) != ""]
-    ids = frame["object_id"]  # a CSV's text, parsed exactly where it is an integer's digits
-    frame = frame.assign(object_id=ids.map(lambda i: int(i) if isinstance(i, str) and INTEGER.fullmatch(i) else i))
+    frame = frame.assign(object_id=frame["object_id"].map(_id_text))
     numeric = pd.to_numeric(frame["interest"], errors="coerce")
     # text that is no number stays as it is, for `_label` to refuse naming its row and object
     return frame.assign(interest=numeric.where(~(numeric < 0)).astype(object).where(numeric.notna(), frame["interest"]))
+
+
+def _id_text(value):
+    """A CSV's id text: an integer's digits exactly; other number text (3.0, 3.96e16) as the float it
+    is, which `_integer` takes when whole and exact, and refuses beyond 2^53; anything else as is."""
+    if not isinstance(value, str):
+        return value
+    if INTEGER.fullmatch(value):
+        return int(value)
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def _astropy_table(path: Path) -> pd.DataFrame:
@@ -319,7 +331,8 @@ def imported_rows(path: str | Path, user: str | None = None, known=None) -> list
                 raise DataError(f"not in this run's survey ({len(known)} objects)",
                                 object_id=rows[-1]["object_id"], field="object_id")
         except DataError as error:
-            raise FmbError(f"{path}: row {number}: {error}") from None
+            hint = " (or give them all one with --user)" if error.field == "user" and given is None else ""
+            raise FmbError(f"{path}: row {number}: {error}{hint}") from None
     return rows
 
 

@@ -66,7 +66,8 @@ def main() -> None:
     except Exception as exc:  # a bug, or an input fmb does not check yet
         if type(exc).__module__.startswith("pyarrow"):  # a file fmb reads back is damaged (truncated, not Parquet)
             _fail(f"a file fmb reads is damaged or not what fmb wrote ({(str(exc).splitlines() or [''])[0][:300]}); "
-                  "`fmb run --dry-run` names a damaged output of the run and the stage that redoes it", 2, debug)
+                  "`fmb run --dry-run` names a damaged output of the run and the stage that redoes it; else redo the "
+                  "stage that writes the file with --force", 2, debug)
         log = _write_crash_log()
         summary = (str(exc).splitlines() or [""])[0][:300]
         _fail(f"unexpected {type(exc).__name__}: {summary} (the full traceback is in {log}; please report it "

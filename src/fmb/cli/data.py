@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -47,7 +48,7 @@ def data_synth(
     Galaxies (bulge + disc, PSF-convolved, Euclid-like depth) with DESI-like spectra, plus rare
     injected anomalies (artefacts, QSOs, lenses, mergers, stars, extreme emitters, mis-paired rows).
     """
-    if n is None and name is not None and name.isdigit():  # `-n 200` is the run's name, `--n 200` the count
+    if n is None and name is not None and name.isdigit() and "-n" in sys.argv:  # `--n 200` is the count
         raise ConfigError(f"-n {name} names the run {name!r}; the number of objects is --n {name} (two dashes)")
     resolved = build_config(config, set_, name, allow_new_run=True,
                             **{"synth.n": n, "seed": seed, "synth.out": out, "synth.workers": workers})

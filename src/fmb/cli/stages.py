@@ -67,8 +67,8 @@ def embed_command(
     """
     from fmb.embed import store  # torch and the model packages load only when needed
 
-    resolved = build_config(config, set_, name, **{f"models.{model}.preset": preset},
-                            **executor_flags(executor, slurm))
+    resolved = build_config(config, set_, name, allow_new_run=import_pt is not None,  # an import, as `fmb import`
+                            **{f"models.{model}.preset": preset}, **executor_flags(executor, slurm))
     directory = resolved.layout.embeddings(model).dir
     if import_pt is not None:
         import_embeddings(resolved, model, import_pt, force)

@@ -310,11 +310,12 @@ def _is_current(previous: dict, key: str, outputs: list[Path]) -> bool:
 
 
 def damaged_outputs(config: ResolvedConfig, stage: Stage) -> list[tuple[Path, str]]:
-    """(file, why) of each finished output that fails its check (`Stage.damaged`), and of each
-    Parquet output (or Parquet file at the top of an output directory) whose footer cannot be read
-    (truncated, overwritten): what a rerun redoes, exactly, without --force."""
-    own = [] if stage.damaged is None else list(stage.damaged(config))
-    return own + [found for found in _unreadable_parquet(stage.outputs(config)) if found[0] not in dict(own)]
+    """(file, why) of each finished output that fails its check (`Stage.damaged`); for a stage
+    without its own, each Parquet output (or Parquet file at the top of an output directory) whose
+    footer cannot be read (truncated, overwritten): what a rerun redoes, exactly, without --force."""
+    if stage.damaged is not None:  # a stage that checks its own outputs (embed: every part by its manifest)
+        return list(stage.damaged(config))
+    return _unreadable_parquet(stage.outputs(config))
 
 
 def _unreadable_parquet(outputs: list[Path]) -> list[tuple[Path, str]]:

@@ -122,5 +122,6 @@ def _check_hub_id(dataset: str) -> None:
     try:
         validate_repo_id(dataset)
     except HFValidationError:
-        raise ConfigError(f"hf:{dataset}: no such local folder, and not a hub dataset id (owner/name, e.g. "
+        place = "a file, not a dataset folder" if Path(dataset).is_file() else "no such local folder"
+        raise ConfigError(f"hf:{dataset}: {place}, and not a hub dataset id (owner/name, e.g. "
                           "hf:msiudek/astroPT_euclid_Q1_desi_dr1_dataset)") from None
