@@ -449,7 +449,7 @@ def test_a_count_given_as_the_run_name_is_said(tmp_path: Path, monkeypatch, caps
     """`fmb data synth -n 200` made a run named 200 of the default 2000 objects."""
     code, err = fmb(tmp_path, monkeypatch, capsys, "data", "synth", "-n", "200")
     assert code == 2 and "the number of objects is --n 200" in one_line(err)
-    assert not (tmp_path / "runs").exists()
+    assert not RunLayout.of(tmp_path, "200").root.exists()
 
 
 def test_an_object_id_not_in_the_survey_says_what_ids_it_has(project: Path, monkeypatch, capsys):
