@@ -544,10 +544,11 @@ def load_config(
     remembered = _remembered(root, _merge(project + given)[0].get("name")) if remember else None
     layers = project + (_remembered_layers(remembered) if remembered else []) + given
     merged, origins = _merge(layers)
+    schema = build_schema()
     try:
-        values = build_schema().model_validate(merged)
+        values = schema.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origins, build_schema())) from None
+        raise ConfigError(_describe(exc, origins, schema)) from None
     return ResolvedConfig(values, root, origins, remembered)
 
 

@@ -166,8 +166,9 @@ def write_object_files(fetcher, table, directory: Path) -> int:
                 name="SPECTRUM"))
         buffer = io.BytesIO()
         fits.HDUList(units).writeto(buffer)
-        names.add(f"{int(row['object_id'])}.fits")
-        with atomic_path(directory / f"{int(row['object_id'])}.fits") as temporary:
+        name = f"{int(row['object_id'])}.fits"
+        names.add(name)
+        with atomic_path(directory / name) as temporary:
             temporary.write_bytes(buffer.getvalue())
         written += 1
     if owner_marker(directory).is_file():

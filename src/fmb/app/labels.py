@@ -259,11 +259,11 @@ def imported_rows(path: str | Path, user: str | None = None, known=None) -> list
     as an export does, else "import") is whose they are. One bad row refuses the whole file, and so
     does an object not among the `known` ids (the run's survey, when given): a label file of another
     survey would otherwise pair labels with nothing, or with the wrong objects."""
+    from fmb.app.label_files import read_label_file  # here: it reads this module's columns
+
     path = Path(path)
     given = None if user is None else _user(user, None)
     rows = []
-    from fmb.app.label_files import read_label_file
-
     for number, record in enumerate(read_label_file(path).to_dict("records"), start=1):
         try:
             own = record.get("user")

@@ -19,37 +19,13 @@ from fmb.app.export import candidate_table, export_bytes, write_export
 from fmb.app.graph import GraphCache
 from fmb.app.labels import INTERESTING, LABEL, MAX_INTEREST, LabelStore
 from fmb.app.neighbours import Neighbours
-from fmb.app.pages import (
-    DEFAULT_RANDOM_FRACTION,
-    discovery_curve,
-    page_count,
-    page_positions,
-    slice_sizes,
-)
+from fmb.app.pages import DEFAULT_RANDOM_FRACTION, discovery_curve, page_count, page_positions, slice_sizes
 from fmb.app.render import Renderer, figure_png
-from fmb.app.rerank import (
-    DEFAULT_METHOD,
-    Reranked,
-    known_method,
-    load_inputs,
-    ranking_name,
-    read_reranked,
-    rerank_snapshot,
-    source_key,
-    write_reranked,
-)
+from fmb.app.rerank import (DEFAULT_METHOD, Reranked, known_method, load_inputs, ranking_name, read_reranked,
+                            rerank_snapshot, source_key, write_reranked)
 from fmb.app.samp import send_table
-from fmb.app.tables import (
-    CONSENSUS_MODEL,
-    Catalog,
-    NotFound,
-    ScoreTable,
-    chosen_column,
-    chosen_model,
-    finite_or_none,
-    load_tables,
-    tables_signature,
-)
+from fmb.app.tables import (CONSENSUS_MODEL, Catalog, NotFound, ScoreTable, chosen_column, chosen_model,
+                            finite_or_none, load_tables, tables_signature)
 from fmb.config import ResolvedConfig
 from fmb.data.catalog import load_catalog
 from fmb.data.schema import BAND_NAMES

@@ -66,7 +66,9 @@ def index(config: ResolvedConfig, log=print) -> IndexSummary:
     files = config.layout.data
     rejects_path = write_rejects(files.rejects, "index", result.issues)
     if not result.table.num_rows:
-        raise FmbError(f"no object of {source.description} could be indexed: {_why_empty(result, source.passed_over)}")
+        found = [issue for issue in result.issues if issue.location not in source.passed_over]
+        raise FmbError(f"no object of {source.description} could be indexed: "
+                       + (_first_problem(found) if found else f"its {len(result.shards)} data files hold no rows"))
     index_path = save_index(result, files.dir, source)
     return IndexSummary(result.table.num_rows, len(result.shards), len(result.issues), index_path, rejects_path)
 
@@ -85,20 +87,18 @@ def validate(config: ResolvedConfig, strict: bool = False) -> dict:
     files = config.layout.data
     write_rejects(files.rejects, "validate", issues)
     if not usable:
-        first = next((issue for issue in issues if issue.action == SKIPPED), None)
-        raise FmbError(f"no object of {source.description} is usable"
-                       + (f": {first.location}: {first.field}: {first.reason}" if first else " (it holds no rows)")
-                       + f" ({len(issues)} problems in {files.rejects})")
+        skipped = [issue for issue in issues if issue.action == SKIPPED]
+        raise FmbError(f"no object of {source.description} is usable: "
+                       + (_first_problem(skipped) if skipped else "it holds no rows"))
     summary = {"source": source.description, **summarize(issues, usable)}
     write_json(summary, files.validation)
     return summary
 
 
-def _why_empty(result, passed_over: dict[str, str]) -> str:
-    found = [issue for issue in result.issues if issue.location not in passed_over]
-    if not found:
-        return f"its {len(result.shards)} data files hold no rows"
-    return f"{found[0].location}: {found[0].field}: {found[0].reason} ({len(found)} such problems in the rejects table)"
+def _first_problem(issues: list) -> str:
+    """The first of the problems that left no object, and how many there are (all in the rejects table)."""
+    first = issues[0]
+    return f"{first.location}: {first.field}: {first.reason} ({len(issues)} such problems in the rejects table)"
 
 
 def open_fetcher(config: ResolvedConfig) -> Fetcher:
@@ -122,7 +122,7 @@ def show(config: ResolvedConfig, out: Path | None = None) -> Path:
     return draw_object(sample, path, BAND_NAMES, smooth_px=config.show.smooth_px)
 
 
-def check_indexed_source(config: ResolvedConfig, model: str | None = None) -> None:
+def check_indexed_source(config: ResolvedConfig) -> None:
     """Refuse a source that is not the one the run indexed, or has changed since (`fmb data validate
     --source other` validated the other data; adapt then fitted on rows the index does not describe)."""
     if config.layout.data.index_meta.is_file():
@@ -165,4 +165,4 @@ INDEX = Stage("index", _index_action, ("data",), inputs=lambda config: local_inp
               after=("synth",), fingerprint=_source_identity)
 VALIDATE = Stage("validate", lambda config, log: validate(config), ("data",), inputs=_index_file,
                  outputs=lambda config: [config.layout.data.validation], after=("index",),
-                 fingerprint=_source_identity, check=lambda config: check_indexed_source(config))
+                 fingerprint=_source_identity, check=check_indexed_source)

@@ -383,20 +383,18 @@ def _sky_position(row: dict, report: _Reporter) -> None:
     """A position the index keeps as unknown (`checked_sky`) is noted, so that an export's empty RA
     and Dec can be traced to the row."""
     columns = sky_columns(row)
-    values = [None, None] if columns is None else [row.get(column) for column in columns]
-    if all(_missing_number(value) for value in values):  # no position given: nothing to trace
+    if columns is None:
         return
+    values = [row.get(column) for column in columns]
     try:
-        known = np.isfinite(checked_sky(*[[_number(value)] for value in values])[0][0])
-    except ValueError:
-        known = False
-    if not known:
+        ra, dec = (_number(value) for value in values)
+    except ValueError:  # not a number: unusable as given
+        ra = dec = float("inf")
+    if np.isnan(ra) and np.isnan(dec):  # no position given: nothing to trace
+        return
+    if not np.isfinite(checked_sky([ra], [dec])[0][0]):
         report(", ".join(columns), f"{values[0]!r}, {values[1]!r} is not a sky position (0 <= RA < 360, "
                "-90 <= Dec <= 90); position unknown", NOTED)
-
-
-def _missing_number(value) -> bool:
-    return value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isnan(value))
 
 
 def _sed(value, report: _Reporter) -> dict[str, float]:
